@@ -1,0 +1,25 @@
+# railgate developer commands. Every target creates the virtual environment on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test setup demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# the gateway and simulators on the demo line; DEMO_SECONDS=20 make demo stops by itself
+demo: $(STAMP)
+	scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

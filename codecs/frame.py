@@ -1,0 +1,196 @@
+"""ICD v1 frames: the 24-byte common header, MAC, CRC, encode and the one-frame parser.
+
+::
+
+    0      2   3    4     5     6    8    10       14        22     24        24+L      end-4  end
+    | A55A | 1 |type|flags| 0x00 | src | dst | seq | time_ms | len  | payload | [mac 16] | crc32 |
+
+``parse_at`` is the shared core of the stream decoder (TCP) and the datagram
+decoder (UDP): it looks at one contiguous buffer, never copies the payload
+before the CRC has passed, and says either "need N bytes", "a frame of N
+bytes", or "an error, resume at offset X". It is buffer-agnostic so the
+gateway's ring buffer can hand it a view straight into its memory.
+
+Pure functions and frozen data, no IO; safe from any thread.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .errors import FieldError, FrameError, PayloadError, Reason
+from .messages import (Close, Command, CommandResult, DeviceAlarm, Heartbeat, Hello, HelloAck, Message,
+                       Signals, Switches, TrackSections, check_uint)
+from .train_messages import TrainDiag, TrainHeartbeat, TrainStatus
+
+SYNC = 0xA55A
+SYNC_BYTES = b"\xa5\x5a"
+VERSION = 1
+HEADER_LEN = 24
+MAC_LEN = 16
+CRC_LEN = 4
+MAX_PAYLOAD = 4096
+FLAG_MAC = 0x01
+#: the largest frame on the wire; also the cap on bytes buffered for one frame
+MAX_FRAME_LEN = HEADER_LEN + MAX_PAYLOAD + MAC_LEN + CRC_LEN
+
+HEADER = struct.Struct(">HBBBBHHIQH")
+_CRC = struct.Struct(">I")
+
+#: every message type of the ICD, by type code
+ALL_TYPES: dict[int, type[Message]] = {
+    cls.TYPE: cls for cls in (Hello, HelloAck, Heartbeat, TrackSections, Signals, Switches, DeviceAlarm,
+                              Command, CommandResult, Close, TrainStatus, TrainHeartbeat, TrainDiag)
+}
+#: what a gateway accepts on a device's TCP link (device -> gateway and both-way messages)
+GATEWAY_RX_TYPES = {t: ALL_TYPES[t] for t in (0x01, 0x02, 0x10, 0x11, 0x12, 0x20, 0x31, 0x7E)}
+#: what a device accepts from the gateway
+DEVICE_RX_TYPES = {t: ALL_TYPES[t] for t in (0x81, 0x02, 0x30, 0x7E)}
+#: TCP messages (section 4) and UDP messages (section 5)
+TCP_TYPES = {t: c for t, c in ALL_TYPES.items() if c.FIXED_PAYLOAD is None}
+UDP_TYPES = {t: c for t, c in ALL_TYPES.items() if c.FIXED_PAYLOAD is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded (or to-be-encoded) frame: header fields plus its message."""
+
+    src: int
+    dst: int
+    seq: int
+    time_ms: int
+    message: Message
+    mac: bool = False
+
+    def __post_init__(self) -> None:
+        check_uint("frame", "src", self.src, 16)
+        check_uint("frame", "dst", self.dst, 16)
+        check_uint("frame", "seq", self.seq, 32)
+        check_uint("frame", "time_ms", self.time_ms, 64)
+        if not isinstance(self.message, Message):
+            raise FieldError(f"frame.message: expected an ICD message, got {self.message!r}")
+
+    @property
+    def type(self) -> int:
+        return self.message.TYPE
+
+    @property
+    def name(self) -> str:
+        return self.message.NAME
+
+    def to_json(self) -> dict:
+        """The `gateway decode` view: header fields and the ICD field names."""
+        return {"type": self.message.NAME, "src": self.src, "dst": self.dst, "seq": self.seq,
+                "time_ms": self.time_ms, "mac": self.mac, "fields": self.message.to_fields()}
+
+
+def compute_mac(key: bytes, signed: bytes | memoryview) -> bytes:
+    """HMAC-SHA256 over header+payload, first 16 bytes (ICD section 2)."""
+    return hmac.new(key, signed, hashlib.sha256).digest()[:MAC_LEN]
+
+
+def encode(message: Message, *, src: int, dst: int, seq: int, time_ms: int, mac_key: bytes | None = None) -> bytes:
+    """Encode one frame. With ``mac_key`` the MAC flag is set and the MAC appended."""
+    payload = message.pack()
+    if len(payload) > MAX_PAYLOAD:
+        raise FieldError(f"{message.NAME}: payload of {len(payload)} bytes is over the ICD's {MAX_PAYLOAD}")
+    for name, value, bits in (("src", src, 16), ("dst", dst, 16), ("seq", seq, 32), ("time_ms", time_ms, 64)):
+        check_uint("frame", name, value, bits)
+    flags = FLAG_MAC if mac_key is not None else 0
+    head = HEADER.pack(SYNC, VERSION, message.TYPE, flags, 0, src, dst, seq, time_ms, len(payload))
+    body = head + payload
+    if mac_key is not None:
+        body += compute_mac(mac_key, body)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def encode_frame(frame: Frame, mac_key: bytes | None = None) -> bytes:
+    return encode(frame.message, src=frame.src, dst=frame.dst, seq=frame.seq, time_ms=frame.time_ms,
+                  mac_key=mac_key)
+
+
+@dataclass(frozen=True, slots=True)
+class MacPolicy:
+    """How a receiver treats the MAC on one link.
+
+    ``key``: the link's key, or None. ``required``: frames without a MAC are
+    ``missing_mac``. ``accept_unverified``: a MAC present but no key to check it
+    with is let through (only for offline debugging, e.g. `gateway decode`
+    without ``--mac-key``); otherwise such a frame is ``bad_mac``.
+
+    ``keys`` / ``required_srcs``: per-sender keys and MAC requirements, looked
+    up by the frame's ``src`` (the gateway's links, which learn their device
+    only from the HELLO, which itself may be signed). The source is checked
+    against the link later, by the receiver; a key found here only proves the
+    frame was signed by the holder of that device's key.
+    """
+
+    key: bytes | None = None
+    required: bool = False
+    accept_unverified: bool = False
+    keys: dict | None = None
+    required_srcs: frozenset = frozenset()
+
+    def key_for(self, src: int) -> bytes | None:
+        return self.key if self.keys is None else self.keys.get(src)
+
+    def requires(self, src: int) -> bool:
+        return self.required or src in self.required_srcs
+
+
+NO_MAC = MacPolicy()
+
+
+def check_header(buf, pos: int) -> tuple[Reason | None, int]:
+    """Check the fixed header fields at ``pos`` (sync already matched).
+
+    Returns ``(reason, 0)`` for a bad header, else ``(None, frame_length)``.
+    The reserved byte shares ``bad_flags`` with the flag bits: both are
+    "header bits that must be zero" and the ICD names no reason of their own.
+    """
+    if buf[pos + 2] != VERSION:
+        return Reason.BAD_VERSION, 0
+    flags = buf[pos + 4]
+    if flags & ~FLAG_MAC or buf[pos + 5]:
+        return Reason.BAD_FLAGS, 0
+    length = (buf[pos + 22] << 8) | buf[pos + 23]
+    if length > MAX_PAYLOAD:
+        return Reason.OVERSIZE, 0
+    return None, HEADER_LEN + length + (MAC_LEN if flags else 0) + CRC_LEN
+
+
+def crc_ok(view: memoryview, pos: int, total: int) -> bool:
+    end = pos + total - CRC_LEN
+    return zlib.crc32(view[pos:end]) == _CRC.unpack_from(view, end)[0]
+
+
+def finish(view: memoryview, pos: int, total: int, policy: MacPolicy,
+           types: dict[int, type[Message]]) -> Frame | tuple[Reason, str]:
+    """Checks after the CRC passed: MAC, type, payload. Returns a Frame or (reason, detail)."""
+    _, _, mtype, flags, _, src, dst, seq, time_ms, length = HEADER.unpack_from(view, pos)
+    body_end = pos + HEADER_LEN + length
+    if flags & FLAG_MAC:
+        key = policy.key_for(src)
+        if key is not None:
+            mac = compute_mac(key, view[pos:body_end])
+            if not hmac.compare_digest(mac, view[body_end:body_end + MAC_LEN]):
+                return Reason.BAD_MAC, "MAC does not match the link key"
+        elif not policy.accept_unverified:
+            return Reason.BAD_MAC, "frame carries a MAC but the link has no key to verify it"
+    elif policy.requires(src):
+        return Reason.MISSING_MAC, "link requires a MAC"
+    cls = types.get(mtype)
+    if cls is None:
+        return Reason.UNKNOWN_TYPE, f"type 0x{mtype:02x} not accepted here"
+    try:
+        message = cls.unpack(view[pos + HEADER_LEN:body_end])
+    except PayloadError as exc:
+        return Reason.BAD_PAYLOAD, str(exc)
+    return Frame(src, dst, seq, time_ms, message, bool(flags & FLAG_MAC))
+
+
+def error(reason: Reason, offset: int, detail: str = "", length: int = 0) -> FrameError:
+    return FrameError(reason, offset, length, detail)

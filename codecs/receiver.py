@@ -1,0 +1,252 @@
+"""Receiver safety checks of ICD v1 section 6, sans-IO: the EN 50159 defences.
+
+One :class:`Receiver` per gateway decides, for every decoded frame, whether it
+is applied or dropped and why, and keeps the counters the status API shows.
+
+=============  ===========================================  ==========================
+EN 50159 threat what the receiver checks                     counter that moves
+=============  ===========================================  ==========================
+repetition     seq already seen (incl. the 2nd dual-net copy) ``duplicate``
+deletion       seq newer by more than one                    ``gap`` (+ skipped count)
+insertion      src not configured / not the link's device    ``unknown_source``
+resequencing   seq older than the last applied, not seen     ``stale``
+corruption     CRC (decoder), payload parse (decoder)        ``bad_crc``, ``bad_payload``
+delay          age by the learned clock offset > max_age_ms  ``stale``
+masquerade     MAC (decoder), src/kind vs config and HELLO   ``bad_mac``, ``unknown_source``
+=============  ===========================================  ==========================
+
+Decisions where the ICD is silent (also in docs/icd-decisions.md):
+
+* A device's sequence window is reset when a HELLO arrives while none of its
+  other links is open (a new session: the device may have restarted and begun
+  again at seq 1). A HELLO on a second link joins the running session.
+* Trains send no HELLO: their clocks are taken as synchronised with the
+  gateway's (offset 0), and a train silent for longer than
+  ``train_reset_ms`` starts a new session at its next datagram, provided the
+  datagram passes the age check (so an old recording cannot restart it).
+* A frame from the future by more than ``max_age_ms`` is ``stale`` too: a
+  clock that jumped is not trusted.
+* Per-link messages: a HEARTBEAT counter equal to the last is ``duplicate``,
+  lower is ``stale``, higher by more than one adds the lost beats to ``gap``;
+  their seq field is not checked (the ICD says 0; nothing depends on it).
+
+Clock: every method takes ``now_ms`` (gateway wall clock, epoch ms); nothing
+reads a clock here.
+
+Threading: :meth:`Receiver.check` may be called from several IO loop threads
+at once (net A and net B links of a device live on different loops); the
+sender's window and counters are updated under that sender's lock. A
+:class:`LinkChecks` belongs to the one thread that serves its link.
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .errors import Reason
+from .frame import Frame
+from .messages import Heartbeat, Hello, HelloAck
+from .sequence import APPLY, DUPLICATE, SequenceWindow
+
+TRAIN_KIND = 4
+
+
+@dataclass
+class SenderState:
+    """What the receiver knows of one configured sender (device or train)."""
+
+    id: int
+    kind: int
+    window: SequenceWindow
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    applied: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    gap: int = 0
+    sessions: int = 0
+    open_links: int = 0
+    last_applied_ms: int | None = None
+
+    def counters(self) -> dict:
+        return {"applied": self.applied, "duplicates": self.duplicates, "stale": self.stale, "gap": self.gap,
+                "sessions": self.sessions}
+
+
+class LinkChecks:
+    """Per-link state: the device its HELLO named, clock offset, heartbeat counter, errors.
+
+    Used only by the thread that serves the link.
+    """
+
+    __slots__ = ("name", "net", "device_id", "kind", "offset_ms", "hb_last", "errors", "rx_frames", "applied",
+                 "closed")
+
+    def __init__(self, name: str, net: int | None = None) -> None:
+        self.name = name
+        self.net = net
+        self.device_id: int | None = None
+        self.kind: int | None = None
+        self.offset_ms = 0
+        self.hb_last: int | None = None
+        self.errors: Counter = Counter()
+        self.rx_frames = 0
+        self.applied = 0
+        self.closed = False
+
+    def count(self, reason: Reason, n: int = 1) -> None:
+        self.errors[reason.value] += n
+
+
+class Receiver:
+    """EN 50159 receiver checks for one gateway.
+
+    ``senders``: configured node id -> kind code (1 CI, 2 ZC, 3 PSD, 4 train).
+    """
+
+    def __init__(self, gateway_id: int, senders: dict[int, int], *, max_age_ms: int = 2000, window: int = 1024,
+                 train_reset_ms: int = 3000) -> None:
+        self.gateway_id = gateway_id
+        self.max_age_ms = max_age_ms
+        self.train_reset_ms = train_reset_ms
+        self._window = window
+        self.senders: dict[int, SenderState] = {
+            sid: SenderState(sid, kind, SequenceWindow(window)) for sid, kind in senders.items()}
+
+    # -- links ----------------------------------------------------------------
+    def new_link(self, name: str, net: int | None = None) -> LinkChecks:
+        """A link object for a new TCP connection (or a UDP endpoint). Any thread."""
+        return LinkChecks(name, net)
+
+    def hello(self, link: LinkChecks, frame: Frame, now_ms: int) -> int:
+        """Check a HELLO: name the link's device, learn the clock offset.
+
+        Returns the HELLO_ACK result code (0 ok, 1 unknown device). Safe from
+        the link's thread; takes the sender's lock.
+        """
+        msg = frame.message
+        assert isinstance(msg, Hello)
+        link.rx_frames += 1
+        if frame.dst != self.gateway_id:
+            link.count(Reason.WRONG_DESTINATION)
+            return HelloAck.UNKNOWN_DEVICE
+        sender = self.senders.get(frame.src)
+        if sender is None or sender.kind != msg.device_kind or sender.kind == TRAIN_KIND or \
+                (link.device_id is not None and link.device_id != frame.src):
+            link.count(Reason.UNKNOWN_SOURCE)
+            return HelloAck.UNKNOWN_DEVICE
+        with sender.lock:
+            if link.device_id is None:
+                if sender.open_links == 0:
+                    sender.window.reset()
+                    sender.sessions += 1
+                sender.open_links += 1
+            link.device_id, link.kind, link.net = frame.src, msg.device_kind, msg.net
+            link.offset_ms = frame.time_ms - now_ms
+            link.hb_last = None
+        return HelloAck.OK
+
+    def link_closed(self, link: LinkChecks) -> None:
+        """The link is gone; the device's session lasts while another link is open."""
+        if link.closed:
+            return
+        link.closed = True
+        sender = self.senders.get(link.device_id) if link.device_id is not None else None
+        if sender is not None:
+            with sender.lock:
+                sender.open_links -= 1
+
+    # -- frames -----------------------------------------------------------------
+    def check(self, link: LinkChecks, frame: Frame, now_ms: int, apply=None) -> Reason | None:
+        """Decide one decoded TCP frame (not HELLO): None to apply, else the drop reason.
+
+        The reason has been counted on the link (and on the sender for
+        duplicate/stale); ``gap`` is counted when a newer frame is applied.
+        ``apply(frame, now_ms)``, if given, runs for an accepted sequenced frame
+        while the sender's lock is held, so frames of one sender are applied in
+        sequence order even when net A and net B are served by two threads.
+        """
+        link.rx_frames += 1
+        if frame.dst != self.gateway_id:
+            return self._drop(link, Reason.WRONG_DESTINATION)
+        if link.device_id is None or frame.src != link.device_id:
+            return self._drop(link, Reason.UNKNOWN_SOURCE)
+        sender = self.senders[frame.src]
+        age = now_ms - (frame.time_ms - link.offset_ms)
+        if age > self.max_age_ms or -age > self.max_age_ms:
+            return self._drop(link, Reason.STALE, sender)
+        msg = frame.message
+        if msg.PER_LINK:
+            if isinstance(msg, Heartbeat):
+                return self._heartbeat(link, msg.counter)
+            return None
+        return self._sequence(link, sender, frame, now_ms, apply)
+
+    def check_datagram(self, link: LinkChecks, frame: Frame, now_ms: int, apply=None) -> Reason | None:
+        """Decide one decoded train datagram: None to apply, else the drop reason.
+
+        ``link`` is the UDP endpoint's LinkChecks (errors are counted there);
+        ``apply`` as for :meth:`check`.
+        """
+        link.rx_frames += 1
+        if frame.dst != self.gateway_id:
+            return self._drop(link, Reason.WRONG_DESTINATION)
+        sender = self.senders.get(frame.src)
+        if sender is None or sender.kind != TRAIN_KIND:
+            return self._drop(link, Reason.UNKNOWN_SOURCE)
+        age = now_ms - frame.time_ms
+        if age > self.max_age_ms or -age > self.max_age_ms:
+            return self._drop(link, Reason.STALE, sender)
+        last = sender.last_applied_ms
+        if last is None or now_ms - last > self.train_reset_ms:
+            with sender.lock:
+                if sender.last_applied_ms == last:  # nobody started the session meanwhile
+                    sender.window.reset()
+                    sender.sessions += 1
+        return self._sequence(link, sender, frame, now_ms, apply)
+
+    # -- internals ----------------------------------------------------------------
+    def _sequence(self, link: LinkChecks, sender: SenderState, frame: Frame, now_ms: int,
+                  apply) -> Reason | None:
+        with sender.lock:
+            verdict, skipped = sender.window.check(frame.seq)
+            if verdict == APPLY:
+                sender.applied += 1
+                sender.gap += skipped
+                sender.last_applied_ms = now_ms
+                if apply is not None:
+                    apply(frame, now_ms)
+            elif verdict == DUPLICATE:
+                sender.duplicates += 1
+            else:
+                sender.stale += 1
+        if verdict == APPLY:
+            link.applied += 1
+            if skipped:
+                link.count(Reason.GAP, skipped)
+            return None
+        return self._drop(link, Reason.DUPLICATE if verdict == DUPLICATE else Reason.STALE)
+
+    def _heartbeat(self, link: LinkChecks, counter: int) -> Reason | None:
+        last = link.hb_last
+        if last is not None:
+            d = (counter - last) & 0xFFFF_FFFF
+            if d == 0:
+                return self._drop(link, Reason.DUPLICATE)
+            if d >= 0x8000_0000:
+                return self._drop(link, Reason.STALE)
+            if d > 1:
+                link.count(Reason.GAP, d - 1)
+        link.hb_last = counter
+        return None
+
+    def _drop(self, link: LinkChecks, reason: Reason, sender: SenderState | None = None) -> Reason:
+        link.count(reason)
+        if sender is not None and reason is Reason.STALE:
+            with sender.lock:
+                sender.stale += 1
+        return reason
+
+    def set_max_age(self, max_age_ms: int) -> None:
+        """Live reload (SIGHUP). Any thread: a single attribute store."""
+        self.max_age_ms = max_age_ms

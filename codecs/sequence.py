@@ -1,0 +1,83 @@
+"""Per-sender sequence window (ICD v1 section 6): repetition, deletion, resequencing.
+
+Sequence numbers run 1..0xFFFFFFFF and then 1 again, so comparisons are made
+on the circle of ``M = 2**32 - 1`` values: ``d = (seq - last) mod M``. A frame
+is *newer* when ``0 < d < M/2`` (applied; ``d - 1`` numbers were skipped and
+go to ``gap``), otherwise it is older or equal and is dropped: ``duplicate``
+when that number was already seen, else ``stale`` (it was skipped and came
+late: resequenced or delayed).
+
+"Seen" is a bitmap of the last ``window`` numbers (default 1024) behind the
+newest one::
+
+    bit k set  <=>  seq (last - k) arrived before        k = 0 .. window-1
+    last ────────▶ bit 0
+
+A number older than the window cannot be told apart and is ``stale``.
+
+Threading: not thread-safe by itself; the receiver holds a per-sender lock
+around :meth:`check` so that two IO loops racing with the net A and net B
+copies of one frame apply it exactly once.
+"""
+from __future__ import annotations
+
+SEQ_MOD = 0xFFFF_FFFF  # numbers 1..2**32-1: 2**32 - 1 values on the circle
+HALF = SEQ_MOD // 2
+
+APPLY = 0
+DUPLICATE = 1
+STALE = 2
+
+
+def seq_distance(seq: int, last: int) -> int:
+    """Signed distance from ``last`` to ``seq`` on the wrap-around circle."""
+    d = (seq - last) % SEQ_MOD
+    return d if d <= HALF else d - SEQ_MOD
+
+
+def seq_next(seq: int) -> int:
+    """The number after ``seq`` (0xFFFFFFFF is followed by 1, never 0)."""
+    return 1 if seq >= SEQ_MOD else seq + 1
+
+
+class SequenceWindow:
+    """Last applied seq of one sender and which recent numbers were seen."""
+
+    __slots__ = ("last", "seen", "window", "_mask")
+
+    def __init__(self, window: int = 1024) -> None:
+        if window < 1:
+            raise ValueError(f"sequence window must be at least 1, got {window}")
+        self.window = window
+        self._mask = (1 << window) - 1
+        self.last = 0  # 0: nothing applied yet
+        self.seen = 0
+
+    def reset(self) -> None:
+        """Forget the sender's history (a new session, see receiver.py)."""
+        self.last = 0
+        self.seen = 0
+
+    def check(self, seq: int) -> tuple[int, int]:
+        """Classify ``seq`` and, if newer, apply it.
+
+        Returns ``(APPLY, skipped)``, ``(DUPLICATE, 0)`` or ``(STALE, 0)``.
+        Seq 0 is never valid for a sequenced frame: it is ``stale``.
+        """
+        if seq == 0:
+            return STALE, 0
+        if self.last == 0:
+            self.last, self.seen = seq, 1
+            return APPLY, 0
+        d = seq_distance(seq, self.last)
+        if d > 0:
+            self.seen = ((self.seen << d) | 1) & self._mask if d < self.window else 1
+            self.last = seq
+            return APPLY, d - 1
+        back = -d
+        if back < self.window and (self.seen >> back) & 1:
+            return DUPLICATE, 0
+        if back < self.window:
+            # it was skipped and comes late: remember it, so a second late copy is a duplicate
+            self.seen |= 1 << back
+        return STALE, 0

@@ -1,0 +1,1 @@
+"""railgate gateway: reactor, links, pools, CLI (the IO side of the project)."""

@@ -1,0 +1,39 @@
+"""The `gateway` command: one entry point, one module per subcommand.
+
+Subcommands are imported lazily so `gateway decode` starts fast and does not
+pull in the reactor or the Kafka client.
+"""
+from __future__ import annotations
+
+import sys
+
+_COMMANDS = {
+    "run": ("gateway.run_cmd:run_main", "run the gateway (-c config/demo-line.yaml; --daemon --pidfile F)"),
+    "stop": ("gateway.run_cmd:stop_main", "stop a daemon gateway gracefully (--pidfile F)"),
+    "status": ("gateway.status_cmd:main", "show devices, links, trains, loops and pools (--json, --watch)"),
+    "decode": ("gateway.decode_cmd:main", "decode ICD frames (hex or raw) to JSON lines"),
+    "simulate": ("simulators.cli:main", "run device and train simulators against a gateway"),
+}
+
+
+def _usage() -> str:
+    rows = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in _COMMANDS.items())
+    return f"usage: gateway COMMAND [ARGS]\n\ncommands:\n{rows}\n\n`gateway COMMAND --help` for each.\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in _COMMANDS:
+        sys.stderr.write(f"gateway: unknown command {name!r}\n" + _usage())
+        return 2
+    module_name, func = _COMMANDS[name][0].split(":")
+    module = __import__(module_name, fromlist=[func])
+    return getattr(module, func)(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

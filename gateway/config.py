@@ -1,0 +1,322 @@
+"""Gateway configuration: YAML line files, validated at start, reloadable in part.
+
+``load(path)`` reads a line file (see ``config/demo-line.yaml`` and the README's
+configuration section) into frozen dataclasses. Every problem is reported at
+once, each naming its key path and what was expected::
+
+    config/x.yaml: 2 problems
+      gateway.listen.net_a.port: expected an integer 1..65535, got 'abc'
+      devices[1].kind: expected one of interlocking, zone_controller, platform_doors, got 'foo'
+
+Settings marked *live* (heartbeat, thresholds, log level) take effect on
+SIGHUP; :func:`diff` says which changed settings need a restart.
+
+Threading: :func:`current` / :func:`install` are the thread-safe singleton
+accessor (a lock around one reference swap; readers get an immutable object).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+KINDS = {"interlocking": 1, "zone_controller": 2, "platform_doors": 3}
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``problems`` lists ``key.path: what was expected``."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source, self.problems = source, problems
+        n = len(problems)
+        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Device:
+    id: int
+    name: str
+    kind: int
+    nets: tuple[str, ...]
+    mac: str                      # required | optional | off
+    mac_key: bytes | None
+    sections: tuple[int, ...]
+    signals: tuple[int, ...]
+    switches: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Trains:
+    heartbeat_ms: int
+    ids: tuple[int, ...]
+    consists: dict[int, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gateway: section. ``LIVE`` names what SIGHUP may change."""
+
+    LIVE = ("heartbeat_ms", "dead_after", "max_age_ms", "log_level", "output_high_water", "error_rate_limit",
+            "hello_timeout_ms")
+    id: int
+    name: str
+    net_a: Endpoint
+    net_b: Endpoint
+    udp: Endpoint
+    admin: Endpoint
+    io_threads: int
+    heartbeat_ms: int
+    dead_after: int
+    hello_timeout_ms: int
+    max_age_ms: int
+    max_links: int
+    ring_bytes: int
+    udp_slabs: int
+    output_high_water: int
+    error_rate_limit: int
+    log_level: str
+    log_file: str | None
+    state_dir: str
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    gateway: Settings
+    line_name: str
+    timezone: str
+    devices: tuple[Device, ...]
+    trains: Trains
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    def device(self, device_id: int) -> Device | None:
+        return next((d for d in self.devices if d.id == device_id), None)
+
+    def senders(self) -> dict[int, int]:
+        """Every configured sender id -> kind code (4 for trains)."""
+        out = {d.id: d.kind for d in self.devices}
+        out.update({t: 4 for t in self.trains.ids})
+        return out
+
+
+class _Reader:
+    """Walks the YAML tree collecting problems instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def bad(self, path: str, expected: str, value: Any) -> None:
+        self.problems.append(f"{path}: expected {expected}, got {value!r}")
+
+    def section(self, obj: dict, key: str, path: str, required: bool = True) -> dict:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if value is None:
+            if required:
+                self.problems.append(f"{path}: missing (expected a mapping)")
+            return {}
+        if not isinstance(value, dict):
+            self.bad(path, "a mapping", value)
+            return {}
+        return value
+
+    def int(self, obj: dict, key: str, path: str, lo: int, hi: int, default: int | None = None) -> int:
+        value = obj.get(key, default)
+        if type(value) is not int or not lo <= value <= hi:
+            self.bad(path, f"an integer {lo}..{hi}" if value is not None else f"an integer {lo}..{hi} (required)",
+                     value)
+            return lo
+        return value
+
+    def str(self, obj: dict, key: str, path: str, default: str | None = None, choices=None) -> str:
+        value = obj.get(key, default)
+        if not isinstance(value, str) or not value or (choices and value not in choices):
+            self.bad(path, f"one of {', '.join(choices)}" if choices else "a non-empty string", value)
+            return (choices or [""])[0]
+        return value
+
+    def ids(self, obj: dict, key: str, path: str) -> tuple[int, ...]:
+        value = obj.get(key, [])
+        if not isinstance(value, list) or any(type(v) is not int or not 1 <= v <= 0xFFFF for v in value):
+            self.bad(path, "a list of ids 1..65535", value)
+            return ()
+        return tuple(value)
+
+    def endpoint(self, obj: dict, key: str, path: str, default_port: int | None = None) -> Endpoint:
+        sec = self.section(obj, key, path, required=default_port is None)
+        host = self.str(sec, "host", f"{path}.host", default="127.0.0.1")
+        # port 0: the OS picks a free port (tests, or a gateway that reports its ports in status)
+        port = self.int(sec, "port", f"{path}.port", 0, 65535, default=default_port)
+        return Endpoint(host, port)
+
+
+def parse(data: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document; raise ConfigError listing every problem."""
+    r = _Reader()
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"(top level): expected a mapping, got {type(data).__name__}"])
+    gw = r.section(data, "gateway", "gateway")
+    listen = r.section(gw, "listen", "gateway.listen")
+    log = r.section(gw, "log", "gateway.log", required=False)
+    settings = Settings(
+        id=r.int(gw, "id", "gateway.id", 1, 0xFFFF, default=1),
+        name=r.str(gw, "name", "gateway.name", default="railgate"),
+        net_a=r.endpoint(listen, "net_a", "gateway.listen.net_a"),
+        net_b=r.endpoint(listen, "net_b", "gateway.listen.net_b"),
+        udp=r.endpoint(listen, "udp", "gateway.listen.udp"),
+        admin=r.endpoint(gw, "admin", "gateway.admin", default_port=17080),
+        io_threads=r.int(gw, "io_threads", "gateway.io_threads", 0, 64, default=2),
+        heartbeat_ms=r.int(gw, "heartbeat_ms", "gateway.heartbeat_ms", 50, 60_000, default=500),
+        dead_after=r.int(gw, "dead_after_heartbeats", "gateway.dead_after_heartbeats", 2, 20, default=3),
+        hello_timeout_ms=r.int(gw, "hello_timeout_ms", "gateway.hello_timeout_ms", 100, 60_000, default=5000),
+        max_age_ms=r.int(gw, "max_age_ms", "gateway.max_age_ms", 10, 600_000, default=2000),
+        max_links=r.int(gw, "max_links", "gateway.max_links", 1, 100_000, default=4096),
+        ring_bytes=r.int(gw, "ring_bytes", "gateway.ring_bytes", 8192, 64 << 20, default=64 << 10),
+        udp_slabs=r.int(gw, "udp_slabs", "gateway.udp_slabs", 1, 1 << 20, default=1024),
+        output_high_water=r.int(gw, "output_high_water_bytes", "gateway.output_high_water_bytes", 4096,
+                                1 << 30, default=1 << 20),
+        error_rate_limit=r.int(gw, "error_rate_limit", "gateway.error_rate_limit", 1, 1_000_000, default=50),
+        log_level=r.str(log, "level", "gateway.log.level", default="INFO", choices=LEVELS),
+        log_file=log.get("file"),
+        state_dir=r.str(gw, "state_dir", "gateway.state_dir", default="state"),
+    )
+    line = r.section(data, "line", "line", required=False)
+    tz = r.str(line, "timezone", "line.timezone", default="UTC")
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        r.bad("line.timezone", "an IANA time zone such as Asia/Shanghai", tz)
+    devices = _devices(r, data.get("devices", []))
+    trains = _trains(r, r.section(data, "trains", "trains", required=False))
+    _cross_checks(r, settings, devices, trains)
+    if r.problems:
+        raise ConfigError(source, r.problems)
+    return Config(source, settings, r.str(line, "name", "line.name", default="line"), tz, devices, trains, data)
+
+
+def _devices(r: _Reader, items: Any) -> tuple[Device, ...]:
+    if not isinstance(items, list):
+        r.bad("devices", "a list", items)
+        return ()
+    out = []
+    for i, d in enumerate(items):
+        p = f"devices[{i}]"
+        if not isinstance(d, dict):
+            r.bad(p, "a mapping", d)
+            continue
+        kind = r.str(d, "kind", f"{p}.kind", choices=tuple(KINDS))
+        nets = d.get("nets", ["A", "B"])
+        if not isinstance(nets, list) or not nets or len(set(nets)) != len(nets) or any(
+                n not in ("A", "B") for n in nets):
+            r.bad(f"{p}.nets", "[A], [B] or [A, B]", nets)
+            nets = ["A"]
+        mac = r.str(d, "mac", f"{p}.mac", default="off", choices=("required", "optional", "off"))
+        key = None
+        key_given = d.get("mac_key") is not None
+        if key_given:
+            try:
+                key = bytes.fromhex(d["mac_key"])
+                if len(key) < 16:
+                    raise ValueError
+            except (TypeError, ValueError):
+                r.bad(f"{p}.mac_key", "hex of at least 16 bytes", d.get("mac_key"))
+        if mac == "required" and not key_given:
+            r.problems.append(f"{p}.mac_key: missing (required when mac is 'required')")
+        out.append(Device(id=r.int(d, "id", f"{p}.id", 1, 0xFFFF), name=r.str(d, "name", f"{p}.name"),
+                          kind=KINDS.get(kind, 1), nets=tuple(nets), mac=mac, mac_key=key,
+                          sections=r.ids(d, "sections", f"{p}.sections"),
+                          signals=r.ids(d, "signals", f"{p}.signals"),
+                          switches=r.ids(d, "switches", f"{p}.switches")))
+    return tuple(out)
+
+
+def _trains(r: _Reader, t: dict) -> Trains:
+    ids = r.ids(t, "ids", "trains.ids")
+    consists: dict[int, tuple[int, int]] = {}
+    raw = t.get("consists", {}) or {}
+    if not isinstance(raw, dict):
+        r.bad("trains.consists", "a mapping consist_id: [train, train]", raw)
+        raw = {}
+    for cid, members in raw.items():
+        p = f"trains.consists.{cid}"
+        if isinstance(cid, str) and cid.isdigit():
+            cid = int(cid)  # a quoted key ("10") is still the consist 10
+        if type(cid) is not int or not 1 <= cid <= 0xFFFF:
+            r.bad(p, "a consist id 1..65535 as key", cid)
+        elif not isinstance(members, list) or len(members) != 2 or any(m not in ids for m in members) \
+                or members[0] == members[1]:
+            r.bad(p, "two different train ids listed in trains.ids", members)
+        else:
+            consists[cid] = (members[0], members[1])
+    return Trains(r.int(t, "heartbeat_ms", "trains.heartbeat_ms", 50, 60_000, default=1000), ids, consists)
+
+
+def _cross_checks(r: _Reader, s: Settings, devices, trains: Trains) -> None:
+    seen: dict[int, str] = {s.id: "gateway.id"}
+    for i, d in enumerate(devices):
+        if d.id in seen:
+            r.problems.append(f"devices[{i}].id: {d.id} is already used by {seen[d.id]}")
+        seen[d.id] = f"devices[{i}]"
+    for t in trains.ids:
+        if t in seen:
+            r.problems.append(f"trains.ids: {t} is already used by {seen[t]}")
+        seen[t] = "trains.ids"
+    ports = [(s.net_a, "gateway.listen.net_a"), (s.net_b, "gateway.listen.net_b")]
+    if s.net_a.port and (s.net_a.host, s.net_a.port) == (s.net_b.host, s.net_b.port):
+        r.problems.append(f"{ports[1][1]}: same address as {ports[0][1]} (net A and net B must differ)")
+
+
+def load(path: str) -> Config:
+    """Read and validate a YAML line file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(path, [f"(file): cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError(path, [f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    return parse(data, path)
+
+
+def diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Compare two configs: (live settings that changed, changes that need a restart)."""
+    live, restart = [], []
+    for f in fields(Settings):
+        a, b = getattr(old.gateway, f.name), getattr(new.gateway, f.name)
+        if a != b:
+            (live if f.name in Settings.LIVE else restart).append(f"gateway.{f.name}")
+    for name in ("devices", "trains", "timezone", "line_name"):
+        if getattr(old, name) != getattr(new, name):
+            restart.append(name)
+    return live, restart
+
+
+_lock = threading.Lock()
+_current: Config | None = None
+
+
+def install(cfg: Config) -> Config | None:
+    """Make ``cfg`` the process-wide configuration; returns the previous one. Any thread."""
+    global _current
+    with _lock:
+        old, _current = _current, cfg
+    return old
+
+
+def current() -> Config:
+    """The process-wide configuration. Any thread; raises if none was installed."""
+    cfg = _current  # one reference read: atomic, and Config is immutable
+    if cfg is None:
+        raise RuntimeError("no configuration installed: call gateway.config.install(load(path)) first")
+    return cfg

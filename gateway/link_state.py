@@ -1,0 +1,89 @@
+"""The life of one device TCP link (ICD v1 section 7), as one transition table.
+
+::
+
+    AWAIT_HELLO ──hello_ok──▶ UP ──(timeout, error, close...)──▶ CLOSING ──peer EOF / linger──▶ CLOSED
+         │                     │                                   ▲
+         └──(timeout, error)───┼───────────────────────────────────┘
+                               └──(EOF, IO error, slow peer)──────────────────────────────▶ CLOSED
+
+Each entry maps ``(state, event)`` to ``(next state, CLOSE reason to send or
+None)``. A pair not in the table is a bug in the caller and raises
+:class:`IllegalTransition`. Leaving UP drops the link's liveness flag at once.
+
+Pure data; used by the link's loop thread only.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+from railcodecs import Close
+
+
+class LinkState(str, Enum):
+    AWAIT_HELLO = "await_hello"
+    UP = "up"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class LinkEvent(str, Enum):
+    HELLO_OK = "hello_ok"                 # HELLO accepted, HELLO_ACK 0 sent
+    HELLO_REFUSED = "hello_refused"       # HELLO_ACK with an error result sent
+    HELLO_TIMEOUT = "hello_timeout"       # no HELLO within hello_timeout_ms
+    PROTOCOL_ERROR = "protocol_error"     # e.g. a frame before HELLO
+    ERROR_RATE = "error_rate"             # decode/check errors over the configured rate
+    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+    PEER_CLOSE = "peer_close"             # CLOSE frame received
+    LOCAL_CLOSE = "local_close"           # gateway shutting down, or an operator
+    REPLACED = "replaced"                 # a newer link of the same device and net
+    SLOW_PEER = "slow_peer"               # output over the high-water mark
+    EOF = "eof"                           # the peer shut its write side
+    IO_ERROR = "io_error"                 # reset, broken pipe...
+    LINGER_TIMEOUT = "linger_timeout"     # CLOSING waited long enough for the peer
+
+
+S, E = LinkState, LinkEvent
+_CLOSING_ANYWAY = {E.HELLO_TIMEOUT: None, E.HEARTBEAT_TIMEOUT: None, E.ERROR_RATE: None, E.PROTOCOL_ERROR: None,
+                   E.LOCAL_CLOSE: None, E.REPLACED: None, E.PEER_CLOSE: None}
+
+TRANSITIONS: dict[tuple[LinkState, LinkEvent], tuple[LinkState, int | None]] = {
+    (S.AWAIT_HELLO, E.HELLO_OK): (S.UP, None),
+    (S.AWAIT_HELLO, E.HELLO_REFUSED): (S.CLOSING, Close.PROTOCOL_ERROR),
+    (S.AWAIT_HELLO, E.HELLO_TIMEOUT): (S.CLOSING, Close.PROTOCOL_ERROR),
+    (S.AWAIT_HELLO, E.PROTOCOL_ERROR): (S.CLOSING, Close.PROTOCOL_ERROR),
+    (S.AWAIT_HELLO, E.ERROR_RATE): (S.CLOSING, Close.PROTOCOL_ERROR),
+    (S.AWAIT_HELLO, E.PEER_CLOSE): (S.CLOSING, Close.NORMAL),
+    (S.AWAIT_HELLO, E.LOCAL_CLOSE): (S.CLOSING, Close.NORMAL),
+    (S.AWAIT_HELLO, E.SLOW_PEER): (S.CLOSED, None),
+    (S.AWAIT_HELLO, E.EOF): (S.CLOSED, None),
+    (S.AWAIT_HELLO, E.IO_ERROR): (S.CLOSED, None),
+    (S.UP, E.HEARTBEAT_TIMEOUT): (S.CLOSING, Close.HEARTBEAT_TIMEOUT),
+    (S.UP, E.PROTOCOL_ERROR): (S.CLOSING, Close.PROTOCOL_ERROR),
+    (S.UP, E.ERROR_RATE): (S.CLOSING, Close.PROTOCOL_ERROR),
+    (S.UP, E.PEER_CLOSE): (S.CLOSING, Close.NORMAL),
+    (S.UP, E.LOCAL_CLOSE): (S.CLOSING, Close.NORMAL),
+    (S.UP, E.REPLACED): (S.CLOSING, Close.REPLACED),
+    # a peer that does not read cannot be sent a CLOSE: abort
+    (S.UP, E.SLOW_PEER): (S.CLOSED, None),
+    (S.UP, E.EOF): (S.CLOSED, None),
+    (S.UP, E.IO_ERROR): (S.CLOSED, None),
+    # CLOSING: our CLOSE is queued and the write side shut after it; wait for the peer
+    **{(S.CLOSING, ev): (S.CLOSING, reason) for ev, reason in _CLOSING_ANYWAY.items()},
+    (S.CLOSING, E.SLOW_PEER): (S.CLOSED, None),
+    (S.CLOSING, E.EOF): (S.CLOSED, None),
+    (S.CLOSING, E.IO_ERROR): (S.CLOSED, None),
+    (S.CLOSING, E.LINGER_TIMEOUT): (S.CLOSED, None),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A link was asked to make a move its state machine does not have (our bug)."""
+
+
+def next_state(state: LinkState, event: LinkEvent) -> tuple[LinkState, int | None]:
+    """Look up one move; raises IllegalTransition for a pair not in the table."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise IllegalTransition(f"link in state {state.value} cannot take event {event.value}") from None

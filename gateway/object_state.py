@@ -1,0 +1,83 @@
+"""Latest applied state of every section, signal, switch (per device) and train.
+
+Status messages carry full or partial state; the latest applied value of an
+object wins (ICD section 4). Each value is stored with the gateway time it was
+applied. The receiver calls :meth:`ObjectState.apply` under the sender's lock,
+so two IO loops applying consecutive frames of one device (net A on one loop,
+net B on the other) cannot write an older value over a newer one.
+
+Threading: ``apply`` from IO loop threads (serialised per sender by the
+receiver); readers (status, alarm sources) from any thread: every stored value
+is an immutable tuple replaced by a single dict store, and ``snapshot`` copies
+under the GIL with ``dict.copy``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from railcodecs import Frame, Signals, Switches, TrackSections, TrainStatus
+
+SECTION_STATES = ("free", "occupied", "fault", "locked")
+ASPECTS = ("red", "yellow", "green", "double_yellow", "shunt_white", "dark")
+POSITIONS = ("normal", "reverse", "moving", "lost")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainState:
+    section_id: int
+    offset_cm: int
+    speed_cm_s: int
+    direction: int
+    mode: int
+    consist_id: int
+    coupling: int
+    role: int
+    peer_train: int
+    doors: int
+    fault_flags: int
+    applied_ms: int
+
+
+class ObjectState:
+    """The line's live picture, as the gateway last applied it."""
+
+    def __init__(self) -> None:
+        # (device_id, object_id) -> (value, applied_ms)
+        self.sections: dict[tuple[int, int], tuple[int, int]] = {}
+        self.signals: dict[tuple[int, int], tuple[int, int]] = {}
+        self.switches: dict[tuple[int, int], tuple[int, int]] = {}
+        self.trains: dict[int, TrainState] = {}
+        self._tables = {TrackSections.TYPE: self.sections, Signals.TYPE: self.signals,
+                        Switches.TYPE: self.switches}
+        self._listeners: list = []
+
+    def subscribe(self, listener) -> None:
+        """``listener(kind, device_id, object_id, value, applied_ms)`` on every change."""
+        self._listeners = self._listeners + [listener]
+
+    def apply(self, frame: Frame, now_ms: int) -> None:
+        """Apply one accepted frame. Called under the sender's lock (see module doc)."""
+        msg = frame.message
+        table = self._tables.get(msg.TYPE)
+        if table is not None:
+            dev = frame.src
+            listeners = self._listeners
+            for obj_id, value in msg.items:
+                key = (dev, obj_id)
+                old = table.get(key)
+                table[key] = (value, now_ms)
+                if listeners and (old is None or old[0] != value):
+                    for fn in listeners:
+                        fn(msg.NAME, dev, obj_id, value, now_ms)
+        elif isinstance(msg, TrainStatus):
+            self.trains[frame.src] = TrainState(
+                msg.section_id, msg.offset_cm, msg.speed_cm_s, msg.direction, msg.mode, msg.consist_id,
+                msg.coupling, msg.role, msg.peer_train, msg.doors, msg.fault_flags, now_ms)
+
+    def device_snapshot(self, device_id: int) -> dict:
+        """JSON-ready state of one device's objects. Any thread."""
+        def pick(table, names):
+            return {str(k[1]): {"value": names[v[0]], "applied_ms": v[1]}
+                    for k, v in table.copy().items() if k[0] == device_id}
+        return {"sections": pick(self.sections, SECTION_STATES), "signals": pick(self.signals, ASPECTS),
+                "switches": pick(self.switches, POSITIONS)}

@@ -1,0 +1,130 @@
+"""`gateway run` and `gateway stop`: foreground, daemon mode, pid files.
+
+``gateway run -c FILE [--daemon --pidfile FILE] [--log FILE]`` validates the
+config first (errors name the key path; exit 2), then runs the gateway. With
+``--daemon`` it double-forks, detaches from the terminal, writes the pid file
+(refusing to start if it names a live process) and logs to the log file.
+
+``gateway stop --pidfile FILE [--timeout S]`` sends SIGTERM (a graceful stop:
+links closed with CLOSE reason 0, logs flushed) and waits for the process to
+exit; exit 1 if it did not stop in time.
+
+Runs in the main thread of the process.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+from . import async_log
+from .config import ConfigError, install, load
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pidfile(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _daemonize(pidfile: str) -> None:
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    with open(pidfile, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gateway run", description="Run the gateway.")
+    p.add_argument("-c", "--config", required=True, help="YAML line file (see config/)")
+    p.add_argument("--daemon", action="store_true", help="detach and run in the background")
+    p.add_argument("--pidfile", help="write the process id here (required with --daemon)")
+    p.add_argument("--log", help="log file (default: stderr; with --daemon: <state_dir>/gateway.log)")
+    args = p.parse_args(argv)
+    if args.daemon and not args.pidfile:
+        p.error("--daemon needs --pidfile FILE")
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"gateway run: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    config_path = os.path.abspath(args.config)
+    state_dir = os.path.abspath(cfg.gateway.state_dir)
+    os.makedirs(state_dir, exist_ok=True)
+    log_file = os.path.abspath(args.log) if args.log else (
+        os.path.join(state_dir, "gateway.log") if args.daemon else cfg.gateway.log_file)
+    if args.pidfile:
+        args.pidfile = os.path.abspath(args.pidfile)
+        old = read_pidfile(args.pidfile)
+        if old is not None and _pid_alive(old):
+            print(f"gateway run: {args.pidfile} names a running process ({old}); stop it first", file=sys.stderr)
+            return 1
+    install(cfg)
+    from .runtime import Gateway  # after the config check: a bad file fails fast
+    try:
+        gw = Gateway(cfg)
+    except OSError as exc:
+        print(f"gateway run: {exc}", file=sys.stderr)
+        return 1
+    if args.daemon:
+        _daemonize(args.pidfile)
+    elif args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    handler = async_log.install(log_file, level=cfg.gateway.log_level) if log_file else None
+    if handler is None:
+        logging.basicConfig(level=cfg.gateway.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        gw.start(config_path)
+        gw.run()
+    finally:
+        if args.pidfile and read_pidfile(args.pidfile) == os.getpid():
+            os.unlink(args.pidfile)
+        if handler is not None:
+            async_log.shutdown()
+    return 0
+
+
+def stop_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gateway stop", description="Stop a gateway started with --pidfile.")
+    p.add_argument("--pidfile", required=True)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a graceful exit")
+    args = p.parse_args(argv)
+    pid = read_pidfile(args.pidfile)
+    if pid is None:
+        print(f"gateway stop: no readable pid in {args.pidfile}", file=sys.stderr)
+        return 1
+    if not _pid_alive(pid):
+        print(f"gateway stop: process {pid} from {args.pidfile} is not running", file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return 0
+        time.sleep(0.05)
+    print(f"gateway stop: process {pid} still running after {args.timeout:.1f} s", file=sys.stderr)
+    return 1

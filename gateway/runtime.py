@@ -1,0 +1,172 @@
+"""Gateway: build the loops, listeners, UDP endpoint and admin API; run; stop gracefully.
+
+Threads (who owns what):
+
+* the thread calling :meth:`Gateway.run` owns the **base loop**: the two
+  acceptors, the trains' liveness timer, the start-up check, and signals
+  (SIGHUP reload, SIGTERM/SIGINT stop, installed only in the main thread);
+* ``io_threads`` **IO loops** (``io-0``...): each owns the TCP links handed to
+  it round-robin; ``io-0`` also owns the UDP endpoint (with ``io_threads: 0``
+  the base loop does everything);
+* the **admin** thread serves HTTP from status snapshots.
+
+``stop()`` is safe from any thread: every link is closed with CLOSE reason 0,
+the loops get a moment to flush, then the threads are joined.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from .acceptor import Acceptor, listen_socket
+from .config import Config, load
+from .event_loop import EventLoop
+from .link_state import LinkEvent
+from .loop_pool import EventLoopThreadPool
+from .server import Context, LinkBuffers, udp_socket
+from .slab_pool import ObjectPool, SlabPool
+from .status import build_status
+from .udp_endpoint import UdpEndpoint
+
+log = logging.getLogger("railgate.gateway")
+
+UDP_CLASSES = (32, 48, 64, 80, 128, 144)  # ICD sizes, and +16 with a MAC
+STOP_GRACE_S = 2.0
+
+
+class Gateway:
+    """One gateway process. Construct in the thread that will call run()."""
+
+    def __init__(self, cfg: Config, *, clock_ms=None, admin: bool = True) -> None:
+        self.cfg = cfg
+        s = cfg.gateway
+        self.ctx = Context(cfg, clock_ms)
+        self.started_ms = self.ctx.now_ms()
+        self.started_mono = time.monotonic()
+        self.base = EventLoop(name="base")
+        self.pool = EventLoopThreadPool(self.base, s.io_threads)
+        self.link_pool = ObjectPool(lambda: LinkBuffers(s.ring_bytes), s.max_links)
+        self.ctx.link_pool = self.link_pool
+        slab_count = max(1, s.udp_slabs)
+        self.slabs = SlabPool({size: (slab_count if size == max(UDP_CLASSES) else 1) for size in UDP_CLASSES})
+        self.acceptors = [Acceptor(self.ctx, self.base, self.pool, listen_socket(ep.host, ep.port), net,
+                                   self.link_pool) for net, ep in (("A", s.net_a), ("B", s.net_b))]
+        self.udp_sock = udp_socket(s.udp.host, s.udp.port)
+        self.udp: UdpEndpoint | None = None
+        self.admin = None
+        self._want_admin = admin
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._config_path: str | None = None
+        self.stop_grace_s = STOP_GRACE_S  # how long stop() waits for peers to answer CLOSE
+
+    # -- addresses (tests bind port 0) ---------------------------------------------
+    @property
+    def ports(self) -> dict:
+        out = {"A": self.acceptors[0].port, "B": self.acceptors[1].port,
+               "udp": self.udp_sock.getsockname()[1]}
+        if self.admin is not None:
+            out["admin"] = self.admin.port
+        return out
+
+    def status(self) -> dict:
+        """JSON-ready status snapshot. Any thread."""
+        return build_status(self)
+
+    # -- life --------------------------------------------------------------------------
+    def start(self, config_path: str | None = None) -> None:
+        """Start the IO threads, listeners, UDP and admin API (base loop thread, before run())."""
+        self._config_path = config_path
+        self.pool.start()
+        udp_loop = self.pool.next_loop()
+        self.udp = UdpEndpoint(self.ctx, udp_loop, self.udp_sock, self.slabs)
+        udp_loop.run_in_loop(self.udp.start)
+        for acc in self.acceptors:
+            acc.start()
+        s = self.cfg.gateway
+        self.base.call_every(0.1, self._check_trains)
+        grace_s = (s.hello_timeout_ms + s.dead_after * s.heartbeat_ms) / 1000
+        self.base.call_later(grace_s, lambda: self.ctx.registry.check_startup(self.ctx.now_ms()))
+        if self._want_admin:
+            from .admin_http import AdminServer
+            self.admin = AdminServer(s.admin.host, s.admin.port, status_provider=self.status)
+            self.admin.start()
+        log.info("gateway %s up: net A %s, net B %s, udp %s, %d IO threads", s.name, *self.ports.values(),
+                 s.io_threads)
+
+    def run(self) -> None:
+        """Run the base loop until stop(). Installs signal handlers when in the main thread."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.base.queue_in_loop(self.reload))
+        try:
+            self.base.run()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Graceful stop. Safe from any thread (and from a signal handler)."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.base.queue_in_loop(self._begin_stop)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; apply live settings, report the rest. Base loop."""
+        if not self._config_path:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        try:
+            new = load(self._config_path)
+        except Exception as exc:  # a bad file must not take the running gateway down
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            self.ctx.counters["reload_errors"] += 1
+            return
+        live, restart = self.ctx.reload(new)
+        self.ctx.counters["reloads"] += 1
+        log.warning("SIGHUP: applied %s; need a restart: %s", ", ".join(live) or "nothing",
+                    ", ".join(restart) or "nothing")
+        self.last_reload = {"applied": live, "restart_needed": restart}
+
+    # -- internals ---------------------------------------------------------------------
+    def _check_trains(self) -> None:
+        self.ctx.registry.check_trains(self.ctx.now_ms(), self.started_ms)
+
+    def _begin_stop(self) -> None:
+        for acc in self.acceptors:
+            acc.stop()
+        with self.ctx._links_lock:
+            links = list(self.ctx.links)
+        for link in links:
+            link.close(LinkEvent.LOCAL_CLOSE, "gateway stopping")
+        deadline = time.monotonic() + self.stop_grace_s
+
+        def wait_links():
+            if not self.ctx.links:
+                self.base.stop()
+            elif time.monotonic() < deadline:
+                self.base.call_later(0.02, wait_links)
+            else:
+                with self.ctx._links_lock:
+                    late = list(self.ctx.links)
+                for link in late:  # peers that did not answer CLOSE in time: close our end
+                    link.close(LinkEvent.LINGER_TIMEOUT, "no answer to CLOSE before shutdown")
+                self.base.call_later(0.05, self.base.stop)
+
+        wait_links()
+
+    def _shutdown(self) -> None:
+        if self.udp is not None:
+            self.udp.loop.run_in_loop(self.udp.stop)
+        self.pool.stop()
+        if self.admin is not None:
+            self.admin.stop()
+        self.base.close()
+        self._stopped.set()
+        log.info("gateway stopped")

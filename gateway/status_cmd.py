@@ -1,0 +1,251 @@
+"""`gateway status`: a running gateway's /status as tables, as JSON, or as a live view.
+
+    gateway status [--url URL | -c CONFIG] [--json] [--watch] [--interval S]
+
+The address is ``--url``, else the ``gateway.admin`` host and port of the line
+config given with ``-c``, else :data:`DEFAULT_URL`. The text view puts the
+unit of every figure in its column heading or next to it (ms, s, cm, cm/s,
+frames, bytes). ``--watch`` redraws every ``--interval`` seconds (ANSI home +
+clear) until Ctrl-C, or for ``$WATCH_SECONDS`` seconds when that is set; with
+``--json`` it prints one JSON document per line instead of redrawing.
+
+Exit status: 0 shown, 1 the gateway could not be reached or answered with an
+error (with --watch: the last refresh failed), 2 bad usage or config.
+Runs in the caller's thread; only reads the admin API.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+
+from railcodecs.train_messages import TrainStatus
+
+DEFAULT_URL = "http://127.0.0.1:17080"
+FETCH_TIMEOUT_S = 5.0
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, then clear the screen
+RECENT_EVENTS = 10
+COUPLING = {TrainStatus.DECOUPLED: "decoupled", TrainStatus.COUPLING: "coupling", TrainStatus.COUPLED: "coupled",
+            TrainStatus.DECOUPLING: "decoupling"}
+ROLE = {TrainStatus.ROLE_NONE: "none", TrainStatus.MASTER: "master", TrainStatus.SLAVE: "slave"}
+# The admin API is on the gateway's host or the operations LAN: a proxy from
+# http_proxy would only get in the way (and may not know the host at all).
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class StatusError(Exception):
+    """The gateway could not be reached or gave an unusable answer; the message says which URL and why."""
+
+
+def fetch_status(base_url: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict:
+    """GET ``base_url``/status and return the decoded dict; raise StatusError."""
+    url = status_url(base_url)
+    try:
+        with _OPENER.open(url, timeout=timeout_s) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")[:200]
+        raise StatusError(f"gateway status: {url} answered {exc.code} {exc.reason}: {detail}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise StatusError(f"gateway status: cannot reach {url}: {reason} (is the gateway running?)") from None
+    try:
+        status = json.loads(body)
+    except ValueError as exc:
+        raise StatusError(f"gateway status: {url} answered with something that is not JSON: {exc}") from None
+    if not isinstance(status, dict):
+        raise StatusError(f"gateway status: {url} answered a JSON {type(status).__name__}, expected an object")
+    return status
+
+
+def status_url(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    return base if base.endswith("/status") else base + "/status"
+
+
+def url_from_config(path: str) -> str:
+    """The admin API's URL from a line config's ``gateway.admin``; raises ConfigError/OSError."""
+    from .config import load  # only -c needs YAML
+    admin = load(path).gateway.admin
+    # a wildcard bind address is not somewhere to connect to: use loopback
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(admin.host, admin.host)
+    return f"http://[{host}]:{admin.port}" if ":" in host else f"http://{host}:{admin.port}"
+
+
+# -- text view --------------------------------------------------------------------------------
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    return str(value)
+
+
+def _table(headers: list[str], rows: list[list], indent: str = "  ") -> list[str]:
+    if not rows:
+        return [indent + "(none)"]
+    cells = [headers] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+
+
+def _errors(errors: dict | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((errors or {}).items())) or "-"
+
+
+def _code(names: dict, value) -> str | None:
+    return None if value is None else f"{names.get(value, '?')} ({value})"
+
+
+def _when(time_ms, tz) -> str:
+    if time_ms is None:
+        return "-"
+    return datetime.fromtimestamp(time_ms / 1000, tz).isoformat(timespec="milliseconds")
+
+
+def render_text(status: dict) -> str:
+    """The readable view of a status dict. Pure function."""
+    try:  # show event times in the line's zone, which started_at carries
+        tz = datetime.fromisoformat(status["started_at"]).tzinfo or timezone.utc
+    except (KeyError, TypeError, ValueError):
+        tz = timezone.utc
+    out = [f"gateway {_cell(status.get('gateway_id'))} {_cell(status.get('name'))}"
+           f"  version {_cell(status.get('version'))}  up {_cell(status.get('uptime_s'))} s"
+           f"  started {_cell(status.get('started_at'))}", ""]
+
+    devices = status.get("devices") or []
+    out.append(f"Devices ({len(devices)})")
+    # one table for the devices so their columns line up, each row followed by its links
+    dev_lines = _table(["ID", "NAME", "KIND", "REACHABLE", "APPLIED (frames)", "DUPLICATES (frames)",
+                        "GAP (frames)", "STALE (frames)"],
+                       [[d.get("id"), d.get("name"), d.get("kind"), d.get("reachable"), d.get("applied"),
+                         d.get("duplicates"), d.get("gap"), d.get("stale")] for d in devices])
+    out += dev_lines[:1] if devices else ["  (none configured)"]
+    for d, line in zip(devices, dev_lines[1:]):
+        out.append(line)
+        out += _table(["NET", "ALIVE", "STATE", "PEER", "LOOP", "LAST RX (ms)", "RX (frames)", "TX (frames)",
+                       "RX (bytes)", "TX (bytes)", "ERRORS (frames by reason)"],
+                      [[k.get("net"), k.get("alive"), k.get("state"), k.get("peer"), k.get("loop"),
+                        k.get("last_rx_age_ms"), k.get("rx_frames"), k.get("tx_frames"), k.get("rx_bytes"),
+                        k.get("tx_bytes"), _errors(k.get("errors"))] for k in d.get("links") or []], indent="      ")
+
+    trains = status.get("trains") or []
+    out += ["", f"Trains ({len(trains)})"]
+    out += _table(["ID", "REACHABLE", "SECTION", "OFFSET (cm)", "SPEED (cm/s)", "CONSIST", "COUPLING", "ROLE",
+                   "LAST RX (ms)", "APPLIED (frames)", "GAP (frames)", "STALE (frames)"],
+                  [[t.get("id"), t.get("reachable"), t.get("section_id"), t.get("offset_cm"), t.get("speed_cm_s"),
+                    t.get("consist_id"), _code(COUPLING, t.get("coupling")), _code(ROLE, t.get("role")),
+                    t.get("last_rx_age_ms"), t.get("applied"), t.get("gap"), t.get("stale")] for t in trains])
+
+    udp = status.get("udp") or {}
+    out += ["", f"UDP: {_cell(udp.get('rx_datagrams'))} datagrams received, "
+                f"{_cell(udp.get('dropped_no_slab'))} dropped (no slab), errors: {_errors(udp.get('errors'))}"]
+
+    loops = status.get("loops") or []
+    out += ["", f"IO loops ({len(loops)})"]
+    out += _table(["NAME", "LINKS", "ITERATIONS", "EVENTS", "FUNCTORS (calls)", "TIMERS (fired)"],
+                  [[lp.get("name"), lp.get("links"), lp.get("iterations"), lp.get("events"),
+                    lp.get("functors", lp.get("functors_run")), lp.get("timers", lp.get("timers_run"))]
+                   for lp in loops])
+
+    pools = status.get("pools") or {}
+    slabs, links = pools.get("slabs") or {}, pools.get("links") or {}
+    out += ["", "Pools",
+            f"  UDP slabs:  {_cell(slabs.get('in_use'))} in use, {_cell(slabs.get('free'))} free, "
+            f"high water {_cell(slabs.get('high_water'))} slabs, exhausted {_cell(slabs.get('exhausted'))} times",
+            f"  link buffers:  {_cell(links.get('in_use'))} in use of {_cell(links.get('max', links.get('max_items')))}"
+            f", refused {_cell(links.get('refused'))} connections"]
+
+    events = (status.get("events") or [])[-RECENT_EVENTS:]
+    out += ["", f"Recent events (last {len(events)} of at most {RECENT_EVENTS})"]
+    out += _table(["TIME", "EVENT", "SOURCE", "DETAIL"],
+                  [[_when(e.get("time_ms"), tz), e.get("name"), e.get("source"), e.get("detail") or ""]
+                   for e in events])
+
+    conditions = status.get("conditions") or []
+    out += ["", f"Active conditions ({len(conditions)})"]
+    out += _table(["CONDITION", "SOURCE", "SINCE", "DETAIL"],
+                  [[c.get("name"), c.get("source"), _when(c.get("since_ms"), tz), c.get("detail") or ""]
+                   for c in conditions])
+    return "\n".join(out) + "\n"
+
+
+# -- command -----------------------------------------------------------------------------------
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway status", description="Show a running gateway's status.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--url", help=f"admin API base URL (default {DEFAULT_URL})")
+    where.add_argument("-c", "--config", help="line config YAML: connect to its gateway.admin host and port")
+    p.add_argument("--json", action="store_true", help="print the status JSON instead of tables")
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C (or $WATCH_SECONDS seconds)")
+    p.add_argument("--interval", type=_positive_seconds, default=1.0, metavar="S",
+                   help="seconds between refreshes with --watch (default 1)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # argparse has printed the usage problem (2) or --help (0)
+        return int(exc.code or 0)
+    url = args.url or DEFAULT_URL
+    if args.config:
+        try:
+            url = url_from_config(args.config)
+        except (OSError, ValueError) as exc:  # ConfigError is a ValueError; its message lists the problems
+            sys.stderr.write(f"gateway status: cannot use config {args.config}: {exc}\n")
+            return 2
+    show = (lambda s: json.dumps(s, indent=None if args.watch else 2) + "\n") if args.json else render_text
+    if not args.watch:
+        try:
+            sys.stdout.write(show(fetch_status(url)))
+        except StatusError as exc:
+            sys.stderr.write(f"{exc}\n")
+            return 1
+        return 0
+    seconds = os.environ.get("WATCH_SECONDS")
+    try:
+        limit_s = float(seconds) if seconds else None
+    except ValueError:
+        sys.stderr.write(f"gateway status: WATCH_SECONDS: expected seconds, got {seconds!r}\n")
+        return 2
+    return _watch(url, show, args.interval, limit_s, redraw=not args.json)
+
+
+def _watch(url: str, show, interval_s: float, limit_s: float | None, *, redraw: bool) -> int:
+    """Refresh until Ctrl-C (exit 0) or limit_s elapses (exit 1 if the last refresh failed)."""
+    end = None if limit_s is None else time.monotonic() + limit_s
+    ok = True
+    try:
+        while True:
+            try:
+                text, ok = show(fetch_status(url)), True
+            except StatusError as exc:  # keep watching: a restarting gateway comes back
+                text, ok = f"{exc}\n", False
+            if redraw:
+                stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+                text = f"{CLEAR}{url}  every {interval_s:g} s  {stamp}  (Ctrl-C to stop)\n\n{text}"
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            now = time.monotonic()
+            if end is not None and now >= end:
+                return 0 if ok else 1
+            time.sleep(interval_s if end is None else min(interval_s, end - now))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,456 @@
+"""The line file as the simulators read it, and a seeded model of the line's state.
+
+:func:`load_line` reads the YAML line file (the gateway's schema, see
+``config/demo-line.yaml``) into frozen dataclasses. Only what the simulators
+need is read; other keys are ignored. A bad value raises ``ValueError`` whose
+message starts with the key path, e.g.
+``devices[2].kind: expected one of interlocking, zone_controller, platform_doors, got 'foo'``.
+
+:class:`LineModel` is the "railway" every simulated device and train looks
+at: the sections of all devices form one loop (first half up, second half
+down), units (a consist or a lone train) run round it, stopping at a station
+every third section and never closer than a safety margin behind the unit
+ahead. From that follow, each step:
+
+* section states: occupied under a unit, locked-in-route just ahead of it,
+  otherwise free; now and then a free section goes to *fault* for a few
+  seconds (a DEVICE_ALARM is raised and later cleared by its devices);
+* signal aspects: red at the entry of an occupied or faulty section, yellow
+  when the section after it is, green otherwise;
+* switches: now and then one moves (position 2 for 1-3 s) and locks in normal
+  or reverse; a COMMAND moves it the same way;
+* platform doors: now and then a door obstruction alarm, cleared later.
+
+Everything random comes from the one ``random.Random`` handed in, and
+:meth:`LineModel.step` takes the logical time step, so a seed gives the same
+line history on every run. Used from the simulator's one asyncio thread.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass, replace
+
+import yaml
+from railcodecs import DeviceAlarm, Signals, Switches, TrackSections
+
+KINDS = {"interlocking": 1, "zone_controller": 2, "platform_doors": 3}
+KIND_NAMES = {code: name for name, code in KINDS.items()}
+MAC_MODES = ("required", "optional", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    id: int
+    name: str
+    kind: int
+    nets: tuple[str, ...]
+    mac: str                      # required | optional | off
+    mac_key: bytes | None
+    sections: tuple[int, ...]
+    signals: tuple[int, ...]
+    switches: tuple[int, ...]
+
+    @property
+    def signing_key(self) -> bytes | None:
+        """The key frames are signed with: the configured key unless ``mac: off``."""
+        return self.mac_key if self.mac != "off" else None
+
+
+@dataclass(frozen=True, slots=True)
+class TrainsSpec:
+    heartbeat_ms: int
+    ids: tuple[int, ...]
+    consists: tuple[tuple[int, tuple[int, int]], ...]   # (consist_id, (first, second)), file order
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    source: str
+    gateway_id: int
+    net_a: Endpoint
+    net_b: Endpoint
+    udp: Endpoint
+    heartbeat_ms: int
+    max_age_ms: int
+    devices: tuple[DeviceSpec, ...]
+    trains: TrainsSpec
+
+    def endpoint(self, net: str) -> Endpoint:
+        return self.net_a if net == "A" else self.net_b
+
+    def node_ids(self) -> frozenset[int]:
+        return frozenset((self.gateway_id, *(d.id for d in self.devices), *self.trains.ids))
+
+    def unconfigured_id(self) -> int:
+        """A node id no one in this line uses (the masquerade fault's ``src``)."""
+        used = self.node_ids()
+        return next(i for i in range(0xFFFE, 0, -1) if i not in used)
+
+    def with_host(self, host: str) -> "Line":
+        return replace(self, net_a=replace(self.net_a, host=host), net_b=replace(self.net_b, host=host),
+                       udp=replace(self.udp, host=host))
+
+
+# --- parsing ------------------------------------------------------------------------
+
+def _fail(path: str, expected: str, value) -> ValueError:
+    return ValueError(f"{path}: expected {expected}, got {value!r}")
+
+
+def _mapping(obj: dict, key: str, path: str, required: bool = True) -> dict:
+    value = obj.get(key)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(path, "a mapping", value) if value is not None else ValueError(f"{path}: missing (a mapping)")
+    return value
+
+
+def _int(obj: dict, key: str, path: str, lo: int, hi: int, default: int | None = None) -> int:
+    value = obj.get(key, default)
+    if type(value) is not int or not lo <= value <= hi:
+        raise _fail(path, f"an integer {lo}..{hi}", value)
+    return value
+
+
+def _choice(obj: dict, key: str, path: str, choices, default: str | None = None) -> str:
+    value = obj.get(key, default)
+    if value not in choices:
+        raise _fail(path, f"one of {', '.join(choices)}", value)
+    return value
+
+
+def _ids(obj: dict, key: str, path: str) -> tuple[int, ...]:
+    value = obj.get(key) or []
+    if not isinstance(value, list) or any(type(v) is not int or not 1 <= v <= 0xFFFF for v in value):
+        raise _fail(path, "a list of ids 1..65535", value)
+    return tuple(value)
+
+
+def _endpoint(listen: dict, net: str) -> Endpoint:
+    path = f"gateway.listen.{net}"
+    sec = _mapping(listen, net, path)
+    host = sec.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        raise _fail(f"{path}.host", "a host name or address", host)
+    return Endpoint(host, _int(sec, "port", f"{path}.port", 1, 65535))
+
+
+def _device(d, i: int) -> DeviceSpec:
+    p = f"devices[{i}]"
+    if not isinstance(d, dict):
+        raise _fail(p, "a mapping", d)
+    dev_id = _int(d, "id", f"{p}.id", 1, 0xFFFF)
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(f"{p}.name", "a non-empty string", name)
+    kind = _choice(d, "kind", f"{p}.kind", tuple(KINDS))
+    nets = d.get("nets", ["A", "B"])
+    if not isinstance(nets, list) or not nets or len(set(nets)) != len(nets) or any(n not in ("A", "B") for n in nets):
+        raise _fail(f"{p}.nets", "[A], [B] or [A, B]", nets)
+    mac = _choice(d, "mac", f"{p}.mac", MAC_MODES, default="off")
+    key = None
+    if d.get("mac_key") is not None:
+        try:
+            key = bytes.fromhex(d["mac_key"])
+        except (TypeError, ValueError):
+            key = b""
+        if len(key) < 16:
+            raise _fail(f"{p}.mac_key", "hex of at least 16 bytes", d["mac_key"])
+    if mac == "required" and key is None:
+        raise ValueError(f"{p}.mac_key: missing (required when mac is 'required')")
+    return DeviceSpec(dev_id, name, KINDS[kind], tuple(sorted(nets)), mac, key, _ids(d, "sections", f"{p}.sections"),
+                      _ids(d, "signals", f"{p}.signals"), _ids(d, "switches", f"{p}.switches"))
+
+
+def _trains(t: dict) -> TrainsSpec:
+    ids = _ids(t, "ids", "trains.ids")
+    if len(set(ids)) != len(ids):
+        raise _fail("trains.ids", "distinct ids", list(ids))
+    raw = t.get("consists") or {}
+    if not isinstance(raw, dict):
+        raise _fail("trains.consists", "a mapping consist_id: [train, train]", raw)
+    consists, member_of = [], {}
+    for cid, members in raw.items():
+        p = f"trains.consists.{cid}"
+        if type(cid) is not int or not 1 <= cid <= 0xFFFF:
+            raise _fail(p, "a consist id 1..65535 as the key", cid)
+        if not isinstance(members, list) or len(members) != 2 or members[0] == members[1] \
+                or any(m not in ids for m in members):
+            raise _fail(p, "two different train ids listed in trains.ids", members)
+        for m in members:
+            if m in member_of:
+                raise ValueError(f"{p}: train {m} is already in consist {member_of[m]}")
+            member_of[m] = cid
+        consists.append((cid, (members[0], members[1])))
+    return TrainsSpec(_int(t, "heartbeat_ms", "trains.heartbeat_ms", 50, 60_000, default=1000), ids, tuple(consists))
+
+
+def parse_line(data, source: str = "<line>") -> Line:
+    """Validate a parsed YAML document; ``ValueError`` names the first bad key path."""
+    if not isinstance(data, dict):
+        raise ValueError(f"(top level): expected a mapping, got {type(data).__name__}")
+    gw = _mapping(data, "gateway", "gateway")
+    listen = _mapping(gw, "listen", "gateway.listen")
+    raw_devices = data.get("devices") or []
+    if not isinstance(raw_devices, list):
+        raise _fail("devices", "a list", raw_devices)
+    devices = tuple(_device(d, i) for i, d in enumerate(raw_devices))
+    line = Line(source, _int(gw, "id", "gateway.id", 1, 0xFFFF, default=1), _endpoint(listen, "net_a"),
+                _endpoint(listen, "net_b"), _endpoint(listen, "udp"),
+                _int(gw, "heartbeat_ms", "gateway.heartbeat_ms", 50, 60_000, default=500),
+                _int(gw, "max_age_ms", "gateway.max_age_ms", 10, 600_000, default=2000),
+                devices, _trains(_mapping(data, "trains", "trains", required=False)))
+    seen = {line.gateway_id: "gateway.id"}
+    for i, d in enumerate(devices):
+        if d.id in seen:
+            raise ValueError(f"devices[{i}].id: {d.id} is already used by {seen[d.id]}")
+        seen[d.id] = f"devices[{i}]"
+    for t in line.trains.ids:
+        if t in seen:
+            raise ValueError(f"trains.ids: {t} is already used by {seen[t]}")
+    return line
+
+
+def load_line(path: str) -> Line:
+    """Read and validate a YAML line file (``OSError`` if unreadable, ``ValueError`` if invalid)."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"(file): not valid YAML: {exc}") from None
+    return parse_line(data, str(path))
+
+
+# --- the line model -----------------------------------------------------------------
+
+SECTION_CM = (4000, 9000)        # section lengths drawn per section
+CAR_CM = 2000                    # one train (car set) in a consist
+SAFE_CM = 3000                   # never closer than this behind the unit ahead
+CRUISE_CM_S = (1000, 1600)
+ACCEL, DECEL = 120.0, 150.0      # cm/s^2
+DWELL_S = (2.0, 5.0)
+STATION_EVERY = 3
+SWITCH_EVERY_S = 40.0            # mean time between spontaneous moves of one switch
+FAULT_EVERY_S = 600.0            # mean time between faults of one section
+DOOR_ALARM_EVERY_S = 90.0        # mean time between door alarms of one PSD
+TRACK_FAULT, DOOR_OBSTRUCTED = 0x0101, 0x0301
+
+
+@dataclass
+class Unit:
+    trains: tuple[int, ...]      # head first
+    pos: float                   # head position, cm along the loop
+    cruise: float
+    speed: float = 0.0
+    dwell: float = 0.0           # at a station, doors open
+    hold: float = 0.0            # standing for another reason (coupling), doors closed
+
+
+@dataclass
+class Changes:
+    sections: list[int]
+    signals: list[int]
+    switches: list[int]
+    alarms: list[tuple[tuple[int, ...], DeviceAlarm]]   # (owning device ids, alarm)
+
+
+class LineModel:
+    """The seeded state of the whole line; ``step(dt_s)`` advances it and says what changed."""
+
+    def __init__(self, line: Line, rng: random.Random) -> None:
+        self.rng, self.t = rng, 0.0
+        order: dict[int, None] = {}
+        for d in line.devices:
+            order.update(dict.fromkeys(d.sections))
+        self.sections = list(order) or list(range(1, 9))      # a line of trains only still has track
+        self.owners: dict[int, tuple[int, ...]] = {
+            s: tuple(d.id for d in line.devices if s in d.sections) for s in self.sections}
+        self.starts, pos = [], 0
+        for _ in self.sections:
+            self.starts.append(pos)
+            pos += rng.randint(*SECTION_CM)
+        self.length = pos
+        self.stops = [self.starts[i] + (self._end(i) - self.starts[i]) * 0.7
+                      for i in range(0, len(self.sections), STATION_EVERY)]
+        self.signal_at = self._place_signals(line)
+        self.switches = sorted({s for d in line.devices for s in d.switches})
+        self.switch_pos = {s: rng.choice((Switches.NORMAL, Switches.REVERSE)) for s in self.switches}
+        self.switch_moves: dict[int, tuple[float, int]] = {}
+        self.faults: dict[int, float] = {}
+        self.psds = [d.id for d in line.devices if d.kind == KINDS["platform_doors"]]
+        self.door_alarms: dict[tuple[int, int], float] = {}
+        self.units = self._place_units(line.trains)
+        self.unit_of = {t: u for u in self.units for t in u.trains}
+        self.state = self._section_states()
+        self.aspect = self._aspects()
+
+    def _end(self, i: int) -> int:
+        return self.starts[i + 1] if i + 1 < len(self.starts) else self.length
+
+    def _place_signals(self, line: Line) -> dict[int, int]:
+        index = {s: i for i, s in enumerate(self.sections)}
+        out = {}
+        for d in line.devices:
+            for j, sig in enumerate(d.signals):
+                if d.sections:
+                    out[sig] = index[d.sections[j * len(d.sections) // len(d.signals)]]
+                else:
+                    out[sig] = j * len(self.sections) // len(d.signals)
+        return out
+
+    def _place_units(self, trains: TrainsSpec) -> list[Unit]:
+        in_consist = {m: members for _, members in trains.consists for m in members}
+        groups, placed = [], set()
+        for t in trains.ids:
+            if t not in placed:
+                group = in_consist.get(t, (t,))
+                groups.append(group)
+                placed.update(group)
+        n = len(groups)
+        return [Unit(g, (self.length * (n - i) / n) % self.length, self.rng.uniform(*CRUISE_CM_S))
+                for i, g in enumerate(groups)]
+
+    # -- what devices and trains read ---------------------------------------------
+    def items(self, cls, ids) -> tuple[tuple[int, int], ...]:
+        """``(id, value)`` pairs for a status message class over ``ids``."""
+        table = self.state if cls is TrackSections else self.aspect if cls is Signals else self.switch_pos
+        return tuple((i, table.get(i, 0)) for i in ids)
+
+    def train_position(self, train: int) -> tuple[int, int, int, int, int]:
+        """``(section_id, offset_cm, speed_cm_s, direction, doors)`` of one train."""
+        unit = self.unit_of[train]
+        pos = (unit.pos - CAR_CM * unit.trains.index(train)) % self.length
+        i = bisect.bisect_right(self.starts, pos) - 1
+        direction = 0 if i < (len(self.sections) + 1) // 2 else 1
+        return self.sections[i], int(pos - self.starts[i]), int(round(unit.speed)), direction, int(unit.dwell > 0)
+
+    def hold(self, train: int, seconds: float) -> None:
+        """Keep a train's unit standing (coupling, decoupling) for ``seconds``."""
+        unit = self.unit_of[train]
+        unit.hold = max(unit.hold, seconds)
+
+    def command_switch(self, switch: int, position: int) -> bool:
+        """Move a switch on command; False if the line has no such switch."""
+        if switch not in self.switch_pos:
+            return False
+        self.switch_moves[switch] = (self.t + 1.5, position)
+        self.switch_pos[switch] = Switches.MOVING
+        return True
+
+    # -- one step ---------------------------------------------------------------------
+    def step(self, dt: float) -> Changes:
+        self.t += dt
+        alarms: list = []
+        self._move(dt)
+        moved = self._switches(dt)
+        self._section_faults(dt, alarms)
+        self._doors(dt, alarms)
+        state = self._section_states()
+        sections = [s for s in self.sections if state[s] != self.state[s]]
+        self.state = state
+        aspect = self._aspects()
+        signals = [s for s in self.signal_at if aspect[s] != self.aspect[s]]
+        self.aspect = aspect
+        return Changes(sections, signals, moved, alarms)
+
+    def _move(self, dt: float) -> None:
+        rng, n, length = self.rng, len(self.units), self.length
+        for k, u in enumerate(self.units):
+            if u.dwell > 0 or u.hold > 0:
+                u.speed = 0.0
+                was_dwelling = u.dwell > 0
+                u.dwell, u.hold = max(0.0, u.dwell - dt), max(0.0, u.hold - dt)
+                if was_dwelling and u.dwell == 0:
+                    u.pos = (u.pos + 1) % length          # leave the stop point behind
+                continue
+            ahead = self.units[k - 1] if n > 1 else None  # units run in order, index k-1 is ahead
+            gap = (ahead.pos - CAR_CM * len(ahead.trains) - u.pos) % length - SAFE_CM if ahead else math.inf
+            to_stop = min((s - u.pos) % length for s in self.stops)
+            limit = max(0.0, min(gap, to_stop))
+            u.speed = min(u.speed + ACCEL * dt, u.cruise, math.sqrt(2 * DECEL * limit))
+            step = min(u.speed * dt, limit)
+            u.pos = (u.pos + step) % length
+            if to_stop - step < 1:
+                u.speed, u.dwell = 0.0, rng.uniform(*DWELL_S)
+
+    def _switches(self, dt: float) -> list[int]:
+        moved = []
+        for sw, (until, target) in list(self.switch_moves.items()):
+            if until <= self.t:
+                del self.switch_moves[sw]
+                self.switch_pos[sw] = target
+                moved.append(sw)
+        if self.switches and self.rng.random() < len(self.switches) * dt / SWITCH_EVERY_S:
+            sw = self.rng.choice(self.switches)
+            if sw not in self.switch_moves:
+                self.switch_moves[sw] = (self.t + self.rng.uniform(1.0, 3.0),
+                                         self.rng.choice((Switches.NORMAL, Switches.REVERSE)))
+                self.switch_pos[sw] = Switches.MOVING
+                moved.append(sw)
+        return sorted(set(moved))
+
+    def _section_faults(self, dt: float, alarms: list) -> None:
+        for sid, until in list(self.faults.items()):
+            if until <= self.t:
+                del self.faults[sid]
+                alarms.append((self.owners[sid], DeviceAlarm(TRACK_FAULT, 2, DeviceAlarm.CLEAR, sid,
+                                                             f"track circuit fault {sid}")))
+        if self.rng.random() < len(self.sections) * dt / FAULT_EVERY_S:
+            sid = self.rng.choice(self.sections)
+            if sid not in self.faults and self.state[sid] == TrackSections.FREE and self.owners[sid]:
+                self.faults[sid] = self.t + self.rng.uniform(3.0, 10.0)
+                alarms.append((self.owners[sid], DeviceAlarm(TRACK_FAULT, 2, DeviceAlarm.RAISE, sid,
+                                                             f"track circuit fault {sid}")))
+
+    def _doors(self, dt: float, alarms: list) -> None:
+        for (dev, door), until in list(self.door_alarms.items()):
+            if until <= self.t:
+                del self.door_alarms[(dev, door)]
+                alarms.append(((dev,), DeviceAlarm(DOOR_OBSTRUCTED, 3, DeviceAlarm.CLEAR, door,
+                                                   f"platform door {door} obstructed")))
+        if self.psds and self.rng.random() < len(self.psds) * dt / DOOR_ALARM_EVERY_S:
+            dev, door = self.rng.choice(self.psds), self.rng.randint(1, 24)
+            if (dev, door) not in self.door_alarms:
+                self.door_alarms[(dev, door)] = self.t + self.rng.uniform(2.0, 6.0)
+                alarms.append(((dev,), DeviceAlarm(DOOR_OBSTRUCTED, 3, DeviceAlarm.RAISE, door,
+                                                   f"platform door {door} obstructed")))
+
+    def _section_states(self) -> dict[int, int]:
+        state = dict.fromkeys(self.sections, TrackSections.FREE)
+        n = len(self.sections)
+        for u in self.units:
+            head = bisect.bisect_right(self.starts, u.pos) - 1
+            tail = bisect.bisect_right(self.starts, (u.pos - CAR_CM * len(u.trains)) % self.length) - 1
+            i = head
+            while True:
+                state[self.sections[i]] = TrackSections.OCCUPIED
+                if i == tail:
+                    break
+                i = (i - 1) % n
+            ahead = self.sections[(head + 1) % n]
+            if state[ahead] == TrackSections.FREE:
+                state[ahead] = TrackSections.LOCKED
+        for sid in self.faults:
+            state[sid] = TrackSections.FAULT
+        return state
+
+    def _aspects(self) -> dict[int, int]:
+        blocked = {s for s, v in self.state.items() if v in (TrackSections.OCCUPIED, TrackSections.FAULT)}
+        n, out = len(self.sections), {}
+        for sig, i in self.signal_at.items():
+            if self.sections[i] in blocked:
+                out[sig] = Signals.RED
+            elif self.sections[(i + 1) % n] in blocked:
+                out[sig] = Signals.YELLOW
+            else:
+                out[sig] = Signals.GREEN
+        return out

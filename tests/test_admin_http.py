@@ -1,0 +1,328 @@
+"""The admin HTTP API over real sockets on 127.0.0.1 (port 0): routes, limits, keep-alive, shutdown."""
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import os
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from gateway.admin_http import MAX_BODY_BYTES, AdminServer, render_metrics
+
+SAMPLE_STATUS = {
+    "gateway_id": 1, "name": "demo-gw", "uptime_s": 12.5, "version": "0.1.0",
+    "started_at": "2026-11-22T10:00:00+08:00",
+    "devices": [{"id": 257, "name": "CI-1", "kind": "interlocking", "reachable": True, "applied": 120,
+                 "duplicates": 118, "gap": 0, "stale": 1,
+                 "links": [{"net": "A", "alive": True, "state": "up", "peer": "127.0.0.1:40000", "loop": "io-0",
+                            "rx_frames": 240, "tx_frames": 30, "rx_bytes": 9000, "tx_bytes": 960,
+                            "last_rx_age_ms": 120, "errors": {"bad_crc": 1}},
+                           {"net": "B", "alive": False, "state": "closed", "peer": None, "loop": None,
+                            "rx_frames": 0, "tx_frames": 0, "rx_bytes": 0, "tx_bytes": 0,
+                            "last_rx_age_ms": None, "errors": {}}]}],
+    "trains": [{"id": 1025, "reachable": True, "section_id": 104, "offset_cm": 1200, "speed_cm_s": 1500,
+                "consist_id": 9, "coupling": 2, "role": 1, "last_rx_age_ms": 40, "applied": 300, "duplicates": 0,
+                "gap": 0, "stale": 0}],
+    "udp": {"rx_datagrams": 5000, "dropped_no_slab": 0, "errors": {"bad_size": 2}},
+    "loops": [{"name": "io-0", "links": 3, "iterations": 10000, "events": 20000, "functors": 50, "timers": 400}],
+    "pools": {"slabs": {"in_use": 0, "free": 1024, "high_water": 3, "exhausted": 0},
+              "links": {"in_use": 5, "max": 4096, "refused": 0}},
+    "conditions": [{"name": "LINK_REDUNDANCY_LOST", "source": "CI-1", "since_ms": 1795000000000}],
+    "events": [{"time_ms": 1795000000000, "name": "LINK_DOWN", "source": "CI-1",
+                "detail": "net B heartbeat timeout"}],
+}
+
+
+@pytest.fixture
+def serve():
+    """``serve(provider=..., **kw)`` starts an AdminServer on 127.0.0.1:0; all are stopped after the test."""
+    servers = []
+
+    def start(provider=lambda: SAMPLE_STATUS, **kw) -> AdminServer:
+        srv = AdminServer(status_provider=provider, **kw)
+        srv.start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+def get(port: int, path: str, method: str = "GET", body: bytes | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes; the server must close within ``timeout``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+# -- a small Prometheus text-format 0.0.4 parser ------------------------------------------------
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "\\": "\\", '"': '"'}[m.group(1)], value)
+
+
+def parse_prometheus(text: str) -> tuple[dict, list]:
+    """Returns ({family: {"help", "type"}}, [(name, {labels}, value)]); asserts the format's rules."""
+    assert text.endswith("\n")
+    families: dict[str, dict] = {}
+    samples = []
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name, _, help_ = line[7:].partition(" ")
+            assert name not in families, f"second HELP for {name}"
+            families[name] = {"help": help_}
+        elif line.startswith("# TYPE "):
+            name, _, kind = line[7:].partition(" ")
+            assert families.get(name, {}).get("type") is None and kind in ("counter", "gauge"), line
+            families.setdefault(name, {})["type"] = kind
+        else:
+            m = _SAMPLE.match(line)
+            assert m, f"not a sample line: {line!r}"
+            name, label_text, value = m.groups()
+            labels, pos = {}, 0
+            while label_text and pos < len(label_text):
+                lm = _LABEL.match(label_text, pos)
+                assert lm, f"bad labels at {pos} in {line!r}"
+                labels[lm.group(1)] = _unescape(lm.group(2))
+                pos = lm.end()
+            samples.append((name, labels, float(value)))
+            assert name in families and "help" in families[name] and "type" in families[name], name
+            assert name.startswith("railgate_")
+    for name, fam in families.items():
+        assert "help" in fam and "type" in fam, f"{name} lacks HELP or TYPE"
+    return families, samples
+
+
+def value_of(samples, name: str, **labels) -> float:
+    want = {k: str(v) for k, v in labels.items()}
+    found = [v for n, lb, v in samples if n == name and all(lb.get(k) == x for k, x in want.items())]
+    assert len(found) == 1, f"{name}{labels}: {found}"
+    return found[0]
+
+
+# -- routes ---------------------------------------------------------------------------------------
+def test_status_json_round_trip(serve):
+    srv = serve()
+    assert srv.host == "127.0.0.1" and srv.port > 0
+    status, headers, body = get(srv.port, "/status")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == SAMPLE_STATUS
+
+
+def test_keep_alive_two_requests_on_one_connection(serve):
+    srv = serve()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    conn.request("GET", "/status")
+    assert conn.getresponse().read() and conn.sock is not None
+    first = conn.sock
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read().startswith(b"# HELP")
+    assert conn.sock is first  # http.client reconnects silently if the server had closed: it did not
+    conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(serve):
+    srv = serve()
+    req = b"GET /status HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = raw_exchange(srv.port, req)
+    assert out.startswith(b"HTTP/1.1 200 ") and out.count(b"HTTP/1.1 404 ") == 1
+
+
+def test_metrics_parse_as_prometheus_text(serve):
+    status = copy.deepcopy(SAMPLE_STATUS)
+    status["devices"][0]["name"] = 'CI "north" \\ 1\nx'
+    srv = serve(lambda: status)
+    code, headers, body = get(srv.port, "/metrics")
+    assert code == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    families, samples = parse_prometheus(body.decode())
+    assert value_of(samples, "railgate_uptime_seconds") == 12.5
+    assert value_of(samples, "railgate_link_rx_frames_total", device=257, net="A") == 240
+    assert value_of(samples, "railgate_link_errors_total", device=257, net="A", reason="bad_crc") == 1
+    assert value_of(samples, "railgate_link_last_rx_age_seconds", device=257, net="A") == 0.12
+    assert not [s for s in samples if s[0] == "railgate_link_last_rx_age_seconds" and s[1]["net"] == "B"]
+    assert value_of(samples, "railgate_device_reachable", device=257) == 1
+    assert value_of(samples, "railgate_device_info", device=257) == 1
+    assert [lb["name"] for n, lb, _ in samples if n == "railgate_device_info"] == [status["devices"][0]["name"]]
+    assert value_of(samples, "railgate_train_reachable", train=1025) == 1
+    assert value_of(samples, "railgate_train_speed_meters_per_second", train=1025) == 15.0
+    assert value_of(samples, "railgate_pool_slabs", state="in_use") == 0
+    assert value_of(samples, "railgate_pool_slabs", state="free") == 1024
+    assert value_of(samples, "railgate_pool_exhausted_total") == 0
+    assert value_of(samples, "railgate_loop_iterations_total", loop="io-0") == 10000
+    assert families["railgate_link_rx_frames_total"]["type"] == "counter"
+    assert families["railgate_device_reachable"]["type"] == "gauge"
+
+
+def test_render_metrics_tolerates_missing_sections():
+    families, samples = parse_prometheus(render_metrics({}))
+    assert "railgate_uptime_seconds" in families and not [s for s in samples if s[0] == "railgate_uptime_seconds"]
+
+
+def test_unknown_path_is_404_naming_it(serve):
+    srv = serve()
+    status, headers, body = get(srv.port, "/nowhere?x=1")
+    assert status == 404 and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"error": "no such path: /nowhere", "path": "/nowhere"}
+
+
+def test_wrong_method_is_405_with_allow(serve):
+    srv = serve(routes={("POST", "/alarms/ack"): lambda q, b: (200, {})})
+    status, headers, body = get(srv.port, "/status", method="DELETE")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    assert "DELETE" in json.loads(body)["error"]
+    status, headers, _ = get(srv.port, "/alarms/ack")
+    assert status == 405 and headers["Allow"] == "POST"
+
+
+def test_malformed_request_is_400_then_close(serve):
+    srv = serve()
+    out = raw_exchange(srv.port, b"GET /status HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in out
+    assert b"malformed request" in out
+    assert get(srv.port, "/status")[0] == 200  # the server keeps serving
+
+
+def test_oversized_head_is_431(serve):
+    srv = serve()
+    out = raw_exchange(srv.port, b"GET /status HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 431 ")
+
+
+def test_body_over_64_kib_is_413(serve):
+    calls = []
+    srv = serve(routes={("POST", "/alarms/ack"): lambda q, b: (calls.append(b), (200, {}))[1]})
+    status, headers, body = get(srv.port, "/alarms/ack", "POST", b"x" * (MAX_BODY_BYTES + 1))
+    assert status == 413 and str(MAX_BODY_BYTES) in json.loads(body)["error"]
+    # chunked, so the server only finds out while reading
+    chunk = b"x" * 8192
+    req = (b"POST /alarms/ack HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + (b"2000\r\n" + chunk + b"\r\n") * 9 + b"0\r\n\r\n")
+    assert raw_exchange(srv.port, req).startswith(b"HTTP/1.1 413 ")
+    assert calls == []
+    assert get(srv.port, "/alarms/ack", "POST", b"x" * MAX_BODY_BYTES)[0] == 200 and len(calls[0]) == MAX_BODY_BYTES
+
+
+def test_provider_raising_is_500_and_the_next_request_works(serve, caplog):
+    fail = [True]  # the first call only
+
+    def provider():
+        if fail:
+            fail.pop()
+            raise RuntimeError("snapshot broke")
+        return SAMPLE_STATUS
+
+    srv = serve(provider)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    conn.request("GET", "/status")
+    resp = conn.getresponse()
+    assert resp.status == 500
+    assert json.loads(resp.read()) == {"error": "GET /status failed: RuntimeError: snapshot broke"}
+    conn.request("GET", "/status")
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read()) == SAMPLE_STATUS
+    conn.close()
+    assert "snapshot broke" in caplog.text
+
+
+def test_post_route_gets_query_and_body(serve):
+    seen = []
+
+    def ack(query: dict, body: bytes):
+        seen.append((query, body, threading.current_thread().name))
+        return 201, {"acked": query["id"]}
+
+    srv = serve(routes={("POST", "/alarms/ack"): ack})
+    status, headers, body = get(srv.port, "/alarms/ack?id=42&by=op%201", "POST", b'{"note": "seen"}')
+    assert status == 201 and json.loads(body) == {"acked": "42"}
+    assert seen == [({"id": "42", "by": "op 1"}, b'{"note": "seen"}', "admin")]
+
+
+def test_route_handler_bad_return_is_500(serve):
+    srv = serve(routes={("POST", "/x"): lambda q, b: "ok"})
+    status, _, body = get(srv.port, "/x", "POST", b"")
+    assert status == 500 and "expected (status_code, dict)" in json.loads(body)["error"]
+
+
+def test_builtin_route_cannot_be_replaced():
+    with pytest.raises(ValueError, match="GET /status is built in"):
+        AdminServer(status_provider=dict, routes={("get", "/status"): lambda q, b: (200, {})})
+
+
+# -- load, timeouts, shutdown ------------------------------------------------------------------
+def test_50_concurrent_clients_x_20_requests(serve):
+    srv = serve()
+    answered, errors = [], []
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        try:
+            for _ in range(20):
+                conn.request("GET", "/status")
+                resp = conn.getresponse()
+                if resp.status == 200 and json.loads(resp.read()) == SAMPLE_STATUS:
+                    answered.append(1)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and len(answered) == 50 * 20
+
+
+def test_timeouts_408_for_a_partial_request_silent_close_when_idle(serve):
+    srv = serve(timeout_s=0.3)
+    t0 = time.monotonic()
+    out = raw_exchange(srv.port, b"GET /status HTTP/1.1\r\nHost: x\r\n")
+    assert out.startswith(b"HTTP/1.1 408 ") and 0.25 < time.monotonic() - t0 < 3
+    assert raw_exchange(srv.port, b"") == b""
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_stop_leaves_no_thread_and_no_fd():
+    threads_before, fds_before = set(threading.enumerate()), _open_fds()
+    srv = AdminServer(status_provider=lambda: SAMPLE_STATUS)
+    srv.start()
+    idle = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    partial = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    partial.sendall(b"GET /status HTTP/1.1\r\n")
+    keep = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    keep.request("GET", "/status")
+    keep.getresponse().read()
+    srv.stop()
+    assert idle.recv(1) == b"" and partial.recv(1) == b""  # the server closed its ends
+    for s in (idle, partial, keep):
+        s.close()
+    srv.stop()  # idempotent
+    assert set(threading.enumerate()) == threads_before
+    assert _open_fds() == fds_before

@@ -1,0 +1,115 @@
+"""The gateway as an operator runs it: `gateway run`, daemon mode, `gateway stop`, SIGHUP reload."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+
+from gateway_harness import DEMO, Device, wait_until
+from railcodecs import Close
+
+GATEWAY = os.path.join(os.path.dirname(sys.executable), "gateway")
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def write_config(tmp_path, **gateway):
+    d = copy.deepcopy(DEMO)
+    d["gateway"]["listen"] = {"net_a": {"host": "127.0.0.1", "port": free_port()},
+                              "net_b": {"host": "127.0.0.1", "port": free_port()},
+                              "udp": {"host": "127.0.0.1", "port": free_port()}}
+    d["gateway"]["admin"] = {"host": "127.0.0.1", "port": free_port()}
+    d["gateway"]["state_dir"] = str(tmp_path / "state")
+    d["gateway"].update(gateway)
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path, d
+
+
+def fetch_status(port: int) -> dict:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
+        return json.loads(r.read())
+
+
+def test_invalid_config_exits_2_naming_the_key(tmp_path):
+    path, d = write_config(tmp_path, heartbeat_ms="fast")
+    res = subprocess.run([GATEWAY, "run", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "gateway.heartbeat_ms: expected an integer 50..60000, got 'fast'" in res.stderr
+
+
+def test_daemon_run_status_and_graceful_stop(tmp_path):
+    path, d = write_config(tmp_path)
+    pidfile = tmp_path / "gw.pid"
+    res = subprocess.run([GATEWAY, "run", "-c", str(path), "--daemon", "--pidfile", str(pidfile)],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: pidfile.exists(), what="pid file")
+    pid = int(pidfile.read_text())
+    admin = d["gateway"]["admin"]["port"]
+    wait_until(lambda: _try(lambda: fetch_status(admin)), what="admin API up")
+    dev = Device(d["gateway"]["listen"]["net_a"]["port"])
+    dev.hello()
+    st = fetch_status(admin)
+    assert st["gateway_id"] == 1 and next(x for x in st["devices"] if x["id"] == 258)["reachable"]
+    # a second daemon on the same pid file is refused
+    again = subprocess.run([GATEWAY, "run", "-c", str(path), "--daemon", "--pidfile", str(pidfile)],
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "names a running process" in again.stderr
+    stop = subprocess.Popen([GATEWAY, "stop", "--pidfile", str(pidfile)])
+    assert dev.wait_for("CLOSE").message.reason == Close.NORMAL  # graceful: CLOSE 0 to every device
+    dev.close()
+    assert stop.wait(15) == 0
+    assert not pidfile.exists()
+    log = (tmp_path / "state" / "gateway.log").read_text()
+    assert "gateway stopped" in log  # the async log was flushed at exit
+    try:
+        os.kill(pid, 0)
+        raise AssertionError("daemon still running")
+    except ProcessLookupError:
+        pass
+
+
+def test_sighup_applies_live_settings_and_names_the_rest(tmp_path):
+    path, d = write_config(tmp_path)
+    log = tmp_path / "gw.log"
+    proc = subprocess.Popen([GATEWAY, "run", "-c", str(path), "--log", str(log)])
+    try:
+        admin = d["gateway"]["admin"]["port"]
+        wait_until(lambda: _try(lambda: fetch_status(admin)), what="admin API up")
+        d["gateway"]["max_age_ms"] = 1500
+        d["gateway"]["io_threads"] = 4
+        path.write_text(yaml.safe_dump(d))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: applied" in log.read_text(), what="reload logged")
+        text = log.read_text()
+        assert "applied gateway.max_age_ms; need a restart: gateway.io_threads" in text
+        st = fetch_status(admin)
+        assert st["counters"].get("reloads") == 1
+        path.write_text("gateway: [broken")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "config not reloaded" in log.read_text(), what="bad reload refused")
+        assert fetch_status(admin)["counters"].get("reload_errors") == 1  # and it keeps running
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+def _try(fn):
+    try:
+        return fn()
+    except OSError:
+        return None
