@@ -21,7 +21,10 @@ import threading
 import time
 
 from .acceptor import Acceptor, listen_socket
-from .config import Config, load
+from .config import Config, ConfigError, load
+from .coupling import CouplingEngine
+from .coupling_settings import parse_coupling
+from .coupling_workers import CouplingWorkers
 from .event_loop import EventLoop
 from .link_state import LinkEvent
 from .loop_pool import EventLoopThreadPool
@@ -42,6 +45,9 @@ class Gateway:
     def __init__(self, cfg: Config, *, clock_ms=None, admin: bool = True) -> None:
         self.cfg = cfg
         s = cfg.gateway
+        coupling, problems = parse_coupling(cfg.raw.get("coupling"))  # until config.parse validates it
+        if problems:
+            raise ConfigError(cfg.source, problems)
         self.ctx = Context(cfg, clock_ms)
         self.started_ms = self.ctx.now_ms()
         self.started_mono = time.monotonic()
@@ -57,6 +63,9 @@ class Gateway:
         self.udp: UdpEndpoint | None = None
         self.admin = None
         self._want_admin = admin
+        self.coupling = CouplingEngine.from_config(cfg, self.ctx.events, coupling)
+        self.coupling_workers = CouplingWorkers(self.coupling, coupling.workers)
+        self.ctx.coupling_workers = self.coupling_workers
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._config_path: str | None = None
@@ -87,6 +96,8 @@ class Gateway:
             acc.start()
         s = self.cfg.gateway
         self.base.call_every(0.1, self._check_trains)
+        self.coupling_workers.start()
+        self.base.call_every(1.0, lambda: self.coupling.check_timeouts(self.ctx.now_ms()))
         grace_s = (s.hello_timeout_ms + s.dead_after * s.heartbeat_ms) / 1000
         self.base.call_later(grace_s, lambda: self.ctx.registry.check_startup(self.ctx.now_ms()))
         if self._want_admin:
@@ -165,6 +176,7 @@ class Gateway:
         if self.udp is not None:
             self.udp.loop.run_in_loop(self.udp.stop)
         self.pool.stop()
+        self.coupling_workers.stop()  # after the UDP loop: nothing submits any more; drains the queues
         if self.admin is not None:
             self.admin.stop()
         self.base.close()

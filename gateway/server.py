@@ -58,6 +58,7 @@ class Context:
         self._links_lock = threading.Lock()
         self.links: set = set()
         self.link_pool = None  # set by the Gateway
+        self.coupling_workers = None  # set by the Gateway: gateway/coupling_workers.py
         self.apply = self.objects.apply
 
     def now_ms(self) -> int:
@@ -102,6 +103,8 @@ class Context:
     def train_applied(self, frame, now_ms: int) -> None:
         """An accepted train datagram. UDP loop thread."""
         self.registry.train_seen(frame.src, now_ms)
+        if self.coupling_workers is not None and frame.message.NAME == "TRAIN_STATUS":
+            self.coupling_workers.submit(frame.src, frame.message, now_ms)
 
     def reload(self, new: Config) -> tuple[list[str], list[str]]:
         """Apply the live part of a new config (SIGHUP). Base loop thread."""

@@ -56,6 +56,9 @@ def build_status(gw) -> dict:
         "loops": [lp.stats() for lp in gw.pool.all_loops()] if hasattr(gw.pool, "all_loops") else [],
         "pools": {"slabs": _slab_totals(slab), "links": links_pool},
         "counters": dict(ctx.counters),
+        "consists": gw.coupling.snapshot(now_ms) if getattr(gw, "coupling", None) else [],
+        "coupling": ({**gw.coupling.totals(), "workers": gw.coupling_workers.stats()}
+                     if getattr(gw, "coupling", None) else {}),
         **ctx.events.snapshot(),
     }
 

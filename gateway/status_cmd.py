@@ -5,7 +5,7 @@
 The address is ``--url``, else the ``gateway.admin`` host and port of the line
 config given with ``-c``, else :data:`DEFAULT_URL`. The text view puts the
 unit of every figure in its column heading or next to it (ms, s, cm, cm/s,
-frames, bytes). ``--watch`` redraws every ``--interval`` seconds (ANSI home +
+frames, bytes, evaluations). ``--watch`` redraws every ``--interval`` seconds (ANSI home +
 clear) until Ctrl-C, or for ``$WATCH_SECONDS`` seconds when that is set; with
 ``--json`` it prints one JSON document per line instead of redrawing.
 
@@ -143,6 +143,20 @@ def render_text(status: dict) -> str:
                     t.get("consist_id"), _code(COUPLING, t.get("coupling")), _code(ROLE, t.get("role")),
                     t.get("last_rx_age_ms"), t.get("applied"), t.get("gap"), t.get("stale")] for t in trains])
 
+    consists = status.get("consists") or []
+    out += ["", f"Consists ({len(consists)})"]
+    out += _table(["ID", "MEMBERS", "STATE", "FOR (s)", "ROLES", "DOUBLE MASTER (evals)", "DOUBLE SLAVE (evals)",
+                   "MISMATCH (evals)", "CONFIRM (evals)", "EVALUATIONS", "ILLEGAL (moves)", "ALARMS"],
+                  [[c.get("id"), "+".join(str(m) for m in c.get("members") or []), c.get("state"),
+                    None if c.get("state_age_ms") is None else round(c["state_age_ms"] / 1000, 1),
+                    "/".join(str(r) for r in c.get("roles") or []), *_consist_counters(c.get("counters") or {}),
+                    ", ".join(c.get("alarms") or []) or "-"] for c in consists])
+    workers = (status.get("coupling") or {}).get("workers") or []
+    if workers:
+        out.append("  coupling workers: " + ", ".join(
+            f"#{w.get('worker')} queue {_cell(w.get('queue_depth'))} reports, {_cell(w.get('evaluations'))} evals"
+            for w in workers))
+
     udp = status.get("udp") or {}
     out += ["", f"UDP: {_cell(udp.get('rx_datagrams'))} datagrams received, "
                 f"{_cell(udp.get('dropped_no_slab'))} dropped (no slab), errors: {_errors(udp.get('errors'))}"]
@@ -174,6 +188,11 @@ def render_text(status: dict) -> str:
                   [[c.get("name"), c.get("source"), _when(c.get("since_ms"), tz), c.get("detail") or ""]
                    for c in conditions])
     return "\n".join(out) + "\n"
+
+
+def _consist_counters(counters: dict) -> list:
+    return [counters.get(k) for k in ("double_master", "double_slave", "mismatch", "confirm", "evaluations",
+                                      "illegal_transitions")]
 
 
 # -- command -----------------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""The ``coupling:`` section of the line config (docs/configuration.md).
+
+``parse_coupling(raw)`` validates the section and returns the settings and a
+list of problems in the config module's style (``coupling.key: expected ...,
+got ...``); the caller decides whether problems are fatal (``gateway.config``
+raises ConfigError listing them with every other problem). A missing section
+means every default. Pure function; any thread.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SECTION = "coupling"
+
+
+@dataclass(frozen=True, slots=True)
+class CouplingSettings:
+    workers: int = 4                    # coupling worker threads (trains hashed to workers by id)
+    confirm_evaluations: int = 3        # consecutive coupled evaluations that confirm a consist coupled
+    raise_after: int = 3                # consecutive abnormal evaluations that raise a coupling alarm
+    clear_after: int = 3                # consecutive normal evaluations that clear it
+    transition_timeout_s: float = 30.0  # coupling/decoupling longer than this raises COUPLING_TIMEOUT
+
+
+#: key -> (lowest, highest, integers only)
+_LIMITS = {
+    "workers": (1, 64, True),
+    "confirm_evaluations": (1, 1000, True),
+    "raise_after": (1, 1000, True),
+    "clear_after": (1, 1000, True),
+    "transition_timeout_s": (0.1, 86_400, False),
+}
+
+
+def parse_coupling(raw: Any) -> tuple[CouplingSettings, list[str]]:
+    """Validate a ``coupling:`` mapping (None or {} for defaults); return (settings, problems)."""
+    defaults = CouplingSettings()
+    if raw is None:
+        return defaults, []
+    if not isinstance(raw, dict):
+        return defaults, [f"{SECTION}: expected a mapping, got {raw!r}"]
+    problems = [f"{SECTION}.{key}: expected one of {', '.join(_LIMITS)}, got an unknown key"
+                for key in raw if key not in _LIMITS]
+    values: dict[str, Any] = {}
+    for key, (lo, hi, whole) in _LIMITS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        number = type(value) is int or (not whole and type(value) is float)
+        if not number or not lo <= value <= hi:
+            kind = "an integer" if whole else "a number of seconds"
+            problems.append(f"{SECTION}.{key}: expected {kind} {lo}..{hi}, got {value!r}")
+        else:
+            values[key] = float(value) if not whole else value
+    return CouplingSettings(**values), problems
