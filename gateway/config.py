@@ -22,6 +22,9 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from alarms.settings import PipelineSettings, parse_pipeline
+
+from .coupling_settings import CouplingSettings, parse_coupling
 
 KINDS = {"interlocking": 1, "zone_controller": 2, "platform_doors": 3}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -98,6 +101,10 @@ class Config:
     devices: tuple[Device, ...]
     trains: Trains
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    #: alarms:, kafka:, history:, redis: (alarms/settings.py)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    #: coupling: (gateway/coupling_settings.py)
+    coupling: CouplingSettings = field(default_factory=CouplingSettings)
 
     def device(self, device_id: int) -> Device | None:
         return next((d for d in self.devices if d.id == device_id), None)
@@ -198,9 +205,14 @@ def parse(data: Any, source: str = "<config>") -> Config:
     devices = _devices(r, data.get("devices", []))
     trains = _trains(r, r.section(data, "trains", "trains", required=False))
     _cross_checks(r, settings, devices, trains)
+    pipeline, problems = parse_pipeline(data)
+    r.problems += problems
+    coupling, problems = parse_coupling(data.get("coupling"))
+    r.problems += problems
     if r.problems:
         raise ConfigError(source, r.problems)
-    return Config(source, settings, r.str(line, "name", "line.name", default="line"), tz, devices, trains, data)
+    return Config(source, settings, r.str(line, "name", "line.name", default="line"), tz, devices, trains, data,
+                  pipeline, coupling)
 
 
 def _devices(r: _Reader, items: Any) -> tuple[Device, ...]:
@@ -296,7 +308,7 @@ def diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
         a, b = getattr(old.gateway, f.name), getattr(new.gateway, f.name)
         if a != b:
             (live if f.name in Settings.LIVE else restart).append(f"gateway.{f.name}")
-    for name in ("devices", "trains", "timezone", "line_name"):
+    for name in ("devices", "trains", "timezone", "line_name", "pipeline", "coupling"):
         if getattr(old, name) != getattr(new, name):
             restart.append(name)
     return live, restart

@@ -64,15 +64,17 @@ def test_gateway_and_simulators_run_a_config_that_validates():
 
 
 def test_gateway_config_points_at_the_compose_services():
-    raw = config.load(str(_config_path("gateway"))).raw
-    brokers = [hp.split(":")[0] for hp in raw["kafka"]["bootstrap_servers"].split(",")]
-    assert sorted(brokers) == sorted(KAFKA)
-    assert raw["alarms"]["replication_factor"] == 4
-    mysql = raw["history"]["mysql"]
-    assert mysql["host"] == "mysql" and mysql["user"] == SERVICES["mysql"]["environment"]["MYSQL_USER"]
-    assert mysql["database"] == SERVICES["mysql"]["environment"]["MYSQL_DATABASE"]
-    assert urlparse(raw["redis"]["url"]).hostname == "redis"
+    cfg = config.load(str(_config_path("gateway")))
+    pipe = cfg.pipeline
+    assert not pipe.kafka.embedded
+    assert sorted(hp.split(":")[0] for hp in pipe.kafka.bootstrap_servers) == sorted(KAFKA)
+    assert pipe.alarms.replication_factor == 4
+    mysql_env = SERVICES["mysql"]["environment"]
+    assert pipe.history.kind == "mysql" and pipe.history.mysql.host == "mysql"
+    assert (pipe.history.mysql.user, pipe.history.mysql.database) == (mysql_env["MYSQL_USER"],
+                                                                      mysql_env["MYSQL_DATABASE"])
+    assert urlparse(pipe.redis.url).hostname == "redis"
     ports = {p.split(":")[-1].split("/")[0] for p in SERVICES["gateway"]["ports"]}
-    gw = config.load(str(_config_path("gateway"))).gateway
+    gw = cfg.gateway
     assert {str(gw.net_a.port), str(gw.net_b.port), str(gw.udp.port), str(gw.admin.port)} <= ports
     assert (ROOT / SERVICES["gateway"]["build"] / "Dockerfile").exists()

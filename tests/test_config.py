@@ -105,3 +105,18 @@ def test_singleton_accessor_is_thread_safe():
     for t in threads:
         t.join()
     assert seen <= {100, 101, 102, 103} and config.current() is cfgs[-1]
+
+
+def test_pipeline_and_coupling_sections_are_validated_with_the_rest():
+    raw = yaml.safe_load((ROOT / "config" / "demo-line.yaml").read_text())
+    raw["alarms"] = {"partitions": 0}
+    raw["coupling"] = {"workers": "many"}
+    raw["gateway"]["listen"]["net_a"]["port"] = "abc"
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(raw, "x.yaml")
+    text = str(err.value)
+    assert "alarms.partitions" in text and "coupling.workers" in text and "gateway.listen.net_a.port" in text
+    assert "3 problems" in text
+    cfg = config.load(str(ROOT / "config" / "demo-line.yaml"))
+    assert cfg.pipeline.kafka.embedded and cfg.pipeline.history.kind == "sqlite"
+    assert cfg.coupling.workers >= 1

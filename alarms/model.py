@@ -1,0 +1,214 @@
+"""Alarm identity and the alarm event record: the message of docs/alarm-pipeline.md.
+
+:class:`AlarmKey` names an alarm (``source/code/object``); :class:`AlarmEvent`
+is one transition of one alarm (or an info event) exactly as it travels: the
+Kafka value, the journal row and the history row are all ``encode()`` /
+``to_json()`` of it. Both are frozen and checked: a bad field fails in the
+constructor with the field's name, so a malformed event never reaches the
+journal.
+
+Threading: immutable values, safe to share between threads.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+SCHEMA_VERSION = 1
+STATES = ("NORMAL", "UNACK", "ACKED", "RTN_UNACK", "SHELVED", "OUT_OF_SERVICE")
+TRANSITIONS = ("raise", "clear", "ack", "shelve", "unshelve", "shelve_expired", "remove_from_service",
+               "return_to_service", "info")
+#: transitions an operator makes; their events carry the operator's name (audit)
+OPERATOR_TRANSITIONS = frozenset({"ack", "shelve", "unshelve", "remove_from_service", "return_to_service"})
+#: ICD severity codes 1-4 by name; ``info`` only for info events
+SEVERITIES = ("critical", "major", "minor", "warning", "info")
+SEVERITY_BY_ICD = {1: "critical", 2: "major", 3: "minor", 4: "warning"}
+
+_PART = re.compile(r"[^/\s](?:[^/]*[^/\s])?")      # no slash, no surrounding blanks ("train 1025" is fine)
+_CODE = re.compile(r"[A-Z][A-Z0-9_]*")
+_EVENT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class ModelError(ValueError):
+    """A field of an alarm key or event has a value the message format does not allow."""
+
+
+def _check(ok: bool, where: str, expected: str, value) -> None:
+    if not ok:
+        raise ModelError(f"{where}: expected {expected}, got {value!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def iso_time(time_ms: int, tz: tzinfo) -> str:
+    """``2026-11-24T01:26:14.859+08:00``: the message's ``time`` in the line's zone, millisecond precision."""
+    return datetime.fromtimestamp(time_ms / 1000, tz).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmKey:
+    """``source/code/object``; ``object`` is ``-`` when the alarm is about the source as a whole."""
+
+    source: str
+    code: str
+    object: str = "-"
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.source, str) and _PART.fullmatch(self.source) is not None, "alarm.source",
+               "non-empty text without '/'", self.source)
+        _check(isinstance(self.code, str) and _CODE.fullmatch(self.code) is not None, "alarm.code",
+               "an upper-case code [A-Z][A-Z0-9_]*", self.code)
+        _check(isinstance(self.object, str) and _PART.fullmatch(self.object) is not None, "alarm.object",
+               "non-empty text without '/' ('-' for none)", self.object)
+
+    def __str__(self) -> str:
+        return f"{self.source}/{self.code}/{self.object}"
+
+    @classmethod
+    def parse(cls, text: str) -> AlarmKey:
+        parts = text.split("/") if isinstance(text, str) else []
+        _check(len(parts) == 3, "alarm.key", "'source/code/object'", text)
+        return cls(*parts)
+
+    def to_json(self) -> dict:
+        return {"key": str(self), "source": self.source, "code": self.code, "object": self.object}
+
+    @classmethod
+    def from_json(cls, d: dict) -> AlarmKey:
+        _check(isinstance(d, dict), "alarm", "a mapping", d)
+        key = cls(d.get("source"), d.get("code"), d.get("object"))
+        _check(d.get("key") == str(key), "alarm.key", f"{str(key)!r} (source/code/object)", d.get("key"))
+        return key
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvent:
+    """One transition of one alarm, as published (``kind: event`` of the message schema)."""
+
+    event_id: str
+    event_seq: int
+    gateway_id: int
+    line: str
+    alarm: AlarmKey
+    severity: str
+    text: str
+    transition: str
+    previous_state: str
+    state: str
+    active: bool
+    chattering: bool
+    operator: str | None
+    shelved_until_ms: int | None
+    raised_ms: int
+    time_ms: int
+    time: str
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.event_id, str) and _EVENT_ID.fullmatch(self.event_id) is not None, "event_id",
+               "32 lower-case hex digits", self.event_id)
+        _check(_is_int(self.event_seq) and self.event_seq >= 1, "event_seq", "an integer >= 1", self.event_seq)
+        _check(_is_int(self.gateway_id) and self.gateway_id >= 0, "gateway_id", "an integer >= 0", self.gateway_id)
+        _check(isinstance(self.line, str) and self.line != "", "line", "a non-empty line name", self.line)
+        _check(isinstance(self.alarm, AlarmKey), "alarm", "an AlarmKey", self.alarm)
+        _check(self.severity in SEVERITIES, "severity", f"one of {', '.join(SEVERITIES)}", self.severity)
+        _check(isinstance(self.text, str), "text", "text", self.text)
+        _check(self.transition in TRANSITIONS, "transition", f"one of {', '.join(TRANSITIONS)}", self.transition)
+        _check(self.previous_state in STATES, "previous_state", f"one of {', '.join(STATES)}", self.previous_state)
+        _check(self.state in STATES, "state", f"one of {', '.join(STATES)}", self.state)
+        _check(isinstance(self.active, bool), "active", "true or false", self.active)
+        _check(isinstance(self.chattering, bool), "chattering", "true or false", self.chattering)
+        if self.transition in OPERATOR_TRANSITIONS:
+            _check(isinstance(self.operator, str) and self.operator.strip() != "", "operator",
+                   f"the operator's name (required for {self.transition})", self.operator)
+        else:
+            _check(self.operator is None or (isinstance(self.operator, str) and self.operator.strip() != ""),
+                   "operator", "null or a non-empty name", self.operator)
+        _check((self.severity == "info") == (self.transition == "info"), "severity",
+               "'info' exactly for info events", self.severity)
+        _check(self.shelved_until_ms is None or _is_int(self.shelved_until_ms), "shelved_until_ms",
+               "null or epoch ms", self.shelved_until_ms)
+        _check(_is_int(self.raised_ms) and self.raised_ms >= 0, "raised_ms", "epoch ms", self.raised_ms)
+        _check(_is_int(self.time_ms) and self.time_ms >= 0, "time_ms", "epoch ms", self.time_ms)
+        _check(isinstance(self.time, str) and self.time != "", "time", "an ISO 8601 time", self.time)
+
+    @property
+    def key(self) -> str:
+        return str(self.alarm)
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "kind": "event", "event_id": self.event_id,
+                "event_seq": self.event_seq, "gateway_id": self.gateway_id, "line": self.line,
+                "alarm": self.alarm.to_json(), "severity": self.severity, "text": self.text,
+                "transition": self.transition, "previous_state": self.previous_state, "state": self.state,
+                "active": self.active, "chattering": self.chattering, "operator": self.operator,
+                "shelved_until_ms": self.shelved_until_ms, "raised_ms": self.raised_ms,
+                "time_ms": self.time_ms, "time": self.time}
+
+    def encode(self) -> bytes:
+        """The Kafka value / journal blob: compact UTF-8 JSON."""
+        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, d: dict) -> AlarmEvent:
+        """Inverse of :meth:`to_json`; raises :class:`ModelError` naming the first bad field."""
+        _check(isinstance(d, dict), "(event)", "a mapping", type(d).__name__)
+        _check(d.get("schema_version") == SCHEMA_VERSION, "schema_version", str(SCHEMA_VERSION),
+               d.get("schema_version"))
+        _check(d.get("kind") == "event", "kind", "'event'", d.get("kind"))
+        names = cls.__dataclass_fields__
+        missing = [n for n in names if n not in d]
+        _check(not missing, "(event)", "every field present", f"missing {', '.join(missing)}")
+        args = {n: d[n] for n in names}
+        args["alarm"] = AlarmKey.from_json(d["alarm"])
+        return cls(**args)
+
+    @classmethod
+    def decode(cls, value: bytes) -> AlarmEvent:
+        return cls.from_json(json.loads(value))
+
+
+# -- inputs to the engine (what AlarmService.submit carries) -------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlarm:
+    key: AlarmKey
+    severity: str
+    text: str
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClearAlarm:
+    key: AlarmKey
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class InfoEvent:
+    key: AlarmKey
+    text: str
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorAction:
+    """``action`` is one of OPERATOR_TRANSITIONS; ``minutes`` only for ``shelve``."""
+
+    action: str
+    key: AlarmKey | str
+    operator: str
+    time_ms: int
+    minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.action in OPERATOR_TRANSITIONS, "action", f"one of {', '.join(sorted(OPERATOR_TRANSITIONS))}",
+               self.action)
+        _check((self.minutes is not None) == (self.action == "shelve"), "minutes",
+               "a number for shelve and nothing otherwise", self.minutes)
+
+
+AlarmInput = RaiseAlarm | ClearAlarm | InfoEvent | OperatorAction

@@ -1,0 +1,249 @@
+"""AlarmService: the alarm thread that owns the engine, the sources and the journal writer.
+
+::
+
+    any thread ── submit(item) ──▶ [pending list, lock] ──swap──▶ alarm thread:
+                                                                 sources.feed / engine.apply (every item)
+                                                                 engine.tick, sources.tick (every tick_s)
+                                                                 journal.append(all events)  one transaction
+                                                                 resolve operator futures
+                                                                 wake callbacks (relay, history)
+
+A batch is everything queued when the thread wakes (the list is swapped under
+the lock, as muduo's ``doPendingFunctors``), so under load many inputs share
+one transaction and one fsync (group commit). Operator futures are resolved
+only after their events are durable. A journal write that fails is retried
+every ``retry_s`` until it succeeds or the service stops (the engine has
+already moved; dropping the events would lose them).
+
+Threading contracts are on every public method. The engine, the sources and
+the writer's Journal connection are used only by the alarm thread.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from .engine import AlarmEngine
+from .journal import Journal
+from .model import AlarmEvent, OperatorAction
+from .sources import Sources
+
+log = logging.getLogger("railgate.alarms")
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ServiceStopped(RuntimeError):
+    """The alarm service is not running; the input was not taken."""
+
+
+class _Call:
+    """An item whose result goes back to the submitting thread."""
+
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable, future: Future) -> None:
+        self.fn, self.future = fn, future
+
+
+class AlarmService:
+    """The alarm thread. ``engine_options`` go to :class:`AlarmEngine` (max_active, chatter_..., flood_...)."""
+
+    def __init__(self, journal_path: str, *, gateway_id: int, line: str, tz: str = "UTC",
+                 sources: Sources | None = None, engine_options: dict | None = None, tick_s: float = 1.0,
+                 max_pending: int = 100_000, retry_s: float = 1.0, clock: Callable[[], int] = wall_ms) -> None:
+        self.journal_path = journal_path
+        self._engine_args = dict(gateway_id=gateway_id, line=line, tz=tz, **(engine_options or {}))
+        self.sources = sources if sources is not None else Sources()
+        self.tick_s, self.max_pending, self.retry_s, self.clock = tick_s, max_pending, retry_s, clock
+        self.engine: AlarmEngine | None = None
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._pending: list = []
+        self._wake: list[Callable[[], None]] = []
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self.stats = {"batches": 0, "appends": 0, "inputs": 0, "events": 0, "max_batch_inputs": 0,
+                      "max_batch_events": 0, "dropped_queue_full": 0, "input_errors": 0, "append_retries": 0,
+                      "last_append_ms": 0.0}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Open the journal, restore the engine, start the thread. Raises the open error. Owner thread."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("alarm service: already started")
+            self._running = True
+        self._thread = threading.Thread(target=self._run, name="alarms", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"alarm service: not ready after {timeout} s (journal {self.journal_path})")
+        if self._start_error is not None:
+            self._thread.join()
+            raise self._start_error
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Refuse new input, drain what is queued into the journal, close it, join. Owner thread."""
+        with self._lock:
+            self._running = False
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """``wake()`` is called in the alarm thread after every append (keep it short). Any thread."""
+        with self._lock:
+            self._wake = self._wake + [wake]
+
+    # -- input -------------------------------------------------------------------------------------------------
+
+    def submit(self, item) -> bool:
+        """Queue an AlarmInput or an observation (GatewayEvent, ObjectChange, ThreatSample, DeviceAlarmFrame).
+
+        Any thread; never blocks on the engine or the disk. False if refused
+        (service stopped, or ``max_pending`` items already queued: counted
+        ``dropped_queue_full``).
+        """
+        with self._lock:
+            if not self._running:
+                return False
+            if len(self._pending) >= self.max_pending:
+                self.stats["dropped_queue_full"] += 1
+                return False
+            self._pending.append(item)
+        self._wakeup.set()
+        return True
+
+    def call(self, fn: Callable[[AlarmEngine], object]) -> Future:
+        """Run ``fn(engine)`` in the alarm thread; its events (a list of AlarmEvent, if it returns one) are
+        journaled first, then the future gets the result or the exception. Any thread."""
+        fut: Future = Future()
+        with self._lock:
+            if not self._running:
+                fut.set_exception(ServiceStopped(f"alarm service stopped (journal {self.journal_path})"))
+                return fut
+            self._pending.append(_Call(fn, fut))
+        self._wakeup.set()
+        return fut
+
+    def operate(self, action: OperatorAction) -> Future:
+        """An operator action (admin API thread): the future gets its events once durable, or the error
+        (UnknownAlarm, IllegalTransition, ValueError) with nothing changed. Any thread."""
+        return self.call(lambda engine: engine.apply(action))
+
+    def snapshot(self) -> Future:
+        """Future of ``engine.snapshot()`` taken in the alarm thread (Kafka relay). Any thread."""
+        return self.call(lambda engine: engine.snapshot())
+
+    def status(self) -> Future:
+        """Future of the engine's status plus the service counters. Any thread."""
+        return self.call(lambda engine: {**engine.status(), "service": dict(self.stats)})
+
+    # -- the alarm thread --------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            journal = Journal(self.journal_path)
+            engine = self.engine = AlarmEngine(start_seq=journal.last_seq(), **self._engine_args)
+            engine.restore(journal.latest_states())
+        except BaseException as exc:  # reported to start()'s caller
+            self._start_error = exc
+            with self._lock:
+                self._running = False
+            self._ready.set()
+            return
+        self._ready.set()
+        next_tick = time.monotonic()
+        try:
+            while True:
+                self._wakeup.wait(max(0.0, next_tick - time.monotonic()))
+                self._wakeup.clear()
+                with self._lock:
+                    batch, self._pending = self._pending, []
+                    running = self._running
+                tick = time.monotonic() >= next_tick
+                if tick:
+                    next_tick = time.monotonic() + self.tick_s
+                if batch or tick:
+                    self._process(engine, journal, batch, tick)
+                if not running:
+                    with self._lock:
+                        if not self._pending:
+                            break
+        finally:
+            journal.close()
+
+    def _process(self, engine: AlarmEngine, journal: Journal, batch: list, tick: bool) -> None:
+        events: list[AlarmEvent] = []
+        replies: list[tuple[Future, bool, object]] = []
+        for item in batch:
+            if isinstance(item, _Call):
+                try:
+                    result = item.fn(engine)
+                except Exception as exc:
+                    replies.append((item.future, False, exc))
+                    continue
+                if isinstance(result, list) and all(isinstance(e, AlarmEvent) for e in result):
+                    events += result
+                replies.append((item.future, True, result))
+                continue
+            try:
+                inputs = self.sources.feed(item)
+                for inp in (inputs if inputs is not None else [item]):
+                    events += engine.apply(inp)
+            except Exception:  # one bad input must not stop the alarm thread
+                self.stats["input_errors"] += 1
+                log.exception("alarm input refused: %r", item)
+        if tick:
+            now = self.clock()
+            try:
+                for inp in self.sources.tick(now):
+                    events += engine.apply(inp)
+                events += engine.tick(now)
+            except Exception:
+                self.stats["input_errors"] += 1
+                log.exception("alarm tick failed")
+        self._append(journal, events)
+        for fut, ok, value in replies:
+            fut.set_result(value) if ok else fut.set_exception(value)
+        s = self.stats
+        s["batches"] += 1
+        s["inputs"] += len(batch)
+        s["events"] += len(events)
+        s["max_batch_inputs"] = max(s["max_batch_inputs"], len(batch))
+        s["max_batch_events"] = max(s["max_batch_events"], len(events))
+        if events:
+            for wake in self._wake:
+                try:
+                    wake()
+                except Exception:
+                    log.exception("alarm wake callback failed")
+
+    def _append(self, journal: Journal, events: list[AlarmEvent]) -> None:
+        if not events:
+            return
+        while True:
+            t0 = time.perf_counter()
+            try:
+                journal.append(events)
+            except Exception:
+                self.stats["append_retries"] += 1
+                log.exception("alarm journal append of %d events failed; retrying in %s s", len(events), self.retry_s)
+                with self._lock:
+                    if not self._running:
+                        log.error("alarm service stopping: %d events not journaled", len(events))
+                        return
+                time.sleep(self.retry_s)
+                continue
+            self.stats["appends"] += 1
+            self.stats["last_append_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            return

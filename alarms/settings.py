@@ -1,0 +1,229 @@
+"""Settings of the alarm pipeline: the ``alarms:``, ``kafka:``, ``history:``, ``redis:`` sections.
+
+``parse_pipeline(raw)`` takes the whole YAML document (a dict) and returns the
+frozen settings with defaults filled in, plus every problem found, each as
+``key.path: expected ..., got ...`` (the style of ``gateway/config.py``, whose
+``parse`` calls this and raises its ConfigError when the list is not empty).
+Unknown keys are problems too: a misspelt ``max_actve`` must not silently
+fall back to the default.
+
+Threading: pure function, immutable results.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .sources import ThreatLimits
+
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_HOSTPORT = re.compile(r"[A-Za-z0-9._-]+:\d{1,5}")
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Chatter:
+    cycles: int = 3
+    window_s: float = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Flood:
+    alarms: int = 10
+    window_s: float = 600
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmSettings:
+    topic_prefix: str = "railgate.alarms"
+    partitions: int = 3
+    replication_factor: int = 1
+    snapshot_interval_s: float = 10
+    max_active: int = 10_000
+    chatter: Chatter = Chatter()
+    flood: Flood = Flood()
+    switch_lost_s: float = 5
+    threat_rates: ThreatLimits = ThreatLimits()
+
+    def engine_options(self) -> dict:
+        """Keyword arguments of AlarmEngine / AlarmService(engine_options=...)."""
+        return {"max_active": self.max_active, "chatter_cycles": self.chatter.cycles,
+                "chatter_window_s": self.chatter.window_s, "flood_alarms": self.flood.alarms,
+                "flood_window_s": self.flood.window_s}
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """``embedded`` (in-process broker) or an external cluster with librdkafka ``config``."""
+
+    embedded: bool = True
+    bootstrap_servers: tuple[str, ...] = ()
+    config: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MysqlSettings:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    pool_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySettings:
+    """``sqlite`` (embedded, in the state dir) or ``mysql``."""
+
+    kind: str = "sqlite"
+    mysql: MysqlSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str
+    prefix: str = "railgate"
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    alarms: AlarmSettings = AlarmSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    history: HistorySettings = HistorySettings()
+    redis: RedisSettings | None = None
+
+
+class _Reader:
+    """Collects problems while reading one mapping after another."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def bad(self, path: str, expected: str, value: Any) -> None:
+        self.problems.append(f"{path}: expected {expected}, got {value!r}")
+
+    def mapping(self, obj: Any, path: str, known: tuple[str, ...]) -> dict:
+        if obj is None:
+            return {}
+        if not isinstance(obj, dict):
+            self.bad(path, "a mapping", obj)
+            return {}
+        for k in obj:
+            if k not in known:
+                self.problems.append(f"{path}.{k}: unknown key (expected one of {', '.join(known)})")
+        return obj
+
+    def int(self, obj: dict, key: str, path: str, default: int, lo: int = 1, hi: int = 1 << 31) -> int:
+        value = obj.get(key, default)
+        if type(value) is not int or not lo <= value <= hi:
+            self.bad(f"{path}.{key}", f"an integer {lo}..{hi}", value)
+            return default
+        return value
+
+    def seconds(self, obj: dict, key: str, path: str, default: float) -> float:
+        value = obj.get(key, default)
+        if type(value) not in (int, float) or not 0 < value <= 86_400 * 365:
+            self.bad(f"{path}.{key}", "a number of seconds > 0", value)
+            return default
+        return value
+
+    def text(self, obj: dict, key: str, path: str, default: Any = _MISSING, pattern: re.Pattern | None = None,
+             what: str = "a non-empty string") -> str:
+        value = obj.get(key, default)
+        if value is _MISSING:
+            self.problems.append(f"{path}.{key}: missing (expected {what})")
+            return ""
+        if not isinstance(value, str) or not value or (pattern and not pattern.fullmatch(value)):
+            self.bad(f"{path}.{key}", what, value)
+            return default if isinstance(default, str) else ""
+        return value
+
+
+def _alarms(r: _Reader, raw: Any) -> AlarmSettings:
+    d = AlarmSettings()
+    sec = r.mapping(raw, "alarms", tuple(AlarmSettings.__dataclass_fields__))
+    ch = r.mapping(sec.get("chatter"), "alarms.chatter", ("cycles", "window_s"))
+    fl = r.mapping(sec.get("flood"), "alarms.flood", ("alarms", "window_s"))
+    tr = r.mapping(sec.get("threat_rates"), "alarms.threat_rates", tuple(ThreatLimits.__dataclass_fields__))
+    limits = ThreatLimits(r.seconds(tr, "window_s", "alarms.threat_rates", d.threat_rates.window_s),
+                          *(r.int(tr, name, "alarms.threat_rates", getattr(d.threat_rates, name), 1, 1_000_000)
+                            for name in ("corruption", "frame_loss", "delayed_data", "repetition", "masquerade")))
+    return AlarmSettings(
+        topic_prefix=r.text(sec, "topic_prefix", "alarms", d.topic_prefix, _TOPIC,
+                            "a Kafka topic prefix of letters, digits, '.', '_', '-'"),
+        partitions=r.int(sec, "partitions", "alarms", d.partitions, 1, 1000),
+        replication_factor=r.int(sec, "replication_factor", "alarms", d.replication_factor, 1, 32),
+        snapshot_interval_s=r.seconds(sec, "snapshot_interval_s", "alarms", d.snapshot_interval_s),
+        max_active=r.int(sec, "max_active", "alarms", d.max_active, 1, 10_000_000),
+        chatter=Chatter(r.int(ch, "cycles", "alarms.chatter", d.chatter.cycles, 1, 1000),
+                        r.seconds(ch, "window_s", "alarms.chatter", d.chatter.window_s)),
+        flood=Flood(r.int(fl, "alarms", "alarms.flood", d.flood.alarms, 1, 1_000_000),
+                    r.seconds(fl, "window_s", "alarms.flood", d.flood.window_s)),
+        switch_lost_s=r.seconds(sec, "switch_lost_s", "alarms", d.switch_lost_s),
+        threat_rates=limits)
+
+
+def _kafka(r: _Reader, raw: Any) -> KafkaSettings:
+    if raw is None or raw == "embedded":
+        return KafkaSettings()
+    if not isinstance(raw, dict):
+        r.bad("kafka", "'embedded' or a mapping with bootstrap_servers", raw)
+        return KafkaSettings()
+    sec = r.mapping(raw, "kafka", ("bootstrap_servers", "config"))
+    servers = r.text(sec, "bootstrap_servers", "kafka", what="a comma-separated list of host:port")
+    hosts = tuple(s.strip() for s in servers.split(",")) if servers else ()
+    if servers and not all(_HOSTPORT.fullmatch(h) and 0 < int(h.rsplit(":", 1)[1]) < 65536 for h in hosts):
+        r.bad("kafka.bootstrap_servers", "a comma-separated list of host:port (port 1..65535)", servers)
+    config = sec.get("config", {})
+    if not isinstance(config, dict):
+        r.bad("kafka.config", "a mapping of librdkafka settings", config)
+        config = {}
+    for k, v in config.items():
+        if not isinstance(k, str) or type(v) not in (str, int, float, bool):
+            r.bad(f"kafka.config.{k}", "a string, number or boolean", v)
+    return KafkaSettings(False, hosts, dict(config))
+
+
+def _history(r: _Reader, raw: Any) -> HistorySettings:
+    if raw is None or raw == "sqlite":
+        return HistorySettings()
+    if not isinstance(raw, dict) or "mysql" not in raw:
+        r.bad("history", "'sqlite' or a mapping {mysql: {...}}", raw)
+        return HistorySettings()
+    r.mapping(raw, "history", ("mysql",))
+    if not isinstance(raw["mysql"], dict):
+        r.bad("history.mysql", "a mapping {host, port, user, password, database, pool_size}", raw["mysql"])
+        return HistorySettings()
+    p, sec = "history.mysql", r.mapping(raw["mysql"], "history.mysql",
+                                       ("host", "port", "user", "password", "database", "pool_size"))
+    password = sec.get("password", "")
+    if not isinstance(password, str):
+        r.bad(f"{p}.password", "a string", "<hidden>")    # never echo a secret into a log
+        password = ""
+    return HistorySettings("mysql", MysqlSettings(
+        r.text(sec, "host", p), r.int(sec, "port", p, 3306, 1, 65535), r.text(sec, "user", p), password,
+        r.text(sec, "database", p), r.int(sec, "pool_size", p, 4, 1, 256)))
+
+
+def _redis(r: _Reader, raw: Any) -> RedisSettings | None:
+    if raw is None:
+        return None
+    sec = r.mapping(raw, "redis", ("url", "prefix"))
+    if not sec:
+        return None
+    url = r.text(sec, "url", "redis", pattern=re.compile(r"(rediss?|unix)://\S+"),
+                 what="a redis://, rediss:// or unix:// URL")
+    return RedisSettings(url, r.text(sec, "prefix", "redis", "railgate", re.compile(r"[A-Za-z0-9._:-]+"),
+                                     "a key prefix of letters, digits, '.', '_', ':', '-'"))
+
+
+def parse_pipeline(raw: dict) -> tuple[PipelineSettings, list[str]]:
+    """Read the pipeline sections of the YAML document; ``(settings, problems)``, problems empty if valid."""
+    r = _Reader()
+    if not isinstance(raw, dict):
+        r.bad("(top level)", "a mapping", raw)
+        return PipelineSettings(), r.problems
+    out = PipelineSettings(_alarms(r, raw.get("alarms")), _kafka(r, raw.get("kafka")),
+                           _history(r, raw.get("history")), _redis(r, raw.get("redis")))
+    return out, r.problems

@@ -1,0 +1,197 @@
+"""AlarmEngine: sequence numbers, lifecycle through the engine, chattering, flood, bound, shelving, restore."""
+import pytest
+
+from alarms.engine import TABLE_FULL, AlarmEngine, UnknownAlarm
+from alarms.lifecycle import IllegalTransition
+from alarms.model import AlarmKey, OperatorAction, RaiseAlarm
+
+T0 = 1_795_425_974_859
+K = AlarmKey("CI-1", "DEVICE_COMM_LOST")
+
+
+def engine(**kw):
+    return AlarmEngine(1, "demo-line-1", "Asia/Shanghai", **kw)
+
+
+def test_raise_ack_clear_and_seq_continues_from_start():
+    e = engine(start_seq=41)
+    evs = e.raise_(K, "critical", "no link up", T0)
+    evs += e.raise_(K, "critical", "again", T0 + 1)          # already active: no transition
+    evs += e.ack(K, "alice", T0 + 2)
+    evs += e.clear(K, T0 + 3)
+    assert [(x.transition, x.previous_state, x.state) for x in evs] == [
+        ("raise", "NORMAL", "UNACK"), ("ack", "UNACK", "ACKED"), ("clear", "ACKED", "NORMAL")]
+    assert [x.event_seq for x in evs] == [42, 43, 44]
+    assert evs[1].operator == "alice" and evs[0].operator is None
+    assert evs[0].time == "2026-11-23T17:26:14.859+08:00"
+    assert len({x.event_id for x in evs}) == 3
+    assert e.snapshot() == (44, [])
+    assert e.counters["ignored_inputs"] == 1
+
+
+def test_seq_strictly_increasing_over_mixed_traffic():
+    e = engine()
+    seqs = []
+    for i in range(200):
+        k = AlarmKey("CI-1", "X", str(i % 17))
+        seqs += [x.event_seq for x in e.raise_(k, "minor", "t", T0 + i)]
+        seqs += [x.event_seq for x in e.clear(k, T0 + i)] if i % 3 == 0 else []
+        seqs += [x.event_seq for x in e.info(AlarmKey("consist 9", "CONSIST_COUPLED"), "coupled", T0 + i)]
+        seqs += [x.event_seq for x in e.tick(T0 + i)]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_operator_errors_change_nothing():
+    e = engine()
+    e.raise_(K, "critical", "x", T0)
+    e.ack(K, "bob", T0)
+    before = e.snapshot()
+    with pytest.raises(ValueError, match="operator expected the operator's name, got ''"):
+        e.ack(K, "", T0)
+    with pytest.raises(ValueError, match="operator"):
+        e.shelve(K, "   ", 5, T0)
+    with pytest.raises(IllegalTransition, match="ack is not allowed in state ACKED"):
+        e.ack(K, "bob", T0)
+    with pytest.raises(UnknownAlarm, match="CI-2/DEVICE_COMM_LOST/-: not in the alarm table"):
+        e.ack("CI-2/DEVICE_COMM_LOST/-", "bob", T0)
+    with pytest.raises(ValueError, match="shelve minutes"):
+        e.shelve(K, "bob", 0, T0)
+    with pytest.raises(ValueError, match="severity expected one of"):
+        e.raise_("CI-1/OTHER/-", "info", "x", T0)
+    assert e.snapshot() == before
+    # a NORMAL alarm (acked after it returned) is not in the table any more
+    e.clear(K, T0 + 5)
+    with pytest.raises(UnknownAlarm):
+        e.ack(K, "bob", T0 + 6)
+
+
+def test_shelve_expiry_lands_by_condition_underneath():
+    e = engine()
+    e.raise_(K, "critical", "x", T0)
+    [sh] = e.shelve(K, "carol", 2, T0 + 1000)
+    assert sh.state == "SHELVED" and sh.shelved_until_ms == T0 + 1000 + 120_000
+    e.clear(K, T0 + 2000)                                     # tracked while shelved
+    e.raise_(K, "critical", "x", T0 + 3000)
+    assert e.tick(T0 + 120_999) == []
+    [ex] = e.tick(T0 + 121_000)
+    assert (ex.transition, ex.state, ex.active, ex.operator) == ("shelve_expired", "UNACK", True, None)
+    # shelved while inactive -> NORMAL on unshelve, and the alarm leaves the table
+    e.clear(K, T0 + 122_000)
+    e.shelve(K, "carol", 1, T0 + 123_000)
+    [un] = e.unshelve(K, "carol", T0 + 124_000)
+    assert (un.state, un.active) == ("NORMAL", False)
+    assert e.snapshot()[1] == []
+    assert e.tick(T0 + 999_999) == []                         # the old shelf entry is lazily dropped
+
+
+def test_reshelve_extends_and_out_of_service_tracks():
+    e = engine()
+    e.raise_(K, "critical", "x", T0)
+    e.shelve(K, "d", 1, T0)
+    e.shelve(K, "d", 10, T0 + 1)
+    assert e.tick(T0 + 61_000) == []                          # first shelf superseded
+    [oos] = e.remove_from_service(K, "d", T0 + 62_000)
+    assert oos.state == "OUT_OF_SERVICE" and oos.shelved_until_ms is None
+    e.clear(K, T0 + 63_000)
+    [back] = e.return_to_service(K, "d", T0 + 64_000)
+    assert (back.state, back.active) == ("NORMAL", False)
+
+
+def test_chattering_marks_suppresses_and_catches_up():
+    e = engine(chatter_cycles=3, chatter_window_s=60)
+    out = []
+    for i in range(3):                                        # 3 raise/clear cycles in 30 s
+        out += e.raise_(K, "critical", "x", T0 + i * 10_000)
+        out += e.clear(K, T0 + i * 10_000 + 5_000)
+    assert out[-1].transition == "clear" and out[-1].chattering is True
+    assert [x.chattering for x in out[:-1]] == [False] * 5
+    assert e.raise_(K, "critical", "x", T0 + 40_000) == []   # suppressed
+    assert e.clear(K, T0 + 41_000) == []
+    assert e.raise_(K, "critical", "x", T0 + 42_000) == []
+    assert e.counters["suppressed_chatter"] == 3
+    assert e.status()["chattering"] == 1
+    assert e.tick(T0 + 42_000 + 59_999) == []                 # not quiet for the whole window yet
+    [catch] = e.tick(T0 + 42_000 + 60_000)
+    assert (catch.transition, catch.state, catch.active, catch.chattering) == ("raise", "UNACK", True, False)
+    assert e.status()["chattering"] == 0
+
+
+def test_cycles_spread_wider_than_window_do_not_chatter():
+    e = engine(chatter_cycles=3, chatter_window_s=60)
+    for i in range(6):
+        e.raise_(K, "critical", "x", T0 + i * 40_000)
+        evs = e.clear(K, T0 + i * 40_000 + 1000)
+        assert evs and not evs[0].chattering
+
+
+def test_chatter_quiet_without_change_leaves_no_event_and_drops_row():
+    e = engine(chatter_cycles=2, chatter_window_s=10)
+    for i in range(2):
+        e.raise_(K, "critical", "x", T0 + i * 1000)
+        e.ack(K, "op", T0 + i * 1000 + 100)
+        e.clear(K, T0 + i * 1000 + 500)
+    assert e.status()["alarms"] == 1 and e.snapshot()[1] == []   # held in NORMAL while chattering
+    assert e.tick(T0 + 20_000) == []
+    assert e.status()["alarms"] == 0
+
+
+def test_flood_flag():
+    e = engine(flood_alarms=10, flood_window_s=600)
+    for i in range(10):
+        e.raise_(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0 + i)
+    assert e.status()["flood"] is False
+    e.raise_(AlarmKey("CI-1", "X", "10"), "minor", "t", T0 + 10)
+    assert e.status()["flood"] is True and e.counters["floods"] == 1
+    e.tick(T0 + 600_000 + 5)
+    assert e.status()["flood"] is False
+
+
+def test_bound_refuses_counts_and_raises_one_gateway_alarm():
+    e = engine(max_active=10)
+    for i in range(10):
+        e.raise_(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0)
+    over = []
+    for i in range(10, 15):
+        over += e.raise_(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0)
+    assert [str(x.alarm) for x in over] == [str(TABLE_FULL)]
+    assert over[0].severity == "critical"
+    assert e.counters["dropped_over_bound"] == 5
+    assert e.raise_(AlarmKey("CI-1", "X", "3"), "minor", "t", T0) == []     # known key: never refused
+    out = []
+    for i in range(10):                                                     # ack then clear: rows leave
+        out += e.ack(AlarmKey("CI-1", "X", str(i)), "op", T0 + 1)
+        out += e.clear(AlarmKey("CI-1", "X", str(i)), T0 + 1)
+    full = [x for x in out if x.alarm == TABLE_FULL]
+    assert [x.transition for x in full] == ["clear"]                        # at 9 of 10 (90 %)
+    assert e.status()["alarms"] == 1                                        # the RTN_UNACK gateway alarm
+
+
+def test_apply_dispatches_inputs():
+    e = engine()
+    [r] = e.apply(RaiseAlarm(K, "major", "t", T0))
+    [s] = e.apply(OperatorAction("shelve", str(K), "op", T0 + 1, minutes=5))
+    assert (r.state, s.state, s.shelved_until_ms) == ("UNACK", "SHELVED", T0 + 1 + 300_000)
+    with pytest.raises(TypeError, match="got str"):
+        e.apply("raise")
+
+
+def test_restore_after_restart():
+    a = engine()
+    journal = []
+    journal += a.raise_(K, "critical", "x", T0)
+    journal += a.raise_("CI-1/OTHER/7", "minor", "y", T0)
+    journal += a.ack("CI-1/OTHER/7", "op", T0 + 1)
+    journal += a.raise_("CI-1/SH/-", "major", "z", T0)
+    journal += a.shelve("CI-1/SH/-", "op", 1, T0 + 2)
+    journal += a.raise_("CI-1/GONE/-", "major", "z", T0)
+    journal += a.ack("CI-1/GONE/-", "op", T0 + 3)
+    journal += a.clear("CI-1/GONE/-", T0 + 4)
+    latest = {}
+    for ev in journal:
+        latest[ev.key] = ev
+    b = engine(start_seq=journal[-1].event_seq)
+    b.restore([v for v in latest.values() if v.state != "NORMAL"])
+    assert b.snapshot() == a.snapshot()
+    [ex] = b.tick(T0 + 2 + 60_000)
+    assert ex.event_seq == journal[-1].event_seq + 1 and ex.state == "UNACK"
+    assert b.ack(K, "op", T0 + 70_000)[0].state == "ACKED"

@@ -1,0 +1,125 @@
+"""AlarmService: concurrent submitters, group commit per drained batch, operator futures, restart."""
+import threading
+
+import pytest
+
+from alarms.engine import UnknownAlarm
+from alarms.journal import Journal, JournalError
+from alarms.lifecycle import IllegalTransition
+from alarms.model import AlarmEvent, AlarmKey, ClearAlarm, OperatorAction, RaiseAlarm
+from alarms.service import AlarmService
+from gateway.events import EventLog
+
+T0 = 1_795_425_974_859
+
+
+def service(path, **kw):
+    return AlarmService(str(path), gateway_id=1, line="demo-line-1", tz="Asia/Shanghai", tick_s=0.05,
+                        clock=lambda: T0, **kw)
+
+
+def all_rows(path):
+    j = Journal(str(path))
+    try:
+        return [AlarmEvent.decode(r.value) for r in j.read_after(0, limit=100_000)]
+    finally:
+        j.close()
+
+
+def test_many_threads_exact_events(tmp_path):
+    path = tmp_path / "j.db"
+    svc = service(path)
+    svc.start()
+    wakes = threading.Semaphore(0)
+    svc.subscribe(wakes.release)
+    threads, per = 8, 250
+
+    def worker(t):
+        for i in range(per):
+            k = AlarmKey(f"CI-{t}", "X", str(i))
+            assert svc.submit(RaiseAlarm(k, "minor", "t", T0 + i))
+            assert svc.submit(ClearAlarm(k, T0 + i + 1))
+
+    ts = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    svc.stop()
+    rows = all_rows(path)
+    assert len(rows) == threads * per * 2
+    assert [r.event_seq for r in rows] == list(range(1, len(rows) + 1))
+    per_key = {}
+    for r in rows:
+        per_key.setdefault(r.key, []).append(r.transition)
+    assert len(per_key) == threads * per and all(v == ["raise", "clear"] for v in per_key.values())
+    assert svc.stats["appends"] <= svc.stats["batches"] and wakes.acquire(timeout=0)
+    assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X"), "minor", "t", T0)) is False   # stopped
+
+
+def test_drained_batch_is_one_transaction(tmp_path):
+    path = tmp_path / "j.db"
+    svc = service(path)
+    svc.start()
+    gate, in_wake = threading.Event(), threading.Event()
+
+    def slow_wake():
+        in_wake.set()
+        gate.wait(10)
+
+    svc.subscribe(slow_wake)
+    svc.submit(RaiseAlarm(AlarmKey("CI-0", "X"), "minor", "t", T0))
+    assert in_wake.wait(5)                         # the alarm thread is busy in the wake callback
+    appends = svc.stats["appends"]
+    ts = [threading.Thread(target=lambda t=t: [svc.submit(RaiseAlarm(AlarmKey(f"CI-{t}", "X", str(i)), "minor",
+                                                                        "t", T0)) for i in range(100)])
+          for t in range(1, 5)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    gate.set()
+    svc.stop()
+    assert svc.stats["appends"] == appends + 1     # 400 inputs queued meanwhile: one append, one fsync
+    assert svc.stats["max_batch_events"] == 400
+    assert len(all_rows(path)) == 401
+
+
+def test_operator_futures_and_restart(tmp_path):
+    path = tmp_path / "j.db"
+    svc = service(path)
+    svc.start()
+    log = EventLog()
+    log.subscribe(svc.submit)                      # GatewayEvents go through the sources in the alarm thread
+    log.raise_condition("DEVICE_COMM_LOST", "CI-1", T0, "no link up")
+    key = "CI-1/DEVICE_COMM_LOST/-"
+    with pytest.raises(ValueError, match="operator"):
+        svc.operate(OperatorAction("ack", key, " ", T0 + 1)).result(5)
+    with pytest.raises(UnknownAlarm):
+        svc.operate(OperatorAction("ack", "CI-9/DEVICE_COMM_LOST/-", "op", T0 + 1)).result(5)
+    [ack] = svc.operate(OperatorAction("ack", key, "alice", T0 + 2)).result(5)
+    assert (ack.state, ack.operator) == ("ACKED", "alice")
+    with pytest.raises(IllegalTransition):
+        svc.operate(OperatorAction("ack", key, "alice", T0 + 3)).result(5)
+    seq, entries = svc.snapshot().result(5)
+    svc.stop()
+    assert seq == 2 and [e["state"] for e in entries] == ["ACKED"]
+
+    again = service(path)
+    again.start()
+    assert again.snapshot().result(5) == (seq, entries)
+    log2 = EventLog()
+    log2.subscribe(again.submit)
+    log2.raise_condition("DEVICE_COMM_LOST", "CI-1", T0 + 10)   # the journal's state: still active, no event
+    log2.clear_condition("DEVICE_COMM_LOST", "CI-1", T0 + 11)
+    again.stop()
+    rows = all_rows(path)
+    assert [(r.event_seq, r.transition, r.state) for r in rows] == [
+        (1, "raise", "UNACK"), (2, "ack", "ACKED"), (3, "clear", "NORMAL")]
+
+
+def test_start_reports_journal_error(tmp_path):
+    svc = service("/no/such/dir/j.db")
+    with pytest.raises(JournalError, match="/no/such/dir/j.db"):
+        svc.start()
+    assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X"), "minor", "t", T0)) is False

@@ -1,0 +1,76 @@
+"""Alarm sources: EventLog conditions, threat rates, DEVICE_ALARM frames, object state."""
+from alarms.model import AlarmKey, ClearAlarm, InfoEvent, RaiseAlarm
+from alarms.sources import DeviceAlarmFrame, GatewayEventSource, ObjectChange, ObjectStateSource, Sources, ThreatLimits, ThreatMonitor
+from gateway.events import EventLog
+from railcodecs.messages import DeviceAlarm
+
+T0 = 1_795_425_974_859
+
+
+def test_event_log_conditions_and_info():
+    src, got = GatewayEventSource(), []
+    log = EventLog()
+    log.subscribe(lambda ev: got.extend(src.on_event(ev)))
+    log.raise_condition("DEVICE_COMM_LOST", "CI-1", T0, "no link up")
+    log.raise_condition("COUPLING_TIMEOUT", "consist 9", T0 + 1)
+    log.emit("LINK_UP", "CI-1", T0 + 2)
+    log.clear_condition("DEVICE_COMM_LOST", "CI-1", T0 + 3)
+    log.clear_condition("COUPLING_TIMEOUT", "consist 9", T0 + 4)
+    log.emit("CONSIST_COUPLED", "consist 9", T0 + 5, "1025+1026")
+    assert got == [RaiseAlarm(AlarmKey("CI-1", "DEVICE_COMM_LOST"), "critical", "no link up", T0),
+                   RaiseAlarm(AlarmKey("consist 9", "COUPLING_TIMEOUT"), "minor", "COUPLING_TIMEOUT", T0 + 1),
+                   ClearAlarm(AlarmKey("CI-1", "DEVICE_COMM_LOST"), T0 + 3),
+                   ClearAlarm(AlarmKey("consist 9", "COUPLING_TIMEOUT"), T0 + 4),
+                   InfoEvent(AlarmKey("consist 9", "CONSIST_COUPLED"), "1025+1026", T0 + 5)]
+
+
+def test_threat_rates_raise_and_clear_with_window():
+    m = ThreatMonitor(ThreatLimits(window_s=10, corruption=5, masquerade=1))
+    assert m.sample("net_a:1", {"bad_crc": 0}, T0) == []
+    assert m.sample("net_a:1", {"bad_crc": 4}, T0 + 1000) == []
+    [r] = m.sample("net_a:1", {"bad_crc": 3, "bad_payload": 2, "bad_mac": 0}, T0 + 2000)
+    assert r.key == AlarmKey("net_a:1", "CORRUPTION", "net_a:1") and r.severity == "major"
+    assert m.sample("net_a:1", {"bad_crc": 3, "bad_payload": 2}, T0 + 9000) == []       # still 5 in window
+    [c] = m.sample("net_a:1", {"bad_crc": 3, "bad_payload": 2}, T0 + 12_500)             # window is clean
+    assert c == ClearAlarm(r.key, T0 + 12_500)
+    [mq] = m.sample("net_a:1", {"bad_crc": 3, "bad_payload": 2, "unknown_source": 1}, T0 + 13_000)
+    assert mq.key.code == "MASQUERADE_SUSPECTED" and mq.severity == "critical"
+    assert m.forget("net_a:1", T0 + 14_000) == [ClearAlarm(mq.key, T0 + 14_000)]
+
+
+def test_repetition_discounts_dual_net_copies():
+    m = ThreatMonitor(ThreatLimits(window_s=10, repetition=50))
+    for link in ("a", "b"):
+        m.sample(link, {"duplicate": 0, "applied": 0}, T0, device="CI-1")
+    # 1000 frames, each applied on one net and counted duplicate on the other: normal
+    m.sample("b", {"duplicate": 500, "applied": 500}, T0 + 5000, device="CI-1")
+    assert m.sample("a", {"duplicate": 500, "applied": 500}, T0 + 5000, device="CI-1") == []
+    # 60 repeats beyond the copies on net A
+    [r] = m.sample("a", {"duplicate": 560, "applied": 500}, T0 + 6000, device="CI-1")
+    assert r.key == AlarmKey("CI-1", "REPETITION", "a") and "60 in 10 s" in r.text
+    # a single-net link: every duplicate counts
+    single = ThreatMonitor()
+    assert single.sample("u", {"duplicate": 7}, T0) == []          # the first sample is the baseline
+    [s] = single.sample("u", {"duplicate": 57}, T0 + 1000)
+    assert s.key.code == "REPETITION"
+
+
+def test_device_alarm_frames_and_object_state():
+    srcs = Sources({7: "CI-1"}, switch_lost_s=5)
+    [r] = srcs.feed(DeviceAlarmFrame("CI-1", DeviceAlarm(17, 2, DeviceAlarm.RAISE, 203, "point heater"), T0))
+    assert r == RaiseAlarm(AlarmKey("CI-1", "DEVICE_ALARM_17", "203"), "major", "point heater", T0)
+    [c] = srcs.feed(DeviceAlarmFrame("CI-1", DeviceAlarm(17, 2, DeviceAlarm.CLEAR, 203, ""), T0 + 1))
+    assert c == ClearAlarm(r.key, T0 + 1)
+    [f] = srcs.feed(ObjectChange("TRACK_SECTIONS", 7, 12, 2, T0))
+    assert f.key == AlarmKey("CI-1", "TRACK_SECTION_FAULT", "12")
+    assert srcs.feed(ObjectChange("TRACK_SECTIONS", 7, 12, 1, T0 + 1)) == [ClearAlarm(f.key, T0 + 1)]
+    assert srcs.feed(ObjectChange("SWITCHES", 7, 3, 3, T0)) == []            # lost: not yet
+    assert srcs.tick(T0 + 5000) == []
+    [lost] = srcs.tick(T0 + 5001)
+    assert lost.key == AlarmKey("CI-1", "SWITCH_POSITION_LOST", "3")
+    assert srcs.tick(T0 + 9000) == []
+    assert srcs.feed(ObjectChange("SWITCHES", 7, 3, 0, T0 + 9100)) == [ClearAlarm(lost.key, T0 + 9100)]
+    # lost briefly then back: never alarmed, nothing to clear
+    o = ObjectStateSource({}, switch_lost_s=5)
+    assert o.on_change("SWITCHES", 8, 1, 3, T0) == [] and o.on_change("SWITCHES", 8, 1, 1, T0 + 100) == []
+    assert o.tick(T0 + 60_000) == [] and srcs.feed("not an observation") is None
