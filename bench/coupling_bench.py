@@ -34,6 +34,7 @@ from railcodecs import TrainStatus
 
 WORKER_COUNTS = (1, 2, 4, 8)
 M, S = TrainStatus.MASTER, TrainStatus.SLAVE
+T0_MS = 1_700_000_000_000  # sender clock of the first round (epoch ms, on a window boundary)
 
 
 class _NullSink:
@@ -46,7 +47,11 @@ class _NullSink:
 
 
 def _workload(consists: int, length: int):
-    """(consist map, submit order [(train, report, now_ms)]) in rounds, as trains report periodically."""
+    """(consist map, submit order [(train, report, time_ms, now_ms)]) in rounds, as trains report at 5 Hz.
+
+    Round k is pairing window k (200 ms, the default ``pair_window_ms``): train A
+    sends 20 ms into it, train B 120 ms, each received 3 ms later.
+    """
     line, order = {}, []
     pattern = [(M, S)] * 4 + [(M, M)] * 4 + [(S, S)] * 4 + [(M, S)] * 4
     for i in range(consists):
@@ -55,13 +60,14 @@ def _workload(consists: int, length: int):
         for cid, (a, b) in line.items():
             ra_role, rb_role = pattern[(k + cid) % len(pattern)]
             coupling = TrainStatus.COUPLED if (k + cid) % 11 else TrainStatus.DECOUPLED  # some mismatches
-            order.append((a, TrainStatus(104, 0, 0, 0, 0, cid, TrainStatus.COUPLED, ra_role, b, 0, 0), k * 1000))
-            order.append((b, TrainStatus(104, 0, 0, 0, 0, cid, coupling, rb_role, a, 0, 0), k * 1000 + 5))
+            t = T0_MS + k * 200
+            order.append((a, TrainStatus(104, 0, 0, 0, 0, cid, TrainStatus.COUPLED, ra_role, b, 0, 0), t + 20, t + 23))
+            order.append((b, TrainStatus(104, 0, 0, 0, 0, cid, coupling, rb_role, a, 0, 0), t + 120, t + 123))
     return line, order
 
 
 def _once(line, order, workers: int | None) -> float:
-    engine = CouplingEngine(line, _NullSink(), max_skew=len(order))
+    engine = CouplingEngine(line, _NullSink(), max_pending=len(order))
     t0 = time.perf_counter()
     if workers is None:
         ingest = engine.ingest

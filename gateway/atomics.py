@@ -32,9 +32,10 @@ correct on both builds for the same reason: a mutex makes the
 read-modify-write one indivisible step, and lock release / acquire is a full
 memory barrier (pthread mutex semantics), so whatever a thread wrote *before*
 an operation on a primitive is visible to any thread that later operates on
-the same primitive. The coupling engine relies on that edge: a worker stores a
-report, then increments a slot counter; the worker that sees the count reach
-two reads the stored report after acquiring the same lock.
+the same primitive. The coupling engine relies on that edge for its
+evaluation claim: ``last_bucket.compare_and_set(previous, b)`` succeeds for
+exactly one caller, and only after the claim of the previous pair, so a
+claimed evaluation never overlaps another of the same consist.
 
 Cost: an uncontended acquire/release pair is well under a microsecond in
 CPython, small next to the dictionary work of one evaluation; one lock per

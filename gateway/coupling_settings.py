@@ -21,6 +21,7 @@ class CouplingSettings:
     raise_after: int = 3                # consecutive abnormal evaluations that raise a coupling alarm
     clear_after: int = 3                # consecutive normal evaluations that clear it
     transition_timeout_s: float = 30.0  # coupling/decoupling longer than this raises COUPLING_TIMEOUT
+    pair_window_ms: int = 200           # reports pair when their sender time_ms falls in the same window
 
 
 #: key -> (lowest, highest, integers only)
@@ -30,6 +31,7 @@ _LIMITS = {
     "raise_after": (1, 1000, True),
     "clear_after": (1, 1000, True),
     "transition_timeout_s": (0.1, 86_400, False),
+    "pair_window_ms": (10, 10_000, True),
 }
 
 

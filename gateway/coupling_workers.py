@@ -3,11 +3,13 @@ the coupling engine (:mod:`gateway.coupling`).
 
 ::
 
-    UDP loop thread ── submit(train, report, now_ms) ──▶ queue[train % workers] ──▶ coupling-N thread
-                                                                                    engine.ingest(...)
+    UDP loop thread ── submit(train, report, time_ms, now_ms) ──▶ queue[train % workers] ──▶ coupling-N thread
+                                                                                             engine.ingest(...)
 
 A train always goes to the same worker (``train_id % workers``), so its
 reports are ingested in arrival order by one thread: the engine's contract.
+``time_ms`` is the sender's clock from the frame header (the engine pairs by
+it), ``now_ms`` the gateway's receive time.
 Consecutive train ids (a consist's two cars, 1025 and 1026) land on different
 workers, so a pair is usually completed by whichever of the two threads gets
 its report second.
@@ -64,7 +66,7 @@ class CouplingWorkers:
             w.thread = threading.Thread(target=self._run, args=(w,), name=f"coupling-{w.index}", daemon=True)
             w.thread.start()
 
-    def submit(self, train_id: int, report, now_ms: int) -> bool:
+    def submit(self, train_id: int, report, time_ms: int, now_ms: int) -> bool:
         """Queue one report; False if dropped (pool stopped, or the worker's queue over its high water).
 
         The producer thread of that train (the UDP loop thread). Cost: one modulo, one qsize, one put.
@@ -73,7 +75,7 @@ class CouplingWorkers:
         if self._stopped or w.queue.qsize() >= self.high_water:
             w.dropped += 1
             return False
-        w.queue.put((train_id, report, now_ms))
+        w.queue.put((train_id, report, time_ms, now_ms))
         return True
 
     def stop(self, timeout_s: float = 10.0) -> bool:

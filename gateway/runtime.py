@@ -21,9 +21,8 @@ import threading
 import time
 
 from .acceptor import Acceptor, listen_socket
-from .config import Config, ConfigError, load
+from .config import Config, load
 from .coupling import CouplingEngine
-from .coupling_settings import parse_coupling
 from .coupling_workers import CouplingWorkers
 from .event_loop import EventLoop
 from .link_state import LinkEvent
@@ -45,9 +44,6 @@ class Gateway:
     def __init__(self, cfg: Config, *, clock_ms=None, admin: bool = True) -> None:
         self.cfg = cfg
         s = cfg.gateway
-        coupling, problems = parse_coupling(cfg.raw.get("coupling"))  # until config.parse validates it
-        if problems:
-            raise ConfigError(cfg.source, problems)
         self.ctx = Context(cfg, clock_ms)
         self.started_ms = self.ctx.now_ms()
         self.started_mono = time.monotonic()
@@ -63,8 +59,8 @@ class Gateway:
         self.udp: UdpEndpoint | None = None
         self.admin = None
         self._want_admin = admin
-        self.coupling = CouplingEngine.from_config(cfg, self.ctx.events, coupling)
-        self.coupling_workers = CouplingWorkers(self.coupling, coupling.workers)
+        self.coupling = CouplingEngine.from_config(cfg, self.ctx.events, cfg.coupling)
+        self.coupling_workers = CouplingWorkers(self.coupling, cfg.coupling.workers)
         self.ctx.coupling_workers = self.coupling_workers
         self._stopping = threading.Event()
         self._stopped = threading.Event()

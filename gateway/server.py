@@ -104,7 +104,7 @@ class Context:
         """An accepted train datagram. UDP loop thread."""
         self.registry.train_seen(frame.src, now_ms)
         if self.coupling_workers is not None and frame.message.NAME == "TRAIN_STATUS":
-            self.coupling_workers.submit(frame.src, frame.message, now_ms)
+            self.coupling_workers.submit(frame.src, frame.message, frame.time_ms, now_ms)  # pairs by sender time
 
     def reload(self, new: Config) -> tuple[list[str], list[str]]:
         """Apply the live part of a new config (SIGHUP). Base loop thread."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from coupling_helpers import CPD, CPL, DCP, DEC, MASTER, NONE, SLAVE, Recorder, pair, report
+from coupling_helpers import CPD, CPL, DCP, DEC, MASTER, NONE, SLAVE, T0_MS, Recorder, pair, report
 
 from gateway.coupling import (COUPLED, COUPLING, DECOUPLED, DECOUPLING, DOUBLE_MASTER, DOUBLE_SLAVE, MISMATCH,
                               TIMEOUT, TRANSITIONS, UNKNOWN, CouplingEngine)
@@ -18,15 +18,17 @@ SHOWS = {DECOUPLED: (DEC, NONE, DEC, NONE, False), COUPLING: (CPL, MASTER, CPL, 
 
 
 class Feeder:
+    """Both trains report once per step, in the same window (A 30 ms into it, B 90 ms); received 5 ms later."""
+
     def __init__(self, **settings):
         self.sink = Recorder()
         self.engine = CouplingEngine({CID: (A, B)}, self.sink, CouplingSettings(**settings))
-        self.t = 0
+        self.t = T0_MS
 
     def feed(self, ra, rb, step_ms=1000):
         self.t += step_ms
-        assert self.engine.ingest(A, ra, self.t) == 0
-        assert self.engine.ingest(B, rb, self.t) == 1
+        assert self.engine.ingest(A, ra, self.t + 30, self.t + 35) == 0
+        assert self.engine.ingest(B, rb, self.t + 90, self.t + 95) == 1
 
     def show(self, state, times=1, step_ms=1000):
         for _ in range(times):
@@ -91,7 +93,7 @@ def test_double_role_raises_at_threshold_and_clears_after_normal_run(code, roles
     assert f.sink.of("raise") == [] and f.consist["counters"][code.lower()[9:]] == 2
     f.feed(*bad)
     raised = f.sink.of("raise")
-    assert [(c[1], c[2], c[3]) for c in raised] == [(code, SRC, f.t)]
+    assert [(c[1], c[2], c[3]) for c in raised] == [(code, SRC, f.t + 95)]  # the later receive time of the pair
     assert "evaluations" in raised[0][4] and ("critical" if code == DOUBLE_MASTER else "major") in raised[0][4]
     assert f.consist["alarms"] == [code]
     for _ in range(5):
@@ -101,7 +103,7 @@ def test_double_role_raises_at_threshold_and_clears_after_normal_run(code, roles
     f.feed(*good)
     assert f.sink.of("clear") == []
     f.feed(*good)
-    assert [(c[1], c[3]) for c in f.sink.of("clear")] == [(code, f.t)]
+    assert [(c[1], c[3]) for c in f.sink.of("clear")] == [(code, f.t + 95)]
     assert f.consist["alarms"] == [] and len(f.sink.of("raise")) == 1
     assert f.engine.totals()["abnormal_evaluations"][code.lower()[9:]] == 11
 
@@ -130,13 +132,13 @@ def test_normal_pairs_raise_nothing():
 def test_transition_timeout_raised_by_timer_and_cleared_on_leaving():
     f = Feeder(transition_timeout_s=30)
     drive_to(f, COUPLING)
-    entered = f.t
+    entered = f.t + 95  # the evaluation's time: the later receive time of its pair
     assert f.engine.check_timeouts(entered + 30_000) == 0  # not *longer* than 30 s yet
     assert f.engine.check_timeouts(entered + 30_001) == 1
     assert f.engine.check_timeouts(entered + 60_000) == 0  # raised once
     assert [(c[0], c[1], c[2]) for c in f.sink.of(name=TIMEOUT)] == [("raise", TIMEOUT, SRC)]
     assert TIMEOUT in f.consist["alarms"]
-    f.t = entered + 61_000
+    f.t += 61_000
     f.show(COUPLED, times=3)
     assert [c[0] for c in f.sink.of(name=TIMEOUT)] == ["raise", "clear"] and f.consist["alarms"] == []
     f.show(DECOUPLING)
@@ -146,35 +148,26 @@ def test_transition_timeout_raised_by_timer_and_cleared_on_leaving():
     assert [c[0] for c in f.sink.of(name=TIMEOUT)][-1] == "clear"
 
 
-def test_pairing_by_report_index_and_skew_bound():
-    sink = Recorder()
-    eng = CouplingEngine({CID: (A, B)}, sink, max_skew=4)
-    ra, rb = pair(A, B, CID, *SHOWS[COUPLED])
-    assert [eng.ingest(A, ra, t) for t in range(6)] == [0] * 6
-    c = eng.consists[CID]
-    assert c.counts[0].get() == 4 and c.skew_dropped.get() == 2
-    assert [eng.ingest(B, rb, 10 + t) for t in range(5)] == [1, 1, 1, 1, 0]
-    assert eng.evaluations.get() == 4 and eng.consist_snapshot(c)["state"] == COUPLED
-    assert eng.ingest(4242, ra, 0) == 0 and eng.unconfigured.get() == 1
-
-
 def test_parse_coupling_defaults_values_and_problems():
     assert parse_coupling(None) == (CouplingSettings(), [])
-    assert parse_coupling({}) == (CouplingSettings(4, 3, 3, 3, 30.0), [])
-    s, problems = parse_coupling({"workers": 8, "transition_timeout_s": 2.5, "clear_after": 5})
-    assert problems == [] and (s.workers, s.transition_timeout_s, s.clear_after) == (8, 2.5, 5)
+    assert parse_coupling({}) == (CouplingSettings(4, 3, 3, 3, 30.0, 200), [])
+    s, problems = parse_coupling({"workers": 8, "transition_timeout_s": 2.5, "clear_after": 5, "pair_window_ms": 100})
+    assert problems == [] and (s.workers, s.transition_timeout_s, s.clear_after, s.pair_window_ms) == (8, 2.5, 5, 100)
     assert isinstance(parse_coupling({"transition_timeout_s": 10})[0].transition_timeout_s, float)
     _, problems = parse_coupling({"workers": 0, "raise_after": "3", "confirm_evaluations": 2.0,
-                                  "transition_timeout_s": -1, "wokers": 2})
+                                  "transition_timeout_s": -1, "pair_window_ms": 200.0, "wokers": 2})
     assert problems == [
         "coupling.wokers: expected one of workers, confirm_evaluations, raise_after, clear_after, "
-        "transition_timeout_s, got an unknown key",
+        "transition_timeout_s, pair_window_ms, got an unknown key",
         "coupling.workers: expected an integer 1..64, got 0",
         "coupling.confirm_evaluations: expected an integer 1..1000, got 2.0",
         "coupling.raise_after: expected an integer 1..1000, got '3'",
-        "coupling.transition_timeout_s: expected a number of seconds 0.1..86400, got -1"]
+        "coupling.transition_timeout_s: expected a number of seconds 0.1..86400, got -1",
+        "coupling.pair_window_ms: expected an integer 10..10000, got 200.0"]
     assert parse_coupling([1]) == (CouplingSettings(), ["coupling: expected a mapping, got [1]"])
     assert parse_coupling({"workers": True})[1] == ["coupling.workers: expected an integer 1..64, got True"]
+    assert parse_coupling({"pair_window_ms": 9})[1] == ["coupling.pair_window_ms: expected an integer 10..10000, got 9"]
+    assert parse_coupling({"pair_window_ms": 10_000}) == (CouplingSettings(pair_window_ms=10_000), [])
 
 
 def test_table_is_complete_and_closed():

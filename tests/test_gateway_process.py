@@ -52,16 +52,27 @@ def test_invalid_config_exits_2_naming_the_key(tmp_path):
 
 
 def test_daemon_run_status_and_graceful_stop(tmp_path):
-    path, d = write_config(tmp_path)
+    # a long heartbeat: the test device stays silent while the CLI runs (liveness is tested elsewhere)
+    path, d = write_config(tmp_path, heartbeat_ms=10_000)
     pidfile = tmp_path / "gw.pid"
     res = subprocess.run([GATEWAY, "run", "-c", str(path), "--daemon", "--pidfile", str(pidfile)],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     wait_until(lambda: pidfile.exists(), what="pid file")
     pid = int(pidfile.read_text())
+    try:
+        _run_and_stop(d, path, pidfile, pid, tmp_path)
+    finally:  # never leave a daemon behind when an assertion fails
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _run_and_stop(d, path, pidfile, pid, tmp_path):
     admin = d["gateway"]["admin"]["port"]
     wait_until(lambda: _try(lambda: fetch_status(admin)), what="admin API up")
-    dev = Device(d["gateway"]["listen"]["net_a"]["port"])
+    dev = Device(d["gateway"]["listen"]["net_a"]["port"], hb_ms=10_000)
     dev.hello()
     st = fetch_status(admin)
     assert st["gateway_id"] == 1 and next(x for x in st["devices"] if x["id"] == 258)["reachable"]
