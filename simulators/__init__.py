@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Device and train simulators for railgate (asyncio, one thread): see ``runner.py`` and ``cli.py``."""

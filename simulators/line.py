@@ -1,10 +1,9 @@
-"""The line file as the simulators read it, and a seeded model of the line's state.
+"""A seeded model of the line's state, built from the gateway's own line file.
 
-:func:`load_line` reads the YAML line file (the gateway's schema, see
-``config/demo-line.yaml``) into frozen dataclasses. Only what the simulators
-need is read; other keys are ignored. A bad value raises ``ValueError`` whose
-message starts with the key path, e.g.
-``devices[2].kind: expected one of interlocking, zone_controller, platform_doors, got 'foo'``.
+The line file is read with :func:`gateway.config.load` (the same validated file
+and the same ``ConfigError`` messages as the gateway); this module only adds
+what the simulators need on top of it (:func:`signing_key`,
+:func:`unconfigured_id`).
 
 :class:`LineModel` is the "railway" every simulated device and train looks
 at: the sections of all devices form one loop (first half up, second half
@@ -30,204 +29,27 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import yaml
+from gateway.config import KINDS, Config, Device, Trains
 from railcodecs import DeviceAlarm, Signals, Switches, TrackSections
 
-KINDS = {"interlocking": 1, "zone_controller": 2, "platform_doors": 3}
-KIND_NAMES = {code: name for name, code in KINDS.items()}
-MAC_MODES = ("required", "optional", "off")
+PLATFORM_DOORS = KINDS["platform_doors"]
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int
+def signing_key(device: Device) -> bytes | None:
+    """The key a device signs its frames with: its configured key unless ``mac: off``.
+
+    The gateway verifies with the same rule (``gateway.server.Context.mac_policy``), so a
+    device with ``mac: optional`` and no key sends unsigned frames.
+    """
+    return device.mac_key if device.mac != "off" else None
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceSpec:
-    id: int
-    name: str
-    kind: int
-    nets: tuple[str, ...]
-    mac: str                      # required | optional | off
-    mac_key: bytes | None
-    sections: tuple[int, ...]
-    signals: tuple[int, ...]
-    switches: tuple[int, ...]
-
-    @property
-    def signing_key(self) -> bytes | None:
-        """The key frames are signed with: the configured key unless ``mac: off``."""
-        return self.mac_key if self.mac != "off" else None
-
-
-@dataclass(frozen=True, slots=True)
-class TrainsSpec:
-    heartbeat_ms: int
-    ids: tuple[int, ...]
-    consists: tuple[tuple[int, tuple[int, int]], ...]   # (consist_id, (first, second)), file order
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    source: str
-    gateway_id: int
-    net_a: Endpoint
-    net_b: Endpoint
-    udp: Endpoint
-    heartbeat_ms: int
-    max_age_ms: int
-    devices: tuple[DeviceSpec, ...]
-    trains: TrainsSpec
-
-    def endpoint(self, net: str) -> Endpoint:
-        return self.net_a if net == "A" else self.net_b
-
-    def node_ids(self) -> frozenset[int]:
-        return frozenset((self.gateway_id, *(d.id for d in self.devices), *self.trains.ids))
-
-    def unconfigured_id(self) -> int:
-        """A node id no one in this line uses (the masquerade fault's ``src``)."""
-        used = self.node_ids()
-        return next(i for i in range(0xFFFE, 0, -1) if i not in used)
-
-    def with_host(self, host: str) -> "Line":
-        return replace(self, net_a=replace(self.net_a, host=host), net_b=replace(self.net_b, host=host),
-                       udp=replace(self.udp, host=host))
-
-
-# --- parsing ------------------------------------------------------------------------
-
-def _fail(path: str, expected: str, value) -> ValueError:
-    return ValueError(f"{path}: expected {expected}, got {value!r}")
-
-
-def _mapping(obj: dict, key: str, path: str, required: bool = True) -> dict:
-    value = obj.get(key)
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        raise _fail(path, "a mapping", value) if value is not None else ValueError(f"{path}: missing (a mapping)")
-    return value
-
-
-def _int(obj: dict, key: str, path: str, lo: int, hi: int, default: int | None = None) -> int:
-    value = obj.get(key, default)
-    if type(value) is not int or not lo <= value <= hi:
-        raise _fail(path, f"an integer {lo}..{hi}", value)
-    return value
-
-
-def _choice(obj: dict, key: str, path: str, choices, default: str | None = None) -> str:
-    value = obj.get(key, default)
-    if value not in choices:
-        raise _fail(path, f"one of {', '.join(choices)}", value)
-    return value
-
-
-def _ids(obj: dict, key: str, path: str) -> tuple[int, ...]:
-    value = obj.get(key) or []
-    if not isinstance(value, list) or any(type(v) is not int or not 1 <= v <= 0xFFFF for v in value):
-        raise _fail(path, "a list of ids 1..65535", value)
-    return tuple(value)
-
-
-def _endpoint(listen: dict, net: str) -> Endpoint:
-    path = f"gateway.listen.{net}"
-    sec = _mapping(listen, net, path)
-    host = sec.get("host", "127.0.0.1")
-    if not isinstance(host, str) or not host:
-        raise _fail(f"{path}.host", "a host name or address", host)
-    return Endpoint(host, _int(sec, "port", f"{path}.port", 1, 65535))
-
-
-def _device(d, i: int) -> DeviceSpec:
-    p = f"devices[{i}]"
-    if not isinstance(d, dict):
-        raise _fail(p, "a mapping", d)
-    dev_id = _int(d, "id", f"{p}.id", 1, 0xFFFF)
-    name = d.get("name")
-    if not isinstance(name, str) or not name:
-        raise _fail(f"{p}.name", "a non-empty string", name)
-    kind = _choice(d, "kind", f"{p}.kind", tuple(KINDS))
-    nets = d.get("nets", ["A", "B"])
-    if not isinstance(nets, list) or not nets or len(set(nets)) != len(nets) or any(n not in ("A", "B") for n in nets):
-        raise _fail(f"{p}.nets", "[A], [B] or [A, B]", nets)
-    mac = _choice(d, "mac", f"{p}.mac", MAC_MODES, default="off")
-    key = None
-    if d.get("mac_key") is not None:
-        try:
-            key = bytes.fromhex(d["mac_key"])
-        except (TypeError, ValueError):
-            key = b""
-        if len(key) < 16:
-            raise _fail(f"{p}.mac_key", "hex of at least 16 bytes", d["mac_key"])
-    if mac == "required" and key is None:
-        raise ValueError(f"{p}.mac_key: missing (required when mac is 'required')")
-    return DeviceSpec(dev_id, name, KINDS[kind], tuple(sorted(nets)), mac, key, _ids(d, "sections", f"{p}.sections"),
-                      _ids(d, "signals", f"{p}.signals"), _ids(d, "switches", f"{p}.switches"))
-
-
-def _trains(t: dict) -> TrainsSpec:
-    ids = _ids(t, "ids", "trains.ids")
-    if len(set(ids)) != len(ids):
-        raise _fail("trains.ids", "distinct ids", list(ids))
-    raw = t.get("consists") or {}
-    if not isinstance(raw, dict):
-        raise _fail("trains.consists", "a mapping consist_id: [train, train]", raw)
-    consists, member_of = [], {}
-    for cid, members in raw.items():
-        p = f"trains.consists.{cid}"
-        if type(cid) is not int or not 1 <= cid <= 0xFFFF:
-            raise _fail(p, "a consist id 1..65535 as the key", cid)
-        if not isinstance(members, list) or len(members) != 2 or members[0] == members[1] \
-                or any(m not in ids for m in members):
-            raise _fail(p, "two different train ids listed in trains.ids", members)
-        for m in members:
-            if m in member_of:
-                raise ValueError(f"{p}: train {m} is already in consist {member_of[m]}")
-            member_of[m] = cid
-        consists.append((cid, (members[0], members[1])))
-    return TrainsSpec(_int(t, "heartbeat_ms", "trains.heartbeat_ms", 50, 60_000, default=1000), ids, tuple(consists))
-
-
-def parse_line(data, source: str = "<line>") -> Line:
-    """Validate a parsed YAML document; ``ValueError`` names the first bad key path."""
-    if not isinstance(data, dict):
-        raise ValueError(f"(top level): expected a mapping, got {type(data).__name__}")
-    gw = _mapping(data, "gateway", "gateway")
-    listen = _mapping(gw, "listen", "gateway.listen")
-    raw_devices = data.get("devices") or []
-    if not isinstance(raw_devices, list):
-        raise _fail("devices", "a list", raw_devices)
-    devices = tuple(_device(d, i) for i, d in enumerate(raw_devices))
-    line = Line(source, _int(gw, "id", "gateway.id", 1, 0xFFFF, default=1), _endpoint(listen, "net_a"),
-                _endpoint(listen, "net_b"), _endpoint(listen, "udp"),
-                _int(gw, "heartbeat_ms", "gateway.heartbeat_ms", 50, 60_000, default=500),
-                _int(gw, "max_age_ms", "gateway.max_age_ms", 10, 600_000, default=2000),
-                devices, _trains(_mapping(data, "trains", "trains", required=False)))
-    seen = {line.gateway_id: "gateway.id"}
-    for i, d in enumerate(devices):
-        if d.id in seen:
-            raise ValueError(f"devices[{i}].id: {d.id} is already used by {seen[d.id]}")
-        seen[d.id] = f"devices[{i}]"
-    for t in line.trains.ids:
-        if t in seen:
-            raise ValueError(f"trains.ids: {t} is already used by {seen[t]}")
-    return line
-
-
-def load_line(path: str) -> Line:
-    """Read and validate a YAML line file (``OSError`` if unreadable, ``ValueError`` if invalid)."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"(file): not valid YAML: {exc}") from None
-    return parse_line(data, str(path))
+def unconfigured_id(cfg: Config) -> int:
+    """A node id no one in this line uses (the masquerade fault's ``src``)."""
+    used = {cfg.gateway.id, *(d.id for d in cfg.devices), *cfg.trains.ids}
+    return next(i for i in range(0xFFFE, 0, -1) if i not in used)
 
 
 # --- the line model -----------------------------------------------------------------
@@ -266,7 +88,7 @@ class Changes:
 class LineModel:
     """The seeded state of the whole line; ``step(dt_s)`` advances it and says what changed."""
 
-    def __init__(self, line: Line, rng: random.Random) -> None:
+    def __init__(self, line: Config, rng: random.Random) -> None:
         self.rng, self.t = rng, 0.0
         order: dict[int, None] = {}
         for d in line.devices:
@@ -286,7 +108,7 @@ class LineModel:
         self.switch_pos = {s: rng.choice((Switches.NORMAL, Switches.REVERSE)) for s in self.switches}
         self.switch_moves: dict[int, tuple[float, int]] = {}
         self.faults: dict[int, float] = {}
-        self.psds = [d.id for d in line.devices if d.kind == KINDS["platform_doors"]]
+        self.psds = [d.id for d in line.devices if d.kind == PLATFORM_DOORS]
         self.door_alarms: dict[tuple[int, int], float] = {}
         self.units = self._place_units(line.trains)
         self.unit_of = {t: u for u in self.units for t in u.trains}
@@ -296,7 +118,7 @@ class LineModel:
     def _end(self, i: int) -> int:
         return self.starts[i + 1] if i + 1 < len(self.starts) else self.length
 
-    def _place_signals(self, line: Line) -> dict[int, int]:
+    def _place_signals(self, line: Config) -> dict[int, int]:
         index = {s: i for i, s in enumerate(self.sections)}
         out = {}
         for d in line.devices:
@@ -307,8 +129,8 @@ class LineModel:
                     out[sig] = j * len(self.sections) // len(d.signals)
         return out
 
-    def _place_units(self, trains: TrainsSpec) -> list[Unit]:
-        in_consist = {m: members for _, members in trains.consists for m in members}
+    def _place_units(self, trains: Trains) -> list[Unit]:
+        in_consist = {m: members for members in trains.consists.values() for m in members}
         groups, placed = [], set()
         for t in trains.ids:
             if t not in placed:
@@ -374,7 +196,8 @@ class LineModel:
                 continue
             ahead = self.units[k - 1] if n > 1 else None  # units run in order, index k-1 is ahead
             gap = (ahead.pos - CAR_CM * len(ahead.trains) - u.pos) % length - SAFE_CM if ahead else math.inf
-            to_stop = min((s - u.pos) % length for s in self.stops)
+            k_stop = bisect.bisect_left(self.stops, u.pos)      # the next stop ahead, wrapping round
+            to_stop = (self.stops[k_stop % len(self.stops)] - u.pos) % length
             limit = max(0.0, min(gap, to_stop))
             u.speed = min(u.speed + ACCEL * dt, u.cruise, math.sqrt(2 * DECEL * limit))
             step = min(u.speed * dt, limit)

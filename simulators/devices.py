@@ -1,0 +1,273 @@
+"""Simulated interlockings, zone controllers and platform doors: TCP links on net A and net B.
+
+Per device, per configured net, one :class:`Link` (an ``asyncio.Protocol``)
+lives through: connect -> HELLO -> HELLO_ACK -> up (heartbeats both ways) ->
+lost or closed -> reconnect after a pause. The device (:class:`DeviceSim`)
+sends every sequenced frame on each link that is up with the same seq
+(``sender.py``); HELLO, HEARTBEAT and CLOSE carry seq 0 and a per-link
+heartbeat counter. It answers HELLO_ACK refusals by retrying later, COMMAND
+with COMMAND_RESULT (once per command_id: the gateway may send it on both
+nets), and the gateway's CLOSE with CLOSE reason 0.
+
+A link is declared dead by the device, like by the gateway, when nothing has
+arrived for 3 x the agreed heartbeat: it sends CLOSE reason 1 and reconnects.
+
+Everything here runs in the simulator's one asyncio thread; :meth:`DeviceSim.on_tick`
+is called by the runner's tick loop, protocol callbacks by asyncio.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.config import Device
+from railcodecs import (DEVICE_RX_TYPES, Close, Command, CommandResult, FrameError, Heartbeat, Hello, HelloAck,
+                        MacPolicy, Signals, StreamDecoder, Switches, TrackSections)
+
+from .line import signing_key
+from .sender import SequencedSender
+
+log = logging.getLogger("railgate.simulators")
+NETS = ("A", "B")
+VERSION = "railgate-sim/1"
+RECONNECT_S = 1.0
+REFUSED_RETRY_S = 2.0
+SILENT_GIVE_UP = 10        # heartbeats: a silenced link the peer never closes is dropped by us
+RESULT_DONE, RESULT_REJECTED, RESULT_FAILED, RESULT_STALE_TOKEN = 0, 1, 2, 3   # COMMAND_RESULT.result
+STATUS_CLASSES = ((TrackSections, "sections"), (Signals, "signals"), (Switches, "switches"))
+
+
+class Link(asyncio.Protocol):
+    """One TCP link of a device on one net (an outlet for :class:`SequencedSender`)."""
+
+    def __init__(self, dev: "DeviceSim", net: str) -> None:
+        self.dev, self.net, self.where = dev, net, net
+        self.transport: asyncio.Transport | None = None
+        self.decoder = StreamDecoder(types=DEVICE_RX_TYPES, mac=MacPolicy(key=dev.key))
+        self.up = False
+        self.silent = False        # hb_stop: nothing more is written on this link
+        self.closing = False
+        self.after_corrupt = False
+        self.hb_ms = dev.hb_ms
+        self.hb_counter = 0
+        self.peer_hb: int | None = None
+        self.last_rx = self.opened = asyncio.get_running_loop().time()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # -- asyncio callbacks -----------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.write_raw(self.dev.encode_link(Hello(self.dev.spec.kind, NETS.index(self.net), self.dev.hb_ms,
+                                                  VERSION)), "HELLO")
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = asyncio.get_running_loop().time()
+        self.decoder.feed(data)
+        for ev in self.decoder.events():
+            if isinstance(ev, FrameError):
+                self.dev.sim.ledger.got(self.dev.name, self.net, f"error:{ev.reason.value}")
+            else:
+                self.dev.sim.ledger.got(self.dev.name, self.net, ev.name)
+                self._on_frame(ev)
+
+    def connection_lost(self, exc) -> None:
+        was_up, self.up = self.up, False
+        if was_up and not self.closing:
+            self.dev.sim.ledger.link_event(self.dev.name, self.net, "lost")
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- frames from the gateway -------------------------------------------------------
+    def _on_frame(self, frame) -> None:
+        msg = frame.message
+        if isinstance(msg, HelloAck):
+            if msg.result != HelloAck.OK:
+                log.warning("%s net %s: HELLO refused (result %d)", self.dev.name, self.net, msg.result)
+                self.dev.sim.ledger.link_event(self.dev.name, self.net, "hello_refused")
+                self.dev.refused = True
+                self.abort_quietly()
+                return
+            self.up, self.hb_ms = True, msg.heartbeat_ms or self.dev.hb_ms
+            self.dev.sim.ledger.link_event(self.dev.name, self.net, "connects")
+            self.dev.link_ready()
+        elif isinstance(msg, Heartbeat):
+            self.peer_hb = msg.counter
+        elif isinstance(msg, Close):
+            if not self.closing:
+                self.closing = True
+                self.up = False
+                self.write_raw(self.dev.encode_link(Close(Close.NORMAL)), "CLOSE")
+            self.transport.close()
+        elif isinstance(msg, Command):
+            self.dev.on_command(msg)
+
+    # -- writing -----------------------------------------------------------------------
+    def write(self, data: bytes, type_name: str) -> None:
+        """Outlet interface: a sequenced frame (or an injected one) on this link."""
+        self.after_corrupt = False
+        self.write_raw(data, type_name)
+
+    def write_raw(self, data: bytes, type_name: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self.dev.sim.ledger.wrote(self.dev.name, self.net, type_name)
+
+    def heartbeat(self) -> None:
+        self.hb_counter = (self.hb_counter + 1) & 0xFFFF_FFFF
+        self.write(self.dev.encode_link(Heartbeat(self.hb_counter)), "HEARTBEAT")
+
+    def abort_quietly(self) -> None:
+        """Close without CLOSE (a refused HELLO, a killed link): what was written is flushed first."""
+        self.closing, self.up = True, False
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_gracefully(self, reason: int) -> None:
+        """Send CLOSE ``reason``; the transport closes when the peer answers or at stop."""
+        if self.transport is None or self.closing:
+            return
+        self.closing, self.up = True, False
+        self.write_raw(self.dev.encode_link(Close(reason)), "CLOSE")
+
+
+class DeviceSim(SequencedSender):
+    """One interlocking, zone controller or platform-door controller."""
+
+    KIND = "device"
+
+    def __init__(self, sim, spec: Device, index: int) -> None:
+        super().__init__(sim, spec.name, spec.id, signing_key(spec))
+        self.spec, self.index = spec, index
+        self.hb_ms = sim.heartbeat_ms
+        self.links: dict[str, Link | None] = dict.fromkeys(spec.nets)
+        self.changed: dict[str, set] = {"sections": set(), "signals": set(), "switches": set()}
+        self.alarms: list = []
+        self.answered: set[int] = set()
+        self.fence = 0
+        self.refused = False
+        self.ready = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # -- life ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._maintain(net), name=f"{self.name}-{net}") for net in self.spec.nets]
+
+    async def _maintain(self, net: str) -> None:
+        """Keep the link on ``net`` connected until the run stops."""
+        loop = asyncio.get_running_loop()
+        host, port = self.sim.endpoint(net)
+        while not self.sim.stopping:
+            self.refused = False
+            try:
+                _, link = await loop.create_connection(lambda: Link(self, net), host, port)
+            except OSError as exc:
+                log.debug("%s net %s: connect failed: %s", self.name, net, exc)
+                await self.sim.sleep(RECONNECT_S)
+                continue
+            self.links[net] = link
+            await link.closed
+            self.links[net] = None
+            await self.sim.sleep(REFUSED_RETRY_S if self.refused else RECONNECT_S)
+
+    def link_ready(self) -> None:
+        if all(link is not None and link.up for link in self.links.values()):
+            self.ready.set()
+
+    async def stop(self, grace_s: float) -> None:
+        """Final frame (never faulted), CLOSE 0 on every link, wait for the answers, close."""
+        self.send_seq(TrackSections(self.sim.model.items(TrackSections, self.spec.sections)), final=True)
+        links = [link for link in self.links.values() if link is not None]
+        for link in links:
+            if link.after_corrupt and link.up:
+                link.heartbeat()  # settles the corrupted frame's resync before the close
+            link.close_gracefully(Close.NORMAL)
+        if links:
+            await asyncio.wait([link.closed for link in links], timeout=grace_s)
+        for link in links:
+            if link.transport is not None:
+                link.transport.close()
+        for t in self._tasks:
+            t.cancel()
+
+    # -- the sender's outlets --------------------------------------------------------------
+    def outlets(self) -> list:
+        return [link for link in self.links.values()
+                if link is not None and link.up and not link.silent and not link.closing]
+
+    def encode_link(self, message) -> bytes:
+        """A per-link message: seq 0."""
+        return self._encode(message, 0)
+
+    # -- ticks -----------------------------------------------------------------------------
+    def on_tick(self, tick: int, now: float, step: int = 1, behind_ms: float = 0.0) -> None:
+        """Heartbeats, liveness, status and alarms due in the last ``step`` ticks (runner's tick loop).
+
+        ``behind_ms``: how late the tick loop runs; while it is late by a good part of a heartbeat,
+        the gateway's frames may be waiting unread, so silence is not judged.
+        """
+        sim = self.sim
+        for link in list(self.links.values()):
+            if link is None or not link.up:
+                continue
+            if link.silent:
+                if now - link.last_rx > SILENT_GIVE_UP * link.hb_ms / 1000:
+                    link.abort_quietly()
+                continue
+            if now - link.last_rx > 3 * link.hb_ms / 1000 and behind_ms < link.hb_ms / 2:
+                log.info("%s net %s: nothing from the gateway for %.1f s", self.name, link.net, now - link.last_rx)
+                link.close_gracefully(Close.HEARTBEAT_TIMEOUT)
+                link.transport.close()
+                continue
+            if sim.due(tick, link.hb_ms, self.index, step):
+                link.heartbeat()
+        full = sim.due(tick, sim.status_period_ms, self.index, step)
+        for cls, attr in STATUS_CLASSES:
+            ids = getattr(self.spec, attr)
+            if not ids:
+                continue
+            changed = self.changed[attr]
+            chosen = ids if full else [i for i in ids if i in changed]
+            changed.clear()
+            if chosen:
+                self.send_seq(cls(sim.model.items(cls, chosen)))
+        for alarm in self.alarms:
+            self.send_seq(alarm)
+        self.alarms.clear()
+
+    # -- commands --------------------------------------------------------------------------
+    def on_command(self, cmd: Command) -> None:
+        """Answer a COMMAND once (it may come on both nets)."""
+        if cmd.command_id in self.answered:
+            return
+        self.answered.add(cmd.command_id)
+        if cmd.fencing_token < self.fence:
+            result = RESULT_STALE_TOKEN
+        else:
+            self.fence = cmd.fencing_token
+            result = self._execute(cmd)
+        self.send_seq(CommandResult(cmd.command_id, result, cmd.object_id))
+
+    def _execute(self, cmd: Command) -> int:
+        if cmd.op in (1, 2):
+            if cmd.object_id not in self.spec.switches:
+                return RESULT_REJECTED
+            ok = self.sim.model.command_switch(cmd.object_id, Switches.NORMAL if cmd.op == 1 else Switches.REVERSE)
+            self.changed["switches"].add(cmd.object_id)
+            return RESULT_DONE if ok else RESULT_FAILED
+        if cmd.op in (5, 6):
+            return RESULT_DONE if cmd.object_id in self.spec.sections else RESULT_REJECTED
+        return RESULT_DONE  # set / cancel route: accepted
+
+    # -- scheduled link faults ------------------------------------------------------------
+    def link_fault(self, kind: str, net: str) -> bool:
+        """``hb_stop`` or ``kill_link`` on ``net``; False if that link is not up now."""
+        link = self.links.get(net)
+        if link is None or not link.up or link.silent:
+            return False
+        if kind == "hb_stop":
+            link.silent = True
+        else:
+            if link.after_corrupt:
+                link.heartbeat()  # settles the corrupted frame's resync before the stream ends
+            link.abort_quietly()
+        return True
