@@ -164,5 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(smoke: bool = False) -> list[dict]:
+    """The bench/run.py convention: the three handlers, median of the runs, records/s."""
+    records, threads, repeat = (2_000, 2, 1) if smoke else (100_000, 4, 3)
+    runs: dict[str, list[dict]] = {k: [] for k in KINDS}
+    with tempfile.TemporaryDirectory(prefix="log_bench-") as tmp:
+        for _ in range(repeat):
+            for kind in KINDS:
+                runs[kind].append(run_once(kind, records, threads, pathlib.Path(tmp)))
+    rows = []
+    for label, kind in zip("abc", KINDS):
+        caller = statistics.median(r["caller_rps"] for r in runs[kind])
+        e2e = statistics.median(r["end_to_end_rps"] for r in runs[kind])
+        rows.append({"name": f"Logging ({label}) {kind}: caller", "value": round(caller), "unit": "records/s",
+                     "note": f"{records:,} records, {threads} threads, median of {repeat}"})
+        rows.append({"name": f"Logging ({label}) {kind}: end-to-end", "value": round(e2e), "unit": "records/s"})
+    return rows
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

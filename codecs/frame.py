@@ -39,6 +39,8 @@ MAX_FRAME_LEN = HEADER_LEN + MAX_PAYLOAD + MAC_LEN + CRC_LEN
 
 HEADER = struct.Struct(">HBBBBHHIQH")
 _CRC = struct.Struct(">I")
+#: the header without sync, version and reserved (checked before finish() runs)
+_FINISH_FIELDS = struct.Struct(">3xBB1xHHIQH")
 
 #: every message type of the ICD, by type code
 ALL_TYPES: dict[int, type[Message]] = {
@@ -85,6 +87,26 @@ class Frame:
         """The `gateway decode` view: header fields and the ICD field names."""
         return {"type": self.message.NAME, "src": self.src, "dst": self.dst, "seq": self.seq,
                 "time_ms": self.time_ms, "mac": self.mac, "fields": self.message.to_fields()}
+
+
+# Decoders build a Frame from fields they have just unpacked with HEADER, whose formats already
+# bound every integer to its ICD width, and from a message the type's own unpack() built: the
+# constructor's checks could never fail there, and they cost more than the rest of finish().
+# So decoded frames are filled through the slot descriptors directly (same object, same fields).
+_FRAME_NEW = object.__new__
+_SET_SRC, _SET_DST, _SET_SEQ, _SET_TIME, _SET_MESSAGE, _SET_MAC = (
+    Frame.__dict__[name].__set__ for name in ("src", "dst", "seq", "time_ms", "message", "mac"))
+
+
+def _decoded(src: int, dst: int, seq: int, time_ms: int, message: Message, mac: bool) -> Frame:
+    frame = _FRAME_NEW(Frame)
+    _SET_SRC(frame, src)
+    _SET_DST(frame, dst)
+    _SET_SEQ(frame, seq)
+    _SET_TIME(frame, time_ms)
+    _SET_MESSAGE(frame, message)
+    _SET_MAC(frame, mac)
+    return frame
 
 
 def compute_mac(key: bytes, signed: bytes | memoryview) -> bytes:
@@ -170,7 +192,7 @@ def crc_ok(view: memoryview, pos: int, total: int) -> bool:
 def finish(view: memoryview, pos: int, total: int, policy: MacPolicy,
            types: dict[int, type[Message]]) -> Frame | tuple[Reason, str]:
     """Checks after the CRC passed: MAC, type, payload. Returns a Frame or (reason, detail)."""
-    _, _, mtype, flags, _, src, dst, seq, time_ms, length = HEADER.unpack_from(view, pos)
+    mtype, flags, src, dst, seq, time_ms, length = _FINISH_FIELDS.unpack_from(view, pos)
     body_end = pos + HEADER_LEN + length
     if flags & FLAG_MAC:
         key = policy.key_for(src)
@@ -180,7 +202,7 @@ def finish(view: memoryview, pos: int, total: int, policy: MacPolicy,
                 return Reason.BAD_MAC, "MAC does not match the link key"
         elif not policy.accept_unverified:
             return Reason.BAD_MAC, "frame carries a MAC but the link has no key to verify it"
-    elif policy.requires(src):
+    elif policy.required or src in policy.required_srcs:  # policy.requires(src), inlined: once per frame
         return Reason.MISSING_MAC, "link requires a MAC"
     cls = types.get(mtype)
     if cls is None:
@@ -189,7 +211,7 @@ def finish(view: memoryview, pos: int, total: int, policy: MacPolicy,
         message = cls.unpack(view[pos + HEADER_LEN:body_end])
     except PayloadError as exc:
         return Reason.BAD_PAYLOAD, str(exc)
-    return Frame(src, dst, seq, time_ms, message, bool(flags & FLAG_MAC))
+    return _decoded(src, dst, seq, time_ms, message, bool(flags & FLAG_MAC))
 
 
 def error(reason: Reason, offset: int, detail: str = "", length: int = 0) -> FrameError:

@@ -39,6 +39,10 @@ from .frame import (GATEWAY_RX_TYPES, HEADER_LEN, MAX_FRAME_LEN, NO_MAC, SYNC_BY
 from .messages import Message
 
 
+#: one peek covers the largest frame and the two look-ahead bytes after it
+_PEEK_MAX = MAX_FRAME_LEN + 2
+
+
 class _NeedData:
     __slots__ = ()
 
@@ -119,12 +123,22 @@ class StreamDecoder:
                 return result
 
     def events(self):
-        """Yield every event available now (stops at NEED_DATA)."""
+        """Yield every event available now (stops at NEED_DATA).
+
+        The same sequence as calling :meth:`next_event` until NEED_DATA, with
+        its loop inlined: this generator is the gateway's per-frame path.
+        """
+        pending, step = self._events, self._step
         while True:
-            ev = self.next_event()
-            if ev is NEED_DATA:
+            if pending:
+                yield pending.popleft()
+                continue
+            result = step()
+            if result is NEED_DATA:
+                self._abandon = False
                 return
-            yield ev
+            if result is not None:
+                yield result
 
     # -- the state machine --------------------------------------------------
     def _consume(self, n: int) -> None:
@@ -135,6 +149,26 @@ class StreamDecoder:
         """One decoding step: returns an event, NEED_DATA, or None to go again."""
         src = self._src
         avail = src.readable()
+        if avail >= HEADER_LEN and self._garbage_start is None:
+            # The common case, a whole header at a sync word with no garbage run open, with one
+            # peek for header, body and look-ahead (a frame is at most MAX_FRAME_LEN bytes). The
+            # decisions are exactly the general path's below, in the same order.
+            with src.peek(avail if avail < _PEEK_MAX else _PEEK_MAX) as view:
+                if view[0] == 0xA5 and view[1] == 0x5A:
+                    reason, total = check_header(view, 0)
+                    if reason is not None:
+                        return self._fail(reason, skip=1)
+                    if avail < total:
+                        return self._need_more()
+                    if crc_ok(view, 0, total):
+                        result = finish(view, 0, total, self.mac, self.types)
+                        if result.__class__ is Frame:
+                            src.consume(total)
+                            self._offset += total
+                            self._silent_until = 0  # a good frame ends the resync after an error
+                            return result
+                        return self._fail(result[0], skip=total, detail=result[1])
+                    return self._bad_crc(view, avail, total)
         if avail == 0:
             return self._flush_garbage() if self._eof and self._garbage_start is not None else NEED_DATA
         if src.byte(0) != 0xA5 or (avail >= 2 and src.byte(1) != 0x5A) or (avail == 1 and self._eof):
@@ -154,19 +188,23 @@ class StreamDecoder:
             return self._need_more()
         with src.peek(min(avail, total + 2)) as view:
             if not crc_ok(view, 0, total):
-                if avail >= total + 2:
-                    whole = view[total] == 0xA5 and view[total + 1] == 0x5A
-                elif self._eof or self._abandon:
-                    whole = avail == total
-                else:
-                    return NEED_DATA  # two more bytes decide whether the length was right
-                return self._fail(Reason.BAD_CRC, skip=total if whole else 1)
+                return self._bad_crc(view, avail, total)
             result = finish(view, 0, total, self.mac, self.types)
         if isinstance(result, Frame):
             self._consume(total)
             self._silent_until = 0  # a good frame ends the resync after an error
             return result
         return self._fail(result[0], skip=total, detail=result[1])
+
+    def _bad_crc(self, view, avail: int, total: int):
+        """A bad CRC: skip the whole frame if a sync word follows it by its length, else one byte."""
+        if avail >= total + 2:
+            whole = view[total] == 0xA5 and view[total + 1] == 0x5A
+        elif self._eof or self._abandon:
+            whole = avail == total
+        else:
+            return NEED_DATA  # two more bytes decide whether the length was right
+        return self._fail(Reason.BAD_CRC, skip=total if whole else 1)
 
     def _need_more(self):
         if not (self._eof or self._abandon):

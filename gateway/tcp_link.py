@@ -15,7 +15,9 @@ fires.
 
 Edge-triggered rules as used here: read until the kernel says EAGAIN or a read
 comes back short (on a stream socket a short read means the buffer is
-drained); write directly while nothing is queued; EPOLLOUT is enabled only
+drained), or until ``READ_BUDGET`` reads, after which the rest is read in the
+loop's next pass (queued, as no new edge will come) so that one flooding peer
+cannot starve the other links of its loop; write directly while nothing is queued; EPOLLOUT is enabled only
 while output is pending; output over the high-water mark closes the link as a
 slow peer instead of growing.
 
@@ -41,6 +43,9 @@ EV_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 EV_WRITE = EV_READ | select.EPOLLOUT
 NET_NAMES = ("A", "B")
 LINGER_S = 2.0
+#: bytes read per turn before the link yields the loop to the others (see _read): about a
+#: thousand small frames, so a loop of many flooding links still comes round each link quickly
+READ_BUDGET = 64 << 10
 # duplicates are normal on dual nets and gaps are counted already: neither is a "hostile peer" signal
 _NOT_HOSTILE = {"duplicate", "gap"}
 
@@ -62,6 +67,7 @@ class TcpLink:
         self.checks = ctx.receiver.new_link(f"{net}:{self.peer}", NET_NAMES.index(net))
         self.decoder: StreamDecoder | None = None
         self.device_id: int | None = None
+        self._mac_key: bytes | None = None  # the device's key for what we send (set at HELLO)
         self.heartbeat_ms = ctx.settings.heartbeat_ms
         self._out = bytearray()
         self._out_pos = 0
@@ -71,7 +77,9 @@ class TcpLink:
         self._queued = 0
         self.queued_high_water = 0
         self._write_shut = False
+        self._read_queued = False
         self._timers: list = []
+        self._dead_timer = None      # the one-shot timer at the exact dead deadline (see the tick)
         self._hb_counter = 0
         self._last_rx = time.monotonic()
         self._partial_since: float | None = None
@@ -164,6 +172,9 @@ class TcpLink:
         for t in self._timers:
             t.cancel()
         self._timers.clear()
+        if self._dead_timer is not None:
+            self._dead_timer.cancel()
+            self._dead_timer = None
         try:
             self.loop.unregister(self.fd)  # before close: the fd number may be reused at once
         except (KeyError, OSError, ValueError):
@@ -180,16 +191,25 @@ class TcpLink:
             self._flush()
 
     def _read(self) -> None:
-        ring = self.buffers.ring
+        ring, recv_into = self.buffers.ring, self.sock.recv_into
+        self._read_queued = False
+        budget = READ_BUDGET
         while self.state is not LinkState.CLOSED:
+            if budget <= 0:
+                # Fairness: a peer that keeps the socket full would otherwise hold the loop in this
+                # while (ET: read until EAGAIN) and starve every other link and timer of the loop.
+                # No new edge comes for bytes already waiting, so continue in the next pass.
+                self._read_queued = True
+                self.loop.queue_in_loop(self._read_more)
+                return
             view = ring.writable_view()
-            if not len(view):
+            want = len(view)
+            if not want:
                 # ring full: decode to make room (backpressure is the kernel's buffer meanwhile)
                 self._decode()
                 continue
-            want = len(view)
             try:
-                n = self.sock.recv_into(view, want)
+                n = recv_into(view, want)
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -204,11 +224,16 @@ class TcpLink:
                 self._handle(LinkEvent.EOF, "peer closed the connection")
                 return
             ring.commit(n)
+            budget -= n
             self.rx_bytes += n
             self._last_rx = time.monotonic()
             self._decode()
             if n < want:
                 break  # short read: the kernel buffer is drained (no extra EAGAIN read)
+
+    def _read_more(self) -> None:
+        if self._read_queued and self.state is not LinkState.CLOSED:
+            self._read()
 
     def _decode(self) -> None:
         dec = self.decoder
@@ -216,7 +241,9 @@ class TcpLink:
             dec = self.decoder = StreamDecoder(types=GATEWAY_RX_TYPES, mac=self.ctx.mac_policy,
                                                source=self.buffers.ring)
         now_ms = self.ctx.now_ms()
+        progressed = False
         for ev in dec.events():
+            progressed = True
             if self.state is LinkState.CLOSED:
                 return
             if isinstance(ev, FrameError):
@@ -228,7 +255,12 @@ class TcpLink:
                     self._handle(LinkEvent.HELLO_REFUSED, "HELLO without the MAC the device requires")
             else:
                 self._on_frame(ev, now_ms)
-        self._partial_since = None if not dec.buffered else (self._partial_since or time.monotonic())
+        # A partial frame is overdue when the decoder has made no progress for a while (a corrupted
+        # length holding it up), not merely when every read of a busy stream ends mid-frame.
+        if not dec.buffered:
+            self._partial_since = None
+        elif progressed or self._partial_since is None:
+            self._partial_since = self._last_rx
 
     def _count_error(self, reason: Reason) -> None:
         self.checks.count(reason)
@@ -276,6 +308,7 @@ class TcpLink:
         hb = frame.message.heartbeat_ms
         self.heartbeat_ms = hb if 50 <= hb <= 60_000 else self.ctx.settings.heartbeat_ms
         self.device_id = frame.src
+        self._mac_key = dev.mac_key if dev is not None and dev.mac != "off" else None
         self._write(self._frame(HelloAck(HelloAck.OK, self.heartbeat_ms, now_ms)))
         self._handle(LinkEvent.HELLO_OK)
         self.alive = True
@@ -286,6 +319,7 @@ class TcpLink:
 
     def _refuse(self, frame, result: int, why: str) -> None:
         self.device_id = None
+        self._mac_key = None
         self._write(self._frame(HelloAck(result, self.ctx.settings.heartbeat_ms, self.ctx.now_ms()),
                                 dst=frame.src))
         self._handle(LinkEvent.HELLO_REFUSED, why)
@@ -296,27 +330,56 @@ class TcpLink:
             self._handle(LinkEvent.HELLO_TIMEOUT, "no HELLO in time")
 
     def _on_heartbeat_tick(self) -> None:
-        if self.state is not LinkState.UP:
+        if self.state is not LinkState.UP or self._judge_silence():
             return
         now = time.monotonic()
-        silent_ms = (now - self._last_rx) * 1000
-        if silent_ms > self.ctx.settings.dead_after * self.heartbeat_ms:
-            self.alive = False  # flagged dead at once; the close follows through the table
-            self.ctx.counters["heartbeat_timeouts"] += 1
-            self._handle(LinkEvent.HEARTBEAT_TIMEOUT, f"nothing received for {silent_ms:.0f} ms")
-            return
         if self._partial_since is not None and now - self._partial_since > self.heartbeat_ms / 1000:
             self.decoder.abandon_partial()
             self._decode()
+        # The tick runs every heartbeat, so on its own it would notice a death up to one heartbeat
+        # late (dead after 3 x heartbeat, seen at the 4th tick). When the deadline falls before the
+        # next tick, one timer at the deadline itself makes detection exact; only near-silent
+        # links pay for it, and one handle per link is kept.
+        deadline = self._last_rx + self.ctx.settings.dead_after * self.heartbeat_ms / 1000
+        if deadline < now + self.heartbeat_ms / 1000:
+            if self._dead_timer is not None:
+                self._dead_timer.cancel()
+            self._dead_timer = self.loop.call_at(deadline + 0.0005, self._on_dead_deadline)
         self._hb_counter = (self._hb_counter + 1) & 0xFFFF_FFFF
         self._send_in_loop(self._frame(Heartbeat(self._hb_counter)))
 
+    def _on_dead_deadline(self) -> None:
+        self._dead_timer = None
+        if self.state is LinkState.UP:
+            self._judge_silence()
+
+    def _judge_silence(self) -> bool:
+        """Close the link if nothing has arrived for dead_after x heartbeat; True if it did."""
+        now = time.monotonic()
+        silent_ms = (now - self._last_rx) * 1000
+        dead_ms = self.ctx.settings.dead_after * self.heartbeat_ms
+        overdue = self._partial_since is not None and now - self._partial_since > self.heartbeat_ms / 1000
+        if silent_ms > dead_ms or overdue:
+            # Bytes waiting in the kernel have arrived: a loop too busy to have read them must neither
+            # call the peer silent nor give up on its partial frame. One recv (EAGAIN when the peer
+            # is truly silent), only for links about to be judged.
+            self._read()
+            if self.state is not LinkState.UP:
+                return True
+            silent_ms = (time.monotonic() - self._last_rx) * 1000
+        if silent_ms > dead_ms:
+            self.alive = False  # flagged dead at once; the close follows through the table
+            self.ctx.counters["heartbeat_timeouts"] += 1
+            self._handle(LinkEvent.HEARTBEAT_TIMEOUT, f"nothing received for {silent_ms:.0f} ms")
+            return True
+        return False
+
     # -- loop thread: output ---------------------------------------------------------
     def _frame(self, message, dst: int | None = None) -> bytes:
-        dev = self.ctx.cfg.device(self.device_id) if self.device_id is not None else None
-        key = dev.mac_key if dev is not None and dev.mac != "off" else None
+        # the key is looked up once, at HELLO: cfg.device() scans the device list, and this runs
+        # for every heartbeat of every link
         return encode(message, src=self.ctx.settings.id, dst=dst if dst is not None else (self.device_id or 0),
-                      seq=0, time_ms=self.ctx.now_ms(), mac_key=key)
+                      seq=0, time_ms=self.ctx.now_ms(), mac_key=self._mac_key)
 
     def _send_in_loop(self, data: bytes) -> None:
         if self.state is LinkState.CLOSED or self._write_shut:

@@ -1,0 +1,212 @@
+"""Shared plumbing of the benchmarks: line configs, child processes, CPU and RSS readings.
+
+Every benchmark runs its servers and its load generators as separate
+processes on 127.0.0.1 (``bench/servers.py``, ``bench/load.py``), so a
+server's CPU time can be read from ``/proc/PID/stat`` without the load
+generator's. The bench process itself only orchestrates: it starts the
+children, says "go", polls counters over a pipe and reads ``/proc``.
+
+Every wait here is bounded in time; a child that does not answer in time is
+killed (by its own pid) and the benchmark reports an error row instead of
+hanging ``make bench``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import resource
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+GATEWAY_ID = 1
+DEVICE_BASE = 1000   # device ids: DEVICE_BASE + i
+TRAIN_BASE = 20000   # train ids: TRAIN_BASE + j
+
+
+def raise_nofile() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def line_config(devices: int, trains: int = 0, *, io_threads: int = 2, heartbeat_ms: int = 500,
+                max_age_ms: int = 2000, train_hb_ms: int = 1000) -> dict:
+    """A line of ``devices`` interlockings (nets A and B, no MAC) and ``trains`` trains, on free ports."""
+    devs = [{"id": DEVICE_BASE + i, "name": f"CI-{i}", "kind": "interlocking", "nets": ["A", "B"], "mac": "off",
+             "sections": list(range(100, 110)), "signals": list(range(200, 206)), "switches": [300, 301, 302]}
+            for i in range(devices)]
+    return {
+        "gateway": {"id": GATEWAY_ID, "name": "bench-gw",
+                    "listen": {"net_a": {"host": "127.0.0.1", "port": free_port()},
+                               "net_b": {"host": "127.0.0.1", "port": free_port()},
+                               "udp": {"host": "127.0.0.1", "port": free_port(socket.SOCK_DGRAM)}},
+                    "admin": {"host": "127.0.0.1", "port": free_port()},
+                    "io_threads": io_threads, "heartbeat_ms": heartbeat_ms, "max_age_ms": max_age_ms,
+                    "max_links": max(4096, 2 * devices + 64), "udp_slabs": 1024, "log": {"level": "WARNING"},
+                    "state_dir": "/tmp/railgate-bench-state"},
+        "line": {"name": "bench-line", "timezone": "UTC"},
+        "devices": devs,
+        "trains": {"heartbeat_ms": train_hb_ms, "ids": [TRAIN_BASE + j for j in range(trains)]},
+    }
+
+
+def ports(cfg: dict) -> dict:
+    listen = cfg["gateway"]["listen"]
+    return {"A": listen["net_a"]["port"], "B": listen["net_b"]["port"], "udp": listen["udp"]["port"]}
+
+
+# -- /proc readings -------------------------------------------------------------------
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+# -- child processes ---------------------------------------------------------------
+
+class Child:
+    """A child speaking JSON lines: it prints ``{"ready": ...}``, then answers one line per command."""
+
+    def __init__(self, script: str, *args: str, name: str = "", ready_timeout: float = 60.0) -> None:
+        self.name = name or script
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen([PY, str(ROOT / "bench" / script), *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                     env=env, cwd=str(ROOT))
+        self.pid = self.proc.pid
+        self.ready = self._line(ready_timeout)
+
+    def _line(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise TimeoutError(f"{self.name}: no answer within {timeout:.0f} s")
+            r, _, _ = select.select([self.proc.stdout], [], [], left)
+            if not r:
+                continue
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read()[-2000:]
+                raise RuntimeError(f"{self.name} exited ({self.proc.wait()}): {err}")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def ask(self, cmd: str, timeout: float = 30.0) -> dict:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._line(timeout)
+
+    def cpu_s(self) -> float:
+        return cpu_s(self.pid)
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # our own child, by its pid
+            self.proc.wait(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _arg_file(obj: dict) -> str:
+    """Parameters go to a child as ``@file`` (a line of 1,000 devices is too long for argv)."""
+    fd, path = tempfile.mkstemp(prefix="railgate-bench-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    return "@" + path
+
+
+def read_arg(arg: str) -> dict:
+    """In a child: the parameters given by :func:`_arg_file` (the file is removed once read)."""
+    if not arg.startswith("@"):
+        return json.loads(arg)
+    with open(arg[1:]) as f:
+        obj = json.load(f)
+    os.unlink(arg[1:])
+    return obj
+
+
+def server(kind: str, cfg: dict, **extra) -> Child:
+    """Start ``bench/servers.py KIND`` on the line ``cfg``."""
+    return Child("servers.py", kind, _arg_file({"cfg": cfg, **extra}), name=f"server {kind}")
+
+
+def load(mode: str, **params) -> Child:
+    """Start ``bench/load.py MODE`` (it prepares its bytes, then prints ready and waits for "go")."""
+    return Child("load.py", mode, _arg_file(params), name=f"load {mode}", ready_timeout=180.0)
+
+
+def wait_count(srv: Child, key: str, target: int, timeout: float, poll_s: float = 0.01) -> tuple[int, float]:
+    """Poll ``srv``'s counter ``key`` until it reaches ``target`` or ``timeout``; (count, monotonic time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = srv.ask("stats")[key]
+        now = time.monotonic()
+        if n >= target or now >= deadline:
+            return n, now
+        time.sleep(poll_s)
+
+
+def row(name: str, value, unit: str, target: str | None = None, met: bool | None = None, **extra) -> dict:
+    out = {"name": name, "value": value, "unit": unit}
+    if target is not None:
+        out["target"] = target
+        out["met"] = met
+    out.update(extra)
+    return out
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2

@@ -1,0 +1,62 @@
+"""Line-scale load: 2,000 TCP links at 10 frames/s and 500 trains at 5 Hz, gateway beside uvloop.
+
+1,000 interlockings on net A and net B (2,000 links; every 5th frame a
+HEARTBEAT, i.e. one per 500 ms heartbeat) and 500 trains sending
+TRAIN_STATUS at 5 Hz: 22,500 frames/s offered, paced on a 10 ms tick by a
+separate load process (``bench/load.py line``). After a warm-up, the server's
+CPU time (user + system, all threads, /proc/PID/stat) over the measured window
+gives % of one core and CPU-µs per frame (TCP frames + datagrams the server
+counted in the window). The same load then runs against the uvloop server
+(``bench/servers.py uvloop``: StreamDecoder + Receiver + apply, and a datagram
+protocol for the trains). The gateway also runs its heartbeat timers and
+sends a HEARTBEAT per link per 500 ms (4,000 frames/s out); the uvloop server
+sends nothing back, which favours it.
+
+Targets: gateway < 25 % of one core; gateway CPU-µs per frame <= uvloop's.
+"""
+from __future__ import annotations
+
+import time
+
+from bench.common import cpu_s, line_config, load, ports, raise_nofile, row, server
+
+DEVICES, TRAINS, SECONDS, WARMUP = 1000, 500, 30, 3
+
+
+def measure(kind: str, devices: int, trains: int, seconds: float, warmup: float) -> dict:
+    cfg = line_config(devices, trains, max_age_ms=600_000, heartbeat_ms=500)
+    with server(kind, cfg) as srv, load("line", ports=ports(cfg), devices=devices, trains=trains,
+                                        seconds=seconds + warmup + 1) as ld:
+        ld.proc.stdin.write("go\n")
+        ld.proc.stdin.flush()
+        time.sleep(warmup)
+        s0, c0, t0 = srv.ask("stats"), cpu_s(srv.pid), time.monotonic()
+        time.sleep(seconds)
+        s1, c1, t1 = srv.ask("stats"), cpu_s(srv.pid), time.monotonic()
+        sent = ld._line(seconds + 30)
+    frames = (s1["frames"] - s0["frames"]) + (s1["datagrams"] - s0["datagrams"])
+    return {"cpu_pct": (c1 - c0) / (t1 - t0) * 100, "cpu_us_per_frame": (c1 - c0) / max(frames, 1) * 1e6,
+            "fps": frames / (t1 - t0), "alive": s1.get("alive"), "links": s1.get("links"), "sent": sent}
+
+
+def run(smoke: bool = False) -> list[dict]:
+    raise_nofile()
+    devices, trains, seconds, warmup = (20, 10, 0.7, 0.3) if smoke else (DEVICES, TRAINS, SECONDS, WARMUP)
+    gw = measure("gateway", devices, trains, seconds, warmup)
+    uv = measure("uvloop", devices, trains, seconds, warmup)
+    what = f"{2 * devices} links x 10 frames/s + {trains} trains x 5 Hz, {seconds:g} s"
+    return [
+        row("Line load: gateway CPU", round(gw["cpu_pct"], 1), "% of one core", "< 25", gw["cpu_pct"] < 25,
+            note=f"{what}; {gw['fps']:,.0f} frames/s counted; links alive at end {gw['alive']}/{gw['links']}"),
+        row("Line load: gateway CPU per frame", round(gw["cpu_us_per_frame"], 2), "CPU-µs/frame",
+            "<= uvloop", gw["cpu_us_per_frame"] <= uv["cpu_us_per_frame"]),
+        row("Line load: uvloop server CPU", round(uv["cpu_pct"], 1), "% of one core",
+            note=f"{uv['fps']:,.0f} frames/s counted"),
+        row("Line load: uvloop server CPU per frame", round(uv["cpu_us_per_frame"], 2), "CPU-µs/frame"),
+    ]
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    print(json.dumps(run(smoke="--smoke" in sys.argv), indent=1))

@@ -1,0 +1,229 @@
+"""Load generators, one per process: ``python bench/load.py MODE JSON``.
+
+Each mode prepares everything first (connections, HELLOs, pre-encoded frames
+from ``railcodecs.encode``), prints ``{"ready": ...}`` and waits for ``go`` on
+stdin, so the measured window contains sending only. Every loop is bounded
+in count and in time (``max_s``).
+
+* ``tcp_blast``  ``devices`` devices on nets A and B (2 links each); every link
+  gets HELLO, then ``frames`` sequenced status frames (TRACK_SECTIONS, SIGNALS,
+  SWITCHES in turn; the same seq on both nets, as ICD section 6 says) with a
+  HEARTBEAT every ``hb_every`` frames. One thread per link, ``sendall``.
+* ``line``       ``devices`` x 2 links at ``rate_hz`` frames/s each (every 5th a
+  HEARTBEAT) plus ``trains`` trains at ``train_hz`` TRAIN_STATUS datagrams/s,
+  for ``seconds``, paced on a 10 ms tick from one thread.
+* ``udp_blast``  TRAIN_STATUS datagrams from ``trains`` trains round-robin as fast
+  as one thread can send, seq and time patched into a template made by
+  ``encode`` (CRC recomputed), until ``stop``/``quit``, ``count`` or ``max_s``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bench.common import GATEWAY_ID, DEVICE_BASE, TRAIN_BASE, raise_nofile  # noqa: E402
+from railcodecs import Heartbeat, Hello, Signals, Switches, TrackSections, TrainStatus, encode  # noqa: E402
+
+
+def _say(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _wait_go() -> None:
+    for line in sys.stdin:
+        if line.strip() == "go":
+            return
+        if line.strip() == "quit":
+            break
+    sys.exit(0)
+
+
+def status_frame(dev: int, seq: int, time_ms: int) -> bytes:
+    """One realistic status frame (the type rotates with seq)."""
+    k = seq % 3
+    if k == 0:
+        msg = TrackSections(tuple((100 + i, (seq + i) % 4) for i in range(10)))
+    elif k == 1:
+        msg = Signals(tuple((200 + i, (seq + i) % 6) for i in range(6)))
+    else:
+        msg = Switches(tuple((300 + i, (seq + i) % 4) for i in range(3)))
+    return encode(msg, src=dev, dst=GATEWAY_ID, seq=seq, time_ms=time_ms)
+
+
+def hello(dev: int, net: int, hb_ms: int) -> bytes:
+    return encode(Hello(1, net, hb_ms, "BENCH-1"), src=dev, dst=GATEWAY_ID, seq=0, time_ms=int(time.time() * 1000))
+
+
+def device_stream(dev: int, frames: int, hb_every: int, time_ms: int) -> bytes:
+    """The bytes after HELLO, identical on net A and net B."""
+    out = []
+    hb = 0
+    for seq in range(1, frames + 1):
+        out.append(status_frame(dev, seq, time_ms))
+        if seq % hb_every == 0:
+            hb += 1
+            out.append(encode(Heartbeat(hb), src=dev, dst=GATEWAY_ID, seq=0, time_ms=time_ms))
+    return b"".join(out)
+
+
+def connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def tcp_blast(p: dict) -> None:
+    now = int(time.time() * 1000)
+    bodies = [device_stream(DEVICE_BASE + d, p["frames"], p.get("hb_every", 50), now) for d in range(p["devices"])]
+    per_link = 1 + p["frames"] + p["frames"] // p.get("hb_every", 50)
+    links = []
+    for d in range(p["devices"]):
+        for net, port in ((0, p["ports"]["A"]), (1, p["ports"]["B"])):
+            links.append((connect(port), hello(DEVICE_BASE + d, net, p.get("hb_ms", 500)) + bodies[d]))
+    _say({"ready": True, "frames_total": per_link * len(links), "bytes_total": sum(len(b) for _, b in links)})
+    _wait_go()
+
+    def send(sock, data):
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=send, args=link) for link in links]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(p.get("max_s", 120))
+    _say({"sent": True})
+    _wait_go()  # hold the links open until told (quit/EOF ends the process)
+
+
+def line(p: dict) -> None:
+    devices, trains, seconds = p["devices"], p["trains"], p["seconds"]
+    rate, train_hz = p.get("rate_hz", 10), p.get("train_hz", 5)
+    hb_ms = p.get("hb_ms", 500)
+    n_frames = int(seconds * rate) + rate
+    now = int(time.time() * 1000)
+    # per device: frames k = 0..n-1, every 5th a HEARTBEAT (2/s at 10 frames/s: the 500 ms heartbeat)
+    streams = []
+    for d in range(devices):
+        dev, seq, hb, frames = DEVICE_BASE + d, 0, 0, []
+        for k in range(n_frames):
+            if k % 5 == 4:
+                hb += 1
+                frames.append(encode(Heartbeat(hb), src=dev, dst=GATEWAY_ID, seq=0, time_ms=now))
+            else:
+                seq += 1
+                frames.append(status_frame(dev, seq, now))
+        streams.append(frames)
+    socks = []
+    for d in range(devices):
+        pair = []
+        for net, port in ((0, p["ports"]["A"]), (1, p["ports"]["B"])):
+            s = connect(port)
+            s.sendall(hello(DEVICE_BASE + d, net, hb_ms))
+            s.setblocking(False)
+            pair.append(s)
+        socks.append(pair)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.connect(("127.0.0.1", p["ports"]["udp"]))
+    tmpl = [bytearray(encode(TrainStatus(1, 0, 100, 0, 0, 0, 0, 0, 0, 0, 0), src=TRAIN_BASE + j, dst=GATEWAY_ID,
+                             seq=1, time_ms=now)) for j in range(trains)]
+    _say({"ready": True, "links": 2 * devices, "trains": trains})
+    _wait_go()
+    tick = 0.01
+    ticks_per_period = round(1 / (rate * tick))        # a device sends once every 10 ticks at 10 Hz
+    train_ticks = round(1 / (train_hz * tick))          # a train sends once every 20 ticks at 5 Hz
+    t0 = time.monotonic()
+    end = t0 + seconds
+    sent = dropped = dgrams = 0
+    train_seq = [0] * trains
+    step = 0
+    while time.monotonic() < end:
+        slot = step % ticks_per_period
+        k = step // ticks_per_period
+        if k >= n_frames:
+            break
+        for d in range(slot, devices, ticks_per_period):
+            data = streams[d][k]
+            for s in socks[d]:
+                try:
+                    s.send(data)
+                    sent += 1
+                except (BlockingIOError, InterruptedError):
+                    dropped += 1
+                except OSError:
+                    dropped += 1
+        tslot = step % train_ticks
+        now_ms = int(time.time() * 1000)
+        for j in range(tslot, trains, train_ticks):
+            train_seq[j] += 1
+            buf = tmpl[j]
+            struct.pack_into(">IQ", buf, 10, train_seq[j], now_ms)
+            struct.pack_into(">I", buf, len(buf) - 4, zlib.crc32(memoryview(buf)[:-4]))
+            try:
+                udp.send(buf)
+                dgrams += 1
+            except OSError:
+                pass
+        step += 1
+        delay = t0 + step * tick - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    _say({"sent_frames": sent, "send_dropped": dropped, "datagrams": dgrams, "seconds": time.monotonic() - t0})
+    _wait_go()
+
+
+def udp_blast(p: dict) -> None:
+    trains = p["trains"]
+    now = int(time.time() * 1000)
+    tmpl = [bytearray(encode(TrainStatus(1, 0, 100, 0, 0, 0, 0, 0, 0, 0, 0), src=TRAIN_BASE + j, dst=GATEWAY_ID,
+                             seq=1, time_ms=now)) for j in range(trains)]
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.connect(("127.0.0.1", p["port"]))
+    _say({"ready": True})
+    _wait_go()
+    limit, deadline = p.get("count", 10**12), time.monotonic() + p.get("max_s", 60)
+    seq = [0] * trains
+    sent = 0
+    pack, crc32, send = struct.pack_into, zlib.crc32, udp.send
+    views = [memoryview(b)[:-4] for b in tmpl]
+    stdin = sys.stdin.fileno()
+    now_ms = int(time.time() * 1000)
+    while sent < limit:
+        for j in range(trains):
+            s = seq[j] = seq[j] + 1
+            buf = tmpl[j]
+            pack(">IQ", buf, 10, s, now_ms)
+            pack(">I", buf, 60, crc32(views[j]))
+            try:
+                send(buf)
+            except OSError:
+                pass
+        sent += trains
+        now_ms = int(time.time() * 1000)
+        if time.monotonic() > deadline or select.select([stdin], [], [], 0)[0]:
+            break
+    _say({"sent": sent})
+    _wait_go()
+
+
+def main() -> None:
+    raise_nofile()
+    from bench.common import read_arg
+    mode, params = sys.argv[1], read_arg(sys.argv[2])
+    {"tcp_blast": tcp_blast, "line": line, "udp_blast": udp_blast}[mode](params)
+
+
+if __name__ == "__main__":
+    main()

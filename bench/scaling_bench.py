@@ -1,0 +1,35 @@
+"""Scaling: the gateway's TCP ingest with io_threads 1, 2 and 4 (same bytes as tcp_ingest_bench).
+
+CPython runs one thread at a time (the GIL), so more IO loops add no
+parallel decoding; the figure shows what the threads cost or buy (fairness,
+latency under load) on this machine. Median of ``ROUNDS`` interleaved runs.
+"""
+from __future__ import annotations
+
+from bench.common import median, row
+from bench.tcp_ingest_bench import DEVICES, measure
+
+THREADS = (1, 2, 4)
+FRAMES = 6_000   # per link: half the ingest run, three configurations
+ROUNDS = 2
+
+
+def run(smoke: bool = False) -> list[dict]:
+    devices, frames, rounds = (1, 100, 1) if smoke else (DEVICES, FRAMES, ROUNDS)
+    fps = {t: [] for t in THREADS}
+    for _ in range(rounds):
+        for t in THREADS:
+            fps[t].append(measure("gateway", devices=devices, frames=frames, io_threads=t)["fps"])
+    base = median(fps[1])
+    rows = []
+    for t in THREADS:
+        m = median(fps[t])
+        rows.append(row(f"TCP ingest, gateway io_threads={t}", round(m), "frames/s",
+                        note=f"{m / base:.2f} x io_threads=1; {2 * devices} links, median of {rounds}"))
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    print(json.dumps(run(smoke="--smoke" in sys.argv), indent=1))

@@ -1,0 +1,72 @@
+"""pytest-benchmark microbenchmarks of the hot-path pieces (run by ``make bench`` through micro_bench.py).
+
+* the stream decoder, per frame: 1,000 status frames decoded from the SPSC ring
+  (the gateway's path) and from the decoder's own buffer;
+* the ring buffer: recv-style write + peek + consume of one 60-byte frame;
+* the slab pool: acquire_for_recv + release of one slab.
+
+Run alone: ``.venv/bin/python -m pytest bench/test_micro.py --benchmark-enable``.
+"""
+from __future__ import annotations
+
+import pytest
+
+from gateway.ring_buffer import SpscRing
+from gateway.slab_pool import SlabPool
+from railcodecs import GATEWAY_RX_TYPES, Signals, StreamDecoder, Switches, TrackSections, encode
+
+N = 1000
+
+
+def _frames() -> bytes:
+    out = []
+    for seq in range(1, N + 1):
+        k = seq % 3
+        msg = (TrackSections(tuple((100 + i, (seq + i) % 4) for i in range(10))) if k == 0 else
+               Signals(tuple((200 + i, (seq + i) % 6) for i in range(6))) if k == 1 else
+               Switches(tuple((300 + i, (seq + i) % 4) for i in range(3))))
+        out.append(encode(msg, src=1000, dst=1, seq=seq, time_ms=1_700_000_000_000))
+    return b"".join(out)
+
+
+DATA = _frames()
+
+
+@pytest.mark.parametrize("source", ["ring", "feed"])
+def test_decoder_1000_frames(benchmark, source):
+    """StreamDecoder per call 1,000 frames: over the SPSC ring (a link's path) or its own buffer (feed)."""
+    if source == "ring":
+        ring = SpscRing(len(DATA) + 8192)
+        dec = StreamDecoder(types=GATEWAY_RX_TYPES, source=ring)
+        put = ring.write
+    else:
+        dec = StreamDecoder(types=GATEWAY_RX_TYPES)
+        put = dec.feed
+
+    def go():
+        put(DATA)
+        n = sum(1 for _ in dec.events())
+        assert n == N
+    benchmark.extra_info["frames_per_call"] = N
+    benchmark(go)
+
+
+def test_ring_write_peek_consume(benchmark):
+    ring = SpscRing(64 << 10)
+    frame = DATA[:60]
+
+    def go():
+        ring.write(frame)
+        ring.peek(60).release()
+        ring.consume(60)
+    benchmark(go)
+
+
+@pytest.mark.parametrize("count", [1024])
+def test_slab_acquire_release(benchmark, count):
+    pool = SlabPool({144: count})
+
+    def go():
+        size, i, _view = pool.acquire_for_recv()
+        pool.release(size, i)
+    benchmark(go)

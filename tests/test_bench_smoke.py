@@ -1,0 +1,36 @@
+"""The benchmarks still produce numbers (``make bench-smoke`` in CI). Never asserts a speed.
+
+Runs ``bench/run.py --smoke`` in a subprocess: every bench module's
+``run(smoke=True)`` must return rows with a finite numeric value and a unit,
+and every target row must say met or not met. Whether a target is met is
+``make bench``'s business, on a quiet machine, not this test's.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_every_benchmark_produces_numbers(tmp_path):
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert {"tcp_ingest", "line_load", "udp", "liveness", "scaling", "micro"} <= set(result["modules"])
+    for name, mod in result["modules"].items():
+        assert not mod.get("error"), f"{name}: {mod['error']}"
+        assert mod["rows"], name
+        for row in mod["rows"]:
+            assert isinstance(row["value"], (int, float)) and not isinstance(row["value"], bool), row
+            assert row["unit"], row
+            if "target" in row:
+                assert isinstance(row["met"], bool), row
+    assert result["meta"]["python"] and result["meta"]["cpus"]
