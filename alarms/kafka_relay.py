@@ -1,0 +1,332 @@
+"""The Kafka relay: journal rows -> day topics, marked delivered only on a delivery report.
+
+One thread (:meth:`KafkaRelay.start`) owns a Journal connection, an idempotent
+librdkafka producer and a :class:`~alarms.topics.TopicManager`. Each pass:
+
+1. serve delivery reports (``poll``); successes are marked delivered in one
+   journal transaction, failures only leave the in-flight set (the row is still
+   pending in the journal and is sent again by the next rescan);
+2. if the broker may have restarted (librdkafka said all brokers are down, a
+   message timed out, or every ``topic_check_s``), compare the known topics'
+   ids with the broker's; a topic that vanished or has a new id means the
+   broker lost its data (the embedded broker is memory-only): purge, recreate
+   the producer (the broker no longer knows its producer id, and librdkafka
+   would retry UNKNOWN_PRODUCER_ID until the message timeout), republish the
+   current day's rows from the journal and a fresh snapshot;
+3. produce new rows (``read_after`` the highest seq produced) or, after a
+   failure or at start, every pending row not in flight (``pending``). A row is
+   never in flight twice: ``_in_flight`` holds the seqs between ``produce`` and
+   their report;
+4. publish a snapshot every ``snapshot_interval_s`` and when the day changes.
+
+``republish_today`` (a supervisor restarting a relay that crashed, see
+alarms/relay_process.py) sends today's rows again before anything else: the
+dead relay may have missed a broker restart that lost them, and a new relay
+knows no topics, so it could not tell.
+
+Values are the journal's bytes verbatim, key the alarm key, topic by the row's
+own ``time_ms``. A fatal producer error recreates the producer. Nothing here
+blocks the alarm thread: it only calls :meth:`wake`.
+
+Threading: ``start``, ``stop`` from the owner (service) thread; ``wake`` and
+``stats`` from any thread; everything else runs in the relay thread.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from zoneinfo import ZoneInfo
+
+from confluent_kafka import KafkaError, Producer
+
+from .journal import Journal
+from .snapshots import SnapshotProvider, build_chunks
+from .topics import TopicError, TopicManager, day_start_ms, snapshot_key, snapshot_partition, topic_for
+
+log = logging.getLogger("alarms.kafka_relay")
+
+PRODUCER_DEFAULTS = {"enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                     "message.timeout.ms": 30_000, "allow.auto.create.topics": False,
+                     "reconnect.backoff.max.ms": 1000}
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class KafkaRelay:
+    """Relays one journal file to Kafka (see the module doc)."""
+
+    def __init__(self, journal_path: str, bootstrap: str, *, topic_prefix: str, tz: ZoneInfo | str,
+                 gateway_id: int, line: str, partitions: int = 3, replication_factor: int = 1,
+                 snapshot_provider: SnapshotProvider | None = None, snapshot_interval_s: float = 10.0,
+                 producer_config: dict | None = None, poll_interval_s: float = 0.5, batch: int = 1000,
+                 max_in_flight: int = 20_000, topic_check_s: float = 5.0, flush_timeout_s: float = 5.0,
+                 republish_today: bool = False, clock_ms: Callable[[], int] = _wall_ms) -> None:
+        self.journal_path, self.bootstrap, self.prefix = journal_path, bootstrap, topic_prefix
+        self.tz = ZoneInfo(tz) if isinstance(tz, str) else tz
+        self.gateway_id, self.line = gateway_id, line
+        self.partitions, self.replication_factor = partitions, replication_factor
+        self.snapshot_provider, self.snapshot_interval_s = snapshot_provider, snapshot_interval_s
+        self.poll_interval_s, self.batch, self.max_in_flight = poll_interval_s, batch, max_in_flight
+        self.topic_check_s, self.flush_timeout_s, self.clock_ms = topic_check_s, flush_timeout_s, clock_ms
+        self.republish_today = republish_today
+        self._conf = {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, **(producer_config or {})}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()          # guards _stats for readers in other threads
+        self._stats = {"produced": 0, "delivered": 0, "failed": 0, "recreated": 0, "in_flight": 0, "pending": 0,
+                       "snapshots": 0, "snapshot_failures": 0, "broker_data_lost": 0, "republished": 0,
+                       "last_error": None}
+        # relay-thread state
+        self._in_flight: set[int] = set()
+        self._done: list[int] = []             # delivered seqs, marked after each poll
+        self._rescan = True                    # read pending() (start, after a failure) instead of read_after
+        self._cursor = 0                       # highest seq produced by this relay
+        self._replay: tuple[int, int] | None = None    # (next seq - 1, last seq) of a day being republished
+        self._check_broker = False
+        self._recreate = False
+        self._producer: Producer | None = None
+        self._snapshot_topic: str | None = None
+        self._next_snapshot = 0.0
+
+    # -- owner / any thread -----------------------------------------------------------------------
+    def start(self) -> "KafkaRelay":
+        """Start the relay thread. Owner thread."""
+        if self._thread is not None:
+            raise RuntimeError("kafka relay: already started")
+        self._thread = threading.Thread(target=self._run, name="kafka-relay", daemon=True)
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        """New rows were journaled. Any thread (the alarm thread calls it after each append)."""
+        self._wake.set()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop: flush what is in flight for up to ``flush_timeout_s``, then join. Owner thread."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s if timeout_s is not None else self.flush_timeout_s + 10)
+
+    @property
+    def alive(self) -> bool:
+        """The relay thread runs (False before start, after stop, or after an unexpected error). Any thread."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stats(self) -> dict:
+        """Counts (messages) for status. Any thread."""
+        with self._lock:
+            return dict(self._stats)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats[name] += n
+
+    # -- relay thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        journal = Journal(self.journal_path)
+        self.topics = TopicManager(self.bootstrap, self.partitions, self.replication_factor, timeout_s=2.0)
+        self._producer = self._new_producer()
+        if self.republish_today:
+            self._republish_today(journal, journal.last_seq())
+        last_check = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                self._producer.poll(0.01 if self._in_flight else 0)
+                self._settle(journal)
+                if self._check_broker or time.monotonic() - last_check > self.topic_check_s:
+                    last_check = time.monotonic()
+                    self._verify_broker(journal)
+                if self._recreate:
+                    self._replace_producer(journal)
+                busy = self._produce_rows(journal)
+                self._maybe_snapshot()
+                self._publish_stats(journal)
+                if not busy and not self._in_flight:
+                    self._wake.wait(self.poll_interval_s)
+                    self._wake.clear()
+        except Exception:
+            log.exception("kafka relay: stopped by an unexpected error (journal %s, broker %s)",
+                          self.journal_path, self.bootstrap)
+            raise
+        finally:
+            self._producer.flush(self.flush_timeout_s)
+            self._settle(journal)
+            self._publish_stats(journal)
+            journal.close()
+
+    def _new_producer(self) -> Producer:
+        conf = dict(self._conf)
+        conf["error_cb"] = self._on_error
+        return Producer(conf)
+
+    def _on_error(self, err: KafkaError) -> None:
+        # called from poll() in the relay thread
+        if err.fatal():
+            log.error("kafka relay: fatal producer error %s: recreating the producer", err)
+            self._recreate = True
+        elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._MSG_TIMED_OUT):
+            self._check_broker = True
+        with self._lock:
+            self._stats["last_error"] = err.str()
+
+    def _settle(self, journal: Journal) -> None:
+        if self._done:
+            done, self._done = self._done, []
+            journal.mark_delivered(done)
+            self._count("delivered", len(done))
+
+    def _verify_broker(self, journal: Journal) -> None:
+        try:
+            lost = self.topics.lost()
+        except TopicError as exc:
+            log.info("kafka relay: broker check failed (%s); will retry", exc)
+            self.topics.reconnect()
+            return                  # unreachable: keep the flag, look again next pass
+        self._check_broker = False
+        if not lost:
+            return
+        log.warning("kafka relay: broker %s lost topics %s (restarted?): republishing today's events",
+                    self.bootstrap, ", ".join(lost))
+        self._count("broker_data_lost")
+        self._recreate = True
+        if topic_for(self.prefix, self.clock_ms(), self.tz) in lost:
+            self._republish_today(journal, self._cursor)
+
+    def _republish_today(self, journal: Journal, through_seq: int) -> None:
+        """Send today's rows up to ``through_seq`` again (delivered or not) and a fresh snapshot."""
+        first = self._first_seq_since(journal, day_start_ms(self.clock_ms(), self.tz))
+        self._replay = (first - 1, max(through_seq, first - 1))
+        self._snapshot_topic = None              # a fresh snapshot for the empty topic
+
+    def _first_seq_since(self, journal: Journal, since_ms: int) -> int:
+        """Smallest seq with time_ms >= since_ms (binary search; seqs are issued in time order)."""
+        lo, hi = 1, journal.last_seq() + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = journal.read_after(mid - 1, 1)
+            if row and row[0].time_ms < since_ms:
+                lo = row[0].event_seq + 1
+            else:
+                hi = mid
+        return lo
+
+    def _replace_producer(self, journal: Journal) -> None:
+        old = self._producer
+        old.purge(in_queue=True, in_flight=True)
+        old.poll(0)                 # the purged messages' reports: out of flight, still pending
+        old.flush(0)
+        self._settle(journal)
+        self._in_flight.clear()
+        self._rescan, self._recreate = True, False
+        self._producer = self._new_producer()
+        self._count("recreated")
+
+    def _produce_rows(self, journal: Journal) -> bool:
+        room = self.max_in_flight - len(self._in_flight)
+        if room <= 0:
+            return True
+        limit = min(self.batch, room)
+        replaying = self._replay is not None
+        if replaying:
+            rows = journal.read_after(self._replay[0], limit)
+            rows = [r for r in rows if r.event_seq <= self._replay[1]]
+        elif self._rescan:
+            rows = journal.pending(len(self._in_flight) + limit)
+            rows = [r for r in rows if r.event_seq not in self._in_flight][:limit]
+        else:
+            rows = journal.read_after(self._cursor, limit)
+        sent, handled = 0, 0
+        try:
+            for r in rows:
+                if r.event_seq not in self._in_flight:
+                    topic = self.topics.ensure(topic_for(self.prefix, r.time_ms, self.tz))
+                    self._producer.produce(topic, r.value, r.key.encode(),
+                                           on_delivery=self._delivery_for(r.event_seq))
+                    self._in_flight.add(r.event_seq)
+                    self._cursor = max(self._cursor, r.event_seq)
+                    sent += 1
+                handled += 1
+        except BufferError:
+            pass                    # local queue full: serve reports first
+        except TopicError as exc:
+            with self._lock:
+                self._stats["last_error"] = str(exc)
+            self._check_broker = True
+            self._stopping.wait(0.2)
+        self._count("produced", sent)
+        complete = handled == len(rows) and len(rows) < limit
+        if replaying:
+            self._count("republished", sent)
+            if complete:
+                self._replay = None
+            elif handled:
+                self._replay = (rows[handled - 1].event_seq, self._replay[1])
+        elif self._rescan and complete:
+            self._rescan = False    # every pending row is in flight now: new rows come by read_after
+        return sent > 0
+
+    def _delivery_for(self, seq: int):
+        def report(err, msg, _seq=seq):
+            self._on_delivery_seq(err, msg, _seq)
+        return report
+
+    def _on_delivery_seq(self, err, msg, seq: int) -> None:
+        self._in_flight.discard(seq)
+        if err is None:
+            self._done.append(seq)
+            return
+        self._count("failed")
+        self._rescan = True         # the row is still pending in the journal: send it again
+        if err.code() in (KafkaError._MSG_TIMED_OUT, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+            self._check_broker = True
+        with self._lock:
+            self._stats["last_error"] = f"event_seq {seq} to {msg.topic()}: {err.str()}"
+
+    def _maybe_snapshot(self) -> None:
+        if self.snapshot_provider is None:
+            return
+        now_ms = self.clock_ms()
+        topic = topic_for(self.prefix, now_ms, self.tz)
+        if topic == self._snapshot_topic and time.monotonic() < self._next_snapshot:
+            return
+        self._next_snapshot = time.monotonic() + self.snapshot_interval_s
+        self._snapshot_topic = topic
+        try:
+            self.publish_snapshot(now_ms)
+        except (TopicError, BufferError) as exc:
+            self._count("snapshot_failures")
+            self._snapshot_topic = None     # try again next pass
+            self._next_snapshot = time.monotonic() + 1.0
+            log.info("kafka relay: snapshot not published: %s", exc)
+
+    def publish_snapshot(self, now_ms: int) -> int:
+        """Produce one snapshot (its chunks) to today's topic; returns the chunk count. Relay thread."""
+        event_seq, alarms = self.snapshot_provider()
+        topic = self.topics.ensure(topic_for(self.prefix, now_ms, self.tz))
+        chunks = build_chunks(event_seq, alarms, gateway_id=self.gateway_id, line=self.line, time_ms=now_ms,
+                              tz=self.tz)
+        part = snapshot_partition(self.gateway_id, self.partitions)
+        key = snapshot_key(self.gateway_id).encode()
+        for value in chunks:
+            self._producer.produce(topic, value, key, partition=part, on_delivery=self._on_snapshot_report)
+        self._count("snapshots")
+        return len(chunks)
+
+    def _on_snapshot_report(self, err, msg) -> None:
+        if err is not None:
+            self._count("snapshot_failures")
+
+    def _publish_stats(self, journal: Journal) -> None:
+        now = time.monotonic()
+        if now < getattr(self, "_stats_due", 0.0) and not self._stopping.is_set():
+            return
+        self._stats_due = now + 1.0
+        pending = journal.counts()["undelivered"]
+        with self._lock:
+            self._stats["in_flight"], self._stats["pending"] = len(self._in_flight), pending
