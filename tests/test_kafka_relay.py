@@ -1,0 +1,149 @@
+"""The relay and the HMI consumer against a real embedded broker (tansu, memory-only): no mocks."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from alarms.broker import EmbeddedBroker
+from alarms.consumer import AlarmTableConsumer
+from alarms.journal import Journal
+from alarms.kafka_relay import KafkaRelay
+from alarms.relay_process import RelaySupervisor
+from alarms.topics import topic_for
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from zoneinfo import ZoneInfo
+
+from kafka_fixtures import (LINE, TZ, EventSource, SupervisedConsumer, broker, delivered,  # noqa: F401
+                            schema_validator, wait_all_consumed, wait_for)
+
+pytestmark = pytest.mark.slow
+
+
+def make_relay(journal_path, b, prefix, src, **kw):
+    return KafkaRelay(journal_path, b.bootstrap, topic_prefix=prefix, tz=TZ, gateway_id=1, line="demo-line-1",
+                      snapshot_provider=src.snapshot, clock_ms=lambda: src.now_ms, **kw)
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int = 3, timeout_s: float = 20) -> list:
+    """Every message of ``topic`` (assign, no group) until EOF on every partition."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "t", "enable.partition.eof": True,
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    out, eof = [], set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(eof) < partitions and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.2):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        eof.add(m.partition())
+                    continue
+                out.append(m)
+    finally:
+        c.close()
+    assert len(eof) == partitions, f"{topic}: no EOF on every partition within {timeout_s} s"
+    return out
+
+
+def test_10k_events_through_a_broker_crash_arrive_exactly_once_after_dedupe(tmp_path):
+    """10,000+ events relayed while the broker is SIGKILLed and restarted empty (memory storage).
+
+    librdkafka 2.16 has segfaulted around the tansu restart (rdk:main thread, rd_kafka_metadata_update_op ->
+    rd_kafka_metadata_cache_find -> strcmp; about one run in five under CPU load). So, as in the gateway,
+    the relay runs in a RelaySupervisor child: if it crashes it is restarted (and republishes the day) and
+    nothing is lost, because the journal is the hand-over. The test's own consumer is an HMI: it too runs
+    in a supervised child, and one that crashes is restarted and reads the day's topic from offset 0
+    again. That is legitimate for an HMI, and the guarantee checked is the documented one: at least once,
+    then dedupe by event_id. Every event must be seen, none may be missing, and the rebuilt table must
+    equal the engine's. This process itself only writes the journal and starts and kills the broker.
+    """
+    jpath = str(tmp_path / "journal.db")
+    src = EventSource(jpath, start_ms=int(time.time() * 1000), keys=300, step_ms=1)
+    journal = Journal(jpath)
+    prefix = "crash"
+    b = EmbeddedBroker(str(tmp_path / "tansu.log")).start()
+    relay = RelaySupervisor(jpath, b.bootstrap, topic_prefix=prefix, tz=TZ, gateway_id=1, line=LINE,
+                            topic_check_s=1.0, producer_config={"message.timeout.ms": 5000},
+                            backoff_s=(0.2, 2.0)).start()
+    consumer = SupervisedConsumer(b.bootstrap, prefix, src.now_ms, str(tmp_path / "consumer.log")).start()
+    try:
+        src.journal_events(5000)
+        relay.wake()
+        # the crash: SIGKILL while the relay has work and the consumer is mid-stream
+        wait_for(lambda: delivered(journal) >= 2000, 30, "2,000 deliveries")
+        b.kill()
+        src.journal_events(5000)            # journaled while the broker is down
+        relay.wake()
+        time.sleep(0.5)
+        b.start()                           # same port, empty
+        ids = wait_all_consumed(src, journal, consumer, 120)
+        st = relay.stats()
+    finally:
+        consumer.stop()
+        relay.stop()
+        b.kill()
+    print(f"relay: {relay.stats()['restarts']} restarts (last {relay.stats()['last_exit']}); consumer: "
+          f"{consumer.child.restarts} restarts (last {consumer.child.last_exit})")
+    assert len(ids) >= 10_000
+    assert consumer.seen() == ids                     # every event, nothing else: exactly once after dedupe
+    for gen, got in consumer.ids.items():             # one consumer notifies each event once despite replays
+        assert len(got) == len(set(got)), f"consumer child {gen} reported an event twice"
+    # the final child republished the day: it saw the broker lose it, or it replaced a relay that died
+    saw_loss = st["broker_data_lost"] >= 1 and st["recreated"] >= 1
+    assert st["republished"] > 0 and (st["restarts"] >= 1 or saw_loss), st
+    assert any(c["resets"] >= 1 for c in consumer.counters.values()) or consumer.child.restarts >= 1
+    src.close()
+    journal.close()
+
+
+def test_a_new_relay_delivers_only_what_was_pending(broker, tmp_path):
+    jpath = str(tmp_path / "journal.db")
+    src = EventSource(jpath, start_ms=int(time.time() * 1000), seed=2)
+    prefix = "restart"
+    first = src.journal_events(500)
+    relay = make_relay(jpath, broker, prefix, src).start()
+    wait_for(lambda: Journal(jpath).counts()["undelivered"] == 0, 30, "the first 500 delivered")
+    relay.stop()
+    second = src.journal_events(300)                  # journaled while no relay runs
+    relay2 = make_relay(jpath, broker, prefix, src).start()
+    wait_for(lambda: Journal(jpath).counts()["undelivered"] == 0, 30, "the pending 300 delivered")
+    relay2.stop()
+    assert relay2.stats()["produced"] == len(second) and relay2.stats()["delivered"] == len(second)
+    msgs = [json.loads(m.value()) for m in read_topic(broker.bootstrap, topic_for(prefix, src.now_ms, ZoneInfo(TZ)))]
+    ids = [m["event_id"] for m in msgs if m["kind"] == "event"]
+    assert sorted(ids) == sorted(e.event_id for e in first + second)      # each exactly once
+    src.close()
+
+
+def test_late_joiner_rebuilds_the_true_table_and_every_message_validates(broker, tmp_path):
+    jpath = str(tmp_path / "journal.db")
+    src = EventSource(jpath, start_ms=int(time.time() * 1000), keys=400, seed=3)
+    prefix = "late"
+    relay = make_relay(jpath, broker, prefix, src, snapshot_interval_s=0.2).start()
+    try:
+        for _ in range(5):                            # events, snapshots, more events...
+            src.journal_events(400)
+            relay.wake()
+            time.sleep(0.3)
+        wait_for(lambda: Journal(jpath).counts()["undelivered"] == 0, 30, "all delivered")
+        late = AlarmTableConsumer(broker.bootstrap, prefix, TZ, gateway_id=1, clock_ms=lambda: src.now_ms)
+        assert late.wait_loaded(30)
+        assert late.table.entries == src.true_table() and len(late.table.entries) > 50
+        late.close()
+    finally:
+        relay.stop()
+    assert relay.stats()["snapshots"] >= 3
+    msgs = read_topic(broker.bootstrap, topic_for(prefix, src.now_ms, ZoneInfo(TZ)))
+    values = [json.loads(m.value()) for m in msgs]
+    assert {v["kind"] for v in values} == {"event", "snapshot"}
+    for m, v in zip(msgs, values):
+        expect = "snapshot/1" if v["kind"] == "snapshot" else v["alarm"]["key"]
+        assert m.key().decode() == expect
+    validator = schema_validator()
+    if validator is not None:
+        for v in values:
+            errors = list(validator.iter_errors(v))
+            assert not errors, f"{v.get('kind')} {v.get('event_id') or v.get('snapshot_id')}: {errors[0].message}"
+    src.close()
