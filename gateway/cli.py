@@ -13,6 +13,7 @@ _COMMANDS = {
     "status": ("gateway.status_cmd:main", "show devices, links, trains, loops and pools (--json, --watch)"),
     "decode": ("gateway.decode_cmd:main", "decode ICD frames (hex or raw) to JSON lines"),
     "simulate": ("simulators.cli:main", "run device and train simulators against a gateway"),
+    "alarms": ("gateway.alarms_cmd:main", "alarm tools: tail, history, list, ack, shelve, unshelve"),
 }
 
 

@@ -14,6 +14,7 @@ Runs in the main thread of the process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -74,6 +75,8 @@ def run_main(argv: list[str] | None = None) -> int:
     config_path = os.path.abspath(args.config)
     state_dir = os.path.abspath(cfg.gateway.state_dir)
     os.makedirs(state_dir, exist_ok=True)
+    # the daemon changes directory to /: every path it keeps must be absolute by then
+    cfg = dataclasses.replace(cfg, gateway=dataclasses.replace(cfg.gateway, state_dir=state_dir))
     log_file = os.path.abspath(args.log) if args.log else (
         os.path.join(state_dir, "gateway.log") if args.daemon else cfg.gateway.log_file)
     if args.pidfile:

@@ -41,7 +41,10 @@ STOP_GRACE_S = 2.0
 class Gateway:
     """One gateway process. Construct in the thread that will call run()."""
 
-    def __init__(self, cfg: Config, *, clock_ms=None, admin: bool = True) -> None:
+    def __init__(self, cfg: Config, *, clock_ms=None, admin: bool = True, alarms: bool = True,
+                 relay_factory=None) -> None:
+        """``alarms=False`` runs without the alarm stage (tests of the link layer); ``relay_factory``
+        replaces the supervised relay process (tests)."""
         self.cfg = cfg
         s = cfg.gateway
         self.ctx = Context(cfg, clock_ms)
@@ -57,6 +60,11 @@ class Gateway:
                                    self.link_pool) for net, ep in (("A", s.net_a), ("B", s.net_b))]
         self.udp_sock = udp_socket(s.udp.host, s.udp.port)
         self.udp: UdpEndpoint | None = None
+        self.alarms = None
+        if alarms:
+            from .alarm_stage import AlarmStage
+            self.alarms = AlarmStage(cfg, self.ctx, relay_factory=relay_factory)
+            self.ctx.alarm_sink = self.alarms
         self.admin = None
         self._want_admin = admin
         self.coupling = CouplingEngine.from_config(cfg, self.ctx.events, cfg.coupling)
@@ -84,9 +92,13 @@ class Gateway:
     def start(self, config_path: str | None = None) -> None:
         """Start the IO threads, listeners, UDP and admin API (base loop thread, before run())."""
         self._config_path = config_path
+        if self.alarms is not None:  # before any link: no condition may be raised before the stage listens
+            self.alarms.start()
+            self.base.call_every(1.0, self.alarms.sample_threats)
         self.pool.start()
         udp_loop = self.pool.next_loop()
         self.udp = UdpEndpoint(self.ctx, udp_loop, self.udp_sock, self.slabs)
+        self.ctx.udp_checks = self.udp.checks
         udp_loop.run_in_loop(self.udp.start)
         for acc in self.acceptors:
             acc.start()
@@ -98,7 +110,8 @@ class Gateway:
         self.base.call_later(grace_s, lambda: self.ctx.registry.check_startup(self.ctx.now_ms()))
         if self._want_admin:
             from .admin_http import AdminServer
-            self.admin = AdminServer(s.admin.host, s.admin.port, status_provider=self.status)
+            self.admin = AdminServer(s.admin.host, s.admin.port, status_provider=self.status,
+                                     routes=self.alarms.routes() if self.alarms is not None else None)
             self.admin.start()
         log.info("gateway %s up: net A %s, net B %s, udp %s, %d IO threads", s.name, *self.ports.values(),
                  s.io_threads)
@@ -173,6 +186,8 @@ class Gateway:
             self.udp.loop.run_in_loop(self.udp.stop)
         self.pool.stop()
         self.coupling_workers.stop()  # after the UDP loop: nothing submits any more; drains the queues
+        if self.alarms is not None:  # last: every condition raised above is journaled and flushed
+            self.alarms.stop()
         if self.admin is not None:
             self.admin.stop()
         self.base.close()

@@ -59,6 +59,8 @@ class Context:
         self.links: set = set()
         self.link_pool = None  # set by the Gateway
         self.coupling_workers = None  # set by the Gateway: gateway/coupling_workers.py
+        self.alarm_sink = None        # set by the Gateway: gateway/alarm_stage.py
+        self.udp_checks = None        # set by the Gateway: the UDP endpoint's counters (threat sampling)
         self.apply = self.objects.apply
 
     def now_ms(self) -> int:
@@ -96,6 +98,8 @@ class Context:
             verb = "raise" if msg.action == msg.RAISE else "clear"
             self.events.emit("DEVICE_ALARM", name, now_ms,
                              f"{verb} code {msg.code} severity {msg.severity} object {msg.object_id}: {msg.text}")
+            if self.alarm_sink is not None:
+                self.alarm_sink.observe_device_alarm(name, msg, now_ms)
         else:
             self.events.emit("COMMAND_RESULT", name, now_ms,
                              f"command {msg.command_id} result {msg.result} detail {msg.detail}")

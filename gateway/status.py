@@ -59,6 +59,7 @@ def build_status(gw) -> dict:
         "consists": gw.coupling.snapshot(now_ms) if getattr(gw, "coupling", None) else [],
         "coupling": ({**gw.coupling.totals(), "workers": gw.coupling_workers.stats()}
                      if getattr(gw, "coupling", None) else {}),
+        "alarms": gw.alarms.status() if getattr(gw, "alarms", None) is not None else None,
         **ctx.events.snapshot(),
     }
 

@@ -157,6 +157,8 @@ def render_text(status: dict) -> str:
             f"#{w.get('worker')} queue {_cell(w.get('queue_depth'))} reports, {_cell(w.get('evaluations'))} evals"
             for w in workers))
 
+    out += _alarm_lines(status.get("alarms"))
+
     udp = status.get("udp") or {}
     out += ["", f"UDP: {_cell(udp.get('rx_datagrams'))} datagrams received, "
                 f"{_cell(udp.get('dropped_no_slab'))} dropped (no slab), errors: {_errors(udp.get('errors'))}"]
@@ -188,6 +190,25 @@ def render_text(status: dict) -> str:
                   [[c.get("name"), c.get("source"), _when(c.get("since_ms"), tz), c.get("detail") or ""]
                    for c in conditions])
     return "\n".join(out) + "\n"
+
+
+def _alarm_lines(alarms: dict | None) -> list[str]:
+    """The alarm stage in a few lines: table, flood, relay to Kafka, history and live-table writers."""
+    if not alarms:
+        return []
+    eng, relay = alarms.get("engine") or {}, alarms.get("relay") or {}
+    by_state = ", ".join(f"{n} {s}" for s, n in sorted((eng.get("by_state") or {}).items())) or "none"
+    lines = ["", f"Alarms: {_cell(eng.get('alarms'))} in the table of {_cell(eng.get('max_active'))} ({by_state}), "
+                 f"chattering {_cell(eng.get('chattering'))}, flood {'YES' if eng.get('flood') else 'no'}, "
+                 f"event_seq {_cell(eng.get('event_seq'))}",
+             f"  Kafka relay: {_cell(relay.get('delivered'))} events delivered, {_cell(relay.get('pending'))} pending, "
+             f"{_cell(relay.get('snapshots'))} snapshots, producer recreated {_cell(relay.get('recreated'))} times"
+             + (f", relay restarts {relay['restarts']}" if "restarts" in relay else "")]
+    for name, w in (alarms.get("writers") or {}).items():
+        lines.append(f"  {name} writer: {_cell(w.get('written'))} events written, lag {_cell(w.get('lag_events'))}"
+                     f" events, {_cell(w.get('failures'))} failures ({w.get('state')})"
+                     + (f", last error: {w['last_error']}" if w.get("last_error") else ""))
+    return lines
 
 
 def _consist_counters(counters: dict) -> list:

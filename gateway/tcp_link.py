@@ -309,13 +309,15 @@ class TcpLink:
         self.heartbeat_ms = hb if 50 <= hb <= 60_000 else self.ctx.settings.heartbeat_ms
         self.device_id = frame.src
         self._mac_key = dev.mac_key if dev is not None and dev.mac != "off" else None
-        self._write(self._frame(HelloAck(HelloAck.OK, self.heartbeat_ms, now_ms)))
         self._handle(LinkEvent.HELLO_OK)
         self.alive = True
         for t in self._timers:
             t.cancel()
         self._timers = [self.loop.call_every(self.heartbeat_ms / 1000, self._on_heartbeat_tick)]
         self.ctx.link_up(self, now_ms)
+        # acknowledged only once the device is registered reachable: a peer that reads HELLO_ACK and
+        # then asks /status must find its link up
+        self._write(self._frame(HelloAck(HelloAck.OK, self.heartbeat_ms, now_ms)))
 
     def _refuse(self, frame, result: int, why: str) -> None:
         self.device_id = None

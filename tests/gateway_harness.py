@@ -34,8 +34,11 @@ def line_config(**gateway_overrides) -> config.Config:
 class RunningGateway:
     """``with RunningGateway(cfg) as gw:`` — the gateway runs in its own thread meanwhile."""
 
-    def __init__(self, cfg: config.Config, admin: bool = False, clock_ms=None) -> None:
-        self.cfg, self.admin, self.clock_ms = cfg, admin, clock_ms
+    def __init__(self, cfg: config.Config, admin: bool = False, clock_ms=None, alarms: bool = False,
+                 relay_factory=None) -> None:
+        """``alarms=True`` runs the alarm stage too (set ``gateway.state_dir`` to a temporary folder)."""
+        self.cfg, self.admin, self.clock_ms, self.alarms = cfg, admin, clock_ms, alarms
+        self.relay_factory = relay_factory
         self.gw = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -44,7 +47,8 @@ class RunningGateway:
     def _main(self) -> None:
         from gateway.runtime import Gateway
         try:
-            self.gw = Gateway(self.cfg, admin=self.admin, clock_ms=self.clock_ms)
+            self.gw = Gateway(self.cfg, admin=self.admin, clock_ms=self.clock_ms, alarms=self.alarms,
+                              relay_factory=self.relay_factory)
             self.gw.stop_grace_s = 0.3  # test devices do not answer CLOSE while the test is not reading
             self.gw.start()
         except BaseException as exc:

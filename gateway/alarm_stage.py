@@ -1,0 +1,191 @@
+"""The alarm stage of the gateway: builds the pipeline of docs/alarm-pipeline.md and feeds it.
+
+::
+
+    EventLog conditions ─┐
+    ObjectState changes ─┤ submit(observation)     alarm thread          relay (Kafka)
+    DEVICE_ALARM frames ─┼────────────────────▶  engine → journal ──▶  history writer (SQLite/MySQL)
+    threat samples (1 s) ┘                                     wake    live table (Redis, optional)
+    admin API actions ───────────────────────▶  (futures)
+
+Everything here is an adapter: the engine and the sources are sans-IO in
+``alarms/``; the services (embedded broker or real Kafka, SQLite or MySQL,
+Redis) are chosen by the config's ``kafka:``, ``history:`` and ``redis:``.
+
+Threading: built and started in the base loop thread before the IO loops
+take traffic (``start``), stopped after them (``stop``). ``observe_*`` are
+called from IO loop threads and only queue; ``sample_threats`` runs on a base
+loop timer; ``routes`` are served by the admin thread and wait at most
+``ACTION_TIMEOUT_S`` for the alarm thread.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from alarms.engine import UnknownAlarm
+from alarms.history import open_history
+from alarms.history_writer import HistorySink, HistoryWriter
+from alarms.journal import Journal
+from alarms.lifecycle import IllegalTransition
+from alarms.model import ModelError, OperatorAction
+from alarms.service import AlarmService
+from alarms.sources import DeviceAlarmFrame, ObjectChange, Sources, ThreatSample
+
+log = logging.getLogger("railgate.alarms")
+
+ACTION_TIMEOUT_S = 5.0
+BOOTSTRAP_FILE = "kafka.bootstrap"   # in state_dir: where `gateway alarms tail -c` finds an embedded broker
+
+
+class AlarmStage:
+    """The alarm pipeline beside one gateway. See the module docstring for threads."""
+
+    def __init__(self, cfg, ctx, *, relay_factory=None) -> None:
+        self.cfg, self.ctx = cfg, ctx
+        p = cfg.pipeline
+        self.state_dir = os.path.abspath(cfg.gateway.state_dir)
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.journal_path = os.path.join(self.state_dir, "journal.db")
+        names = {d.id: d.name for d in cfg.devices}
+        self.device_names = names
+        self.service = AlarmService(
+            self.journal_path, gateway_id=cfg.gateway.id, line=cfg.line_name, tz=cfg.timezone,
+            sources=Sources(names, p.alarms.switch_lost_s, p.alarms.threat_rates),
+            engine_options=p.alarms.engine_options(), clock=ctx.now_ms)
+        self.broker = None
+        self.relay = None
+        self.writers: list[HistoryWriter] = []
+        self._relay_factory = relay_factory
+
+    # -- life (base loop thread) ------------------------------------------------------------
+    def start(self) -> None:
+        """Start the alarm thread, the broker (embedded), the relay and the writers."""
+        p = self.cfg.pipeline
+        self.service.start()
+        bootstrap = self._bootstrap()
+        self.relay = self._new_relay(bootstrap)
+        self.relay.start()
+        self.service.subscribe(self.relay.wake)
+        store = open_history(p.history, self.state_dir)
+        self.writers.append(HistoryWriter(self.journal_path, HistorySink(store, self.cfg.gateway.id)))
+        if p.redis is not None:
+            from alarms.live_table import LiveTable, journal_snapshot, redis_client
+
+            def snapshot():
+                journal = Journal(self.journal_path)
+                try:
+                    return journal_snapshot(journal)
+                finally:
+                    journal.close()
+            self.writers.append(HistoryWriter(self.journal_path,
+                                              LiveTable(redis_client(p.redis.url), p.redis.prefix, snapshot),
+                                              name="live"))
+        for writer in self.writers:
+            writer.start()
+            self.service.subscribe(writer.wake)
+        self.ctx.events.subscribe(self.service.submit)
+        self.ctx.objects.subscribe(self.observe_object)
+        log.info("alarm stage up: journal %s, kafka %s, history %s%s", self.journal_path, bootstrap,
+                 p.history.kind, f", redis {p.redis.url}" if p.redis else "")
+
+    def stop(self) -> None:
+        """Drain the alarm thread into the journal, then flush the relay and writers; stop the broker."""
+        self.service.stop()
+        for writer in self.writers:
+            writer.wake()
+            writer.stop()
+        if self.relay is not None:
+            self.relay.wake()
+            self.relay.stop()
+        if self.broker is not None:
+            self.broker.stop()
+            try:
+                os.unlink(os.path.join(self.state_dir, BOOTSTRAP_FILE))
+            except FileNotFoundError:
+                pass
+
+    def _bootstrap(self) -> str:
+        kafka = self.cfg.pipeline.kafka
+        if not kafka.embedded:
+            return ",".join(kafka.bootstrap_servers)
+        from alarms.broker import EmbeddedBroker
+        self.broker = EmbeddedBroker(os.path.join(self.state_dir, "broker.log")).start()
+        with open(os.path.join(self.state_dir, BOOTSTRAP_FILE), "w") as f:
+            f.write(self.broker.bootstrap + "\n")
+        return self.broker.bootstrap
+
+    def _new_relay(self, bootstrap: str):
+        a, kafka = self.cfg.pipeline.alarms, self.cfg.pipeline.kafka
+        kwargs = dict(topic_prefix=a.topic_prefix, tz=self.cfg.timezone, gateway_id=self.cfg.gateway.id,
+                      line=self.cfg.line_name, partitions=a.partitions, replication_factor=a.replication_factor,
+                      snapshot_interval_s=a.snapshot_interval_s, producer_config=dict(kafka.config))
+        if self._relay_factory is not None:
+            return self._relay_factory(self.journal_path, bootstrap, **kwargs)
+        from alarms.relay_process import RelaySupervisor
+        # an embedded broker starts empty with the gateway: today's journal goes out again, so an HMI
+        # joining after a gateway restart still sees the whole day (duplicates are dropped by event_id)
+        return RelaySupervisor(self.journal_path, bootstrap, log_path=os.path.join(self.state_dir, "relay.log"),
+                               republish_first=self.cfg.pipeline.kafka.embedded, **kwargs)
+
+    # -- observations (IO loop threads: queue only) ----------------------------------------
+    def observe_object(self, kind: str, device_id: int, object_id: int, value: int, applied_ms: int) -> None:
+        self.service.submit(ObjectChange(kind, device_id, object_id, value, applied_ms))
+
+    def observe_device_alarm(self, device_name: str, message, time_ms: int) -> None:
+        self.service.submit(DeviceAlarmFrame(device_name, message, time_ms))
+
+    def sample_threats(self) -> None:
+        """Per-link cumulative error counters to the threat monitor. Base loop timer, every second."""
+        now_ms = self.ctx.now_ms()
+        for dev_id, dl in self.ctx.registry.devices.items():
+            for net, link in self.ctx.registry.links_of(dev_id).items():
+                if link is not None:
+                    checks = link.checks
+                    self.service.submit(ThreatSample(f"net {net}", {**checks.errors, "applied": checks.applied},
+                                                     now_ms, dl.device.name))
+        udp = getattr(self.ctx, "udp_checks", None)
+        if udp is not None:
+            self.service.submit(ThreatSample("udp", {**udp.errors, "applied": udp.applied}, now_ms, "trains"))
+
+    # -- status and admin API (admin thread) -------------------------------------------------
+    def status(self) -> dict:
+        """JSON-ready: engine status, relay and writer stats. Any thread (waits on the alarm thread)."""
+        try:
+            engine = self.service.status().result(ACTION_TIMEOUT_S)
+        except Exception as exc:  # a stopped or busy alarm thread must not break /status
+            engine = {"error": str(exc)}
+        out = {"engine": engine, "relay": self.relay.stats() if self.relay else {},
+               "writers": {w.name: w.stats() for w in self.writers}}
+        if self.broker is not None:
+            out["embedded_broker"] = {"bootstrap": self.broker.bootstrap, "pid": self.broker.pid}
+        return out
+
+    def routes(self) -> dict:
+        return {("GET", "/alarms"): self._get_alarms, ("POST", "/alarms/action"): self._post_action}
+
+    def _get_alarms(self, query: dict, body: bytes):
+        seq, alarms = self.service.snapshot().result(ACTION_TIMEOUT_S)
+        return 200, {"event_seq": seq, "alarms": alarms}
+
+    def _post_action(self, query: dict, body: bytes):
+        """``{"action": "ack"|"shelve"|..., "key": "src/CODE/obj", "operator": NAME, "minutes": N}``."""
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict):
+                raise ValueError("expected a JSON object")
+            action = OperatorAction(req.get("action"), req.get("key"), req.get("operator"), self.ctx.now_ms(),
+                                    req.get("minutes"))
+        except (ValueError, TypeError, ModelError) as exc:
+            return 400, {"error": f"bad alarm action: {exc}"}
+        try:
+            events = self.service.operate(action).result(ACTION_TIMEOUT_S)
+        except UnknownAlarm as exc:
+            return 404, {"error": str(exc)}
+        except (IllegalTransition, ValueError, ModelError) as exc:
+            return 409, {"error": str(exc)}
+        except FutureTimeout:
+            return 503, {"error": f"alarm thread did not answer within {ACTION_TIMEOUT_S} s"}
+        return 200, {"events": [e.to_json() for e in events]}
