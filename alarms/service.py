@@ -106,17 +106,19 @@ class AlarmService:
 
     # -- input -------------------------------------------------------------------------------------------------
 
-    def submit(self, item) -> bool:
+    def submit(self, item, *, essential: bool = False) -> bool:
         """Queue an AlarmInput or an observation (GatewayEvent, ObjectChange, ThreatSample, DeviceAlarmFrame).
 
         Any thread; never blocks on the engine or the disk. False if refused
         (service stopped, or ``max_pending`` items already queued: counted
-        ``dropped_queue_full``).
+        ``dropped_queue_full``). ``essential`` inputs (conditions, device
+        alarms: facts that are not sent again) are never refused for a full
+        queue; their rate is bounded by the links and devices that produce them.
         """
         with self._lock:
             if not self._running:
                 return False
-            if len(self._pending) >= self.max_pending:
+            if not essential and len(self._pending) >= self.max_pending:
                 self.stats["dropped_queue_full"] += 1
                 return False
             self._pending.append(item)

@@ -32,11 +32,13 @@ from alarms.journal import Journal
 from alarms.lifecycle import IllegalTransition
 from alarms.model import ModelError, OperatorAction
 from alarms.service import AlarmService
-from alarms.sources import DeviceAlarmFrame, ObjectChange, Sources, ThreatSample
+from alarms.sources import SECTION_FAULT, SWITCH_LOST, DeviceAlarmFrame, ObjectChange, Sources, ThreatSample
 
 log = logging.getLogger("railgate.alarms")
 
 ACTION_TIMEOUT_S = 5.0
+#: the object values that raise an alarm; every other change matters only when it ends one
+ABNORMAL = {"TRACK_SECTIONS": SECTION_FAULT, "SWITCHES": SWITCH_LOST}
 BOOTSTRAP_FILE = "kafka.bootstrap"   # in state_dir: where `gateway alarms tail -c` finds an embedded broker
 
 
@@ -59,6 +61,10 @@ class AlarmStage:
         self.relay = None
         self.writers: list[HistoryWriter] = []
         self._relay_factory = relay_factory
+        # (kind, device, object) last seen abnormal: the only objects whose next change is forwarded.
+        # set.add/discard are single operations under the GIL; each object is written by one IO loop
+        # at a time (the receiver serialises a sender's frames)
+        self._abnormal: set[tuple[str, int, int]] = set()
 
     # -- life (base loop thread) ------------------------------------------------------------
     def start(self) -> None:
@@ -86,7 +92,7 @@ class AlarmStage:
         for writer in self.writers:
             writer.start()
             self.service.subscribe(writer.wake)
-        self.ctx.events.subscribe(self.service.submit)
+        self.ctx.events.subscribe(lambda ev: self.service.submit(ev, essential=True))
         self.ctx.objects.subscribe(self.observe_object)
         log.info("alarm stage up: journal %s, kafka %s, history %s%s", self.journal_path, bootstrap,
                  p.history.kind, f", redis {p.redis.url}" if p.redis else "")
@@ -132,10 +138,22 @@ class AlarmStage:
 
     # -- observations (IO loop threads: queue only) ----------------------------------------
     def observe_object(self, kind: str, device_id: int, object_id: int, value: int, applied_ms: int) -> None:
-        self.service.submit(ObjectChange(kind, device_id, object_id, value, applied_ms))
+        """Forward only changes into or out of an alarming value: a busy line changes thousands of
+        objects a second, and none of the others can raise or clear anything."""
+        bad = ABNORMAL.get(kind)
+        if bad is None:
+            return
+        ident = (kind, device_id, object_id)
+        if value == bad:
+            self._abnormal.add(ident)
+        elif ident in self._abnormal:
+            self._abnormal.discard(ident)
+        else:
+            return
+        self.service.submit(ObjectChange(kind, device_id, object_id, value, applied_ms), essential=True)
 
     def observe_device_alarm(self, device_name: str, message, time_ms: int) -> None:
-        self.service.submit(DeviceAlarmFrame(device_name, message, time_ms))
+        self.service.submit(DeviceAlarmFrame(device_name, message, time_ms), essential=True)
 
     def sample_threats(self) -> None:
         """Per-link cumulative error counters to the threat monitor. Base loop timer, every second."""

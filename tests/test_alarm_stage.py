@@ -108,3 +108,39 @@ def test_device_alarm_to_kafka_history_redis_and_operator_ack(tmp_path, redis_pr
     rows = store.query(source="CI-2")
     assert [r.transition for r in sorted(rows, key=lambda r: r.event_seq) if r.alarm_key == KEY] == \
         ["raise", "ack", "clear"]
+
+
+def test_only_changes_into_or_out_of_an_alarming_value_are_queued(tmp_path):
+    from alarms.sources import ObjectChange
+    from gateway.alarm_stage import AlarmStage
+    from gateway.server import Context
+    cfg = config.parse(line_config(state_dir=str(tmp_path / "state")).raw, "t")
+    stage = AlarmStage(cfg, Context(cfg))
+    queued: list = []
+    stage.service.submit = lambda item, essential=False: queued.append((item, essential)) or True
+    changes = [("SIGNALS", 257, 201, 0), ("TRACK_SECTIONS", 257, 101, 1), ("TRACK_SECTIONS", 257, 101, 2),
+               ("TRACK_SECTIONS", 257, 101, 0), ("TRACK_SECTIONS", 257, 101, 1), ("SWITCHES", 257, 301, 2),
+               ("SWITCHES", 257, 301, 3), ("SWITCHES", 257, 301, 0), ("SWITCHES", 257, 301, 1)]
+    for i, (kind, dev, obj, value) in enumerate(changes):
+        stage.observe_object(kind, dev, obj, value, 1000 + i)
+    assert [(c.kind, c.object_id, c.value) for c, _ in queued] == \
+        [("TRACK_SECTIONS", 101, 2), ("TRACK_SECTIONS", 101, 0), ("SWITCHES", 301, 3), ("SWITCHES", 301, 0)]
+    assert all(isinstance(c, ObjectChange) and essential for c, essential in queued)
+
+
+def test_a_full_queue_refuses_samples_but_never_conditions_or_device_alarms(tmp_path):
+    import threading
+
+    from alarms.service import AlarmService
+    from alarms.sources import ThreatSample
+    svc = AlarmService(str(tmp_path / "journal.db"), gateway_id=1, line="l", max_pending=5)
+    svc.start()
+    try:
+        hold = threading.Event()
+        svc.call(lambda engine: hold.wait(10))        # keeps the alarm thread busy meanwhile
+        results = [svc.submit(ThreatSample("net A", {}, 1000, "CI-1")) for _ in range(10)]
+        assert results.count(False) >= 5 and svc.stats["dropped_queue_full"] == results.count(False)
+        assert all(svc.submit(ThreatSample("net B", {}, 1000, "CI-1"), essential=True) for _ in range(10))
+        hold.set()
+    finally:
+        svc.stop()
