@@ -14,12 +14,14 @@ Used from the simulator's one asyncio thread.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from railcodecs import encode, seq_next
 
 from .faults import WRONG_KEY, corrupt, garbage
 
 
-class SequencedSender:
+class SequencedSender(ABC):
     """Seq, faults, reorder hold and replay memory of one device or train."""
 
     def __init__(self, sim, name: str, node_id: int, key: bytes | None) -> None:
@@ -32,8 +34,9 @@ class SequencedSender:
 
     KIND = "device"
 
+    @abstractmethod
     def outlets(self) -> list:
-        raise NotImplementedError  # DeviceSim and TrainSim say where frames go
+        """Where frames go: the open links (DeviceSim) or the UDP socket (TrainSim)."""
 
     def _encode(self, message, seq: int, time_ms: int | None = None, src: int | None = None, key=...) -> bytes:
         return encode(message, src=self.node_id if src is None else src, dst=self.sim.gateway_id, seq=seq,

@@ -142,3 +142,21 @@ def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
             return value
         time.sleep(0.01)
     raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+def read_alarm_events(cfg: config.Config, keep, done, *, timeout: float = 60, what: str = "alarm events") -> list:
+    """Follow the day's alarm topic on the gateway's embedded broker (address from its state_dir),
+    collecting the decoded event messages for which ``keep(event)`` holds, until ``done(events)``."""
+    from alarms.consumer import AlarmTableConsumer
+    bootstrap = (pathlib.Path(cfg.gateway.state_dir) / "kafka.bootstrap").read_text().strip()
+    consumer = AlarmTableConsumer(bootstrap, cfg.pipeline.alarms.topic_prefix, cfg.timezone,
+                                  gateway_id=cfg.gateway.id, replay=True)
+    events: list = []
+    try:
+        def collected():
+            events.extend(c.event for c in consumer.poll(0.5) if c.kind == "event" and keep(c.event))
+            return done(events)
+        wait_until(collected, timeout=timeout, what=what)
+    finally:
+        consumer.close()
+    return events

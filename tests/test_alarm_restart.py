@@ -15,10 +15,10 @@ import time
 import urllib.request
 
 import yaml
-from gateway_harness import Device, line_config, wait_until
+from gateway_harness import Device, line_config, read_alarm_events, wait_until
 from test_gateway_process import free_port
 
-from alarms.consumer import AlarmTableConsumer
+from gateway import config
 from alarms.history import SqliteHistory
 from alarms.journal import Journal
 from railcodecs import DeviceAlarm
@@ -109,7 +109,6 @@ def test_sigkill_mid_flood_then_restart_loses_nothing(tmp_path):
             st = _get(ports["admin"], "/status")["alarms"]
             return st["relay"].get("pending") == 0 and st["writers"]["history"]["lag_events"] == 0
         wait_until(settled, timeout=60, what="relay and history caught up")
-        bootstrap = (tmp_path / "state" / "kafka.bootstrap").read_text().strip()
         j = Journal(journal_path)
         rows = j.read_after(0, limit=100_000)
         j.close()
@@ -127,18 +126,8 @@ def test_sigkill_mid_flood_then_restart_loses_nothing(tmp_path):
         j.close()
         assert {r.event_id for r in history.query(limit=100_000)} <= journaled_now  # nothing invented
 
-        consumer = AlarmTableConsumer(bootstrap, "railgate.alarms", raw["line"]["timezone"], gateway_id=1,
-                                      replay=True)
-        seen: set[str] = set()
-        try:
-            def all_seen():
-                for c in consumer.poll(0.5):
-                    if c.kind == "event":
-                        seen.add(c.event["event_id"])
-                return ids <= seen
-            wait_until(all_seen, timeout=60, what="every journaled event on Kafka")
-        finally:
-            consumer.close()
+        read_alarm_events(config.load(str(path)), lambda e: True,
+                          lambda evs: ids <= {e["event_id"] for e in evs}, what="every journaled event on Kafka")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -12,9 +12,8 @@ import jsonschema
 import pytest
 import redis
 import yaml
-from gateway_harness import Device, RunningGateway, line_config, wait_until
+from gateway_harness import Device, RunningGateway, line_config, read_alarm_events, wait_until
 
-from alarms.consumer import AlarmTableConsumer
 from alarms.history import SqliteHistory
 from alarms.live_table import read_active
 from gateway import alarms_action_cmd, alarms_cmd, config
@@ -75,19 +74,9 @@ def test_device_alarm_to_kafka_history_redis_and_operator_ack(tmp_path, redis_pr
         wait_until(lambda: KEY not in read_active(client, redis_prefix), what="alarm gone from Redis")
 
         # Kafka: the day's topic has raise, ack, clear for the key, in order, each valid
+        seen = read_alarm_events(cfg, lambda e: e["alarm"]["key"] == KEY, lambda evs: len(evs) >= 3,
+                                 what="the three events on Kafka")
         bootstrap = (pathlib.Path(cfg.gateway.state_dir) / "kafka.bootstrap").read_text().strip()
-        consumer = AlarmTableConsumer(bootstrap, cfg.pipeline.alarms.topic_prefix, cfg.timezone, gateway_id=1,
-                                      replay=True)
-        seen: list[dict] = []
-        try:
-            def got_all():
-                for change in consumer.poll(0.5):
-                    if change.kind == "event" and change.event["alarm"]["key"] == KEY:
-                        seen.append(change.event)
-                return len(seen) >= 3
-            wait_until(got_all, timeout=30, what="the three events on Kafka")
-        finally:
-            consumer.close()
         assert [e["transition"] for e in seen] == ["raise", "ack", "clear"]
         assert seen[1]["operator"] == "alice" and seen[2]["state"] == "NORMAL"
         for e in seen:
