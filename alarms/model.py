@@ -11,10 +11,11 @@ Threading: immutable values, safe to share between threads.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+
+import orjson
 
 SCHEMA_VERSION = 1
 STATES = ("NORMAL", "UNACK", "ACKED", "RTN_UNACK", "SHELVED", "OUT_OF_SERVICE")
@@ -149,8 +150,13 @@ class AlarmEvent:
                 "time_ms": self.time_ms, "time": self.time}
 
     def encode(self) -> bytes:
-        """The Kafka value / journal blob: compact UTF-8 JSON."""
-        return json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        """The Kafka value / journal blob: compact UTF-8 JSON.
+
+        orjson writes the same bytes as ``json.dumps(..., ensure_ascii=False,
+        separators=(",", ":")).encode()`` (tested) in a fraction of the time:
+        this runs once per event on the alarm thread.
+        """
+        return orjson.dumps(self.to_json())
 
     @classmethod
     def from_json(cls, d: dict) -> AlarmEvent:
@@ -168,7 +174,7 @@ class AlarmEvent:
 
     @classmethod
     def decode(cls, value: bytes) -> AlarmEvent:
-        return cls.from_json(json.loads(value))
+        return cls.from_json(orjson.loads(value))
 
 
 # -- inputs to the engine (what AlarmService.submit carries) -------------------------------------------------

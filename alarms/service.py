@@ -154,7 +154,7 @@ class AlarmService:
 
     def _run(self) -> None:
         try:
-            journal = Journal(self.journal_path)
+            journal = Journal(self.journal_path, writer=True)
             engine = self.engine = AlarmEngine(start_seq=journal.last_seq(), **self._engine_args)
             engine.restore(journal.latest_states())
         except BaseException as exc:  # reported to start()'s caller

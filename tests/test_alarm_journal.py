@@ -42,6 +42,52 @@ def test_append_read_pending_delivered(tmp_path):
     j.close()
 
 
+def test_delivery_watermark_out_of_order_and_holes(tmp_path):
+    path = str(tmp_path / "j.db")
+    j = Journal(path)
+    j.append([ev(s, f"CI-1/K{s}/-") for s in range(1, 11)])
+    j.mark_delivered([3, 2, 5, 9])                 # 1 is the hole: nothing below it moves
+    assert [r.event_seq for r in j.pending()] == [1, 4, 6, 7, 8, 10]
+    j.mark_delivered([1, 4, 4])                    # the hole fills: the watermark runs through 5
+    assert [r.event_seq for r in j.pending()] == [6, 7, 8, 10]
+    j.mark_delivered([2, 0, -3, 11, 500])          # already delivered, never journaled: ignored
+    assert j.undelivered() == 4 and j.counts()["undelivered"] == 4
+    j.close()
+    j = Journal(path)                              # the state is in the file, not in the object
+    assert [r.event_seq for r in j.pending(limit=2)] == [6, 7]
+    j.mark_delivered([10, 8, 7, 6])
+    assert j.pending() == [] and j.undelivered() == 0
+    j.append([ev(11, "CI-1/K11/-")])               # a new row above the watermark is pending
+    assert [r.event_seq for r in j.pending()] == [11]
+    j.close()
+
+
+def test_journal_of_the_first_schema_is_migrated(tmp_path):
+    """A journal with a per-row ``delivered`` flag keeps what it said was delivered, and stays appendable."""
+    import sqlite3
+    path = str(tmp_path / "old.db")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE events (event_seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, key TEXT NOT NULL,
+                             time_ms INTEGER NOT NULL, value BLOB NOT NULL, delivered INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX events_undelivered ON events(event_seq) WHERE delivered = 0;
+        CREATE TABLE latest (key TEXT PRIMARY KEY, event_seq INTEGER NOT NULL, state TEXT NOT NULL,
+                             value BLOB NOT NULL);""")
+    for s in range(1, 7):
+        e = ev(s, f"CI-1/K{s}/-")
+        db.execute("INSERT INTO events VALUES (?,?,?,?,?,?)",
+                   (s, e.event_id, e.key, e.time_ms, e.encode(), int(s in (1, 2, 4))))
+    db.commit()
+    db.close()
+    j = Journal(path)
+    assert [r.event_seq for r in j.pending()] == [3, 5, 6]
+    j.append([ev(7, "CI-1/K7/-")])
+    j.mark_delivered([3])
+    assert [r.event_seq for r in j.pending()] == [5, 6, 7] and j.counts()["events"] == 7
+    j.close()
+    assert [r.event_seq for r in Journal(path).pending()] == [5, 6, 7]   # migrated once, not again
+
+
 def test_duplicate_seq_refused_whole_batch(tmp_path):
     j = Journal(str(tmp_path / "j.db"))
     j.append([ev(1)])

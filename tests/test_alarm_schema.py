@@ -65,6 +65,15 @@ def test_engine_messages_validate():
         VALIDATOR.validate(c)
 
 
+def test_wire_bytes_are_the_stdlib_compact_json():
+    """encode() uses orjson for speed; HMI consumers see exactly the bytes json.dumps would write."""
+    events, _ = every_kind_of_event()
+    e = AlarmEngine(1, "demo-line-1", "Asia/Shanghai")
+    events += e.raise_("PSD-3/DOOR_FAULT/7", "major", "站台门 7 故障 \u2014 \"quoted\" \\ tab\t", T0)
+    for ev in events:
+        assert ev.encode() == json.dumps(ev.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 @pytest.mark.parametrize("field,value", [("event_id", "XYZ"), ("severity", "fatal"), ("state", "OPEN"),
                                          ("extra", 1), ("event_seq", 0), ("time", "yesterday")])
 def test_bad_event_refused(field, value):
