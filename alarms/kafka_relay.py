@@ -43,13 +43,19 @@ from confluent_kafka import KafkaError, Producer
 
 from .journal import Journal
 from .snapshots import SnapshotProvider, build_chunks
-from .topics import TopicError, TopicManager, day_start_ms, snapshot_key, snapshot_partition, topic_for
+from .topics import (TopicError, TopicManager, day_start_ms, next_midnight_ms, snapshot_key, snapshot_partition,
+                     topic_for)
 
 log = logging.getLogger("alarms.kafka_relay")
 
 PRODUCER_DEFAULTS = {"enable.idempotence": True, "acks": "all", "linger.ms": 5,
                      "message.timeout.ms": 30_000, "allow.auto.create.topics": False,
                      "reconnect.backoff.max.ms": 1000}
+
+
+#: delivered seqs are marked in the journal at least this often (or per ``batch`` of them): one short
+#: write transaction per interval instead of one per poll, which the alarm thread's appends would queue behind
+SETTLE_INTERVAL_S = 0.02
 
 
 def _wall_ms() -> int:
@@ -85,6 +91,7 @@ class KafkaRelay:
         self._in_flight: set[int] = set()
         self._done: list[int] = []             # delivered seqs, marked after each poll
         self._rescan = True                    # read pending() (start, after a failure) instead of read_after
+        self._rescan_pos = 0                   # the rescan has handled every pending row up to this seq
         self._cursor = 0                       # highest seq produced by this relay
         self._replay: tuple[int, int] | None = None    # (next seq - 1, last seq) of a day being republished
         self._check_broker = False
@@ -92,6 +99,8 @@ class KafkaRelay:
         self._producer: Producer | None = None
         self._snapshot_topic: str | None = None
         self._next_snapshot = 0.0
+        self._day: tuple[int, int, str] = (0, 0, "")   # [start, end) ms of the day and its topic
+        self._settle_due = 0.0                 # next time delivered seqs are marked in the journal
 
     # -- owner / any thread -----------------------------------------------------------------------
     def start(self) -> "KafkaRelay":
@@ -129,7 +138,7 @@ class KafkaRelay:
 
     # -- relay thread -----------------------------------------------------------------------------
     def _run(self) -> None:
-        journal = Journal(self.journal_path)
+        journal = Journal(self.journal_path, fsync_commits=False)   # delivery marks: see Journal's doc
         self.topics = TopicManager(self.bootstrap, self.partitions, self.replication_factor, timeout_s=2.0)
         self._producer = self._new_producer()
         if self.republish_today:
@@ -138,7 +147,9 @@ class KafkaRelay:
         try:
             while not self._stopping.is_set():
                 self._producer.poll(0.01 if self._in_flight else 0)
-                self._settle(journal)
+                if (len(self._done) >= self.batch or not self._in_flight
+                        or time.monotonic() >= self._settle_due):
+                    self._settle(journal)       # before any idle wait: marks never wait for a wake-up
                 if self._check_broker or time.monotonic() - last_check > self.topic_check_s:
                     last_check = time.monotonic()
                     self._verify_broker(journal)
@@ -176,6 +187,7 @@ class KafkaRelay:
             self._stats["last_error"] = err.str()
 
     def _settle(self, journal: Journal) -> None:
+        self._settle_due = time.monotonic() + SETTLE_INTERVAL_S
         if self._done:
             done, self._done = self._done, []
             journal.mark_delivered(done)
@@ -223,7 +235,7 @@ class KafkaRelay:
         old.flush(0)
         self._settle(journal)
         self._in_flight.clear()
-        self._rescan, self._recreate = True, False
+        self._rescan, self._rescan_pos, self._recreate = True, 0, False
         self._producer = self._new_producer()
         self._count("recreated")
 
@@ -237,15 +249,14 @@ class KafkaRelay:
             rows = journal.read_after(self._replay[0], limit)
             rows = [r for r in rows if r.event_seq <= self._replay[1]]
         elif self._rescan:
-            rows = journal.pending(len(self._in_flight) + limit)
-            rows = [r for r in rows if r.event_seq not in self._in_flight][:limit]
+            rows = journal.pending(limit, after=self._rescan_pos)
         else:
             rows = journal.read_after(self._cursor, limit)
         sent, handled = 0, 0
         try:
             for r in rows:
                 if r.event_seq not in self._in_flight:
-                    topic = self.topics.ensure(topic_for(self.prefix, r.time_ms, self.tz))
+                    topic = self.topics.ensure(self._day_topic(r.time_ms))
                     self._producer.produce(topic, r.value, r.key.encode(),
                                            on_delivery=self._delivery_for(r.event_seq))
                     self._in_flight.add(r.event_seq)
@@ -267,9 +278,21 @@ class KafkaRelay:
                 self._replay = None
             elif handled:
                 self._replay = (rows[handled - 1].event_seq, self._replay[1])
-        elif self._rescan and complete:
-            self._rescan = False    # every pending row is in flight now: new rows come by read_after
+        elif self._rescan:
+            if complete:
+                self._rescan = False    # every pending row is in flight now: new rows come by read_after
+            elif handled:
+                self._rescan_pos = rows[handled - 1].event_seq
         return sent > 0
+
+    def _day_topic(self, time_ms: int) -> str:
+        """``topic_for`` with the current day's bounds cached (it formats a date: 10 µs per row)."""
+        start, end, topic = self._day
+        if start <= time_ms < end:
+            return topic
+        start = day_start_ms(time_ms, self.tz)
+        self._day = (start, next_midnight_ms(time_ms, self.tz), topic_for(self.prefix, time_ms, self.tz))
+        return self._day[2]
 
     def _delivery_for(self, seq: int):
         def report(err, msg, _seq=seq):
@@ -282,7 +305,7 @@ class KafkaRelay:
             self._done.append(seq)
             return
         self._count("failed")
-        self._rescan = True         # the row is still pending in the journal: send it again
+        self._rescan, self._rescan_pos = True, 0     # the row is still pending in the journal: send it again
         if err.code() in (KafkaError._MSG_TIMED_OUT, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
             self._check_broker = True
         with self._lock:
@@ -327,6 +350,6 @@ class KafkaRelay:
         if now < getattr(self, "_stats_due", 0.0) and not self._stopping.is_set():
             return
         self._stats_due = now + 1.0
-        pending = journal.counts()["undelivered"]
+        pending = journal.undelivered()
         with self._lock:
             self._stats["in_flight"], self._stats["pending"] = len(self._in_flight), pending

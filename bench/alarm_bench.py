@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -162,15 +161,15 @@ def kafka_floor(bootstrap: str, prefix: str, n: int) -> dict:
             "seen": len(lat), "sent": n}
 
 
-def _undelivered(db: sqlite3.Connection) -> int:
-    return db.execute("SELECT COUNT(*) FROM events WHERE delivered = 0").fetchone()[0]
+def _all_delivered(journal) -> bool:
+    return not journal.pending(1)       # stops at the first undelivered row: cheap to poll every 5 ms
 
 
 def journal_to_kafka(bootstrap: str, prefix: str, events: list, kind: str, tmp: str, timeout_s: float) -> dict:
     """Append ``events`` in BATCH-sized transactions while a relay of ``kind`` (thread|process) delivers."""
     from alarms.journal import Journal
     path = os.path.join(tmp, f"journal-{prefix}.db")
-    journal = Journal(path)
+    journal = Journal(path, writer=True)    # as the alarm thread opens it
     _ensure_topic(bootstrap, prefix)
     kwargs = dict(topic_prefix=prefix, tz=TZ, gateway_id=1, line=LINE, partitions=PARTITIONS)
     if kind == "thread":
@@ -181,7 +180,7 @@ def journal_to_kafka(bootstrap: str, prefix: str, events: list, kind: str, tmp: 
         relay = RelaySupervisor(path, bootstrap, snapshots=False, log_path=os.path.join(tmp, f"{prefix}.log"),
                                 **kwargs).start()
         relay.wait_running(15)
-    db = sqlite3.connect(path, timeout=10)
+    db = Journal(path)                  # a reader's connection, as status uses
     append_ms = []
     try:
         time.sleep(0.5)                 # the producer connects and gets its id (the raw one is warmed too)
@@ -193,10 +192,10 @@ def journal_to_kafka(bootstrap: str, prefix: str, events: list, kind: str, tmp: 
             append_ms.append((time.perf_counter() - a) * 1000)
             relay.wake()
         t_app = time.perf_counter()
-        while _undelivered(db) and time.monotonic() < deadline:
+        while not _all_delivered(db) and time.monotonic() < deadline:
             time.sleep(0.005)
         t1 = time.perf_counter()
-        left = _undelivered(db)
+        left = db.undelivered()
         if left:
             raise TimeoutError(f"journal -> Kafka ({kind}): {left} of {len(events)} still undelivered "
                                f"after {timeout_s:.0f} s")
@@ -246,7 +245,7 @@ def engine_journal(events_n: int, tmp: str, timeout_s: float) -> dict:
 def single_append_ms(tmp: str, n: int) -> dict:
     """The fsync floor: append of a one-event batch (what a lone alarm costs the alarm thread)."""
     from alarms.journal import Journal
-    journal = Journal(os.path.join(tmp, "journal-single.db"))
+    journal = Journal(os.path.join(tmp, "journal-single.db"), writer=True)
     evs = make_events(n)
     ms = []
     try:
@@ -420,7 +419,8 @@ def _consume(bootstrap: str, topic: str, prefix_key: bytes, arrivals: dict, stop
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
         first = True
         while not stop.is_set():
-            msgs = c.consume(1000, 0.05)
+            m = c.poll(0.05)          # returns at the first message, then take what else is there
+            msgs = [m, *c.consume(1000, 0)] if m is not None else []
             now, wall = time.perf_counter(), time.time()
             if first:
                 first = False
