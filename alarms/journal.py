@@ -8,7 +8,7 @@ batch is either all there or not there at all.
 Tables::
 
     events(event_seq PK, event_id, key, time_ms, value BLOB)
-    latest(key PK, event_seq, state, value BLOB)   -- only keys whose last state is not NORMAL
+    latest(key PK, event_seq) WITHOUT ROWID        -- only keys whose last state is not NORMAL
     delivery(through_seq)                          -- every event_seq <= through_seq is on Kafka
     delivered_ahead(event_seq PK)                  -- delivered out of order, above through_seq
 
@@ -23,8 +23,12 @@ on the flag cost more than the insert itself (bench/alarm_bench.py). Delivery
 reports arrive mostly in order, so ``delivered_ahead`` holds only the few
 seqs delivered before a lower one. ``event_id`` is not indexed: the engine
 makes it from ``uuid4`` and the history store, which needs it as a key,
-indexes it there. A journal written by an older version (a ``delivered``
-column and its partial index) is migrated once when opened.
+indexes it there. ``latest`` points at the key's last event instead of
+holding a second copy of it: half the bytes per alarm, and one B-tree (no
+rowid) for the upsert that runs for every alarm. A journal written by an
+older version (a ``delivered`` column and its partial index; a ``latest``
+with a copy of the value) is migrated once when opened. Pruning ``events``
+(not done yet) must keep the rows ``latest`` points at.
 
 Checkpoints: SQLite copies the WAL back into the database file when a
 commit finds the WAL over ``wal_autocheckpoint`` pages, in the connection that
@@ -64,10 +68,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE TABLE IF NOT EXISTS latest (
     key       TEXT PRIMARY KEY,
-    event_seq INTEGER NOT NULL,
-    state     TEXT NOT NULL,
-    value     BLOB NOT NULL
-);
+    event_seq INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS delivery (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
     through_seq INTEGER NOT NULL
@@ -121,6 +123,7 @@ class Journal:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
             self._db.executescript(_SCHEMA)
             self._migrate_delivered_flag()
+            self._migrate_latest_copy()
         except sqlite3.Error as exc:
             self._db.close()
             raise JournalError(f"{self.path}: cannot open the alarm journal: {exc}") from None
@@ -130,17 +133,16 @@ class Journal:
         if not events:
             return
         rows = [(e.event_seq, e.event_id, str(e.alarm), e.time_ms, e.encode()) for e in events]
-        latest: dict[str, tuple] = {}
+        last: dict[str, AlarmEvent] = {}
         for e, row in zip(events, rows):
             if e.transition != "info":
-                latest[row[2]] = (row[2], e.event_seq, e.state, row[4])
-        upserts = [v for v in latest.values() if v[2] != "NORMAL"]
-        normal = [(v[0],) for v in latest.values() if v[2] == "NORMAL"]
+                last[row[2]] = e
+        upserts = [(k, e.event_seq) for k, e in last.items() if e.state != "NORMAL"]
+        normal = [(k,) for k, e in last.items() if e.state == "NORMAL"]
         try:
             self._transaction(
                 ("INSERT INTO events(event_seq, event_id, key, time_ms, value) VALUES (?,?,?,?,?)", rows),
-                ("INSERT INTO latest(key, event_seq, state, value) VALUES (?,?,?,?) ON CONFLICT(key) DO UPDATE "
-                 "SET event_seq=excluded.event_seq, state=excluded.state, value=excluded.value", upserts),
+                ("INSERT OR REPLACE INTO latest(key, event_seq) VALUES (?,?)", upserts),
                 ("DELETE FROM latest WHERE key = ?", normal))
         except sqlite3.IntegrityError as exc:
             raise JournalError(f"{self.path}: append of seqs {rows[0][0]}..{rows[-1][0]} refused: {exc} "
@@ -154,7 +156,8 @@ class Journal:
 
     def latest_states(self) -> list[AlarmEvent]:
         """The last event of every key whose state is not NORMAL, in seq order (for engine restore)."""
-        rows = self._all("SELECT value FROM latest ORDER BY event_seq")
+        rows = self._all("SELECT e.value FROM latest l JOIN events e ON e.event_seq = l.event_seq "
+                         "ORDER BY l.event_seq")
         return [AlarmEvent.decode(r[0]) for r in rows]
 
     def pending(self, limit: int = 1000, after: int = 0) -> list[JournalRow]:
@@ -227,6 +230,23 @@ class Journal:
             db.execute("INSERT OR IGNORE INTO delivered_ahead(event_seq) "
                        "SELECT event_seq FROM events WHERE delivered = 1 AND event_seq > ?", (through,))
             db.execute("DROP INDEX events_undelivered")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _migrate_latest_copy(self) -> None:
+        """``latest`` of the first schema held a copy of each event: keep only the pointer."""
+        db = self._db
+        if "value" not in {r[1] for r in db.execute("PRAGMA table_info(latest)")}:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE latest_pointers (key TEXT PRIMARY KEY, event_seq INTEGER NOT NULL) "
+                       "WITHOUT ROWID")
+            db.execute("INSERT INTO latest_pointers SELECT key, event_seq FROM latest")
+            db.execute("DROP TABLE latest")
+            db.execute("ALTER TABLE latest_pointers RENAME TO latest")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

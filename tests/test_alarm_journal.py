@@ -77,15 +77,20 @@ def test_journal_of_the_first_schema_is_migrated(tmp_path):
         e = ev(s, f"CI-1/K{s}/-")
         db.execute("INSERT INTO events VALUES (?,?,?,?,?,?)",
                    (s, e.event_id, e.key, e.time_ms, e.encode(), int(s in (1, 2, 4))))
+        if s in (2, 5):
+            db.execute("INSERT INTO latest VALUES (?,?,?,?)", (e.key, s, e.state, e.encode()))
     db.commit()
     db.close()
     j = Journal(path)
     assert [r.event_seq for r in j.pending()] == [3, 5, 6]
+    assert [e.event_seq for e in j.latest_states()] == [2, 5]          # the table now points at the events
     j.append([ev(7, "CI-1/K7/-")])
     j.mark_delivered([3])
     assert [r.event_seq for r in j.pending()] == [5, 6, 7] and j.counts()["events"] == 7
     j.close()
-    assert [r.event_seq for r in Journal(path).pending()] == [5, 6, 7]   # migrated once, not again
+    j = Journal(path)
+    assert [r.event_seq for r in j.pending()] == [5, 6, 7]             # migrated once, not again
+    assert [e.event_seq for e in j.latest_states()] == [2, 5, 7]
 
 
 def test_duplicate_seq_refused_whole_batch(tmp_path):
