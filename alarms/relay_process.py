@@ -251,7 +251,7 @@ class RelaySupervisor:
     def __init__(self, journal_path: str, bootstrap: str, *, topic_prefix: str, tz: str, gateway_id: int,
                  line: str, partitions: int = 3, replication_factor: int = 1, snapshots: bool = True,
                  snapshot_interval_s: float = 10.0, producer_config: dict | None = None,
-                 poll_interval_s: float = 0.5, batch: int = 1000, max_in_flight: int = 20_000,
+                 poll_interval_s: float = 0.5, batch: int = 5000, max_in_flight: int = 100_000,
                  topic_check_s: float = 5.0, flush_timeout_s: float = 5.0, log_path: str | None = None,
                  stats_interval_s: float = 0.5, backoff_s: tuple[float, float] = (0.5, 10.0),
                  republish_first: bool = False, **callables) -> None:
