@@ -45,6 +45,11 @@ from .snapshots import SnapshotAssembler
 from .topics import snapshot_partition, topic_for
 
 log = logging.getLogger("alarms.consumer")
+#: librdkafka's default is 500 ms. A Kafka broker answers a fetch as soon as data arrives, so this only
+#: bounds how long the embedded broker (tansu), which answers a waiting fetch only when the wait ends,
+#: delays an alarm (bench/alarm_bench.py measures the latency).
+#: Not lower: every consumer then costs the embedded broker a fetch per FETCH_WAIT_MS while idle.
+FETCH_WAIT_MS = 50
 ENTRY_FIELDS = ("severity", "text", "state", "active", "chattering", "operator", "shelved_until_ms", "raised_ms")
 
 
@@ -136,7 +141,7 @@ class AlarmTableConsumer:
         conf = {"bootstrap.servers": bootstrap, "group.id": "railgate-hmi-unused", "enable.auto.commit": False,
                 "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 3,
                 "allow.auto.create.topics": False, "reconnect.backoff.max.ms": 1000,
-                "error_cb": self._on_error, **(consumer_config or {})}
+                "fetch.wait.max.ms": FETCH_WAIT_MS, "error_cb": self._on_error, **(consumer_config or {})}
         self._conf = conf
         self._consumer = Consumer(conf)
         self._admin_conf = {"bootstrap.servers": bootstrap, "log_level": 3, "allow.auto.create.topics": False,
@@ -162,8 +167,11 @@ class AlarmTableConsumer:
         if not self._ids:
             time.sleep(min(timeout_s, 0.2))
             return self._emit(out)
-        for msg in self._consumer.consume(1000, timeout_s):
-            self._handle(msg, out)
+        # poll() returns at the first message; consume(n, t) would wait out t unless n messages came
+        first = self._consumer.poll(timeout_s)
+        if first is not None:
+            for msg in [first, *self._consumer.consume(1000, 0)]:
+                self._handle(msg, out)
         if not self.loaded and all((self.topic, p) in self._eof for p in range(self._parts.get(self.topic, 0))) \
                 and self.topic in self._parts:
             self.loaded = True
