@@ -83,6 +83,7 @@ def test_forked_child_gets_its_own_connection_and_leaves_the_parents_alone(mysql
     store = mysql_store(mysql_db, pool_size=2)
     parent_id = connection_id(store)
     rfd, wfd = os.pipe()
+    gc.collect()        # garbage of earlier tests (librdkafka handles) must not be finalized in the child
     pid = os.fork()
     if pid == 0:                               # the child: report, drop everything, exit
         code = 1
