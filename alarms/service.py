@@ -9,9 +9,14 @@
                                                                  resolve operator futures
                                                                  wake callbacks (relay, history)
 
-A batch is everything queued when the thread wakes (the list is swapped under
+A batch is what is queued when the thread wakes (the list is swapped under
 the lock, as muduo's ``doPendingFunctors``), so under load many inputs share
-one transaction and one fsync (group commit). Operator futures are resolved
+one transaction and one fsync (group commit). Two lanes: ``priority`` inputs
+(device alarm frames, operator actions) are all taken on every pass and go
+first; the others at most ``max_batch`` per pass, so a backlog of object
+changes in a flood delays a device alarm by one pass, not by the backlog.
+Order is kept within each lane; across lanes the keys differ, except an
+operator action, which applies to the alarm as its journal has it then. Operator futures are resolved
 only after their events are durable. A journal write that fails is retried
 every ``retry_s`` until it succeeds or the service stops (the engine has
 already moved; dropping the events would lose them).
@@ -57,15 +62,18 @@ class AlarmService:
 
     def __init__(self, journal_path: str, *, gateway_id: int, line: str, tz: str = "UTC",
                  sources: Sources | None = None, engine_options: dict | None = None, tick_s: float = 1.0,
-                 max_pending: int = 100_000, retry_s: float = 1.0, clock: Callable[[], int] = wall_ms) -> None:
+                 max_pending: int = 100_000, max_batch: int = 5_000, retry_s: float = 1.0,
+                 clock: Callable[[], int] = wall_ms) -> None:
         self.journal_path = journal_path
         self._engine_args = dict(gateway_id=gateway_id, line=line, tz=tz, **(engine_options or {}))
         self.sources = sources if sources is not None else Sources()
         self.tick_s, self.max_pending, self.retry_s, self.clock = tick_s, max_pending, retry_s, clock
+        self.max_batch = max_batch
         self.engine: AlarmEngine | None = None
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._pending: list = []
+        self._priority: list = []               # taken whole on every pass, before _pending
         self._wake: list[Callable[[], None]] = []
         self._running = False
         self._thread: threading.Thread | None = None
@@ -106,7 +114,7 @@ class AlarmService:
 
     # -- input -------------------------------------------------------------------------------------------------
 
-    def submit(self, item, *, essential: bool = False) -> bool:
+    def submit(self, item, *, essential: bool = False, priority: bool = False) -> bool:
         """Queue an AlarmInput or an observation (GatewayEvent, ObjectChange, ThreatSample, DeviceAlarmFrame).
 
         Any thread; never blocks on the engine or the disk. False if refused
@@ -114,14 +122,18 @@ class AlarmService:
         ``dropped_queue_full``). ``essential`` inputs (conditions, device
         alarms: facts that are not sent again) are never refused for a full
         queue; their rate is bounded by the links and devices that produce them.
+        ``priority`` (implies essential): the lane taken first (see the module doc).
         """
         with self._lock:
             if not self._running:
                 return False
-            if not essential and len(self._pending) >= self.max_pending:
+            if priority:
+                self._priority.append(item)
+            elif not essential and len(self._pending) >= self.max_pending:
                 self.stats["dropped_queue_full"] += 1
                 return False
-            self._pending.append(item)
+            else:
+                self._pending.append(item)
         self._wakeup.set()
         return True
 
@@ -133,7 +145,7 @@ class AlarmService:
             if not self._running:
                 fut.set_exception(ServiceStopped(f"alarm service stopped (journal {self.journal_path})"))
                 return fut
-            self._pending.append(_Call(fn, fut))
+            self._priority.append(_Call(fn, fut))
         self._wakeup.set()
         return fut
 
@@ -170,7 +182,14 @@ class AlarmService:
                 self._wakeup.wait(max(0.0, next_tick - time.monotonic()))
                 self._wakeup.clear()
                 with self._lock:
-                    batch, self._pending = self._pending, []
+                    batch, self._priority = self._priority, []
+                    if len(self._pending) <= self.max_batch:
+                        batch += self._pending
+                        self._pending = []
+                    else:
+                        batch += self._pending[:self.max_batch]
+                        del self._pending[:self.max_batch]
+                        self._wakeup.set()          # the rest in the next pass
                     running = self._running
                 tick = time.monotonic() >= next_tick
                 if tick:
@@ -179,7 +198,7 @@ class AlarmService:
                     self._process(engine, journal, batch, tick)
                 if not running:
                     with self._lock:
-                        if not self._pending:
+                        if not self._pending and not self._priority:
                             break
         finally:
             journal.close()

@@ -153,7 +153,7 @@ class AlarmStage:
         self.service.submit(ObjectChange(kind, device_id, object_id, value, applied_ms), essential=True)
 
     def observe_device_alarm(self, device_name: str, message, time_ms: int) -> None:
-        self.service.submit(DeviceAlarmFrame(device_name, message, time_ms), essential=True)
+        self.service.submit(DeviceAlarmFrame(device_name, message, time_ms), priority=True)
 
     def sample_threats(self) -> None:
         """Per-link cumulative error counters to the threat monitor. Base loop timer, every second."""

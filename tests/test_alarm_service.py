@@ -85,6 +85,33 @@ def test_drained_batch_is_one_transaction(tmp_path):
     assert len(all_rows(path)) == 401
 
 
+def test_priority_lane_overtakes_a_backlog_and_passes_are_bounded(tmp_path):
+    """A device alarm queued behind 6,000 other inputs is journaled in the next pass, not after them."""
+    path = tmp_path / "j.db"
+    svc = service(path, max_batch=2_000)
+    svc.start()
+    gate, in_wake = threading.Event(), threading.Event()
+
+    def slow_wake():
+        in_wake.set()
+        gate.wait(10)
+
+    svc.subscribe(slow_wake)
+    svc.submit(RaiseAlarm(AlarmKey("CI-0", "X"), "minor", "t", T0))
+    assert in_wake.wait(5)                         # the alarm thread is held: build the backlog
+    for i in range(6_000):
+        assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0), essential=True)
+    assert svc.submit(RaiseAlarm(AlarmKey("CI-2", "DEVICE_ALARM_7", "3"), "major", "t", T0), priority=True)
+    gate.set()
+    svc.stop()
+    rows = all_rows(path)
+    assert len(rows) == 6_002 and [r.event_seq for r in rows] == list(range(1, 6_003))
+    assert rows[1].key == "CI-2/DEVICE_ALARM_7/3"               # first in the pass after the held one
+    assert [r.key for r in rows[2:]] == [f"CI-1/X/{i}" for i in range(6_000)]   # lane order kept
+    assert svc.stats["max_batch_inputs"] == 2_001               # 1 priority + max_batch others
+    assert svc.stats["batches"] >= 4                            # 6,000 others took three passes
+
+
 def test_operator_futures_and_restart(tmp_path):
     path = tmp_path / "j.db"
     svc = service(path)
