@@ -4,7 +4,7 @@ Throughput (one embedded broker, ``alarms.broker.EmbeddedBroker``: tansu, memory
 ``rounds`` rounds, the variants interleaved in each round, median reported):
 
 * **raw produce**: an idempotent confluent-kafka ``Producer`` (``acks=all``, the relay's
-  ``PRODUCER_DEFAULTS``: ``linger.ms=5``) produces N pre-encoded ``AlarmEvent.encode()`` records, keyed
+  ``PRODUCER_DEFAULTS``: ``linger.ms=1``) produces N pre-encoded ``AlarmEvent.encode()`` records, keyed
   by the alarm key, to a day topic with the stage's partitions (3), until every delivery report came back;
 * **journal -> Kafka**: the same N events appended to a fresh ``Journal`` in batches of ``BATCH`` (one
   transaction and one fsync each, as the alarm thread's group commit), ``wake()`` after every append,
@@ -25,7 +25,9 @@ slow), stamps each message's arrival; the latency is arrival - send (same clock)
 transition. The breakdown uses wall-clock ms stamps carried by the message itself: the event's
 ``time_ms`` (the gateway IO thread's receive time) and the Kafka message timestamp (``CreateTime``: when
 the relay called ``produce``). "Kafka floor" is the broker's own share: a bare producer (linger.ms=0)
-to the same consumer. The full run then repeats with ``bench/load.py line`` as it is, whose object
+to the same consumer. The consumer polls (returns at the first message) and sets
+``fetch.wait.max.ms`` to ``CONSUMER_FETCH_WAIT_MS``: tansu answers a waiting fetch only when that wait
+ends (a Kafka broker answers as soon as data arrives), so it bounds the broker's share. The full run then repeats with ``bench/load.py line`` as it is, whose object
 states change in every frame (~50,000 object changes/s to the alarm thread): the share of DEVICE_ALARM
 frames that still reach Kafka. ``BENCH_ALARM_RELAY='{"linger.ms": 0}'`` (experiments) runs the gateway
 with those producer settings for the relay.
@@ -51,10 +53,15 @@ N_EVENTS, ROUNDS, BATCH = 60_000, 3, 1000
 DEVICES, TRAINS, RATE_HZ, SECONDS, WARMUP = 1000, 500, 20, 30, 8
 DRAIN_S = 10                    # after the last frame, how long alarms may still arrive (bounded)
 CHURN_SECONDS, CHURN_DRAIN_S = 10, 30
-CONSUMER_FETCH_WAIT_MS = 10     # the bench consumer's fetch.wait.max.ms (librdkafka default: 500)
+CONSUMER_FETCH_WAIT_MS = 5      # the bench consumer's fetch.wait.max.ms (librdkafka default: 500; see the doc)
 PARTITIONS = 3
 TZ = "UTC"
 LINE = "bench-line"
+
+
+def _linger() -> int:
+    from alarms.kafka_relay import PRODUCER_DEFAULTS
+    return PRODUCER_DEFAULTS["linger.ms"]
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -290,7 +297,8 @@ def throughput(smoke: bool, tmp: str) -> list[dict]:
     raw, thr = median(res["raw"]), median(res["thread"])
     what = f"{n:,} events (~{sum(len(v) for _, v in records) // n} B JSON), {PARTITIONS} partitions, median of {rounds}"
     rows = [
-        row("Alarm path: raw produce (idempotent, acks=all)", round(raw), "events/s", note=what + "; linger.ms=5"),
+        row("Alarm path: raw produce (idempotent, acks=all)", round(raw), "events/s",
+            note=f"{what}; linger.ms={_linger()}"),
         row("Alarm path: journal -> Kafka, relay thread", round(thr), "events/s", ">= 50,000", thr >= 50_000,
             note=f"journal appends of {BATCH} events (one fsync each, median {median(extra['append_ms']):.1f} ms), "
                  "KafkaRelay in this process; first append -> last delivery marked"),
@@ -615,7 +623,7 @@ def latency_rows(m: dict, churn_m: dict | None) -> list[dict]:
     ctx = (f"gateway CPU {m['cpu_pct']:.0f} % of one core; alarm thread {m['inputs_s']:,.0f} inputs/s, "
            f"{m['events_s']:,.0f} events/s, {m['batches_s']:,.0f} appends/s"
            f"{'' if m['status_ok'] else ' (/status did not answer)'}; relay child: "
-           f"{RELAY_OVERRIDE or 'linger.ms=5'}, wake pipe per append, in-flight poll 10 ms, idle wait 0.5 s; "
+           f"{RELAY_OVERRIDE or f'linger.ms={_linger()}'}, wake pipe per append, in-flight poll 10 ms, idle wait 0.5 s; "
            f"consumer fetch.wait.max.ms={CONSUMER_FETCH_WAIT_MS}")
     rows = [
         row("Alarm latency frame -> Kafka consumer p50", round(p50, 1), "ms", note=what),
