@@ -18,6 +18,23 @@ def service(path, **kw):
                         clock=lambda: T0, **kw)
 
 
+def held_service(path, **kw):
+    """A started service whose alarm thread is held in a wake callback (one event journaled) until
+    ``gate`` is set: what is submitted meanwhile waits in the queue."""
+    svc = service(path, **kw)
+    svc.start()
+    gate, in_wake = threading.Event(), threading.Event()
+
+    def slow_wake():
+        in_wake.set()
+        gate.wait(10)
+
+    svc.subscribe(slow_wake)
+    svc.submit(RaiseAlarm(AlarmKey("CI-0", "X"), "minor", "t", T0))
+    assert in_wake.wait(5)
+    return svc, gate
+
+
 def all_rows(path):
     j = Journal(str(path))
     try:
@@ -59,17 +76,7 @@ def test_many_threads_exact_events(tmp_path):
 
 def test_drained_batch_is_one_transaction(tmp_path):
     path = tmp_path / "j.db"
-    svc = service(path)
-    svc.start()
-    gate, in_wake = threading.Event(), threading.Event()
-
-    def slow_wake():
-        in_wake.set()
-        gate.wait(10)
-
-    svc.subscribe(slow_wake)
-    svc.submit(RaiseAlarm(AlarmKey("CI-0", "X"), "minor", "t", T0))
-    assert in_wake.wait(5)                         # the alarm thread is busy in the wake callback
+    svc, gate = held_service(path)
     appends = svc.stats["appends"]
     ts = [threading.Thread(target=lambda t=t: [svc.submit(RaiseAlarm(AlarmKey(f"CI-{t}", "X", str(i)), "minor",
                                                                         "t", T0)) for i in range(100)])
@@ -88,17 +95,7 @@ def test_drained_batch_is_one_transaction(tmp_path):
 def test_priority_lane_overtakes_a_backlog_and_passes_are_bounded(tmp_path):
     """A device alarm queued behind 6,000 other inputs is journaled in the next pass, not after them."""
     path = tmp_path / "j.db"
-    svc = service(path, max_batch=2_000)
-    svc.start()
-    gate, in_wake = threading.Event(), threading.Event()
-
-    def slow_wake():
-        in_wake.set()
-        gate.wait(10)
-
-    svc.subscribe(slow_wake)
-    svc.submit(RaiseAlarm(AlarmKey("CI-0", "X"), "minor", "t", T0))
-    assert in_wake.wait(5)                         # the alarm thread is held: build the backlog
+    svc, gate = held_service(path, max_batch=2_000)
     for i in range(6_000):
         assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0), essential=True)
     assert svc.submit(RaiseAlarm(AlarmKey("CI-2", "DEVICE_ALARM_7", "3"), "major", "t", T0), priority=True)
