@@ -37,6 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from confluent_kafka import KafkaError, Producer
@@ -48,7 +49,7 @@ from .topics import (TopicError, TopicManager, day_start_ms, next_midnight_ms, s
 
 log = logging.getLogger("alarms.kafka_relay")
 
-PRODUCER_DEFAULTS = {"enable.idempotence": True, "acks": "all", "linger.ms": 5,
+PRODUCER_DEFAULTS = {"enable.idempotence": True, "acks": "all", "linger.ms": 1,
                      "message.timeout.ms": 30_000, "allow.auto.create.topics": False,
                      "reconnect.backoff.max.ms": 1000}
 
@@ -259,15 +260,16 @@ class KafkaRelay:
             rows = journal.pending(limit, after=self._rescan_pos)
         else:
             rows = journal.read_after(self._cursor, limit)
-        sent, handled = 0, 0
+        sent, handled, last = 0, 0, 0
+        # the per-row loop of the relay (50,000 rows/s): bound methods and the set in locals
+        in_flight, produce, report = self._in_flight, self._producer.produce, self._on_delivery_seq
+        ensure, day_topic = self.topics.ensure, self._day_topic
         try:
-            for r in rows:
-                if r.event_seq not in self._in_flight:
-                    topic = self.topics.ensure(self._day_topic(r.time_ms))
-                    self._producer.produce(topic, r.value, r.key.encode(),
-                                           on_delivery=self._delivery_for(r.event_seq))
-                    self._in_flight.add(r.event_seq)
-                    self._cursor = max(self._cursor, r.event_seq)
+            for seq, _, key, time_ms, value in rows:
+                if seq not in in_flight:
+                    produce(ensure(day_topic(time_ms)), value, key.encode(), on_delivery=partial(report, seq))
+                    in_flight.add(seq)
+                    last = seq
                     sent += 1
                 handled += 1
         except BufferError:
@@ -277,6 +279,7 @@ class KafkaRelay:
                 self._stats["last_error"] = str(exc)
             self._check_broker = True
             self._stopping.wait(0.2)
+        self._cursor = max(self._cursor, last)      # rows come in seq order
         self._count("produced", sent)
         complete = handled == len(rows) and len(rows) < limit
         if replaying:
@@ -301,12 +304,8 @@ class KafkaRelay:
         self._day = (start, next_midnight_ms(time_ms, self.tz), topic_for(self.prefix, time_ms, self.tz))
         return self._day[2]
 
-    def _delivery_for(self, seq: int):
-        def report(err, msg, _seq=seq):
-            self._on_delivery_seq(err, msg, _seq)
-        return report
-
-    def _on_delivery_seq(self, err, msg, seq: int) -> None:
+    def _on_delivery_seq(self, seq: int, err, msg) -> None:
+        """Delivery report of the row ``seq`` (bound per message with functools.partial)."""
         self._in_flight.discard(seq)
         if err is None:
             self._done.append(seq)
