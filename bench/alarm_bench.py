@@ -27,10 +27,11 @@ transition. The breakdown uses wall-clock ms stamps carried by the message itsel
 the relay called ``produce``). "Kafka floor" is the broker's own share: a bare producer (linger.ms=0)
 to the same consumer. The consumer polls (returns at the first message) and sets
 ``fetch.wait.max.ms`` to ``CONSUMER_FETCH_WAIT_MS``: tansu answers a waiting fetch only when that wait
-ends (a Kafka broker answers as soon as data arrives), so it bounds the broker's share. The full run then repeats with ``bench/load.py line`` as it is, whose object
-states change in every frame (~50,000 object changes/s to the alarm thread): the share of DEVICE_ALARM
-frames that still reach Kafka. ``BENCH_ALARM_RELAY='{"linger.ms": 0}'`` (experiments) runs the gateway
-with those producer settings for the relay.
+ends (a Kafka broker answers as soon as data arrives), so it bounds the broker's share. The full run
+then repeats with ``bench/load.py line`` with ``faults``, where every section passes through FAULT and
+every switch through LOST once every four frames (~50,000 alarm raise/clear inputs/s to the alarm
+thread): the share of DEVICE_ALARM frames that still reach Kafka. ``BENCH_ALARM_RELAY='{"linger.ms":
+0}'`` (experiments) runs the gateway with those producer settings for the relay.
 
 Every loop is bounded in count and time; every process started here is stopped by its own pid.
 """
@@ -447,7 +448,7 @@ def _consume(bootstrap: str, topic: str, prefix_key: bytes, arrivals: dict, stop
         ready.set()
 
 
-def _steady_frame(dev: int, seq: int, time_ms: int) -> bytes:
+def _steady_frame(dev: int, seq: int, time_ms: int, faults: bool = False) -> bytes:
     """bench/load.py's status frame with constant object states (sections free, signals at danger, switches
     normal): after each device's first frames no object changes, as on a quiet line."""
     from bench.load import GATEWAY_ID, Signals, Switches, TrackSections, encode
@@ -513,7 +514,7 @@ def latency(smoke: bool, tmp: str, churn: bool = False) -> dict:
     try:
         bootstrap = gw.wait_ready(60)
         params = dict(ports=ports(cfg), devices=devices, trains=trains, seconds=seconds + warmup + 10)
-        ld = load("line", **params) if churn else _steady_load(**params)
+        ld = load("line", faults=True, **params) if churn else _steady_load(**params)
         dev = Device(ports(cfg)["A"], dev_id=alarm_dev, hb_ms=10_000)   # dead only after 30 s of silence
         dev.hello()
         seq = 1
@@ -635,7 +636,7 @@ def latency_rows(m: dict, churn_m: dict | None) -> list[dict]:
         seen = len(c["lat"])
         rows.append(row("Alarm path under object churn: DEVICE_ALARM frames reaching Kafka",
                         round(100 * seen / max(c["sent"], 1), 1), "%", "100", seen == c["sent"],
-                        note=f"bench/load.py line (every object changes every frame); alarm inputs refused as "
+                        note=f"bench/load.py line with faults (FAULT/LOST every 4th frame); alarm inputs refused as "
                              f"queue full (max_pending 100,000) since start: "
                              f"{'?' if c['dropped'] is None else format(c['dropped'], ',')}; "
                              f"{seen}/{c['sent']} within {c['drained_s']:.0f} s"

@@ -12,9 +12,19 @@ in count and in time (``max_s``).
 * ``line``       ``devices`` x 2 links at ``rate_hz`` frames/s each (every 5th a
   HEARTBEAT) plus ``trains`` trains at ``train_hz`` TRAIN_STATUS datagrams/s,
   for ``seconds``, paced on a 10 ms tick from one thread.
+  ``faults``: see :func:`status_frame`.
 * ``udp_blast``  TRAIN_STATUS datagrams from ``trains`` trains round-robin as fast
   as one thread can send, seq and time patched into a template made by
   ``encode`` (CRC recomputed), until ``stop``/``quit``, ``count`` or ``max_s``.
+
+Status frames change every object in every frame (the gateway applies and
+reports each change), within the values of a line at work: sections free,
+occupied or locked, switches normal, reverse or moving, any aspect. With
+``faults`` (``line`` mode only) sections also pass through FAULT and switches
+through LOST, each object once every four frames: an alarm storm of ~50,000
+raise/clear inputs a second at line scale, which the alarm bench runs on its
+own (its "object churn" row). The ingest comparisons use the line at work:
+their uvloop and asyncio servers have no alarm pipeline to feed.
 """
 from __future__ import annotations
 
@@ -48,15 +58,20 @@ def _wait_go() -> None:
     sys.exit(0)
 
 
-def status_frame(dev: int, seq: int, time_ms: int) -> bytes:
-    """One realistic status frame (the type rotates with seq)."""
+SECTIONS_AT_WORK, SWITCHES_AT_WORK = (0, 1, 3), (0, 1, 2)    # free/occupied/locked; normal/reverse/moving
+SECTIONS_ALL, SWITCHES_ALL = (0, 1, 2, 3), (0, 1, 2, 3)         # with FAULT (2) and LOST (3)
+
+
+def status_frame(dev: int, seq: int, time_ms: int, faults: bool = False) -> bytes:
+    """One status frame (the type rotates with seq; see the module doc for the values)."""
     k = seq % 3
+    sec, sw = (SECTIONS_ALL, SWITCHES_ALL) if faults else (SECTIONS_AT_WORK, SWITCHES_AT_WORK)
     if k == 0:
-        msg = TrackSections(tuple((100 + i, (seq + i) % 4) for i in range(10)))
+        msg = TrackSections(tuple((100 + i, sec[(seq + i) % len(sec)]) for i in range(10)))
     elif k == 1:
         msg = Signals(tuple((200 + i, (seq + i) % 6) for i in range(6)))
     else:
-        msg = Switches(tuple((300 + i, (seq + i) % 4) for i in range(3)))
+        msg = Switches(tuple((300 + i, sw[(seq + i) % len(sw)]) for i in range(3)))
     return encode(msg, src=dev, dst=GATEWAY_ID, seq=seq, time_ms=time_ms)
 
 
@@ -124,7 +139,7 @@ def line(p: dict) -> None:
                 frames.append(encode(Heartbeat(hb), src=dev, dst=GATEWAY_ID, seq=0, time_ms=now))
             else:
                 seq += 1
-                frames.append(status_frame(dev, seq, now))
+                frames.append(status_frame(dev, seq, now, faults=p.get("faults", False)))
         streams.append(frames)
     socks = []
     for d in range(devices):
