@@ -127,6 +127,7 @@ class AlarmService:
         with self._lock:
             if not self._running:
                 return False
+            idle = not self._pending and not self._priority
             if priority:
                 self._priority.append(item)
             elif not essential and len(self._pending) >= self.max_pending:
@@ -134,7 +135,10 @@ class AlarmService:
                 return False
             else:
                 self._pending.append(item)
-        self._wakeup.set()
+        if idle:
+            # a non-empty queue has had its set() since the alarm thread's last clear(): once per batch
+            # (Event.set takes a Condition, ~2 µs, and a flood submits tens of thousands a second)
+            self._wakeup.set()
         return True
 
     def call(self, fn: Callable[[AlarmEngine], object]) -> Future:
@@ -145,8 +149,10 @@ class AlarmService:
             if not self._running:
                 fut.set_exception(ServiceStopped(f"alarm service stopped (journal {self.journal_path})"))
                 return fut
+            idle = not self._pending and not self._priority
             self._priority.append(_Call(fn, fut))
-        self._wakeup.set()
+        if idle:
+            self._wakeup.set()
         return fut
 
     def operate(self, action: OperatorAction) -> Future:
