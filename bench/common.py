@@ -47,7 +47,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def line_config(devices: int, trains: int = 0, *, io_threads: int = 2, heartbeat_ms: int = 500,
+def line_config(devices: int, trains: int = 0, *, io_threads: int = 1, heartbeat_ms: int = 500,
                 max_age_ms: int = 2000, train_hb_ms: int = 1000) -> dict:
     """A line of ``devices`` interlockings (nets A and B, no MAC) and ``trains`` trains, on free ports."""
     devs = [{"id": DEVICE_BASE + i, "name": f"CI-{i}", "kind": "interlocking", "nets": ["A", "B"], "mac": "off",

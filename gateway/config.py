@@ -181,7 +181,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         net_b=r.endpoint(listen, "net_b", "gateway.listen.net_b"),
         udp=r.endpoint(listen, "udp", "gateway.listen.udp"),
         admin=r.endpoint(gw, "admin", "gateway.admin", default_port=17080),
-        io_threads=r.int(gw, "io_threads", "gateway.io_threads", 0, 64, default=2),
+        io_threads=r.int(gw, "io_threads", "gateway.io_threads", 0, 64, default=1),
         heartbeat_ms=r.int(gw, "heartbeat_ms", "gateway.heartbeat_ms", 50, 60_000, default=500),
         dead_after=r.int(gw, "dead_after_heartbeats", "gateway.dead_after_heartbeats", 2, 20, default=3),
         hello_timeout_ms=r.int(gw, "hello_timeout_ms", "gateway.hello_timeout_ms", 100, 60_000, default=5000),

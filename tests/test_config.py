@@ -27,7 +27,7 @@ def test_demo_line_contents():
     assert cfg.timezone == "Asia/Shanghai" and len(cfg.trains.ids) == 20
     assert cfg.device(257).mac == "required" and len(cfg.device(257).mac_key) == 32
     assert cfg.senders()[1025] == 4 and cfg.senders()[513] == 2
-    assert cfg.gateway.io_threads == 2 and cfg.gateway.heartbeat_ms == 500
+    assert cfg.gateway.io_threads == 1 and cfg.gateway.heartbeat_ms == 500
 
 
 def broken(**edits):
