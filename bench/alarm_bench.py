@@ -605,6 +605,8 @@ def latency(smoke: bool, tmp: str, churn: bool = False) -> dict:
             "dropped": (((st_end.get("alarms") or {}).get("engine") or {}).get("service") or svc1)
             .get("dropped_queue_full"), "status_ok": bool(svc0 and svc1),
             "max_batch_inputs": svc1.get("max_batch_inputs", 0),
+            "over_bound": ((st_end.get("alarms") or {}).get("engine") or {}).get("dropped_over_bound"),
+            "table": ((st_end.get("alarms") or {}).get("engine") or {}).get("alarms"),
             "missing": sorted(k for k in sent if k not in arrivals)}
 
 
@@ -638,7 +640,9 @@ def latency_rows(m: dict, churn_m: dict | None) -> list[dict]:
                         round(100 * seen / max(c["sent"], 1), 1), "%", "100", seen == c["sent"],
                         note=f"bench/load.py line with faults (FAULT/LOST every 4th frame); alarm inputs refused as "
                              f"queue full (max_pending 100,000) since start: "
-                             f"{'?' if c['dropped'] is None else format(c['dropped'], ',')}; "
+                             f"{'?' if c['dropped'] is None else format(c['dropped'], ',')}; alarm table at the "
+                             f"end {c['table'] if c['table'] is not None else '?'} alarms, raises refused over "
+                             f"max_active: {'?' if c['over_bound'] is None else format(c['over_bound'], ',')}; "
                              f"{seen}/{c['sent']} within {c['drained_s']:.0f} s"
                              + (f", p50 {_pct(c['lat'], 50) / 1000:,.1f} s" if seen else "")))
     return rows
