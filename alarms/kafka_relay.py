@@ -4,8 +4,10 @@ One thread (:meth:`KafkaRelay.start`) owns a Journal connection, an idempotent
 librdkafka producer and a :class:`~alarms.topics.TopicManager`. Each pass:
 
 1. serve delivery reports (``poll``); successes are marked delivered in one
-   journal transaction, failures only leave the in-flight set (the row is still
-   pending in the journal and is sent again by the next rescan);
+   journal transaction per ``SETTLE_INTERVAL_S`` (or per ``batch`` of them, and
+   always before the relay waits for a wake-up); failures only leave the
+   in-flight set (the row is still pending in the journal and is sent again by
+   the next rescan, which walks forward from the oldest pending row);
 2. if the broker may have restarted (librdkafka said all brokers are down, a
    message timed out, or every ``topic_check_s``), compare the known topics'
    ids with the broker's; a topic that vanished or has a new id means the
