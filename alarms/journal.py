@@ -53,7 +53,8 @@ threads that use it at the same time.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from .model import AlarmEvent
@@ -173,29 +174,22 @@ class Journal:
         new = {int(s) for s in seqs}
         if not new:
             return
-        db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._write() as db:
                 through = db.execute("SELECT through_seq FROM delivery").fetchone()[0]
                 last = db.execute("SELECT COALESCE(MAX(event_seq), 0) FROM events").fetchone()[0]
                 new = {s for s in new if through < s <= last}
-                if new:
-                    ahead = [r[0] for r in db.execute(
-                        "SELECT event_seq FROM delivered_ahead ORDER BY event_seq")]
-                    done = new.union(ahead)
-                    moved = through
-                    while moved + 1 in done:
-                        moved += 1
-                    if moved != through:
-                        db.execute("UPDATE delivery SET through_seq = ?", (moved,))
-                        db.execute("DELETE FROM delivered_ahead WHERE event_seq <= ?", (moved,))
-                    db.executemany("INSERT OR IGNORE INTO delivered_ahead(event_seq) VALUES (?)",
-                                   [(s,) for s in new if s > moved])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                if not new:
+                    return
+                done = new.union(r[0] for r in db.execute("SELECT event_seq FROM delivered_ahead"))
+                moved = through
+                while moved + 1 in done:
+                    moved += 1
+                if moved != through:
+                    db.execute("UPDATE delivery SET through_seq = ?", (moved,))
+                    db.execute("DELETE FROM delivered_ahead WHERE event_seq <= ?", (moved,))
+                db.executemany("INSERT OR IGNORE INTO delivered_ahead(event_seq) VALUES (?)",
+                               [(s,) for s in new if s > moved])
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: mark_delivered of {len(new)} events failed: {exc}") from None
 
@@ -216,13 +210,17 @@ class Journal:
         self._db.close()
 
     def _migrate_delivered_flag(self) -> None:
-        """A journal of the first schema kept a ``delivered`` flag on each row: turn it into the watermark."""
-        db = self._db
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'events_undelivered'").fetchone() \
-                is None:
+        """A journal of the first schema kept a ``delivered`` flag on each row: turn it into the watermark.
+
+        Checked again under the write lock: two connections may open an old file at once."""
+        def old(db: sqlite3.Connection) -> bool:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'events_undelivered'"
+                              ).fetchone() is not None
+        if not old(self._db):
             return
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as db:
+            if not old(db):
+                return
             first_open = db.execute("SELECT MIN(event_seq) FROM events WHERE delivered = 0").fetchone()[0]
             through = (first_open - 1 if first_open is not None
                        else db.execute("SELECT COALESCE(MAX(event_seq), 0) FROM events").fetchone()[0])
@@ -230,39 +228,40 @@ class Journal:
             db.execute("INSERT OR IGNORE INTO delivered_ahead(event_seq) "
                        "SELECT event_seq FROM events WHERE delivered = 1 AND event_seq > ?", (through,))
             db.execute("DROP INDEX events_undelivered")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _migrate_latest_copy(self) -> None:
-        """``latest`` of the first schema held a copy of each event: keep only the pointer."""
-        db = self._db
-        if "value" not in {r[1] for r in db.execute("PRAGMA table_info(latest)")}:
+        """``latest`` of the first schema held a copy of each event: keep only the pointer (checked again
+        under the write lock, as above)."""
+        def old(db: sqlite3.Connection) -> bool:
+            return "value" in {r[1] for r in db.execute("PRAGMA table_info(latest)")}
+        if not old(self._db):
             return
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as db:
+            if not old(db):
+                return
             db.execute("CREATE TABLE latest_pointers (key TEXT PRIMARY KEY, event_seq INTEGER NOT NULL) "
                        "WITHOUT ROWID")
             db.execute("INSERT INTO latest_pointers SELECT key, event_seq FROM latest")
             db.execute("DROP TABLE latest")
             db.execute("ALTER TABLE latest_pointers RENAME TO latest")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
-    def _transaction(self, *statements: tuple[str, list]) -> None:
-        """Run ``executemany`` statements in one write transaction (one fsync at COMMIT); all or nothing."""
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: the write lock first); COMMIT on leaving, ROLLBACK on error."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for sql, params in statements:
-                db.executemany(sql, params)
-            db.execute("COMMIT")
+            yield db
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        db.execute("COMMIT")
+
+    def _transaction(self, *statements: tuple[str, list]) -> None:
+        """Run ``executemany`` statements in one write transaction (one fsync at COMMIT); all or nothing."""
+        with self._write() as db:
+            for sql, params in statements:
+                db.executemany(sql, params)
 
     def _rows(self, where: str, params: tuple) -> list[JournalRow]:
         sql = "SELECT event_seq, event_id, key, time_ms, value FROM events " + where
