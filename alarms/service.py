@@ -16,8 +16,8 @@ one transaction and one fsync (group commit). Two lanes: ``priority`` inputs
 first; the others at most ``max_batch`` per pass, so a backlog of object
 changes in a flood delays a device alarm by one pass, not by the backlog.
 Order is kept within each lane; across lanes the keys differ, except an
-operator action, which applies to the alarm as its journal has it then. Operator futures are resolved
-only after their events are durable. A journal write that fails is retried
+operator action, which applies to the alarm as its journal has it then.
+Operator futures are resolved only after their events are durable. A journal write that fails is retried
 every ``retry_s`` until it succeeds or the service stops (the engine has
 already moved; dropping the events would lose them).
 

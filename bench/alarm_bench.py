@@ -450,7 +450,8 @@ def _consume(bootstrap: str, topic: str, prefix_key: bytes, arrivals: dict, stop
 
 def _steady_frame(dev: int, seq: int, time_ms: int, faults: bool = False) -> bytes:
     """bench/load.py's status frame with constant object states (sections free, signals at danger, switches
-    normal): after each device's first frames no object changes, as on a quiet line."""
+    normal): after each device's first frames no object changes, as on a quiet line. ``faults`` is
+    accepted for ``status_frame``'s signature and ignored: a steady line has none."""
     from bench.load import GATEWAY_ID, Signals, Switches, TrackSections, encode
     k = seq % 3
     if k == 0:
@@ -598,15 +599,14 @@ def latency(smoke: bool, tmp: str, churn: bool = False) -> dict:
     events_s = (svc1.get("events", 0) - svc0.get("events", 0)) / win
     batches_s = (svc1.get("batches", 0) - svc0.get("batches", 0)) / win
     relay = al1.get("relay", {})
+    engine_end = (st_end.get("alarms") or {}).get("engine") or {}
     return {"lat": lat, "seg_in": seg_in, "seg_relay": seg_relay, "seg_kafka": seg_kafka, "sent": len(sent),
             "devices": devices, "trains": trains, "seconds": seconds, "warmup": warmup, "drained_s": drained,
             "cpu_pct": (c1 - c0) / win * 100, "inputs_s": inputs_s, "events_s": events_s, "batches_s": batches_s,
             "delivered": relay.get("delivered", 0), "consumed": counts["messages"],
-            "dropped": (((st_end.get("alarms") or {}).get("engine") or {}).get("service") or svc1)
-            .get("dropped_queue_full"), "status_ok": bool(svc0 and svc1),
-            "max_batch_inputs": svc1.get("max_batch_inputs", 0),
-            "over_bound": ((st_end.get("alarms") or {}).get("engine") or {}).get("dropped_over_bound"),
-            "table": ((st_end.get("alarms") or {}).get("engine") or {}).get("alarms"),
+            "dropped": (engine_end.get("service") or svc1).get("dropped_queue_full"),
+            "status_ok": bool(svc0 and svc1), "max_batch_inputs": svc1.get("max_batch_inputs", 0),
+            "over_bound": engine_end.get("dropped_over_bound"), "table": engine_end.get("alarms"),
             "missing": sorted(k for k in sent if k not in arrivals)}
 
 
