@@ -2,7 +2,7 @@
 
 ``parse_pipeline(raw)`` takes the whole YAML document (a dict) and returns the
 frozen settings with defaults filled in, plus every problem found, each as
-``key.path: expected ..., got ...`` (the style of ``gateway/config.py``, whose
+``key.path: expected ..., got ...`` (the style of ``gateway/app/config.py``, whose
 ``parse`` calls this and raises its ConfigError when the list is not empty).
 Unknown keys are problems too: a misspelt ``max_actve`` must not silently
 fall back to the default.

@@ -35,8 +35,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.events import GatewayEvent
-
+from .observations import DeviceAlarmFrame, GatewayEvent, ObjectChange, ThreatSample
 from .model import SEVERITY_BY_ICD, AlarmInput, AlarmKey, ClearAlarm, InfoEvent, RaiseAlarm
 
 #: EventLog condition -> severity
@@ -160,7 +159,7 @@ def device_alarm_inputs(device: str, msg, time_ms: int) -> list[AlarmInput]:
     return [ClearAlarm(key, time_ms)]
 
 
-SECTION_FAULT, SWITCH_LOST = 2, 3       # indexes in gateway.object_state SECTION_STATES / POSITIONS
+SECTION_FAULT, SWITCH_LOST = 2, 3       # indexes in gateway.line.object_state SECTION_STATES / POSITIONS
 
 
 class ObjectStateSource:
@@ -206,32 +205,6 @@ class ObjectStateSource:
             self._alarmed.discard(ident)
             return [ClearAlarm(key, time_ms)]
         return []
-
-
-# -- observations IO threads submit; the alarm thread turns them into inputs (Sources.feed) -------------------
-
-@dataclass(frozen=True, slots=True)
-class ObjectChange:
-    kind: str
-    device_id: int
-    object_id: int
-    value: int
-    applied_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class ThreatSample:
-    link_name: str
-    errors: Mapping[str, int]
-    time_ms: int
-    device: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceAlarmFrame:
-    device: str
-    message: object       # railcodecs.DeviceAlarm
-    time_ms: int
 
 
 class Sources:

@@ -218,7 +218,8 @@ def journal_to_kafka(bootstrap: str, prefix: str, events: list, kind: str, tmp: 
 def engine_journal(events_n: int, tmp: str, timeout_s: float) -> dict:
     """AlarmService: ``events_n`` DeviceAlarmFrame observations submitted -> all journaled."""
     from alarms.service import AlarmService
-    from alarms.sources import DeviceAlarmFrame, Sources
+    from alarms.observations import DeviceAlarmFrame
+    from alarms.sources import Sources
     from railcodecs import DeviceAlarm
     path = os.path.join(tmp, "journal-service.db")
     svc = AlarmService(path, gateway_id=1, line=LINE, tz=TZ, sources=Sources({}),
@@ -353,8 +354,8 @@ RELAY_OVERRIDE = os.environ.get("BENCH_ALARM_RELAY")
 def _gateway_main(cfg_path: str, producer_config: dict) -> None:
     """``gateway run`` with a relay factory that adds ``producer_config`` (the shipped RelaySupervisor)."""
     from alarms.relay_process import RelaySupervisor
-    from gateway.config import install, load as load_cfg
-    from gateway.runtime import Gateway
+    from gateway.app.config import install, load as load_cfg
+    from gateway.app.runtime import Gateway
     cfg = load_cfg(cfg_path)
     install(cfg)
 

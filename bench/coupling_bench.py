@@ -1,7 +1,7 @@
 """Coupling engine throughput: evaluations per second with 1, 2, 4 and 8 worker threads.
 
 One submitter thread (as the UDP loop) puts every report into a
-:class:`gateway.coupling_workers.CouplingWorkers` pool; the clock runs from
+:class:`gateway.coupling.workers.CouplingWorkers` pool; the clock runs from
 the first submit until ``stop()`` has drained every queue. Reports are
 pre-built (a mix of normal, double-master, double-slave and mismatch pairs)
 so only queueing, pairing and evaluation are timed. A "direct" row feeds
@@ -25,11 +25,11 @@ import sys
 import time
 
 try:
-    from gateway.coupling import CouplingEngine
+    from gateway.coupling.engine import CouplingEngine
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    from gateway.coupling import CouplingEngine
-from gateway.coupling_workers import CouplingWorkers
+    from gateway.coupling.engine import CouplingEngine
+from gateway.coupling.workers import CouplingWorkers
 from railcodecs import TrainStatus
 
 WORKER_COUNTS = (1, 2, 4, 8)

@@ -3,7 +3,7 @@
 The same records (same logger setup, same format, same message) go through
 three handler set-ups:
 
-  (a) double-buffer  gateway.async_log.DoubleBufferHandler(path)
+  (a) double-buffer  gateway.base.async_log.DoubleBufferHandler(path)
   (b) queue          logging.handlers.QueueHandler -> QueueListener -> FileHandler
   (c) file           logging.FileHandler (synchronous, stdlib)
 
@@ -41,10 +41,10 @@ import threading
 import time
 
 try:
-    from gateway.async_log import DoubleBufferHandler
+    from gateway.base.async_log import DoubleBufferHandler
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-    from gateway.async_log import DoubleBufferHandler
+    from gateway.base.async_log import DoubleBufferHandler
 
 FMT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
 KINDS = ("double-buffer", "queue", "file")

@@ -2,7 +2,7 @@
 
 KIND is one of:
 
-* ``gateway``  the real gateway (``gateway.runtime.Gateway``, every ICD check
+* ``gateway``  the real gateway (``gateway.app.runtime.Gateway``, every ICD check
   and the state apply), io_threads from the config;
 * ``limit``    the practical limit of a Python receiver: one edge-triggered
   epoll loop that reads big, unpacks each header and checks each CRC, nothing
@@ -64,7 +64,7 @@ async def _serve_until_quit(cfg, listen, stats) -> None:
 
 
 def _checks_setup(cfg):
-    from gateway.object_state import ObjectState
+    from gateway.line.object_state import ObjectState
     from railcodecs import Receiver
     receiver = Receiver(cfg.gateway.id, cfg.senders(), max_age_ms=cfg.gateway.max_age_ms,
                         train_reset_ms=3 * cfg.trains.heartbeat_ms)
@@ -74,7 +74,7 @@ def _checks_setup(cfg):
 # -- (a) the gateway --------------------------------------------------------------------
 
 def run_gateway(cfg) -> None:
-    from gateway.runtime import Gateway
+    from gateway.app.runtime import Gateway
     gw = Gateway(cfg, admin=False)
     gw.stop_grace_s = 0.2
     gw.start()
@@ -334,7 +334,7 @@ KINDS = {"gateway": run_gateway, "limit": run_limit, "uvloop": run_uvloop, "asyn
 
 def main() -> None:
     raise_nofile()
-    from gateway import config
+    from gateway.app import config
     from bench.common import read_arg
     kind, arg = sys.argv[1], read_arg(sys.argv[2])
     cfg = config.parse(arg["cfg"], "bench")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ring_buffer import SpscRing
-from gateway.slab_pool import SlabPool
+from gateway.net.ring_buffer import SpscRing
+from gateway.net.slab_pool import SlabPool
 from railcodecs import GATEWAY_RX_TYPES, Signals, StreamDecoder, Switches, TrackSections, encode
 
 N = 1000

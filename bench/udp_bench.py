@@ -78,8 +78,8 @@ def retained_allocations(n: int, warmup_s: float = WARMUP_S) -> float:
     import tracemalloc
     import zlib
 
-    from gateway import config
-    from gateway.runtime import Gateway
+    from gateway.app import config
+    from gateway.app.runtime import Gateway
     from railcodecs import TrainStatus, encode
     from bench.common import GATEWAY_ID, TRAIN_BASE
 

@@ -10,7 +10,7 @@ The decoder never owns the memory it parses. It asks a source for:
 * ``consume(n)``: drop ``n`` bytes.
 
 Two sources implement it: :class:`LinearBuffer` here (a growable bytearray, for
-``StreamDecoder.feed``) and the gateway's SPSC ring (``gateway/ring_buffer.py``),
+``StreamDecoder.feed``) and the gateway's SPSC ring (``gateway/net/ring_buffer.py``),
 into which the IO loop receives straight from the socket. So the same decoder,
 with the same resynchronisation rules, parses frames in place in either.
 

@@ -18,7 +18,7 @@ import signal
 import sys
 from dataclasses import replace
 
-from gateway.config import ConfigError, Endpoint, load
+from gateway.app.config import ConfigError, Endpoint, load
 
 from .consists import ScenarioError, parse_scenario
 from .faults import FaultPlan, FaultSpecError, parse_at, parse_rate

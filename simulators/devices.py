@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.config import Device
+from gateway.app.config import Device
 from railcodecs import (DEVICE_RX_TYPES, Close, Command, CommandResult, FrameError, Heartbeat, Hello, HelloAck,
                         MacPolicy, Signals, StreamDecoder, Switches, TrackSections)
 

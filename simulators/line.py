@@ -1,6 +1,6 @@
 """A seeded model of the line's state, built from the gateway's own line file.
 
-The line file is read with :func:`gateway.config.load` (the same validated file
+The line file is read with :func:`gateway.app.config.load` (the same validated file
 and the same ``ConfigError`` messages as the gateway); this module only adds
 what the simulators need on top of it (:func:`signing_key`,
 :func:`unconfigured_id`).
@@ -31,7 +31,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from gateway.config import KINDS, Config, Device, Trains
+from gateway.app.config import KINDS, Config, Device, Trains
 from railcodecs import DeviceAlarm, Signals, Switches, TrackSections
 
 PLATFORM_DOORS = KINDS["platform_doors"]
@@ -40,7 +40,7 @@ PLATFORM_DOORS = KINDS["platform_doors"]
 def signing_key(device: Device) -> bytes | None:
     """The key a device signs its frames with: its configured key unless ``mac: off``.
 
-    The gateway verifies with the same rule (``gateway.server.Context.mac_policy``), so a
+    The gateway verifies with the same rule (``gateway.app.context.Context.mac_policy``), so a
     device with ``mac: optional`` and no key sends unsigned frames.
     """
     return device.mac_key if device.mac != "off" else None

@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from gateway.config import Config
+from gateway.app.config import Config
 
 from .consists import ConsistTimeline, Scenario
 from .devices import DeviceSim

@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from gateway import config
+from gateway.app import config
 from railcodecs import DEVICE_RX_TYPES, Frame, Hello, MacPolicy, StreamDecoder, encode
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ class RunningGateway:
         self._thread = threading.Thread(target=self._main, name="gateway-main", daemon=True)
 
     def _main(self) -> None:
-        from gateway.runtime import Gateway
+        from gateway.app.runtime import Gateway
         try:
             self.gw = Gateway(self.cfg, admin=self.admin, clock_ms=self.clock_ms, alarms=self.alarms,
                               relay_factory=self.relay_factory)

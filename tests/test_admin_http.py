@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from gateway.admin_http import MAX_BODY_BYTES, AdminServer, render_metrics
+from gateway.adapters.admin_http import MAX_BODY_BYTES, AdminServer, render_metrics
 
 SAMPLE_STATUS = {
     "gateway_id": 1, "name": "demo-gw", "uptime_s": 12.5, "version": "0.1.0",

@@ -8,7 +8,7 @@ from alarms.journal import Journal, JournalError
 from alarms.lifecycle import IllegalTransition
 from alarms.model import AlarmEvent, AlarmKey, ClearAlarm, OperatorAction, RaiseAlarm
 from alarms.service import AlarmService
-from gateway.events import EventLog
+from gateway.line.events import EventLog
 
 T0 = 1_795_425_974_859
 

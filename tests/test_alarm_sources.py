@@ -1,7 +1,8 @@
 """Alarm sources: EventLog conditions, threat rates, DEVICE_ALARM frames, object state."""
 from alarms.model import AlarmKey, ClearAlarm, InfoEvent, RaiseAlarm
-from alarms.sources import DeviceAlarmFrame, GatewayEventSource, ObjectChange, ObjectStateSource, Sources, ThreatLimits, ThreatMonitor
-from gateway.events import EventLog
+from alarms.observations import DeviceAlarmFrame, ObjectChange
+from alarms.sources import GatewayEventSource, ObjectStateSource, Sources, ThreatLimits, ThreatMonitor
+from gateway.line.events import EventLog
 from railcodecs.messages import DeviceAlarm
 
 T0 = 1_795_425_974_859

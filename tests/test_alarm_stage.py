@@ -16,8 +16,9 @@ from gateway_harness import Device, RunningGateway, line_config, read_alarm_even
 
 from alarms.history import SqliteHistory
 from alarms.live_table import read_active
-from gateway import alarms_action_cmd, alarms_cmd, config
-from gateway.status_cmd import render_text
+from gateway.app import config
+from gateway.cli import alarms_action_cmd, alarms_cmd
+from gateway.cli.status_cmd import render_text
 from railcodecs import DeviceAlarm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -100,9 +101,9 @@ def test_device_alarm_to_kafka_history_redis_and_operator_ack(tmp_path, redis_pr
 
 
 def test_only_changes_into_or_out_of_an_alarming_value_are_queued(tmp_path):
-    from alarms.sources import ObjectChange
-    from gateway.alarm_stage import AlarmStage
-    from gateway.server import Context
+    from alarms.observations import ObjectChange
+    from gateway.app.alarm_stage import AlarmStage
+    from gateway.app.context import Context
     cfg = config.parse(line_config(state_dir=str(tmp_path / "state")).raw, "t")
     stage = AlarmStage(cfg, Context(cfg))
     queued: list = []
@@ -121,7 +122,7 @@ def test_a_full_queue_refuses_samples_but_never_conditions_or_device_alarms(tmp_
     import threading
 
     from alarms.service import AlarmService
-    from alarms.sources import ThreatSample
+    from alarms.observations import ThreatSample
     svc = AlarmService(str(tmp_path / "journal.db"), gateway_id=1, line="l", max_pending=5)
     svc.start()
     try:

@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from gateway.async_log import DoubleBufferHandler, install, shutdown
+from gateway.base.async_log import DoubleBufferHandler, install, shutdown
 
 _names = itertools.count()
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import load_vectors
-from gateway.decode_cmd import main
+from gateway.cli.decode_cmd import main
 
 VECTORS = load_vectors()
 

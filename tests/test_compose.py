@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from gateway import config
+from gateway.app import config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

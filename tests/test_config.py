@@ -8,7 +8,7 @@ import threading
 import pytest
 import yaml
 
-from gateway import config
+from gateway.app import config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((ROOT / "config" / "demo-line.yaml").read_text())

@@ -1,10 +1,10 @@
-"""gateway.atomics under contention: 8 threads, exact totals, one winner per compare-and-set."""
+"""gateway.base.atomics under contention: 8 threads, exact totals, one winner per compare-and-set."""
 from __future__ import annotations
 
 import sys
 import threading
 
-from gateway.atomics import AtomicCounter, AtomicRef
+from gateway.base.atomics import AtomicCounter, AtomicRef
 
 THREADS = 8
 ITERATIONS = 20_000

@@ -6,9 +6,9 @@ import itertools
 import pytest
 from coupling_helpers import CPD, CPL, DCP, DEC, MASTER, NONE, SLAVE, T0_MS, Recorder, pair, report
 
-from gateway.coupling import (COUPLED, COUPLING, DECOUPLED, DECOUPLING, DOUBLE_MASTER, DOUBLE_SLAVE, MISMATCH,
+from gateway.coupling.engine import (COUPLED, COUPLING, DECOUPLED, DECOUPLING, DOUBLE_MASTER, DOUBLE_SLAVE, MISMATCH,
                               TIMEOUT, TRANSITIONS, UNKNOWN, CouplingEngine)
-from gateway.coupling_settings import CouplingSettings, parse_coupling
+from gateway.coupling.settings import CouplingSettings, parse_coupling
 
 A, B, CID = 1025, 1026, 9
 SRC = f"consist {CID}"

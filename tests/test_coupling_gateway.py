@@ -10,9 +10,9 @@ import pytest
 from coupling_helpers import CPD, MASTER, SLAVE
 from gateway_harness import RunningGateway, line_config, wait_until
 
-from gateway import config
-from gateway.coupling import DOUBLE_MASTER
-from gateway.status_cmd import fetch_status, render_text
+from gateway.app import config
+from gateway.coupling.engine import DOUBLE_MASTER
+from gateway.cli.status_cmd import fetch_status, render_text
 from railcodecs import TrainStatus, encode
 
 SRC = "consist 9"

@@ -11,7 +11,7 @@ from gateway_harness import RunningGateway, line_config, read_alarm_events
 from test_simulators import SimThread
 from test_simulators_vs_gateway import at_ports
 
-from gateway import config
+from gateway.app import config
 from simulators.consists import parse_scenario
 from simulators.runner import Options, Simulation
 

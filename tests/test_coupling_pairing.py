@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from coupling_helpers import CPD, MASTER, SLAVE, WINDOW_MS, Recorder, at, model_pairs, report
 
-from gateway.coupling import DOUBLE_MASTER, CouplingEngine
-from gateway.coupling_settings import CouplingSettings
+from gateway.coupling.engine import DOUBLE_MASTER, CouplingEngine
+from gateway.coupling.settings import CouplingSettings
 
 A, B, CID = 1025, 1026, 9
 SRC = f"consist {CID}"

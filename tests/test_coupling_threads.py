@@ -17,9 +17,9 @@ import pytest
 from coupling_helpers import (CPD, CPL, DCP, DEC, MASTER, NONE, SLAVE, WINDOW_MS, Recorder, at, model_pairs,
                               periodic_times, report)
 
-from gateway.coupling import CHECKS, COUNTER_NAMES, CouplingEngine, abnormal_checks
-from gateway.coupling_settings import CouplingSettings
-from gateway.coupling_workers import CouplingWorkers
+from gateway.coupling.engine import CHECKS, COUNTER_NAMES, CouplingEngine, abnormal_checks
+from gateway.coupling.settings import CouplingSettings
+from gateway.coupling.workers import CouplingWorkers
 
 THREADS = 8
 CONSISTS = 2000

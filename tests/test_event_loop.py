@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from gateway.event_loop import EventLoop
-from gateway.loop_pool import EventLoopThread, EventLoopThreadPool
-from gateway.timer_queue import COMPACT_MIN, TimerQueue
+from gateway.net.event_loop import EventLoop
+from gateway.net.loop_pool import EventLoopThread, EventLoopThreadPool
+from gateway.net.timer_queue import COMPACT_MIN, TimerQueue
 
 # -- TimerQueue (clock passed in: no sleeping) ----------------------------------------------------
 

@@ -11,7 +11,7 @@ import time
 import tracemalloc
 
 from gateway_harness import Device, RunningGateway, line_config, wait_until
-from gateway.link_state import LinkEvent
+from gateway.line.link_state import LinkEvent
 from railcodecs import Close, Command, encode
 
 

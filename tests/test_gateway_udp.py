@@ -7,9 +7,9 @@ import time
 import tracemalloc
 
 from gateway_harness import RunningGateway, line_config, wait_until
-from gateway.runtime import UDP_CLASSES
-from gateway.slab_pool import SlabPool
-from gateway.udp_endpoint import UdpEndpoint
+from gateway.app.runtime import UDP_CLASSES
+from gateway.net.slab_pool import SlabPool
+from gateway.net.udp_endpoint import UdpEndpoint
 from railcodecs import Receiver, TrainHeartbeat, TrainStatus, encode
 
 

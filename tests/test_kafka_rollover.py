@@ -12,7 +12,7 @@ import pytest
 from alarms.consumer import AlarmTableConsumer
 from alarms.kafka_relay import KafkaRelay
 from alarms.topics import next_midnight_ms, topic_for
-from gateway import alarms_cmd
+from gateway.cli import alarms_cmd
 
 from kafka_fixtures import TZ, EventSource, broker, wait_for  # noqa: F401 (fixture)
 from test_kafka_relay import read_topic

@@ -5,11 +5,11 @@ import threading
 
 import pytest
 
-from gateway import config
-from gateway.devices import Registry
-from gateway.events import EventLog
-from gateway.link_state import TRANSITIONS, IllegalTransition, LinkEvent, LinkState, next_state
-from gateway.object_state import ObjectState
+from gateway.app import config
+from gateway.line.devices import Registry
+from gateway.line.events import EventLog
+from gateway.line.link_state import TRANSITIONS, IllegalTransition, LinkEvent, LinkState, next_state
+from gateway.line.object_state import ObjectState
 from railcodecs import Frame, Signals, TrainStatus
 
 S, E = LinkState, LinkEvent

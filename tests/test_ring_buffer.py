@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ring_buffer import DEFAULT_SLACK, MAX_FRAME, SpscRing
+from gateway.net.ring_buffer import DEFAULT_SLACK, MAX_FRAME, SpscRing
 
 
 def fill(ring: SpscRing, data: bytes) -> None:

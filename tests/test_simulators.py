@@ -24,7 +24,7 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from gateway.config import Endpoint, parse
+from gateway.app.config import Endpoint, parse
 from railcodecs import (GATEWAY_RX_TYPES, UDP_TYPES, Close, Command, FrameError, Heartbeat, Hello, HelloAck,
                         MacPolicy, Receiver, StreamDecoder, decode_datagram, encode)
 from simulators.cli import main as sim_main

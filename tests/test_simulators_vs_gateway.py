@@ -13,8 +13,8 @@ import json
 import time
 from dataclasses import replace
 
-from gateway.config import Endpoint
-from gateway.status_cmd import main as status_main
+from gateway.app.config import Endpoint
+from gateway.cli.status_cmd import main as status_main
 from simulators.faults import RATE_FAULTS, FaultPlan, parse_at
 from simulators.runner import Options, Simulation
 

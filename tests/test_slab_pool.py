@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from gateway.slab_pool import ObjectPool, SlabPool
+from gateway.net.slab_pool import ObjectPool, SlabPool
 
 ICD_CLASSES = {32: 4, 48: 4, 64: 4, 80: 4, 128: 4, 144: 8}
 

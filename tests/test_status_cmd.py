@@ -9,8 +9,8 @@ import time
 import pytest
 import yaml
 
-from gateway.admin_http import AdminServer
-from gateway.status_cmd import CLEAR, main
+from gateway.adapters.admin_http import AdminServer
+from gateway.cli.status_cmd import CLEAR, main
 from test_admin_http import SAMPLE_STATUS
 
 DEMO_CONFIG = pathlib.Path(__file__).parent.parent / "config" / "demo-line.yaml"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.zone_locks import InProcessZoneLocks, LockHeld, LockNotOwned, RedisZoneLocks
+from gateway.adapters.zone_locks import InProcessZoneLocks, LockHeld, LockNotOwned, RedisZoneLocks
 from test_history_fixtures import redis_prefix  # noqa: F401
 
 

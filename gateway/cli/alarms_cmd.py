@@ -20,12 +20,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 #: name -> ("module:function", help). The lead adds history/ack/shelve here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "tail": ("gateway.alarms_cmd:tail_main", "print the live alarm table, then every change (--json)"),
-    "history": ("gateway.alarms_history_cmd:main", "query the alarm history (--since, --source, --code)"),
-    "list": ("gateway.alarms_action_cmd:list_main", "the gateway's active alarms (admin API)"),
-    "ack": ("gateway.alarms_action_cmd:ack_main", "acknowledge an alarm: KEY --operator NAME"),
-    "shelve": ("gateway.alarms_action_cmd:shelve_main", "shelve an alarm: KEY --minutes N --operator NAME"),
-    "unshelve": ("gateway.alarms_action_cmd:unshelve_main", "unshelve an alarm: KEY --operator NAME"),
+    "tail": ("gateway.cli.alarms_cmd:tail_main", "print the live alarm table, then every change (--json)"),
+    "history": ("gateway.cli.alarms_history_cmd:main", "query the alarm history (--since, --source, --code)"),
+    "list": ("gateway.cli.alarms_action_cmd:list_main", "the gateway's active alarms (admin API)"),
+    "ack": ("gateway.cli.alarms_action_cmd:ack_main", "acknowledge an alarm: KEY --operator NAME"),
+    "shelve": ("gateway.cli.alarms_action_cmd:shelve_main", "shelve an alarm: KEY --minutes N --operator NAME"),
+    "unshelve": ("gateway.cli.alarms_action_cmd:unshelve_main", "unshelve an alarm: KEY --operator NAME"),
 }
 
 
@@ -55,7 +55,7 @@ def format_change(c, tz: ZoneInfo) -> str:
 
 def _embedded_bootstrap(cfg) -> str:
     """The embedded broker's address, which the running gateway writes into its state_dir."""
-    from gateway.alarm_stage import BOOTSTRAP_FILE
+    from gateway.app.alarm_stage import BOOTSTRAP_FILE
     path = os.path.join(os.path.abspath(cfg.gateway.state_dir), BOOTSTRAP_FILE)
     try:
         with open(path) as f:
@@ -70,7 +70,7 @@ def _settings(args) -> tuple[str, str, str, int | None]:
     if args.config:
         if args.bootstrap or args.prefix or args.tz:
             raise UsageError("give -c CONFIG or --bootstrap/--prefix/--tz, not both")
-        from gateway.config import ConfigError, load
+        from gateway.app.config import ConfigError, load
         try:
             cfg = load(args.config)
         except ConfigError as exc:

@@ -15,28 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
+
+from alarms.observations import GatewayEvent
 
 log = logging.getLogger("railgate.events")
 
 RESTORED = {"LINK_REDUNDANCY_LOST": "LINK_REDUNDANCY_RESTORED", "DEVICE_COMM_LOST": "DEVICE_COMM_RESTORED",
             "TRAIN_COMM_LOST": "TRAIN_COMM_RESTORED"}
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayEvent:
-    time_ms: int
-    name: str
-    source: str
-    detail: str = ""
-    #: for condition events: True raised, False cleared; None for plain events
-    active: bool | None = None
-
-    def to_json(self) -> dict:
-        out = {"time_ms": self.time_ms, "name": self.name, "source": self.source, "detail": self.detail}
-        if self.active is not None:
-            out["active"] = self.active
-        return out
 
 
 class EventLog:

@@ -20,17 +20,17 @@ import signal
 import threading
 import time
 
-from .acceptor import Acceptor, listen_socket
-from .config import Config, load
-from .coupling import CouplingEngine
-from .coupling_workers import CouplingWorkers
-from .event_loop import EventLoop
-from .link_state import LinkEvent
-from .loop_pool import EventLoopThreadPool
-from .server import Context, LinkBuffers, udp_socket
-from .slab_pool import ObjectPool, SlabPool
-from .status import build_status
-from .udp_endpoint import UdpEndpoint
+from gateway.net.acceptor import Acceptor, listen_socket
+from gateway.app.config import Config, load
+from gateway.coupling.engine import CouplingEngine
+from gateway.coupling.workers import CouplingWorkers
+from gateway.net.event_loop import EventLoop
+from gateway.line.link_state import LinkEvent
+from gateway.net.loop_pool import EventLoopThreadPool
+from gateway.app.context import Context, LinkBuffers, udp_socket
+from gateway.net.slab_pool import ObjectPool, SlabPool
+from gateway.app.status import build_status
+from gateway.net.udp_endpoint import UdpEndpoint
 
 log = logging.getLogger("railgate.gateway")
 
@@ -62,7 +62,7 @@ class Gateway:
         self.udp: UdpEndpoint | None = None
         self.alarms = None
         if alarms:
-            from .alarm_stage import AlarmStage
+            from gateway.app.alarm_stage import AlarmStage
             self.alarms = AlarmStage(cfg, self.ctx, relay_factory=relay_factory)
             self.ctx.alarm_sink = self.alarms
         self.admin = None
@@ -109,7 +109,7 @@ class Gateway:
         grace_s = (s.hello_timeout_ms + s.dead_after * s.heartbeat_ms) / 1000
         self.base.call_later(grace_s, lambda: self.ctx.registry.check_startup(self.ctx.now_ms()))
         if self._want_admin:
-            from .admin_http import AdminServer
+            from gateway.adapters.admin_http import AdminServer
             self.admin = AdminServer(s.admin.host, s.admin.port, status_provider=self.status,
                                      routes=self.alarms.routes() if self.alarms is not None else None)
             self.admin.start()

@@ -1,6 +1,6 @@
 """Atomic-style primitives for state shared between worker threads.
 
-Used by the coupling engine (:mod:`gateway.coupling`) for its claim flags and
+Used by the coupling engine (:mod:`gateway.coupling.engine`) for its claim flags and
 counters; any thread may call any method here.
 
 What the GIL does and does not give

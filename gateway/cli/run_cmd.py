@@ -21,8 +21,8 @@ import signal
 import sys
 import time
 
-from . import async_log
-from .config import ConfigError, install, load
+from gateway.base import async_log
+from gateway.app.config import ConfigError, install, load
 
 
 def _pid_alive(pid: int) -> bool:
@@ -86,7 +86,7 @@ def run_main(argv: list[str] | None = None) -> int:
             print(f"gateway run: {args.pidfile} names a running process ({old}); stop it first", file=sys.stderr)
             return 1
     install(cfg)
-    from .runtime import Gateway  # after the config check: a bad file fails fast
+    from gateway.app.runtime import Gateway  # after the config check: a bad file fails fast
     try:
         gw = Gateway(cfg)
     except OSError as exc:

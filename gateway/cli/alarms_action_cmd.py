@@ -17,7 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from .status_cmd import _OPENER, DEFAULT_URL, FETCH_TIMEOUT_S, url_from_config
+from gateway.cli.status_cmd import _OPENER, DEFAULT_URL, FETCH_TIMEOUT_S, url_from_config
 
 
 def _parser(action: str | None) -> argparse.ArgumentParser:

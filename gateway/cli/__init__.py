@@ -8,12 +8,12 @@ from __future__ import annotations
 import sys
 
 _COMMANDS = {
-    "run": ("gateway.run_cmd:run_main", "run the gateway (-c config/demo-line.yaml; --daemon --pidfile F)"),
-    "stop": ("gateway.run_cmd:stop_main", "stop a daemon gateway gracefully (--pidfile F)"),
-    "status": ("gateway.status_cmd:main", "show devices, links, trains, loops and pools (--json, --watch)"),
-    "decode": ("gateway.decode_cmd:main", "decode ICD frames (hex or raw) to JSON lines"),
+    "run": ("gateway.cli.run_cmd:run_main", "run the gateway (-c config/demo-line.yaml; --daemon --pidfile F)"),
+    "stop": ("gateway.cli.run_cmd:stop_main", "stop a daemon gateway gracefully (--pidfile F)"),
+    "status": ("gateway.cli.status_cmd:main", "show devices, links, trains, loops and pools (--json, --watch)"),
+    "decode": ("gateway.cli.decode_cmd:main", "decode ICD frames (hex or raw) to JSON lines"),
     "simulate": ("simulators.cli:main", "run device and train simulators against a gateway"),
-    "alarms": ("gateway.alarms_cmd:main", "alarm tools: tail, history, list, ack, shelve, unshelve"),
+    "alarms": ("gateway.cli.alarms_cmd:main", "alarm tools: tail, history, list, ack, shelve, unshelve"),
 }
 
 

@@ -1,5 +1,5 @@
 """Coupling worker threads: take TRAIN_STATUS reports off the UDP loop and feed
-the coupling engine (:mod:`gateway.coupling`).
+the coupling engine (:mod:`gateway.coupling.engine`).
 
 ::
 

@@ -71,7 +71,7 @@ def status_url(base_url: str) -> str:
 
 def url_from_config(path: str) -> str:
     """The admin API's URL from a line config's ``gateway.admin``; raises ConfigError/OSError."""
-    from .config import load  # only -c needs YAML
+    from gateway.app.config import load  # only -c needs YAML
     admin = load(path).gateway.admin
     # a wildcard bind address is not somewhere to connect to: use loopback
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(admin.host, admin.host)

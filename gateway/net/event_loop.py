@@ -61,7 +61,7 @@ import select
 import threading
 import time
 
-from .timer_queue import TimerHandle, TimerQueue
+from gateway.net.timer_queue import TimerHandle, TimerQueue
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import logging
 import select
 import socket
 
-from .tcp_link import TcpLink
+from gateway.net.tcp_link import TcpLink
 
 log = logging.getLogger("railgate.acceptor")
 EV_READ = select.EPOLLIN | select.EPOLLET

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .event_loop import EventLoop
+from gateway.net.event_loop import EventLoop
 
 log = logging.getLogger(__name__)
 

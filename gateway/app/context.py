@@ -19,11 +19,11 @@ from collections import Counter
 
 from railcodecs import MacPolicy, Receiver
 
-from .config import Config, diff
-from .devices import Registry
-from .events import EventLog
-from .link_state import LinkEvent
-from .object_state import ObjectState
+from gateway.app.config import Config, diff
+from gateway.line.devices import Registry
+from gateway.line.events import EventLog
+from gateway.line.link_state import LinkEvent
+from gateway.line.object_state import ObjectState
 
 log = logging.getLogger("railgate.gateway")
 
@@ -32,7 +32,7 @@ class LinkBuffers:
     """The heavy, reusable part of a link (its ring); pooled, bounded by max_links."""
 
     def __init__(self, ring_bytes: int) -> None:
-        from .ring_buffer import SpscRing
+        from gateway.net.ring_buffer import SpscRing
         self.ring = SpscRing(ring_bytes)
 
     def reset(self) -> None:
@@ -58,8 +58,8 @@ class Context:
         self._links_lock = threading.Lock()
         self.links: set = set()
         self.link_pool = None  # set by the Gateway
-        self.coupling_workers = None  # set by the Gateway: gateway/coupling_workers.py
-        self.alarm_sink = None        # set by the Gateway: gateway/alarm_stage.py
+        self.coupling_workers = None  # set by the Gateway: gateway/coupling/workers.py
+        self.alarm_sink = None        # set by the Gateway: gateway/app/alarm_stage.py
         self.udp_checks = None        # set by the Gateway: the UDP endpoint's counters (threat sampling)
         self.apply = self.objects.apply
 

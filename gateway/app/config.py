@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from alarms.settings import PipelineSettings, parse_pipeline
 
-from .coupling_settings import CouplingSettings, parse_coupling
+from gateway.coupling.settings import CouplingSettings, parse_coupling
 
 KINDS = {"interlocking": 1, "zone_controller": 2, "platform_doors": 3}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -103,7 +103,7 @@ class Config:
     raw: dict = field(repr=False, compare=False, default_factory=dict)
     #: alarms:, kafka:, history:, redis: (alarms/settings.py)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
-    #: coupling: (gateway/coupling_settings.py)
+    #: coupling: (gateway/coupling/settings.py)
     coupling: CouplingSettings = field(default_factory=CouplingSettings)
 
     def device(self, device_id: int) -> Device | None:
@@ -330,5 +330,5 @@ def current() -> Config:
     """The process-wide configuration. Any thread; raises if none was installed."""
     cfg = _current  # one reference read: atomic, and Config is immutable
     if cfg is None:
-        raise RuntimeError("no configuration installed: call gateway.config.install(load(path)) first")
+        raise RuntimeError("no configuration installed: call gateway.app.config.install(load(path)) first")
     return cfg

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)   # bad options: argparse prints usage and the problem
     except SystemExit as exc:
         return int(exc.code or 0)
-    from gateway.config import ConfigError, load
+    from gateway.app.config import ConfigError, load
     try:
         cfg = load(args.config)
     except ConfigError as exc:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except _Usage as exc:
         sys.stderr.write(f"gateway alarms history: {exc}\n")
         return 2
-    spec = cfg.pipeline.history                 # validated by gateway.config (alarms/settings.py)
+    spec = cfg.pipeline.history                 # validated by gateway.app.config (alarms/settings.py)
     state_dir = os.path.abspath(cfg.gateway.state_dir)
     if spec.kind == "sqlite" and not os.path.exists(os.path.join(state_dir, "history.db")):
         sys.stderr.write(f"gateway alarms history: no history yet: {os.path.join(state_dir, 'history.db')} "

@@ -2,7 +2,7 @@
 
 ``parse_coupling(raw)`` validates the section and returns the settings and a
 list of problems in the config module's style (``coupling.key: expected ...,
-got ...``); the caller decides whether problems are fatal (``gateway.config``
+got ...``); the caller decides whether problems are fatal (``gateway.app.config``
 raises ConfigError listing them with every other problem). A missing section
 means every default. Pure function; any thread.
 """

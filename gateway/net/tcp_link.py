@@ -37,7 +37,7 @@ import time
 from railcodecs import (GATEWAY_RX_TYPES, Close, CommandResult, DeviceAlarm, FrameError, Heartbeat, Hello,
                         HelloAck, Reason, StreamDecoder, encode)
 
-from .link_state import LinkEvent, LinkState, next_state
+from gateway.line.link_state import LinkEvent, LinkState, next_state
 
 EV_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 EV_WRITE = EV_READ | select.EPOLLOUT

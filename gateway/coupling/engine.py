@@ -70,8 +70,8 @@ from collections import deque
 
 from railcodecs.train_messages import TrainStatus
 
-from .atomics import AtomicCounter
-from .coupling_settings import CouplingSettings
+from gateway.base.atomics import AtomicCounter
+from gateway.coupling.settings import CouplingSettings
 
 UNKNOWN, DECOUPLED, COUPLING, COUPLED, DECOUPLING = "unknown", "decoupled", "coupling", "coupled", "decoupling"
 REPORTED = {TrainStatus.DECOUPLED: DECOUPLED, TrainStatus.COUPLING: COUPLING, TrainStatus.COUPLED: COUPLED,

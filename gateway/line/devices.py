@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import threading
 
-from .config import Config, Device
-from .events import EventLog
+from gateway.app.config import Config, Device
+from gateway.line.events import EventLog
 
 NETS = ("A", "B")
 

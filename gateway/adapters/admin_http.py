@@ -1,6 +1,6 @@
 """Admin HTTP API: ``GET /status`` (JSON), ``GET /metrics`` (Prometheus text), pluggable routes.
 
-Who calls it: :class:`gateway.runtime.Gateway` starts one ``AdminServer`` in
+Who calls it: :class:`gateway.app.runtime.Gateway` starts one ``AdminServer`` in
 ``start()`` and stops it at shutdown; ``gateway status`` is its main client.
 
 Threading: one **admin** thread runs a ``selectors`` loop over the listening
@@ -10,7 +10,7 @@ called from that thread only, one call at a time: later handlers (alarm
 ack/shelve) need no locks against each other, an idle keep-alive client costs a
 dict entry instead of a thread, and ``stop()`` joins exactly one thread. The
 price is that a slow handler delays every client; status snapshots are plain
-ints read without locks (``gateway/status.py``), and a handler that may block
+ints read without locks (``gateway/app/status.py``), and a handler that may block
 must hand its work to another thread.
 
 HTTP parsing and framing are h11's (sans-IO): this module only moves bytes
@@ -90,7 +90,7 @@ class AdminServer:
                  max_connections: int = MAX_CONNECTIONS) -> None:
         """Configure; nothing is bound until start(). Any thread.
 
-        ``status_provider()`` returns the status dict (``gateway/status.py``);
+        ``status_provider()`` returns the status dict (``gateway/app/status.py``);
         ``routes`` maps ``(METHOD, "/path")`` to a :data:`Handler`. Both are
         called in the admin thread only, never concurrently.
         """
@@ -448,7 +448,7 @@ def _scaled(value, factor: float):
 
 
 def render_metrics(status: dict) -> str:
-    """The status dict (``gateway/status.py``) as Prometheus text 0.0.4. Pure; any thread.
+    """The status dict (``gateway/app/status.py``) as Prometheus text 0.0.4. Pure; any thread.
 
     Missing sections give families without samples; ``None`` values give no sample.
     """

@@ -32,7 +32,8 @@ from alarms.journal import Journal
 from alarms.lifecycle import IllegalTransition
 from alarms.model import ModelError, OperatorAction
 from alarms.service import AlarmService
-from alarms.sources import SECTION_FAULT, SWITCH_LOST, DeviceAlarmFrame, ObjectChange, Sources, ThreatSample
+from alarms.observations import DeviceAlarmFrame, ObjectChange, ThreatSample
+from alarms.sources import SECTION_FAULT, SWITCH_LOST, Sources
 
 log = logging.getLogger("railgate.alarms")
 

@@ -1,0 +1,1 @@
+"""Train coupling/decoupling: the counter engine and its worker threads. No IO."""

@@ -1,0 +1,1 @@
+"""The line's state without IO: objects, devices and reachability, conditions, the link protocol."""
