@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test setup demo clean bench bench-smoke
+.PHONY: test setup demo clean bench bench-smoke fuzz
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ bench: $(STAMP)
 # seconds: proves every benchmark still produces numbers (never judges speed)
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench.run --smoke
+
+# coverage-guided fuzzing of the codecs: make fuzz TARGET=stream|datagram|receiver MINUTES=5 (default stream, 5)
+fuzz: $(STAMP)
+	$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/pip install --quiet -e ".[fuzz]"
+	$(BIN)/python -m tests.fuzz.fuzz_codecs --target $(or $(TARGET),stream) --minutes $(or $(MINUTES),5)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -85,4 +85,5 @@ class FieldError(ValueError):
 
 
 class PayloadError(ValueError):
-    """Raised inside payload parsing; decoders turn it into ``bad_payload``."""
+    """The one exception ``Message.unpack`` raises for a payload that does not parse
+    (a field out of range included); decoders turn it into ``bad_payload``."""

@@ -191,7 +191,11 @@ def crc_ok(view: memoryview, pos: int, total: int) -> bool:
 
 def finish(view: memoryview, pos: int, total: int, policy: MacPolicy,
            types: dict[int, type[Message]]) -> Frame | tuple[Reason, str]:
-    """Checks after the CRC passed: MAC, type, payload. Returns a Frame or (reason, detail)."""
+    """Checks after the CRC passed: MAC, type, payload. Returns a Frame or (reason, detail).
+
+    Never raises on the bytes: ``unpack`` reports every payload that does not
+    parse (a field out of range included) as PayloadError, which is ``bad_payload``.
+    """
     mtype, flags, src, dst, seq, time_ms, length = _FINISH_FIELDS.unpack_from(view, pos)
     body_end = pos + HEADER_LEN + length
     if flags & FLAG_MAC:

@@ -4,8 +4,15 @@ Each message class knows its type code, name, payload layout, how to pack
 itself and how to parse a payload. Field names are exactly the ICD's, so the
 JSON the tools print matches the ICD tables. Constructors reject out-of-range
 values with :class:`FieldError` (our fault); ``unpack`` raises
-:class:`PayloadError` for payloads that do not parse (the peer's fault, which
-decoders report as ``bad_payload``).
+:class:`PayloadError`, and nothing else, for payloads that do not parse (the
+peer's fault, which decoders report as ``bad_payload``).
+
+``unpack`` is defined once, in :class:`Message`: it runs the type's
+``_parse`` and turns whatever a payload can provoke there (a field check's
+:class:`FieldError` from the constructor, ``struct.error``,
+``UnicodeDecodeError``, ``IndexError``, ``ValueError``) into
+:class:`PayloadError`. So an enumerated field out of range on the wire (ICD
+section 3) is ``bad_payload`` for every type, today's and future ones.
 
 UDP messages (0x50-0x52) have one fixed payload size each, zero padding
 included; padding and unused diagnostic entries must be zero on the wire
@@ -20,6 +27,10 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from .errors import FieldError, PayloadError
+
+#: what parsing hostile bytes can raise besides PayloadError (UnicodeDecodeError and
+#: FieldError are ValueErrors); unpack() reports all of them as bad_payload
+_PAYLOAD_FAULTS = (ValueError, struct.error, IndexError)
 
 # --- field checks (shared by every constructor) ---------------------------
 
@@ -48,11 +59,30 @@ class Message:
     #: fixed payload size for UDP messages, None for TCP messages
     FIXED_PAYLOAD: ClassVar[int | None] = None
 
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        if "unpack" in cls.__dict__:  # it would bypass the error mapping below
+            raise TypeError(f"{cls.__name__}: override _parse(), not unpack()")
+
     def pack(self) -> bytes:
         raise NotImplementedError  # every concrete message overrides it
 
     @classmethod
     def unpack(cls, payload: bytes | memoryview) -> "Message":
+        """Parse a payload; raises :class:`PayloadError` (and only that) if it does not parse."""
+        try:
+            return cls._parse(payload)
+        except PayloadError:
+            raise
+        except FieldError as exc:  # a field out of its range: the text names message and field
+            raise PayloadError(str(exc)) from None
+        except _PAYLOAD_FAULTS as exc:
+            raise PayloadError(f"{cls.NAME}: {type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _parse(cls, payload: bytes | memoryview) -> "Message":
+        """The type's parser (what each message overrides). It may build the message
+        with its constructor, whose field checks then reject values out of range."""
         raise NotImplementedError  # every concrete message overrides it
 
     def to_fields(self) -> dict:
@@ -93,7 +123,7 @@ class Hello(Message):
         return _HELLO.pack(self.device_kind, self.net, self.heartbeat_ms, self.version.encode("ascii"))
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) != _HELLO.size:
             raise PayloadError(f"HELLO payload is {len(payload)} bytes, expected {_HELLO.size}")
         kind, net, hb, raw = _HELLO.unpack(payload)
@@ -132,7 +162,7 @@ class HelloAck(Message):
         return _HELLO_ACK.pack(self.result, self.heartbeat_ms, self.gateway_time_ms)
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) != _HELLO_ACK.size:
             raise PayloadError(f"HELLO_ACK payload is {len(payload)} bytes, expected {_HELLO_ACK.size}")
         return cls(*_HELLO_ACK.unpack(payload))
@@ -155,7 +185,7 @@ class Heartbeat(Message):
         return _U32.pack(self.counter)
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) != 4:
             raise PayloadError(f"HEARTBEAT payload is {len(payload)} bytes, expected 4")
         return cls(_U32.unpack(payload)[0])
@@ -179,7 +209,7 @@ class Close(Message):
         return bytes((self.reason,))
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) != 1:
             raise PayloadError(f"CLOSE payload is {len(payload)} bytes, expected 1")
         return cls(payload[0])
@@ -216,7 +246,7 @@ class _StatusList(Message):
         return _U16.pack(len(self.items)) + b"".join(_ITEM.pack(i, v) for i, v in self.items)
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) < 2:
             raise PayloadError(f"{cls.NAME} payload is {len(payload)} bytes, too short for its count")
         (n,) = _U16.unpack_from(payload, 0)
@@ -300,7 +330,7 @@ class DeviceAlarm(Message):
         return _ALARM.pack(self.code, self.severity, self.action, self.object_id, len(raw)) + raw
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) < _ALARM.size:
             raise PayloadError(f"DEVICE_ALARM payload is {len(payload)} bytes, shorter than its {_ALARM.size}-byte head")
         code, sev, action, obj, n = _ALARM.unpack_from(payload, 0)
@@ -310,10 +340,7 @@ class DeviceAlarm(Message):
             text = bytes(payload[_ALARM.size:]).decode("utf-8")
         except UnicodeDecodeError:
             raise PayloadError("DEVICE_ALARM.text is not valid UTF-8") from None
-        try:
-            return cls(code, sev, action, obj, text)
-        except FieldError as exc:
-            raise PayloadError(str(exc)) from None
+        return cls(code, sev, action, obj, text)
 
 
 _COMMAND = struct.Struct(">IBHHQ")
@@ -340,13 +367,10 @@ class Command(Message):
         return _COMMAND.pack(self.command_id, self.op, self.object_id, self.arg, self.fencing_token)
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) != _COMMAND.size:
             raise PayloadError(f"COMMAND payload is {len(payload)} bytes, expected {_COMMAND.size}")
-        try:
-            return cls(*_COMMAND.unpack(payload))
-        except FieldError as exc:
-            raise PayloadError(str(exc)) from None
+        return cls(*_COMMAND.unpack(payload))
 
 
 _COMMAND_RESULT = struct.Struct(">IBH")
@@ -369,10 +393,7 @@ class CommandResult(Message):
         return _COMMAND_RESULT.pack(self.command_id, self.result, self.detail)
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) != _COMMAND_RESULT.size:
             raise PayloadError(f"COMMAND_RESULT payload is {len(payload)} bytes, expected {_COMMAND_RESULT.size}")
-        try:
-            return cls(*_COMMAND_RESULT.unpack(payload))
-        except FieldError as exc:
-            raise PayloadError(str(exc)) from None
+        return cls(*_COMMAND_RESULT.unpack(payload))

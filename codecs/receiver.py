@@ -122,11 +122,14 @@ class Receiver:
         """Check a HELLO: name the link's device, learn the clock offset.
 
         Returns the HELLO_ACK result code (0 ok, 1 unknown device). Safe from
-        the link's thread; takes the sender's lock.
+        the link's thread; takes the sender's lock. Never raises on a decoded
+        frame: one that is not a HELLO names no device (``unknown_type``).
         """
         msg = frame.message
-        assert isinstance(msg, Hello)
         link.rx_frames += 1
+        if not isinstance(msg, Hello):
+            link.count(Reason.UNKNOWN_TYPE)
+            return HelloAck.UNKNOWN_DEVICE
         if frame.dst != self.gateway_id:
             link.count(Reason.WRONG_DESTINATION)
             return HelloAck.UNKNOWN_DEVICE
@@ -169,9 +172,9 @@ class Receiver:
         link.rx_frames += 1
         if frame.dst != self.gateway_id:
             return self._drop(link, Reason.WRONG_DESTINATION)
-        if link.device_id is None or frame.src != link.device_id:
+        sender = self.senders.get(frame.src)
+        if link.device_id is None or frame.src != link.device_id or sender is None:
             return self._drop(link, Reason.UNKNOWN_SOURCE)
-        sender = self.senders[frame.src]
         age = now_ms - (frame.time_ms - link.offset_ms)
         if age > self.max_age_ms or -age > self.max_age_ms:
             return self._drop(link, Reason.STALE, sender)

@@ -33,7 +33,7 @@ class TrainHeartbeat(Message):
         return _U32.pack(self.counter)
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) != 4:
             raise PayloadError(f"TRAIN_HEARTBEAT payload is {len(payload)} bytes, expected 4")
         return cls(_U32.unpack(payload)[0])
@@ -92,16 +92,13 @@ class TrainStatus(Message):
                             self.fault_flags, _ZERO18)
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) != _STATUS.size:
             raise PayloadError(f"TRAIN_STATUS payload is {len(payload)} bytes, expected {_STATUS.size}")
         *values, pad = _STATUS.unpack(payload)
         if pad != _ZERO18:
             raise PayloadError("TRAIN_STATUS padding is not zero")
-        try:
-            return cls(*values)
-        except FieldError as exc:
-            raise PayloadError(str(exc)) from None
+        return cls(*values)
 
 
 _DIAG_ENTRY = struct.Struct(">HBB")
@@ -136,7 +133,7 @@ class TrainDiag(Message):
         return struct.pack(">H", len(self.items)) + body + bytes(self.FIXED_PAYLOAD - 2 - len(body))
 
     @classmethod
-    def unpack(cls, payload):
+    def _parse(cls, payload):
         if len(payload) != cls.FIXED_PAYLOAD:
             raise PayloadError(f"TRAIN_DIAG payload is {len(payload)} bytes, expected {cls.FIXED_PAYLOAD}")
         n = (payload[0] << 8) | payload[1]
@@ -145,7 +142,4 @@ class TrainDiag(Message):
         used = 2 + 4 * n
         if any(payload[used:]):
             raise PayloadError("TRAIN_DIAG entries past n (or the padding) are not zero")
-        try:
-            return cls(tuple(_DIAG_ENTRY.iter_unpack(payload[2:used])))
-        except FieldError as exc:
-            raise PayloadError(str(exc)) from None
+        return cls(tuple(_DIAG_ENTRY.iter_unpack(payload[2:used])))
