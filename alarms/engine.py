@@ -44,9 +44,9 @@ from collections import deque
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
-from . import lifecycle
-from .lifecycle import NORMAL, SHELVED, UNACK, IllegalTransition
-from .model import (SEVERITIES, AlarmEvent, AlarmInput, AlarmKey, ClearAlarm, InfoEvent, OperatorAction, RaiseAlarm,
+from alarms import lifecycle
+from alarms.lifecycle import NORMAL, SHELVED, UNACK, IllegalTransition
+from alarms.model import (SEVERITIES, AlarmEvent, AlarmInput, AlarmKey, ClearAlarm, InfoEvent, OperatorAction, RaiseAlarm,
                     iso_time)
 
 TABLE_FULL = AlarmKey("gateway", "ALARM_TABLE_FULL")

@@ -14,7 +14,7 @@ watermark again and goes on from there. The journal keeps every event, so the ga
 afterwards; asking again (instead of trusting its own copy) also covers a batch that committed
 but whose answer was lost, and lets the live table resync.
 
-Two sinks: :class:`HistorySink` (a HistoryStore) and ``alarms.live_table.LiveTable``; the
+Two sinks: :class:`HistorySink` (a HistoryStore) and ``alarms.live.live_table.LiveTable``; the
 service runs one writer per sink so an outage of one does not hold up the other.
 
 Threading: the writer opens its own Journal on the file inside its thread (the journal's
@@ -55,7 +55,7 @@ class HistorySink:
 
 
 def _open_journal(path: str) -> Any:
-    from .journal import Journal
+    from alarms.journal import Journal
     return Journal(path)
 
 

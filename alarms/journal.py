@@ -27,8 +27,8 @@ indexes it there. ``latest`` points at the key's last event instead of
 holding a second copy of it: half the bytes per alarm, and one B-tree (no
 rowid) for the upsert that runs for every alarm. A journal written by an
 older version (a ``delivered`` column and its partial index; a ``latest``
-with a copy of the value) is migrated once when opened. Pruning ``events``
-(not done yet) must keep the rows ``latest`` points at.
+with a copy of the value) is migrated once when opened. Nothing prunes
+``events``; anything that ever does must keep the rows ``latest`` points at.
 
 Checkpoints: SQLite copies the WAL back into the database file when a
 commit finds the WAL over ``wal_autocheckpoint`` pages, in the connection that
@@ -57,7 +57,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from .model import AlarmEvent
+from alarms.model import AlarmEvent
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

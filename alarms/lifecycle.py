@@ -33,7 +33,7 @@ Pure functions over immutable values; safe from any thread.
 """
 from __future__ import annotations
 
-from .model import STATES
+from alarms.model import STATES
 
 NORMAL, UNACK, ACKED, RTN_UNACK, SHELVED, OUT_OF_SERVICE = STATES
 #: the table's transitions (``info`` events never enter the table)

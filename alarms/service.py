@@ -32,10 +32,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from .engine import AlarmEngine
-from .journal import Journal
-from .model import AlarmEvent, OperatorAction
-from .sources import Sources
+from alarms.engine import AlarmEngine
+from alarms.journal import Journal
+from alarms.model import AlarmEvent, OperatorAction
+from alarms.sources import Sources
 
 log = logging.getLogger("railgate.alarms")
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sources import ThreatLimits
+from alarms.sources import ThreatLimits
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _HOSTPORT = re.compile(r"[A-Za-z0-9._-]+:\d{1,5}")

@@ -35,8 +35,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .observations import DeviceAlarmFrame, GatewayEvent, ObjectChange, ThreatSample
-from .model import SEVERITY_BY_ICD, AlarmInput, AlarmKey, ClearAlarm, InfoEvent, RaiseAlarm
+from alarms.observations import DeviceAlarmFrame, GatewayEvent, ObjectChange, ThreatSample
+from alarms.model import SEVERITY_BY_ICD, AlarmInput, AlarmKey, ClearAlarm, InfoEvent, RaiseAlarm
 
 #: EventLog condition -> severity
 SEVERITY = {"DEVICE_COMM_LOST": "critical", "LINK_REDUNDANCY_LOST": "major", "TRAIN_COMM_LOST": "major",

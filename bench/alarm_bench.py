@@ -1,6 +1,6 @@
 """The alarm path: journal -> Kafka throughput against raw produce, and frame -> Kafka consumer latency.
 
-Throughput (one embedded broker, ``alarms.broker.EmbeddedBroker``: tansu, memory only, free loopback port;
+Throughput (one embedded broker, ``alarms.kafka.broker.EmbeddedBroker``: tansu, memory only, free loopback port;
 ``rounds`` rounds, the variants interleaved in each round, median reported):
 
 * **raw produce**: an idempotent confluent-kafka ``Producer`` (``acks=all``, the relay's
@@ -9,7 +9,7 @@ Throughput (one embedded broker, ``alarms.broker.EmbeddedBroker``: tansu, memory
 * **journal -> Kafka**: the same N events appended to a fresh ``Journal`` in batches of ``BATCH`` (one
   transaction and one fsync each, as the alarm thread's group commit), ``wake()`` after every append,
   while (a) a ``KafkaRelay`` thread in this process (the same GIL as the appender, as in the gateway
-  before the relay moved out) and (b) the ``RelaySupervisor`` child (``alarms/relay_process.py``) relays
+  before the relay moved out) and (b) the ``RelaySupervisor`` child (``alarms/kafka/relay_process.py``) relays
   them; events/s from the first append to the moment no journal row is left undelivered (polled every
   5 ms on a connection of our own);
 * **engine + journal**: ``AlarmService`` (the alarm thread) fed N ``DeviceAlarmFrame`` observations
@@ -30,7 +30,9 @@ to the same consumer. The consumer polls (returns at the first message) and sets
 ends (a Kafka broker answers as soon as data arrives), so it bounds the broker's share. The full run
 then repeats with ``bench/load.py line`` with ``faults``, where every section passes through FAULT and
 every switch through LOST once every four frames (~50,000 alarm raise/clear inputs/s to the alarm
-thread): the share of DEVICE_ALARM frames that still reach Kafka. ``BENCH_ALARM_RELAY='{"linger.ms":
+thread): the share of DEVICE_ALARM frames that still reach Kafka, and once more on a light line
+(``LIGHT_DEVICES`` interlockings, ``LIGHT_TRAINS`` trains, steady): the path's latency when the IO thread
+is not saturated (no target; the target is at line load). ``BENCH_ALARM_RELAY='{"linger.ms":
 0}'`` (experiments) runs the gateway with those producer settings for the relay.
 
 Every loop is bounded in count and time; every process started here is stopped by its own pid.
@@ -52,6 +54,7 @@ from bench.common import DEVICE_BASE, PY, ROOT, cpu_s, line_config, load, median
 
 N_EVENTS, ROUNDS, BATCH = 60_000, 3, 1000
 DEVICES, TRAINS, RATE_HZ, SECONDS, WARMUP = 1000, 500, 20, 30, 8
+LIGHT_DEVICES, LIGHT_TRAINS, LIGHT_SECONDS, LIGHT_WARMUP = 5, 5, 15, 3   # the light-load latency run
 DRAIN_S = 10                    # after the last frame, how long alarms may still arrive (bounded)
 CHURN_SECONDS, CHURN_DRAIN_S = 10, 30
 CONSUMER_FETCH_WAIT_MS = 5      # the bench consumer's fetch.wait.max.ms (librdkafka default: 500; see the doc)
@@ -61,7 +64,7 @@ LINE = "bench-line"
 
 
 def _linger() -> int:
-    from alarms.kafka_relay import PRODUCER_DEFAULTS
+    from alarms.kafka.relay import PRODUCER_DEFAULTS
     return PRODUCER_DEFAULTS["linger.ms"]
 
 
@@ -89,7 +92,7 @@ def make_events(n: int) -> list:
 
 
 def _ensure_topic(bootstrap: str, prefix: str) -> str:
-    from alarms.topics import TopicManager, topic_for
+    from alarms.kafka.topics import TopicManager, topic_for
     from zoneinfo import ZoneInfo
     return TopicManager(bootstrap, PARTITIONS, 1, admin_config={"log_level": 0}, timeout_s=10).ensure(
         topic_for(prefix, time.time_ns() // 1_000_000, ZoneInfo(TZ)))
@@ -100,7 +103,7 @@ def _ensure_topic(bootstrap: str, prefix: str) -> str:
 def raw_produce(bootstrap: str, prefix: str, records: list[tuple[bytes, bytes]], timeout_s: float) -> dict:
     from confluent_kafka import Producer
 
-    from alarms.kafka_relay import PRODUCER_DEFAULTS
+    from alarms.kafka.relay import PRODUCER_DEFAULTS
     topic = _ensure_topic(bootstrap, prefix)
     p = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, "log_level": 0})
     state = {"ok": 0, "err": 0}
@@ -136,7 +139,7 @@ def kafka_floor(bootstrap: str, prefix: str, n: int) -> dict:
     """The broker's own latency: a bare producer (linger.ms=0) -> the bench consumer, one record per 50 ms."""
     from confluent_kafka import Producer
 
-    from alarms.kafka_relay import PRODUCER_DEFAULTS
+    from alarms.kafka.relay import PRODUCER_DEFAULTS
     topic = _ensure_topic(bootstrap, prefix)
     p = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, "linger.ms": 0, "log_level": 0})
     p.produce(topic, b"{}", b"warm-up")
@@ -181,10 +184,10 @@ def journal_to_kafka(bootstrap: str, prefix: str, events: list, kind: str, tmp: 
     _ensure_topic(bootstrap, prefix)
     kwargs = dict(topic_prefix=prefix, tz=TZ, gateway_id=1, line=LINE, partitions=PARTITIONS)
     if kind == "thread":
-        from alarms.kafka_relay import KafkaRelay
+        from alarms.kafka.relay import KafkaRelay
         relay = KafkaRelay(path, bootstrap, **kwargs).start()
     else:
-        from alarms.relay_process import RelaySupervisor
+        from alarms.kafka.relay_process import RelaySupervisor
         relay = RelaySupervisor(path, bootstrap, snapshots=False, log_path=os.path.join(tmp, f"{prefix}.log"),
                                 **kwargs).start()
         relay.wait_running(15)
@@ -268,7 +271,7 @@ def single_append_ms(tmp: str, n: int) -> dict:
 
 
 def throughput(smoke: bool, tmp: str) -> list[dict]:
-    from alarms.broker import EmbeddedBroker
+    from alarms.kafka.broker import EmbeddedBroker
     n, rounds = (1000, 1) if smoke else (N_EVENTS, ROUNDS)
     timeout = 30 if smoke else 120
     have_process = (ROOT / "alarms" / "relay_process.py").exists()
@@ -310,13 +313,13 @@ def throughput(smoke: bool, tmp: str) -> list[dict]:
         prc = median(res["process"])
         rows += [
             row("Alarm path: journal -> Kafka, relay child process", round(prc), "events/s", ">= 50,000",
-                prc >= 50_000, note="RelaySupervisor (alarms/relay_process.py), wake pipe; snapshots off"),
+                prc >= 50_000, note="RelaySupervisor (alarms/kafka/relay_process.py), wake pipe; snapshots off"),
             row("Alarm path: journal -> Kafka / raw, relay child process", round(prc / raw, 3), "x", ">= 0.5",
                 prc / raw >= 0.5),
         ]
     else:
         rows.append(row("Alarm path: journal -> Kafka, relay child process", 0, "events/s",
-                        note="not measured: alarms/relay_process.py does not exist yet"))
+                        note="not measured: alarms/kafka/relay_process.py does not exist yet"))
     rows += [
         row("Alarm path: engine + journal (AlarmService)", round(median(res["engine"])), "events/s",
             note="DeviceAlarmFrame raise/clear submitted -> journaled (alarm thread, group commit)"),
@@ -353,7 +356,7 @@ RELAY_OVERRIDE = os.environ.get("BENCH_ALARM_RELAY")
 
 def _gateway_main(cfg_path: str, producer_config: dict) -> None:
     """``gateway run`` with a relay factory that adds ``producer_config`` (the shipped RelaySupervisor)."""
-    from alarms.relay_process import RelaySupervisor
+    from alarms.kafka.relay_process import RelaySupervisor
     from gateway.app.config import install, load as load_cfg
     from gateway.app.runtime import Gateway
     cfg = load_cfg(cfg_path)
@@ -478,12 +481,13 @@ def _steady_load(**params):
     return Child("alarm_bench.py", "--steady-line", _arg_file(params), name="load steady line", ready_timeout=180.0)
 
 
-def latency(smoke: bool, tmp: str, churn: bool = False) -> dict:
-    """One gateway + line load + alarm device; ``churn``: bench/load.py's rotating object states."""
+def latency(smoke: bool, tmp: str, churn: bool = False, light: bool = False) -> dict:
+    """One gateway + line load + alarm device; ``churn``: bench/load.py's rotating object states;
+    ``light``: the same with ``LIGHT_DEVICES`` interlockings and ``LIGHT_TRAINS`` trains (IO thread not saturated)."""
     import yaml
     from confluent_kafka.admin import AdminClient
 
-    from alarms.topics import topic_for
+    from alarms.kafka.topics import topic_for
     from railcodecs import DeviceAlarm
     from zoneinfo import ZoneInfo
     sys_path_tests = str(ROOT / "tests")
@@ -495,7 +499,9 @@ def latency(smoke: bool, tmp: str, churn: bool = False) -> dict:
     devices, trains, seconds, warmup = (5, 5, 2.0, 1.5) if smoke else (DEVICES, TRAINS, SECONDS, WARMUP)
     if churn and not smoke:
         seconds = CHURN_SECONDS
-    tmp = os.path.join(tmp, "churn" if churn else "steady")
+    if light and not smoke:
+        devices, trains, seconds, warmup = LIGHT_DEVICES, LIGHT_TRAINS, LIGHT_SECONDS, LIGHT_WARMUP
+    tmp = os.path.join(tmp, "churn" if churn else "light" if light else "steady")
     os.makedirs(tmp, exist_ok=True)
     cfg = line_config(devices + 1, trains, max_age_ms=600_000, heartbeat_ms=500)
     state_dir = os.path.join(tmp, "gw-state")
@@ -649,6 +655,23 @@ def latency_rows(m: dict, churn_m: dict | None) -> list[dict]:
     return rows
 
 
+def light_rows(m: dict) -> list[dict]:
+    """The light-load latency run: the alarm path when the gateway's IO thread is not saturated (no target)."""
+    lat = m["lat"]
+    if not lat:
+        raise RuntimeError(f"light-load latency: no alarm reached the consumer ({m['sent']} sent)")
+    what = (f"{2 * m['devices']} links x 10 frames/s + {m['trains']} trains x 5 Hz, steady object states; "
+            f"DEVICE_ALARM raise/clear at {RATE_HZ}/s for {m['seconds']:g} s; {len(lat)}/{m['sent']} seen; "
+            f"gateway CPU {m['cpu_pct']:.0f} % of one core")
+    return [
+        row("Alarm latency at light load, frame -> Kafka consumer p50", round(_pct(lat, 50), 1), "ms", note=what),
+        row("Alarm latency at light load, frame -> Kafka consumer p99", round(_pct(lat, 99), 1), "ms",
+            note=f"breakdown p50/p99: send -> IO thread {_pct(m['seg_in'], 50):.0f}/{_pct(m['seg_in'], 99):.0f}, "
+                 f"IO thread -> relay produce {_pct(m['seg_relay'], 50):.0f}/{_pct(m['seg_relay'], 99):.0f}, "
+                 f"produce -> consumer {_pct(m['seg_kafka'], 50):.0f}/{_pct(m['seg_kafka'], 99):.0f}"),
+    ]
+
+
 def run(smoke: bool = False) -> list[dict]:
     raise_nofile()
     tmp = tempfile.mkdtemp(prefix="railgate-alarm-bench-")
@@ -656,6 +679,8 @@ def run(smoke: bool = False) -> list[dict]:
         rows = throughput(smoke, tmp)
         steady = latency(smoke, tmp)
         rows += latency_rows(steady, None if smoke else latency(smoke, tmp, churn=True))
+        # smoke: its steady line is already a light one (5 interlockings); the rows only prove they come out
+        rows += light_rows(steady if smoke else latency(smoke, tmp, light=True))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

@@ -47,9 +47,13 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def line_config(devices: int, trains: int = 0, *, io_threads: int = 1, heartbeat_ms: int = 500,
+def line_config(devices: int, trains: int = 0, *, io_threads: int | None = None, heartbeat_ms: int = 500,
                 max_age_ms: int = 2000, train_hb_ms: int = 1000) -> dict:
-    """A line of ``devices`` interlockings (nets A and B, no MAC) and ``trains`` trains, on free ports."""
+    """A line of ``devices`` interlockings (nets A and B, no MAC) and ``trains`` trains, on free ports.
+
+    ``io_threads`` None leaves the key out: the gateway runs its shipped default
+    (``gateway.app.config``; ``config/*.yaml`` do not override it).
+    """
     devs = [{"id": DEVICE_BASE + i, "name": f"CI-{i}", "kind": "interlocking", "nets": ["A", "B"], "mac": "off",
              "sections": list(range(100, 110)), "signals": list(range(200, 206)), "switches": [300, 301, 302]}
             for i in range(devices)]
@@ -59,13 +63,20 @@ def line_config(devices: int, trains: int = 0, *, io_threads: int = 1, heartbeat
                                "net_b": {"host": "127.0.0.1", "port": free_port()},
                                "udp": {"host": "127.0.0.1", "port": free_port(socket.SOCK_DGRAM)}},
                     "admin": {"host": "127.0.0.1", "port": free_port()},
-                    "io_threads": io_threads, "heartbeat_ms": heartbeat_ms, "max_age_ms": max_age_ms,
+                    "heartbeat_ms": heartbeat_ms, "max_age_ms": max_age_ms,
                     "max_links": max(4096, 2 * devices + 64), "udp_slabs": 1024, "log": {"level": "WARNING"},
-                    "state_dir": "/tmp/railgate-bench-state"},
+                    "state_dir": "/tmp/railgate-bench-state",
+                    **({} if io_threads is None else {"io_threads": io_threads})},
         "line": {"name": "bench-line", "timezone": "UTC"},
         "devices": devs,
         "trains": {"heartbeat_ms": train_hb_ms, "ids": [TRAIN_BASE + j for j in range(trains)]},
     }
+
+
+def effective_io_threads(cfg: dict) -> int:
+    """The io_threads the gateway runs on the line ``cfg`` (its own default when the key is absent)."""
+    from gateway.app import config
+    return config.parse(cfg, "bench").gateway.io_threads
 
 
 def ports(cfg: dict) -> dict:

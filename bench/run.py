@@ -1,4 +1,4 @@
-"""Run every benchmark module and write bench/results/latest.json and the table in BENCHMARKS.md.
+"""Run every benchmark module; write bench/results/latest.json, the table in BENCHMARKS.md, README's targets.
 
     .venv/bin/python -m bench.run            # the full run (make bench), under 15 minutes on 2 cores
     .venv/bin/python -m bench.run --smoke    # seconds: proves every benchmark still produces numbers
@@ -12,9 +12,13 @@ file name, run in ``ORDER`` and then any others alphabetically, each in this
 process, one after another (they start their own server and load processes).
 A module that raises gives an error row; the others still run.
 
-Slots: ``coupling_bench.py`` (the coupling engineer's) and ``alarm_bench.py``
-(the alarm path, to come) are listed in ``ORDER`` already and are simply
-skipped while their files do not exist.
+A full run (not ``--smoke``, not ``--out``) rewrites two generated blocks
+from the result: the whole table in BENCHMARKS.md (between ``BEGIN`` and
+``END``) and the targets table in README.md's Benchmarks section (between
+``README_BEGIN`` and ``README_END``: every row with a target, met or not).
+Both name the commit and date of the run, so every figure there is one
+recorded in bench/results/latest.json. Figures quoted in hand-written prose
+must be taken from the same file.
 
 ``--smoke`` never judges speed: it only checks that every module returned
 rows with numeric values and units (see tests/test_bench_smoke.py).
@@ -29,6 +33,7 @@ import math
 import os
 import pathlib
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -38,12 +43,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, raise_nofile  # noqa: E402
 
-ORDER = ["tcp_ingest", "line_load", "udp", "liveness", "scaling", "micro", "log",
-         "coupling",   # bench/coupling_bench.py: the coupling engineer's
-         "alarm"]      # bench/alarm_bench.py: the alarm path's benchmarks go here
+ORDER = ["tcp_ingest", "line_load", "udp", "liveness", "scaling", "micro", "log", "coupling", "simulator",
+         "alarm"]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench:begin (written by `make bench`) -->", "<!-- bench:end -->"
+README = ROOT / "README.md"
+README_BEGIN, README_END = "<!-- bench:targets:begin (written by `make bench`) -->", "<!-- bench:targets:end -->"
 
 
 def discover() -> list[str]:
@@ -145,14 +151,48 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(result: dict) -> None:
-    block = f"{BEGIN}\n{table(result)}\n{END}"
-    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
+def targets(result: dict) -> str:
+    """README's headline: every row with a target, from one recorded run (its commit and date named)."""
+    m = result["meta"]
+    reruns = "".join(f"; {', '.join(r['modules'])} re-run at commit {r['commit']} on {r['date']}"
+                     for r in m.get("partial_reruns", []))
+    lines = [f"From the {m['mode']} run at commit {m['commit']} on {m['date']} ({m['cpus']} CPUs, "
+             f"{m['implementation']} {m['python']}){reruns}; `bench/results/latest.json`.", "",
+             "| target | measured | met |", "|---|---|---|"]
+    for name, mod in result["modules"].items():
+        if mod.get("error"):
+            lines.append(f"| {name} | error (see BENCHMARKS.md) | |")
+        for r in mod["rows"]:
+            if "target" in r:
+                # a bare number (or comparison) as target is in the row's unit
+                tgt = r["target"] + (f" {r['unit']}" if re.fullmatch(r"[<>=]*\s*[\d,.]+", r["target"]) else "")
+                lines.append(f"| {r['name']}: {tgt} | {_fmt(r['value'])} {r['unit']} | "
+                             f"{'yes' if r['met'] else '**no**'} |")
+    return "\n".join(lines)
+
+
+def _replace_block(path: pathlib.Path, begin: str, end: str, body: str, create: str | None) -> bool:
+    """Rewrite the text between ``begin`` and ``end`` in ``path``; without the markers append (``create``) or skip."""
+    block = f"{begin}\n{body}\n{end}"
+    if not path.exists():
+        if create is None:
+            return False
+        path.write_text(create)
+    text = path.read_text()
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    elif create is not None:
         text += "\n" + block + "\n"
-    DOC.write_text(text)
+    else:
+        return False
+    path.write_text(text)
+    return True
+
+
+def write_doc(result: dict) -> None:
+    _replace_block(DOC, BEGIN, END, table(result), create=f"# Benchmarks\n\n{BEGIN}\n{END}\n")
+    if not _replace_block(README, README_BEGIN, README_END, targets(result), create=None):
+        print(f"[bench] {README.name}: no {README_BEGIN} ... {README_END} block, not written", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

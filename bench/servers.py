@@ -80,14 +80,14 @@ def run_gateway(cfg) -> None:
     gw.start()
 
     def stats():
-        with gw.ctx._links_lock:
-            links = list(gw.ctx.links)
+        links = gw.ctx.links_snapshot()
         errors: dict = {}
         for link in links:
             for k, v in link.checks.errors.items():
                 errors[k] = errors.get(k, 0) + v
         return {"frames": sum(link.checks.rx_frames for link in links), "errors": errors,
                 "datagrams": gw.udp.rx_datagrams if gw.udp is not None else 0,
+                "trains": len(gw.ctx.objects.trains),   # trains whose state the gateway applied
                 "links": len(links), "alive": sum(1 for link in links if link.alive)}
 
     threading.Thread(target=_control, args=(stats, gw.stop), daemon=True).start()

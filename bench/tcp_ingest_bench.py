@@ -11,6 +11,10 @@ is reported. ``max_age_ms`` is raised to 600 s for this line so that frames
 encoded before the run are applied, not dropped as stale, however long the
 slowest server takes.
 
+The gateway runs the shipped configuration: ``io_threads`` is left to its
+default (1, ``gateway/app/config.py``; ``config/demo-line.yaml`` does not set
+it); the row's note names the value. ``bench/scaling_bench.py`` varies it.
+
 Targets (issue "benchmarks and performance targets"): gateway >= 0.6 x limit
 and >= 1.0 x uvloop, in frames/s.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import cpu_s, line_config, load, median, ports, row, server, wait_count
+from bench.common import cpu_s, effective_io_threads, line_config, load, median, ports, row, server, wait_count
 
 KINDS = ("gateway", "limit", "uvloop", "asyncio")
 LABELS = {"gateway": "(a) gateway, every ICD check + state apply", "limit": "(b) limit: epoll, header + CRC only",
@@ -30,8 +34,8 @@ ROUNDS = 3
 TIMEOUT_S = 60
 
 
-def measure(kind: str, *, devices: int, frames: int, io_threads: int = 2) -> dict:
-    """One run of one server: frames/s (wall) and CPU-µs per frame."""
+def measure(kind: str, *, devices: int, frames: int, io_threads: int | None = None) -> dict:
+    """One run of one server: frames/s (wall) and CPU-µs per frame. ``io_threads`` None: the shipped default."""
     cfg = line_config(devices, io_threads=io_threads, max_age_ms=600_000)
     with server(kind, cfg) as srv, load("tcp_blast", ports=ports(cfg), devices=devices, frames=frames,
                                         max_s=TIMEOUT_S) as ld:
@@ -43,7 +47,8 @@ def measure(kind: str, *, devices: int, frames: int, io_threads: int = 2) -> dic
         n, t1 = wait_count(srv, "frames", total, TIMEOUT_S)
         c1 = cpu_s(srv.pid)
     return {"frames": n, "total": total, "seconds": t1 - t0, "fps": n / (t1 - t0),
-            "cpu_us_per_frame": (c1 - c0) / max(n, 1) * 1e6, "complete": n >= total}
+            "cpu_us_per_frame": (c1 - c0) / max(n, 1) * 1e6, "complete": n >= total,
+            "io_threads": effective_io_threads(cfg)}
 
 
 def run(smoke: bool = False) -> list[dict]:
@@ -59,6 +64,8 @@ def run(smoke: bool = False) -> list[dict]:
         incomplete = sum(not r["complete"] for r in results[k])
         rows.append(row(f"TCP ingest {LABELS[k]}", round(fps[k]), "frames/s",
                         note=f"{2 * devices} links, {results[k][0]['total']:,} frames/run, median of {rounds}"
+                             + (f"; io_threads {results[k][0]['io_threads']} (shipped default)"
+                                if k == "gateway" else "")
                              + (f"; {incomplete} run(s) timed out" if incomplete else "")))
         rows.append(row(f"TCP ingest {LABELS[k]}: CPU", round(cpu[k], 2), "CPU-µs/frame"))
     r_limit = fps["gateway"] / fps["limit"]

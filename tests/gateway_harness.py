@@ -147,7 +147,7 @@ def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
 def read_alarm_events(cfg: config.Config, keep, done, *, timeout: float = 60, what: str = "alarm events") -> list:
     """Follow the day's alarm topic on the gateway's embedded broker (address from its state_dir),
     collecting the decoded event messages for which ``keep(event)`` holds, until ``done(events)``."""
-    from alarms.consumer import AlarmTableConsumer
+    from alarms.kafka.consumer import AlarmTableConsumer
     bootstrap = (pathlib.Path(cfg.gateway.state_dir) / "kafka.bootstrap").read_text().strip()
     consumer = AlarmTableConsumer(bootstrap, cfg.pipeline.alarms.topic_prefix, cfg.timezone,
                                   gateway_id=cfg.gateway.id, replay=True)

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from alarms.broker import EmbeddedBroker
+from alarms.kafka.broker import EmbeddedBroker
 from alarms.engine import AlarmEngine
 from alarms.journal import Journal
 from alarms.model import AlarmKey
@@ -139,7 +139,7 @@ def schema_validator():
 
 class SupervisedConsumer:
     """An AlarmTableConsumer (replay=True, every partition from offset 0) in a child process kept alive by
-    :class:`~alarms.relay_process.ChildSupervisor`: librdkafka may crash in a consumer as well around a
+    :class:`~alarms.kafka.relay_process.ChildSupervisor`: librdkafka may crash in a consumer as well around a
     broker restart, and an HMI restarting its consumer is legitimate. A restarted child reads the day's
     topic from offset 0 again, so the guarantee it checks is at least once + dedupe by ``event_id``.
 
@@ -148,7 +148,7 @@ class SupervisedConsumer:
     """
 
     def __init__(self, bootstrap: str, prefix: str, day_ms: int, log_path: str) -> None:
-        from alarms.relay_process import ChildSupervisor
+        from alarms.kafka.relay_process import ChildSupervisor
         self.ids: dict[int, list[str]] = {}
         self.table: dict | None = None
         self.counters: dict[int, dict] = {}
@@ -187,12 +187,12 @@ class SupervisedConsumer:
 def consumer_main(argv: list[str]) -> int:
     """The consumer child: ``E <event_id>`` per new event, ``T <json>`` table dumps, on stdout."""
     bootstrap, prefix, day_ms, parent = argv[0], argv[1], int(argv[2]), int(argv[3])
-    from alarms.broker import _die_with_parent
+    from alarms.kafka.broker import _die_with_parent
     _die_with_parent()
     if os.getppid() != parent:
         return 2
     faulthandler.enable()
-    from alarms.consumer import AlarmTableConsumer
+    from alarms.kafka.consumer import AlarmTableConsumer
     out = sys.stdout
     consumer = AlarmTableConsumer(bootstrap, prefix, TZ, replay=True, clock_ms=lambda: day_ms)
     dirty, dumped = False, 0.0

@@ -1,4 +1,5 @@
-"""The admin HTTP API over real sockets on 127.0.0.1 (port 0): routes, limits, keep-alive, shutdown."""
+"""The admin HTTP API over real sockets on 127.0.0.1 (port 0): the routing table, limits, keep-alive,
+handlers answering by future (without holding other clients), deadlines, shutdown."""
 from __future__ import annotations
 
 import copy
@@ -9,10 +10,13 @@ import re
 import socket
 import threading
 import time
+from concurrent.futures import Future
 
 import pytest
 
-from gateway.adapters.admin_http import MAX_BODY_BYTES, AdminServer, render_metrics
+from gateway.adapters.admin_http import MAX_BODY_BYTES, AdminServer, Request, Response
+from gateway.app.admin_routes import AdminRoutes
+from gateway.app.metrics import render_metrics
 
 SAMPLE_STATUS = {
     "gateway_id": 1, "name": "demo-gw", "uptime_s": 12.5, "version": "0.1.0",
@@ -38,13 +42,19 @@ SAMPLE_STATUS = {
 }
 
 
+def table(provider=lambda: SAMPLE_STATUS, extra: dict | None = None) -> dict:
+    """The admin API's table around ``provider`` (no alarm stage), plus a test's own ``extra`` routes."""
+    return {**AdminRoutes(provider).table(), **(extra or {})}
+
+
 @pytest.fixture
 def serve():
-    """``serve(provider=..., **kw)`` starts an AdminServer on 127.0.0.1:0; all are stopped after the test."""
+    """``serve(provider=..., routes=..., **kw)`` starts an AdminServer on 127.0.0.1:0 with ``routes``
+    (default: the admin routes around ``provider``); all are stopped after the test."""
     servers = []
 
-    def start(provider=lambda: SAMPLE_STATUS, **kw) -> AdminServer:
-        srv = AdminServer(status_provider=provider, **kw)
+    def start(provider=lambda: SAMPLE_STATUS, routes=None, **kw) -> AdminServer:
+        srv = AdminServer(routes=routes if routes is not None else table(provider), **kw)
         srv.start()
         servers.append(srv)
         return srv
@@ -72,6 +82,19 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         while chunk := s.recv(65536):
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def read_responses(f, n: int) -> list[tuple[int, bytes]]:
+    """``n`` (status, body) from a socket's file; bodies framed by Content-Length."""
+    out = []
+    for _ in range(n):
+        code = int(f.readline().split()[1])
+        length = 0
+        while (line := f.readline()) != b"\r\n":
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        out.append((code, f.read(length)))
+    return out
 
 
 # -- a small Prometheus text-format 0.0.4 parser ------------------------------------------------
@@ -151,6 +174,42 @@ def test_pipelined_requests_are_answered_in_order(serve):
     assert out.startswith(b"HTTP/1.1 200 ") and out.count(b"HTTP/1.1 404 ") == 1
 
 
+def test_a_request_byte_by_byte_then_one_with_its_fin(serve):
+    """Edge-triggered reading: every byte arrives on its own edge; then a request and the client's
+    FIN arrive together (one edge): answered, then closed."""
+    srv = serve()
+    req = b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(req)):
+            s.send(req[i:i + 1])
+            time.sleep(0.001)
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 200 ")
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(req)
+        s.shutdown(socket.SHUT_WR)
+        out = b"".join(iter(lambda: s.recv(65536), b""))   # the server closes after answering
+    assert out.startswith(b"HTTP/1.1 200 ") and json.loads(out.partition(b"\r\n\r\n")[2]) == SAMPLE_STATUS
+
+
+def test_pipelining_client_that_does_not_read_is_held_back_then_served(serve):
+    """1,000 pipelined requests (1 MiB) sent before any answer is read (8 MB of them): the server stops
+    reading while answers are queued, so the kernel's window pushes back on the client instead of
+    our memory growing, and reads on as they drain."""
+    big = {"blob": "x" * 8_000}
+    srv = serve(lambda: big)
+    n = 1000
+    req = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        sender = threading.Thread(target=s.sendall, args=(req * n,))
+        sender.start()
+        time.sleep(0.3)   # answers pile up unread on both sides meanwhile
+        answers = read_responses(s.makefile("rb"), n)
+        sender.join(5)
+    assert [code for code, _ in answers] == [200] * n and json.loads(answers[-1][1]) == big
+
+
 def test_metrics_parse_as_prometheus_text(serve):
     status = copy.deepcopy(SAMPLE_STATUS)
     status["devices"][0]["name"] = 'CI "north" \\ 1\nx'
@@ -189,7 +248,7 @@ def test_unknown_path_is_404_naming_it(serve):
 
 
 def test_wrong_method_is_405_with_allow(serve):
-    srv = serve(routes={("POST", "/alarms/ack"): lambda q, b: (200, {})})
+    srv = serve(routes=table(extra={("POST", "/alarms/ack"): lambda req: Response(200, {})}))
     status, headers, body = get(srv.port, "/status", method="DELETE")
     assert status == 405 and headers["Allow"] == "GET, HEAD"
     assert "DELETE" in json.loads(body)["error"]
@@ -213,7 +272,7 @@ def test_oversized_head_is_431(serve):
 
 def test_body_over_64_kib_is_413(serve):
     calls = []
-    srv = serve(routes={("POST", "/alarms/ack"): lambda q, b: (calls.append(b), (200, {}))[1]})
+    srv = serve(routes=table(extra={("POST", "/alarms/ack"): lambda req: calls.append(req.body) or Response(200)}))
     status, headers, body = get(srv.port, "/alarms/ack", "POST", b"x" * (MAX_BODY_BYTES + 1))
     assert status == 413 and str(MAX_BODY_BYTES) in json.loads(body)["error"]
     # chunked, so the server only finds out while reading
@@ -250,25 +309,176 @@ def test_provider_raising_is_500_and_the_next_request_works(serve, caplog):
 def test_post_route_gets_query_and_body(serve):
     seen = []
 
-    def ack(query: dict, body: bytes):
-        seen.append((query, body, threading.current_thread().name))
-        return 201, {"acked": query["id"]}
+    def ack(req: Request):
+        seen.append((req.method, req.path, req.query, req.body, threading.current_thread().name))
+        return Response(201, {"acked": req.query["id"]})
 
     srv = serve(routes={("POST", "/alarms/ack"): ack})
     status, headers, body = get(srv.port, "/alarms/ack?id=42&by=op%201", "POST", b'{"note": "seen"}')
     assert status == 201 and json.loads(body) == {"acked": "42"}
-    assert seen == [({"id": "42", "by": "op 1"}, b'{"note": "seen"}', "admin")]
+    assert seen == [("POST", "/alarms/ack", {"id": "42", "by": "op 1"}, b'{"note": "seen"}', "admin")]
 
 
 def test_route_handler_bad_return_is_500(serve):
-    srv = serve(routes={("POST", "/x"): lambda q, b: "ok"})
+    srv = serve(routes={("POST", "/x"): lambda req: (200, {})})
     status, _, body = get(srv.port, "/x", "POST", b"")
-    assert status == 500 and "expected (status_code, dict)" in json.loads(body)["error"]
+    assert status == 500 and "expected a Response or a concurrent.futures.Future" in json.loads(body)["error"]
+    fut = Future()
+    fut.set_result("ok")
+    srv2 = serve(routes={("GET", "/z"): lambda req: fut})
+    status, _, body = get(srv2.port, "/z")
+    assert status == 500 and "returned 'ok'" in json.loads(body)["error"]
 
 
-def test_builtin_route_cannot_be_replaced():
-    with pytest.raises(ValueError, match="GET /status is built in"):
-        AdminServer(status_provider=dict, routes={("get", "/status"): lambda q, b: (200, {})})
+def test_the_server_has_no_routes_of_its_own():
+    """The table given is the whole API: the HTTP module builds in no /status, /metrics or any other."""
+    srv = AdminServer(routes={("GET", "/x"): lambda req: Response(200, {"x": 1})})
+    srv.start()
+    try:
+        assert get(srv.port, "/x")[0] == 200
+        assert get(srv.port, "/status")[0] == 404 and get(srv.port, "/metrics")[0] == 404
+    finally:
+        srv.stop()
+    for bad in ({("get", "/x"): dict}, {("GET", "x"): dict}, {"GET /x": dict}, {("GET", "/x"): "not callable"}):
+        with pytest.raises(ValueError, match="expected \\('METHOD', '/path'\\) -> callable"):
+            AdminServer(routes=bad)
+
+
+def test_the_admin_api_is_one_table(serve):
+    """Every route the gateway serves is named in AdminRoutes.table(); anything else is 404, or 405
+    with Allow for a known path."""
+    assert set(AdminRoutes(dict).table()) == {("GET", "/status"), ("GET", "/metrics"), ("GET", "/alarms"),
+                                              ("POST", "/alarms/action")}
+    srv = serve()
+    status, _, body = get(srv.port, "/alarms/nowhere")
+    assert status == 404 and json.loads(body)["path"] == "/alarms/nowhere"
+    status, headers, _ = get(srv.port, "/alarms/action")
+    assert status == 405 and headers["Allow"] == "POST"
+    status, headers, _ = get(srv.port, "/metrics", "POST", b"")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    status, headers, body = get(srv.port, "/metrics", "HEAD")
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
+    status, _, body = get(srv.port, "/alarms")
+    assert status == 404 and "without the alarm stage" in json.loads(body)["error"]
+
+
+# -- handlers answering by future -----------------------------------------------------------------
+def _wait(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def _slow_routes(futures: list) -> dict:
+    """The admin table plus POST /slow, whose future the test completes."""
+    def slow(req: Request) -> Future:
+        futures.append(Future())
+        return futures[-1]
+    return table(extra={("POST", "/slow"): slow})
+
+
+def test_a_pending_future_holds_only_its_own_connection(serve):
+    """While one request waits for its handler's future, other clients are answered at once; the
+    future, completed in another thread, is then written, and the 100 KiB of requests pipelined
+    behind it are read and answered (the server reads on by itself: no new edge comes for them)."""
+    futures: list[Future] = []
+    srv = serve(routes=_slow_routes(futures))
+    behind = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+        s.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" + behind * 100)
+        _wait(lambda: futures)
+        t0 = time.monotonic()
+        for _ in range(10):
+            assert get(srv.port, "/status")[0] == 200
+        assert time.monotonic() - t0 < 1.0 and not futures[0].done()
+        threading.Thread(target=futures[0].set_result, args=(Response(202, {"done": True}),)).start()
+        answers = read_responses(s.makefile("rb"), 101)
+    assert answers[0] == (202, b'{"done":true}')
+    assert [code for code, _ in answers[1:]] == [200] * 100 and json.loads(answers[-1][1]) == SAMPLE_STATUS
+
+
+def test_a_pending_future_past_its_deadline_is_503_and_its_late_answer_dropped(serve):
+    futures: list[Future] = []
+    srv = serve(routes=_slow_routes(futures), action_timeout_s=0.3)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    t0 = time.monotonic()
+    conn.request("POST", "/slow", body=b"{}")
+    resp = conn.getresponse()
+    assert resp.status == 503 and 0.25 < time.monotonic() - t0 < 3
+    assert "no answer within 0.3 s" in json.loads(resp.read())["error"]
+    futures[0].set_result(Response(200, {"too": "late"}))   # dropped: the client has its answer
+    _wait(lambda: srv.late == 1)
+    conn.request("GET", "/status")   # the same connection, kept alive
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read()) == SAMPLE_STATUS
+    conn.close()
+    failed = Future()
+    failed.set_exception(RuntimeError("alarm thread gone"))
+    srv2 = serve(routes={("GET", "/f"): lambda req: failed})
+    status, _, body = get(srv2.port, "/f")
+    assert status == 500 and json.loads(body) == {"error": "GET /f failed: RuntimeError: alarm thread gone"}
+
+
+class _QuietRelay:
+    """Stands in for the relay process."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    start = stop = wake = lambda self: None
+
+    def stats(self) -> dict:
+        return {"delivered": 0}
+
+
+def test_a_slow_operator_action_does_not_delay_status_on_another_connection(tmp_path):
+    """Through the gateway's own table: an ack waits while the alarm thread is held busy; meanwhile
+    GET /status on another connection answers in about ALARM_WAIT_S, with everything but the engine's
+    part; once the thread runs again the ack completes, and /status has the engine again."""
+    from gateway_harness import RunningGateway, line_config
+
+    from gateway.app import config
+    from gateway.app.admin_routes import ALARM_WAIT_S
+
+    raw = line_config(state_dir=str(tmp_path / "state"), hello_timeout_ms=60_000).raw  # no start-up check
+    raw["kafka"] = {"bootstrap_servers": "127.0.0.1:9"}   # not embedded: no broker; the relay is quiet
+    key = "CI-1/DEVICE_COMM_LOST/-"
+    with RunningGateway(config.parse(raw, "t"), admin=True, alarms=True, relay_factory=_QuietRelay) as gw:
+        port = gw.ports["admin"]
+        gw.line.events.raise_condition("DEVICE_COMM_LOST", "CI-1", gw.line.now_ms(), "no link up")
+        _wait(lambda: key in {e["alarm"]["key"] for e in json.loads(get(port, "/alarms")[2])["alarms"]})
+        held, hold = threading.Event(), threading.Event()
+        gw.alarms.service.call(lambda engine: held.set() or hold.wait(10))   # the alarm thread is busy
+        action = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            assert held.wait(5)
+            action.request("POST", "/alarms/action",
+                           body=json.dumps({"action": "ack", "key": key, "operator": "alice"}).encode())
+            _wait(lambda: len(gw.admin._pending) == 1)   # the ack waits for the alarm thread
+            t0 = time.monotonic()
+            code, _, body = get(port, "/status")
+            elapsed = time.monotonic() - t0
+            assert code == 200 and elapsed < ALARM_WAIT_S + 1.0
+            status = json.loads(body)
+            assert "busy" in status["alarms"]["engine"]["error"] and status["alarms"]["relay"] == {"delivered": 0}
+            assert [d["name"] for d in status["devices"]] and "history" in status["alarms"]["writers"]
+            assert get(port, "/metrics")[0] == 200 and get(port, "/alarms/nowhere")[0] == 404
+            assert len(gw.admin._pending) == 1   # the ack is still waiting
+        finally:
+            hold.set()
+        resp = action.getresponse()
+        answer = json.loads(resp.read())
+        action.close()
+        assert resp.status == 200 and [(e["alarm"]["key"], e["state"], e["operator"]) for e in answer["events"]] \
+            == [(key, "ACKED", "alice")]
+        engine = json.loads(get(port, "/status")[2])["alarms"]["engine"]
+        assert "error" not in engine and engine["event_seq"] == 2
+        code, _, body = get(port, "/alarms/action", "POST", b"[1]")
+        assert code == 400 and "bad alarm action" in json.loads(body)["error"]
+        code, _, body = get(port, "/alarms/action", "POST", json.dumps({"action": "ack", "key": key,
+                                                                        "operator": "alice"}).encode())
+        assert code == 409
 
 
 # -- load, timeouts, shutdown ------------------------------------------------------------------
@@ -311,7 +521,7 @@ def _open_fds() -> set[str]:
 
 def test_stop_leaves_no_thread_and_no_fd():
     threads_before, fds_before = set(threading.enumerate()), _open_fds()
-    srv = AdminServer(status_provider=lambda: SAMPLE_STATUS)
+    srv = AdminServer(routes=table())
     srv.start()
     idle = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
     partial = socket.create_connection(("127.0.0.1", srv.port), timeout=5)

@@ -19,7 +19,7 @@ from gateway_harness import Device, line_config, read_alarm_events, wait_until
 from test_gateway_process import free_port
 
 from gateway.app import config
-from alarms.history import SqliteHistory
+from alarms.history.store import SqliteHistory
 from alarms.journal import Journal
 from railcodecs import DeviceAlarm
 

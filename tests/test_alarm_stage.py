@@ -14,8 +14,8 @@ import redis
 import yaml
 from gateway_harness import Device, RunningGateway, line_config, read_alarm_events, wait_until
 
-from alarms.history import SqliteHistory
-from alarms.live_table import read_active
+from alarms.history.store import SqliteHistory
+from alarms.live.live_table import read_active
 from gateway.app import config
 from gateway.cli import alarms_action_cmd, alarms_cmd
 from gateway.cli.status_cmd import render_text
@@ -86,9 +86,12 @@ def test_device_alarm_to_kafka_history_redis_and_operator_ack(tmp_path, redis_pr
 
         # the CLI finds the embedded broker through the state dir
         assert alarms_cmd._settings(alarms_cmd.build_tail_parser().parse_args(["-c", cfg_path]))[0] == bootstrap
-        status = gw.status()
-        assert status["alarms"]["relay"]["delivered"] >= 3
-        assert status["alarms"]["writers"]["history"]["written"] >= 3
+        # the relay child reports its figures every 0.5 s: wait for the report that covers the three
+        def reported():
+            st = gw.status()
+            done = st["alarms"]["relay"]["delivered"] >= 3 and st["alarms"]["writers"]["history"]["written"] >= 3
+            return st if done else None
+        status = wait_until(reported, timeout=10, what="relay and history figures")
         json.dumps(status)
         text = render_text(status)
         assert "Alarms: " in text and "Kafka relay: " in text and "live writer: " in text
@@ -103,9 +106,9 @@ def test_device_alarm_to_kafka_history_redis_and_operator_ack(tmp_path, redis_pr
 def test_only_changes_into_or_out_of_an_alarming_value_are_queued(tmp_path):
     from alarms.observations import ObjectChange
     from gateway.app.alarm_stage import AlarmStage
-    from gateway.app.context import Context
+    from gateway.line.line import Line
     cfg = config.parse(line_config(state_dir=str(tmp_path / "state")).raw, "t")
-    stage = AlarmStage(cfg, Context(cfg))
+    stage = AlarmStage(cfg, Line(cfg))
     queued: list = []
     stage.service.submit = lambda item, essential=False: queued.append((item, essential)) or True
     changes = [("SIGNALS", 257, 201, 0), ("TRACK_SECTIONS", 257, 101, 1), ("TRACK_SECTIONS", 257, 101, 2),
@@ -118,19 +121,71 @@ def test_only_changes_into_or_out_of_an_alarming_value_are_queued(tmp_path):
     assert all(isinstance(c, ObjectChange) and essential for c, essential in queued)
 
 
+class _QuietRelay:
+    """Stands in for the relay process: this test is about what reaches the journal."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {}
+
+
 def test_a_full_queue_refuses_samples_but_never_conditions_or_device_alarms(tmp_path):
+    """Through the gateway's own wiring (EventLog and ObjectState subscriptions, ``ctx.alarm_sink``):
+    with the alarm thread held and its queue full, a condition, a section fault and a DEVICE_ALARM
+    frame are still taken, and the device alarm goes first once the thread runs again."""
     import threading
 
-    from alarms.service import AlarmService
+    from alarms.journal import Journal
+    from alarms.model import AlarmEvent
     from alarms.observations import ThreatSample
-    svc = AlarmService(str(tmp_path / "journal.db"), gateway_id=1, line="l", max_pending=5)
-    svc.start()
+    from railcodecs import Frame, TrackSections
+
+    raw = line_config(state_dir=str(tmp_path / "state"), hello_timeout_ms=60_000).raw  # no start-up check
+    raw["kafka"] = {"bootstrap_servers": "127.0.0.1:9"}   # not embedded: no broker; the relay is quiet
+    cfg = config.parse(raw, "t")
+    with RunningGateway(cfg, alarms=True, relay_factory=_QuietRelay) as gw:
+        ctx, svc = gw.ctx, gw.alarms.service
+        svc.max_pending = 5
+        held, hold = threading.Event(), threading.Event()
+        svc.call(lambda engine: held.set() or hold.wait(10))    # keeps the alarm thread busy meanwhile
+        try:
+            assert held.wait(5)
+            results = [svc.submit(ThreatSample("net A", {}, 1000, "CI-1")) for _ in range(10)]
+            assert results.count(False) >= 5 and svc.stats["dropped_queue_full"] >= results.count(False)
+            assert svc.submit(ThreatSample("net A", {}, 1000, "CI-1")) is False   # full
+
+            now = ctx.now_ms()
+            assert ctx.events.raise_condition("DEVICE_COMM_LOST", "CI-1", now, "no link up")
+            ctx.objects.apply(Frame(258, 1, 1, now, TrackSections(((111, TrackSections.FAULT),))), now)
+            ctx.device_message(None, Frame(258, 1, 2, now, DeviceAlarm(17, 2, DeviceAlarm.RAISE, 301, "motor")),
+                               now)
+        finally:
+            hold.set()
+        keys = {"CI-1/DEVICE_COMM_LOST/-", "CI-2/TRACK_SECTION_FAULT/111", KEY}
+        active: set = set()
+
+        def all_active() -> bool:
+            active.update(e["alarm"]["key"] for e in svc.snapshot().result(5)[1])
+            return keys <= active
+        try:
+            wait_until(all_active, what="the condition, the section fault and the device alarm in the engine")
+        except AssertionError:
+            assert sorted(keys - active) == [], "refused for a full queue"
+    journal = Journal(str(tmp_path / "state" / "journal.db"))
     try:
-        hold = threading.Event()
-        svc.call(lambda engine: hold.wait(10))        # keeps the alarm thread busy meanwhile
-        results = [svc.submit(ThreatSample("net A", {}, 1000, "CI-1")) for _ in range(10)]
-        assert results.count(False) >= 5 and svc.stats["dropped_queue_full"] == results.count(False)
-        assert all(svc.submit(ThreatSample("net B", {}, 1000, "CI-1"), essential=True) for _ in range(10))
-        hold.set()
+        raised = [AlarmEvent.decode(r.value).key for r in journal.read_after(0, limit=1000)]
     finally:
-        svc.stop()
+        journal.close()
+    # the device alarm was submitted last but rides the priority lane (trains may have gone quiet meanwhile)
+    assert [k for k in raised if k in keys] == [KEY, "CI-1/DEVICE_COMM_LOST/-", "CI-2/TRACK_SECTION_FAULT/111"]

@@ -150,7 +150,7 @@ def test_transition_timeout_raised_by_timer_and_cleared_on_leaving():
 
 def test_parse_coupling_defaults_values_and_problems():
     assert parse_coupling(None) == (CouplingSettings(), [])
-    assert parse_coupling({}) == (CouplingSettings(4, 3, 3, 3, 30.0, 200), [])
+    assert parse_coupling({}) == (CouplingSettings(1, 3, 3, 3, 30.0, 200), [])
     s, problems = parse_coupling({"workers": 8, "transition_timeout_s": 2.5, "clear_after": 5, "pair_window_ms": 100})
     assert problems == [] and (s.workers, s.transition_timeout_s, s.clear_after, s.pair_window_ms) == (8, 2.5, 5, 100)
     assert isinstance(parse_coupling({"transition_timeout_s": 10})[0].transition_timeout_s, float)

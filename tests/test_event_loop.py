@@ -14,6 +14,7 @@ import pytest
 from gateway.net.event_loop import EventLoop
 from gateway.net.loop_pool import EventLoopThread, EventLoopThreadPool
 from gateway.net.timer_queue import COMPACT_MIN, TimerQueue
+from gateway_harness import wait_until
 
 # -- TimerQueue (clock passed in: no sleeping) ----------------------------------------------------
 
@@ -393,7 +394,8 @@ def test_events_for_fds_unregistered_or_reused_within_a_batch_are_dropped():
         loop.register(second.fileno(), select.EPOLLIN, lambda m: handler("second", m))
         p1[1].send(b"x")
         p2[1].send(b"x")
-        time.sleep(0.01)
+        wait_until(lambda: len(select.select([first, second], [], [], 0)[0]) == 2,
+                   what="both sockets readable")             # one epoll_wait must return both
         loop.run_once(1.0)
         assert len(calls) == 1 and calls[0] in ("first", "second")
     finally:

@@ -134,3 +134,53 @@ def test_links_over_max_links_are_refused_and_counted():
         c = Device(gw.ports["A"], dev_id=513, kind=2)
         c.wait_for("EOF", 3)
         assert gw.ctx.counters["links_refused"] == 1 and gw.link_pool.stats()["refused"] == 1
+
+
+
+def test_heartbeats_are_counted_so_a_peer_reading_nothing_is_closed_as_slow():
+    """Issue 12 item 6: every byte written is counted when queued and when sent, heartbeats too.
+
+    The device keeps beating but reads nothing. The kernel buffers are filled with sends and the
+    queue brought to just under the high-water mark; from then on only the gateway's heartbeats
+    are written, and they alone must carry the queue over the mark (before the fix they were
+    uncounted when queued but subtracted when sent: the count went negative and the bound loosened).
+    """
+    high_water = 64 * 1024
+    with RunningGateway(line_config(output_high_water_bytes=high_water)) as gw:
+        dev = Device(gw.ports["A"])
+        dev.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        dev.hello()
+        link = up_link(gw)
+        queued = []
+        beat_at = time.monotonic()
+
+        def settled_queue() -> int:
+            """The queue once the loop has run what was handed to it; the device beats meanwhile."""
+            nonlocal beat_at
+            if time.monotonic() >= beat_at:  # the device stays alive: it beats, it just never reads
+                dev.heartbeat()
+                beat_at = time.monotonic() + 0.03
+            time.sleep(0.001)
+            queued.append(link.stats()["output_queued_bytes"])
+            return queued[-1]
+
+        deadline = time.monotonic() + 5
+        while link.stats()["tx_frames"] < 4 and time.monotonic() < deadline:  # HELLO_ACK, 3 heartbeats
+            settled_queue()
+        assert min(queued) >= 0, f"heartbeats written straight to the kernel made the count {min(queued)}"
+        small = encode(Command(1, 1, 301, 0, 7), src=1, dst=258, seq=1, time_ms=0)  # 45 bytes
+        # the kernel's buffers first (MBs on loopback), then up to just under the mark
+        for frame, stop_at in ((small * 900, 1), (small * 22, high_water - 2048), (small, high_water - 200)):
+            for _ in range(10_000):
+                if settled_queue() >= stop_at:
+                    break
+                assert link.send(frame), f"refused at {queued[-1]} bytes queued: {link.stats()}"
+            else:
+                raise AssertionError(f"queue never reached {stop_at} bytes: {queued[-1]}")
+        tx_before = link.stats()["tx_frames"]
+        deadline = time.monotonic() + 5
+        while gw.ctx.counters["closed_slow"] == 0 and time.monotonic() < deadline:
+            settled_queue()
+        assert gw.ctx.counters["closed_slow"] == 1, f"not closed; queued {queued[-1]} of {high_water} bytes"
+        assert link.stats()["tx_frames"] > tx_before  # heartbeats, and nothing else, went over the mark
+        assert min(queued) >= 0 and link.state.value == "closed"

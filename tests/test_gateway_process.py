@@ -4,14 +4,18 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import pytest
 import yaml
 
+from gateway.cli import run_cmd
 from gateway_harness import DEMO, Device, wait_until
 from railcodecs import Close
 
@@ -92,6 +96,73 @@ def _run_and_stop(d, path, pidfile, pid, tmp_path):
         raise AssertionError("daemon still running")
     except ProcessLookupError:
         pass
+
+
+def test_pidfile_is_renamed_into_place_whole(tmp_path, monkeypatch):
+    """The new pid goes to a temporary file in the same directory and is renamed over the old one:
+    up to the rename the old file is intact, after it the new one is complete; nothing is left over."""
+    path = tmp_path / "gw.pid"
+    path.write_text("111\n")                         # a stale one from a previous run
+    calls = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src, dst):
+        calls.append(("replace", os.path.dirname(src), os.fspath(dst), open(src).read(), path.read_text()))
+        real_replace(src, dst)
+
+    def fsync(fd):
+        calls.append(("fsync",))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    run_cmd.write_pidfile(str(path), 4242)
+    # the data is on disk before the rename; the directory after it
+    assert calls == [("fsync",), ("replace", str(tmp_path), str(path), "4242\n", "111\n"), ("fsync",)]
+    assert path.read_text() == "4242\n" and os.listdir(tmp_path) == ["gw.pid"]
+
+
+def test_a_reader_polling_the_pidfile_never_sees_it_empty_or_partial(tmp_path):
+    """What `gateway stop` racing a starting daemon would see: no file, or a whole pid."""
+    path = str(tmp_path / "gw.pid")
+    bad, reads, stop = [], [0], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            try:
+                with open(path) as f:
+                    text = f.read()
+            except FileNotFoundError:
+                continue
+            reads[0] += 1
+            if not re.fullmatch(r"\d+\n", text):
+                bad.append(text)
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for pid in range(100_000, 100_100):
+            run_cmd.write_pidfile(path, pid)
+    finally:
+        stop.set()
+        reader.join()
+    assert reads[0] > 0 and bad == []
+    assert run_cmd.read_pidfile(path) == 100_099
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "no pid file"), ("", "is empty"), ("\n", "is empty"), ("12ab\n", "does not hold a process id: '12ab'"),
+    ("-1\n", "does not hold a process id"), ("0\n", "does not hold a process id"),
+])
+def test_stop_names_what_is_wrong_with_the_pidfile(tmp_path, capsys, content, problem):
+    path = tmp_path / "gw.pid"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(run_cmd.PidfileError, match=re.escape(problem)):
+        run_cmd.read_pidfile(str(path))
+    assert run_cmd.stop_main(["--pidfile", str(path), "--timeout", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gateway stop: ") and problem in err and str(path) in err
 
 
 def test_sighup_applies_live_settings_and_names_the_rest(tmp_path):

@@ -6,7 +6,7 @@ import sqlite3
 import pymysql
 import pytest
 
-from alarms.history import MIGRATIONS, HistoryError, HistoryUnavailable, MysqlHistory, SqliteHistory, open_history
+from alarms.history.store import MIGRATIONS, HistoryError, HistoryUnavailable, MysqlHistory, SqliteHistory, open_history
 from alarms.journal import JournalRow
 from alarms.settings import HistorySettings, MysqlSettings
 from test_history_fixtures import MYSQL, T0, event, journal_with, mixed_events, mysql_db, mysql_store, rows_of, store  # noqa: F401

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from alarms.history import SqliteHistory
+from alarms.history.store import SqliteHistory
 from gateway.cli.alarms_history_cmd import main, parse_time
 from test_history_fixtures import MYSQL, T0, event, mixed_events, mysql_db, mysql_store, rows_of  # noqa: F401
 from zoneinfo import ZoneInfo

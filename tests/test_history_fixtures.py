@@ -15,7 +15,7 @@ import pymysql
 import pytest
 import redis
 
-from alarms.history import MysqlHistory, SqliteHistory
+from alarms.history.store import MysqlHistory, SqliteHistory
 from alarms.journal import Journal, JournalRow
 from alarms.model import AlarmEvent, AlarmKey, iso_time
 

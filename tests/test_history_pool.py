@@ -8,7 +8,7 @@ import threading
 import pymysql
 import pytest
 
-from alarms.history import HistoryError
+from alarms.history.store import HistoryError
 from test_history_fixtures import MYSQL, event, mysql_db, mysql_store, rows_of  # noqa: F401
 
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from alarms.history import SqliteHistory
+from alarms.history.store import SqliteHistory
 from alarms.history_writer import HistorySink, HistoryWriter
 from alarms.journal import Journal
 from test_history_fixtures import TcpForwarder, mixed_events, mysql_db, mysql_store, store  # noqa: F401

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from alarms.broker import EmbeddedBroker
-from alarms.consumer import AlarmTableConsumer
+from alarms.kafka.broker import EmbeddedBroker
+from alarms.kafka.consumer import AlarmTableConsumer
 from alarms.journal import Journal
-from alarms.kafka_relay import KafkaRelay
-from alarms.relay_process import RelaySupervisor
-from alarms.topics import topic_for
+from alarms.kafka.relay import KafkaRelay
+from alarms.kafka.relay_process import RelaySupervisor
+from alarms.kafka.topics import topic_for
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from zoneinfo import ZoneInfo
 

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from alarms.journal import Journal
-from alarms.relay_process import RelaySupervisor
+from alarms.kafka.relay_process import RelaySupervisor
 
 from kafka_fixtures import (HERE, LINE, TZ, EventSource, SupervisedConsumer, broker, delivered,  # noqa: F401
                             wait_all_consumed, wait_for)
@@ -116,7 +116,7 @@ def test_relay_child_killed_mid_flood_is_restarted_and_nothing_is_lost(broker, t
 
 SUPERVISOR_PROCESS = """
 import json, subprocess, sys, time
-from alarms.relay_process import RelaySupervisor
+from alarms.kafka.relay_process import RelaySupervisor
 sup = RelaySupervisor(sys.argv[1], sys.argv[2], topic_prefix="pdeath", tz="Asia/Shanghai", gateway_id=1,
                       line="l").start()
 # another process holds the wake pipe open, so the child cannot see EOF on it: only PR_SET_PDEATHSIG is left

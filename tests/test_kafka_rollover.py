@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from alarms.consumer import AlarmTableConsumer
-from alarms.kafka_relay import KafkaRelay
-from alarms.topics import next_midnight_ms, topic_for
+from alarms.kafka.consumer import AlarmTableConsumer
+from alarms.kafka.relay import KafkaRelay
+from alarms.kafka.topics import next_midnight_ms, topic_for
 from gateway.cli import alarms_cmd
 
 from kafka_fixtures import TZ, EventSource, broker, wait_for  # noqa: F401 (fixture)

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from alarms.consumer import AlarmTable
-from alarms.kafka_relay import KafkaRelay
-from alarms.snapshots import SnapshotAssembler, build_chunks
-from alarms.topics import TopicManager
+from alarms.kafka.consumer import AlarmTable
+from alarms.kafka.relay import KafkaRelay
+from alarms.kafka.snapshots import SnapshotAssembler, build_chunks
+from alarms.kafka.topics import TopicManager
 from zoneinfo import ZoneInfo
 
 from kafka_fixtures import TZ, EventSource, broker, wait_for  # noqa: F401 (fixture)

@@ -69,7 +69,7 @@ def test_conditions_from_many_threads_raise_exactly_once():
 def demo_registry():
     cfg = config.load("config/demo-line.yaml")
     log = EventLog()
-    return Registry(cfg, log), log
+    return Registry(cfg.devices, cfg.trains.ids, cfg.trains.heartbeat_ms, log), log
 
 
 def active(log):

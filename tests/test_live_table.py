@@ -10,7 +10,7 @@ from redis.retry import Retry
 
 from alarms.history_writer import HistoryWriter
 from alarms.journal import Journal
-from alarms.live_table import LiveTable, entry_of, journal_snapshot, read_active
+from alarms.live.live_table import LiveTable, entry_of, journal_snapshot, read_active
 from test_history_fixtures import TcpForwarder, event, redis_prefix  # noqa: F401
 
 

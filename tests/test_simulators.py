@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -32,7 +33,7 @@ from simulators.consists import ConsistTimeline, parse_scenario
 from simulators.faults import RATE_FAULTS, FaultPlan, parse_at
 from simulators.runner import Options, Simulation
 
-from gateway_harness import DEMO, ROOT
+from gateway_harness import DEMO, ROOT, wait_until
 
 SENDER_KEYS = ("applied", "duplicates", "stale", "gap")
 ERROR_KEYS = ("bad_sync", "bad_crc", "bad_mac", "missing_mac", "unknown_source", "wrong_destination",
@@ -64,6 +65,7 @@ class Capture:
         self.links: list[dict] = []          # every link ever: checks, net, sock, decoder, closes seen
         self.frames: list = []               # (net or "udp", Frame) applied or not, in arrival order
         self.command: Command | None = None  # sent to every device link after HELLO when set
+        self.passes = 0                      # capture loop iterations completed (wait_settled)
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -105,6 +107,7 @@ class Capture:
                     if link["up"]:
                         link["hb"] += 1
                         self._send(link, Heartbeat(link["hb"]))
+            self.passes += 1
 
     def _accept(self, net: str) -> None:
         sock, _ = self.listeners[net].accept()
@@ -170,6 +173,14 @@ class Capture:
             self.receiver.check_datagram(self.udp_checks, ev, int(time.time() * 1000))
 
     # -- results (after the run) --------------------------------------------------------
+    def wait_settled(self, timeout: float = 5.0) -> None:
+        """Test thread, once the senders are done: every link has reached EOF and no datagram is
+        waiting, then one whole capture pass has run (whatever it had read is processed)."""
+        wait_until(lambda: all(link["eof"] for link in self.links) and not select.select([self.udp], [], [], 0)[0],
+                   timeout, what="every link at EOF and no datagram waiting")
+        after = self.passes + 2
+        wait_until(lambda: self.passes >= after, timeout, what="a whole capture pass")
+
     def link_errors(self) -> dict:
         """Decoder/source errors per (device name, net), summed over every link of that net."""
         out: dict = {}
@@ -217,7 +228,7 @@ class SimThread:
 
 def simulate(cap: Capture, **opts) -> dict:
     summary = SimThread(Simulation(cap.config(), Options(heartbeat_ms=250, **opts))).start().join()
-    time.sleep(0.2)  # the capture thread processes the last bytes
+    cap.wait_settled()
     return summary
 
 
@@ -359,7 +370,7 @@ def test_sigterm_stops_cleanly_with_close_0_on_every_link(tmp_path):
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
-        time.sleep(0.2)
+        cap.wait_settled()
     assert proc.returncode == 0, err
     assert json.loads(out)["devices"] == ["CI-1", "CI-2", "ZC-1", "PSD-1"]
     assert len(cap.links) == 7 and all(link["closes"] == [0] for link in cap.links)

@@ -10,6 +10,8 @@ first seconds only (``faults_for_s``) and the status is polled meanwhile.
 from __future__ import annotations
 
 import json
+import select
+import threading
 import time
 from dataclasses import replace
 
@@ -18,7 +20,7 @@ from gateway.cli.status_cmd import main as status_main
 from simulators.faults import RATE_FAULTS, FaultPlan, parse_at
 from simulators.runner import Options, Simulation
 
-from gateway_harness import RunningGateway, line_config
+from gateway_harness import RunningGateway, line_config, wait_until
 from test_simulators import SimThread
 
 LINK_REASONS = ("bad_sync", "bad_crc", "bad_mac", "missing_mac", "unknown_source", "wrong_destination",
@@ -49,6 +51,16 @@ def link_errors_while_up(gw, sim_thread: SimThread) -> dict:
     return seen
 
 
+def wait_processed(gw) -> None:
+    """Once the simulator has stopped: every link of it is closed in the gateway (all its bytes were
+    read and checked before the EOF), no datagram is waiting, and the UDP loop has finished what it read."""
+    wait_until(lambda: not gw.ctx.links and not select.select([gw.udp_sock], [], [], 0)[0],
+               what="every simulator link closed and no datagram waiting")
+    done = threading.Event()
+    gw.udp.loop.queue_in_loop(done.set)   # runs after the handler that read the last datagram
+    assert done.wait(5), "UDP loop did not come round"
+
+
 def test_gateway_counters_equal_the_simulators_expected_counters(capsys):
     cfg = line_config()
     with RunningGateway(cfg, admin=True) as gw:
@@ -58,7 +70,7 @@ def test_gateway_counters_equal_the_simulators_expected_counters(capsys):
         runner = SimThread(sim).start()
         live_links = link_errors_while_up(gw, runner)
         summary = runner.join()
-        time.sleep(0.3)  # the last datagrams and CLOSEs are processed
+        wait_processed(gw)
         assert status_main(["--url", f"http://127.0.0.1:{gw.ports['admin']}", "--json"]) == 0
         status = json.loads(capsys.readouterr().out)
     expected = summary["expected"]
@@ -89,7 +101,7 @@ def test_killed_and_silenced_links_reconnect_and_counters_still_match():
         sim = Simulation(at_ports(cfg, gw.ports), Options(seed=5, duration_s=4.0, heartbeat_ms=250, plan=plan,
                                                           devices=cfg.devices[:3], trains=()))
         summary = SimThread(sim).start().join()
-        time.sleep(0.3)
+        wait_processed(gw)
         status = gw.status()
     assert summary["injected"]["kill_link"] == {"CI-1": 1}
     assert summary["injected"]["hb_stop"] == {"CI-2": 1}

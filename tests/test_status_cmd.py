@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from gateway.adapters.admin_http import AdminServer
+from gateway.app.admin_routes import AdminRoutes
 from gateway.cli.status_cmd import CLEAR, main
 from test_admin_http import SAMPLE_STATUS
 
@@ -18,7 +19,7 @@ DEMO_CONFIG = pathlib.Path(__file__).parent.parent / "config" / "demo-line.yaml"
 
 @pytest.fixture
 def server():
-    srv = AdminServer(status_provider=lambda: SAMPLE_STATUS)
+    srv = AdminServer(routes=AdminRoutes(lambda: SAMPLE_STATUS).table())
     srv.start()
     yield srv
     srv.stop()
@@ -78,7 +79,7 @@ def test_unreachable_gateway_exits_1_saying_so(capsys):
 
 
 def test_gateway_error_answer_exits_1():
-    srv = AdminServer(status_provider=lambda: 1 / 0)
+    srv = AdminServer(routes=AdminRoutes(lambda: 1 / 0).table())
     srv.start()
     try:
         assert main(["--url", f"http://127.0.0.1:{srv.port}"]) == 1

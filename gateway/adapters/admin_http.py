@@ -1,130 +1,137 @@
-"""Admin HTTP API: ``GET /status`` (JSON), ``GET /metrics`` (Prometheus text), pluggable routes.
+"""The admin API's HTTP server: one routing table, served on its own event loop thread.
 
-Who calls it: :class:`gateway.app.runtime.Gateway` starts one ``AdminServer`` in
-``start()`` and stops it at shutdown; ``gateway status`` is its main client.
+Who calls it: :class:`gateway.app.runtime.Gateway` builds the routing table
+(``gateway/app/admin_routes.py``, the one place that says which
+``(METHOD, "/path")`` does what) and starts one :class:`AdminServer` with it
+in ``start()``, stopping it in ``_shutdown()``; ``gateway status`` and
+``gateway alarms ...`` are its clients. This module knows HTTP and the
+table's types (:class:`Request`, :class:`Response`, :data:`RouteTable`),
+nothing of the gateway, its status or its alarms. Connections, limits and the
+edge-triggered reading are ``gateway/adapters/http_connection.py``'s.
 
-Threading: one **admin** thread runs a ``selectors`` loop over the listening
-socket, every open connection and a wake-up eventfd. One thread, not one per
-connection, because then ``status_provider`` and every route handler are
-called from that thread only, one call at a time: later handlers (alarm
-ack/shelve) need no locks against each other, an idle keep-alive client costs a
-dict entry instead of a thread, and ``stop()`` joins exactly one thread. The
-price is that a slow handler delays every client; status snapshots are plain
-ints read without locks (``gateway/app/status.py``), and a handler that may block
-must hand its work to another thread.
+Threads: one **admin** thread, an ``EventLoopThread`` of ``gateway/net``,
+runs an ``EventLoop`` over the listener and every connection. The handlers
+are called there, one at a time, and never block it. The contract:
 
-HTTP parsing and framing are h11's (sans-IO): this module only moves bytes
-between sockets and ``h11.Connection`` objects and decides what to answer.
-Limits, each answered with a status code rather than a stalled socket:
+* ``handler(request)`` returns a ready :class:`Response`, or a
+  ``concurrent.futures.Future`` that will hold one (say, an operator action
+  the alarm thread will answer);
+* for a future the server adds a done-callback. It runs in whatever thread
+  completes the future and only hands it back to the admin loop with
+  ``queue_in_loop``; the answer is encoded and written there. Meanwhile that
+  connection reads nothing more (its pipelined requests wait their turn) and
+  every other connection is served;
+* a future not done ``action_timeout_s`` after its request gets 503. It is not
+  cancelled (the work may still happen, and the alarm thread does not expect
+  cancelled futures); its late result is dropped and counted (``late``);
+* a handler that raises, a future that fails, or a result that is not a
+  Response -> 500 naming the error, and the server goes on serving.
 
-* request head over 16 KiB -> 431, other malformed requests -> 400 (h11's
-  ``error_status_hint``), then close;
-* request body over 64 KiB -> 413 and close (judged from Content-Length when
-  given, so an oversized upload is refused before it is read);
-* a request not complete ``timeout_s`` after the connection's previous
-  response (or its accept) -> 408 if one was started, else a silent close;
-* more than ``max_connections`` open connections -> new ones closed at accept.
-
-A connection we close while the peer may still be sending is shut down for
-writing and drained for up to ``LINGER_S`` first: closing a socket with unread
-input sends RST, which can destroy the error response before the client reads
-it.
+``start``/``stop`` are called from any thread but the admin one; ``port`` from any.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import selectors
+import select
 import socket
-import threading
-import time
-from typing import Callable
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, field
+from typing import Callable, Union
 from urllib.parse import parse_qsl, urlsplit
 
-import h11
+from gateway.adapters.http_connection import (JSON_TYPE, MAX_BODY_BYTES, MAX_HEAD_BYTES, HttpConnection,
+                                              json_error)
+from gateway.net.loop_pool import EventLoopThread
+
+__all__ = ["AdminServer", "Handler", "JSON_TYPE", "MAX_BODY_BYTES", "MAX_HEAD_BYTES", "Request", "Response",
+           "RouteTable"]
 
 log = logging.getLogger("railgate.admin")
 
-MAX_BODY_BYTES = 64 * 1024
-MAX_HEAD_BYTES = 16 * 1024
 TIMEOUT_S = 10.0
-LINGER_S = 2.0
+ACTION_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 128
-RECV_BYTES = 64 * 1024
-JSON_TYPE = "application/json"
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SERVER_HEADER = f"railgate-admin {h11.PRODUCT_ID}"
-
-#: ``handler(query, body) -> (status_code, json_dict)``; query is {name: last value}.
-Handler = Callable[[dict, bytes], tuple[int, dict]]
+ACCEPT_RETRY_S = 0.1  # after EMFILE & co.: no new edge comes for connections left in the backlog
 
 
-def _json(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One complete request as a handler sees it. ``method`` as sent (HEAD is routed as GET);
+    ``query`` is {name: last value}."""
+
+    method: str
+    path: str
+    query: dict
+    body: bytes
+    #: ``call_later(delay_s, fn, *args)`` runs ``fn`` in the admin loop and returns a handle with
+    #: ``cancel()``: for a handler's own deadline shorter than the server's. Safe from any thread.
+    call_later: Callable = field(repr=False, compare=False)
 
 
-class _Client:
-    """One accepted connection. Touched by the admin thread only."""
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An answer. ``document`` (JSON-ready) is encoded by the server in its loop, so a future may be
+    completed with it cheaply in another thread; without one, ``body`` is sent as ``content_type``."""
 
-    __slots__ = ("sock", "conn", "out", "deadline", "request", "body", "closing", "draining", "events")
+    status: int
+    document: object = None
+    body: bytes = b""
+    content_type: str = JSON_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self.out = bytearray()          # response bytes the socket has not taken yet
-        self.deadline = deadline        # monotonic seconds
-        self.request: h11.Request | None = None
-        self.body = bytearray()
-        self.closing = False            # shut down once `out` is flushed
-        self.draining = False           # shut down for writing; discarding input until EOF or deadline
-        self.events = selectors.EVENT_READ
+    def __post_init__(self) -> None:
+        if type(self.status) is not int or not 100 <= self.status <= 599:
+            raise ValueError(f"Response status must be an int in 100..599, got {self.status!r}")
+        if not isinstance(self.body, bytes) or (self.body and self.document is not None):
+            raise ValueError("Response: give a JSON document or body bytes, not both")
+
+
+#: ``handler(request) -> Response | Future[Response]``; called in the admin loop thread, never blocks.
+Handler = Callable[[Request], Union[Response, Future]]
+#: ``{("GET", "/status"): handler, ...}``: the whole API; built in ``gateway/app/admin_routes.py``.
+RouteTable = dict[tuple[str, str], Handler]
 
 
 class AdminServer:
-    """The admin API on its own thread. See the module docstring for limits and threading."""
+    """HTTP on its own loop thread; see the module docstring for the handler contract."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, status_provider: Callable[[], dict] | None = None,
-                 routes: dict[tuple[str, str], Handler] | None = None, *, timeout_s: float = TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, routes: RouteTable | None = None, *,
+                 timeout_s: float = TIMEOUT_S,
+                 action_timeout_s: float = ACTION_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
         """Configure; nothing is bound until start(). Any thread.
 
-        ``status_provider()`` returns the status dict (``gateway/app/status.py``);
-        ``routes`` maps ``(METHOD, "/path")`` to a :data:`Handler`. Both are
-        called in the admin thread only, never concurrently.
+        ``routes``: the :data:`RouteTable`, used as given (no route is built in).
         """
-        if not callable(status_provider):
-            raise TypeError(f"status_provider must be callable, got {status_provider!r}")
-        self.host, self._requested_port, self._port = host, port, port
-        self._provider = status_provider
-        self._timeout_s, self._max_connections = timeout_s, max_connections
-        self._routes: dict[tuple[str, str], Callable] = {("GET", "/status"): self._get_status,
-                                                         ("GET", "/metrics"): self._get_metrics}
-        for (method, path), handler in (routes or {}).items():
-            if not (isinstance(path, str) and path.startswith("/")) or not callable(handler):
-                raise ValueError(f"route ({method!r}, {path!r}): expected ('METHOD', '/path') -> callable")
-            if (method.upper(), path) in self._routes:
-                raise ValueError(f"route {method.upper()} {path} is built in and cannot be replaced")
-            self._routes[(method.upper(), path)] = _json_route(handler)
+        if not isinstance(routes, dict):
+            raise TypeError(f"AdminServer needs a routing table {{(METHOD, '/path'): handler}}, got {routes!r}")
+        for key, handler in routes.items():
+            if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str) and key[0].isupper()
+                    and isinstance(key[1], str) and key[1].startswith("/") and callable(handler)):
+                raise ValueError(f"route {key!r}: expected ('METHOD', '/path') -> callable")
+        self._routes: RouteTable = dict(routes)
         self._allowed: dict[str, list[str]] = {}
         for method, path in self._routes:
             self._allowed.setdefault(path, []).append(method)
+        self.host, self._requested_port, self._port = host, port, port
+        self._timeout_s, self._action_timeout_s = timeout_s, action_timeout_s
+        self._max_connections = max_connections
         self._listener: socket.socket | None = None
-        self._sel: selectors.BaseSelector | None = None
-        self._wake = -1
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._clients: set[_Client] = set()
-        self.refused = 0  # connections closed at accept over max_connections (admin thread writes)
+        self._thread: EventLoopThread | None = None
+        self._loop = None
+        self._conns: set[HttpConnection] = set()
+        self._pending: dict[HttpConnection, tuple[Future, object]] = {}  # conn -> (future, deadline timer)
+        self.refused = 0   # connections closed at accept over max_connections (admin thread writes)
+        self.late = 0      # futures done after their 503 or their connection (admin thread writes)
 
     @property
     def port(self) -> int:
         """The bound port once start() has run (the requested one before). Any thread."""
         return self._port
 
+    # -- life -----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Bind, listen and start the admin thread; returns once connections are accepted. Any thread, once."""
+        """Bind, listen, start the admin loop thread; returns once connections are accepted. Once."""
         if self._listener is not None:
             raise RuntimeError("AdminServer.start(): already started (a server runs once)")
         try:
@@ -135,385 +142,135 @@ class AdminServer:
                                      f"{exc.strerror}") from exc
         self._listener.setblocking(False)
         self._port = self._listener.getsockname()[1]  # kept: still answerable after stop() closes the socket
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self._listener, selectors.EVENT_READ, "listener")
-        self._sel.register(self._wake, selectors.EVENT_READ, "wake")
-        self._thread = threading.Thread(target=self._run, name="admin", daemon=True)
-        self._thread.start()
+        self._thread = EventLoopThread("admin", init=self._init_loop)
+        try:
+            self._loop = self._thread.start_loop()
+        except BaseException:
+            self._listener.close()
+            raise
         log.info("admin API listening on http://%s:%d", self.host, self.port)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Close the listener and every connection, join the admin thread. Any thread but the admin one; idempotent."""
-        thread = self._thread
+        """Close the listener and every connection, join the admin thread. Idempotent."""
+        thread, loop = self._thread, self._loop
         if thread is None:
             return
-        if thread is threading.current_thread():
+        if loop is not None and loop.is_in_loop_thread():
             raise RuntimeError("AdminServer.stop() called from the admin thread (a handler); it would join itself")
-        self._stopping = True
-        os.eventfd_write(self._wake, 1)
-        thread.join(timeout_s)
+        if loop is not None and not loop.closed:
+            loop.queue_in_loop(self._close_all)  # runs before the loop's run() returns
+        thread.stop(timeout_s)
         if thread.is_alive():
             raise RuntimeError(f"admin thread did not stop within {timeout_s} s")
-        os.close(self._wake)
-        self._thread, self._wake = None, -1
+        self._close_all()  # a no-op, unless the loop thread died before doing it
+        self._thread = None
 
-    # -- the admin thread ----------------------------------------------------------------
-    def _run(self) -> None:
-        sel = self._sel
-        try:
-            while not self._stopping:
-                for key, mask in sel.select(self._poll_timeout()):
-                    if key.data == "listener":
-                        self._accept()
-                    elif key.data == "wake":
-                        os.eventfd_read(self._wake)
-                    elif key.data in self._clients:  # may have been closed earlier in this batch
-                        self._on_event(key.data, mask)
-                self._expire(time.monotonic())
-        except Exception:  # a bug here must not leave a zombie listener: log, then close everything
-            log.exception("admin API loop failed; admin API stopped")
-        finally:
-            for c in list(self._clients):
-                self._close(c)
-            sel.close()
+    # -- the admin loop thread ------------------------------------------------------------------
+    def _init_loop(self, loop) -> None:
+        self._loop = loop
+        loop.register(self._listener.fileno(), select.EPOLLIN, self._accept)
+
+    def _close_all(self) -> None:
+        for conn in list(self._conns):
+            conn.close()
+        if self._listener.fileno() >= 0:
+            if not self._loop.closed:
+                self._loop.unregister(self._listener.fileno())
             self._listener.close()
 
-    def _poll_timeout(self) -> float | None:
-        if not self._clients:
-            return None
-        return max(0.0, min(c.deadline for c in self._clients) - time.monotonic())
-
-    def _accept(self) -> None:
-        while True:
+    def _accept(self, _mask: int = 0) -> None:
+        while self._listener.fileno() >= 0:  # ET: until EAGAIN
             try:
                 sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
                 return
             except OSError as exc:
-                # EMFILE and friends: the listener stays readable, so without a
-                # pause the loop would spin; the admin API may be slow, not hot.
-                log.warning("admin API: accept failed: %s", exc)
-                time.sleep(0.05)
+                log.warning("admin API: accept failed: %s; retrying in %s s", exc, ACCEPT_RETRY_S)
+                self._loop.call_later(ACCEPT_RETRY_S, self._accept)
                 return
-            if len(self._clients) >= self._max_connections:
+            if len(self._conns) >= self._max_connections:
                 self.refused += 1
                 sock.close()
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            c = _Client(sock, time.monotonic() + self._timeout_s)
-            self._clients.add(c)
-            self._sel.register(sock, selectors.EVENT_READ, c)
+            self._conns.add(HttpConnection(self._loop, sock, timeout_s=self._timeout_s,
+                                           on_request=self._dispatch, on_closed=self._closed))
 
-    def _on_event(self, c: _Client, mask: int) -> None:
-        try:
-            if mask & selectors.EVENT_WRITE:
-                self._flush(c)
-            if mask & selectors.EVENT_READ and c in self._clients:
-                self._read(c)
-            if c in self._clients:
-                self._process(c)
-        except Exception:  # one broken connection must not stop the others being served
-            log.exception("admin API: connection failed")
-            self._close(c)
+    def _closed(self, conn: HttpConnection) -> None:
+        self._conns.discard(conn)
+        pending = self._pending.pop(conn, None)
+        if pending is not None:
+            pending[1].cancel()
 
-    def _read(self, c: _Client) -> None:
-        try:
-            data = c.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""  # reset by the peer: same as EOF for us
-        if c.draining or c.closing:
-            if not data:
-                self._close(c)
-            return
-        c.conn.receive_data(data)
-
-    def _process(self, c: _Client) -> None:
-        """Answer every complete request h11 has buffered; stop while output is pending (back-pressure)."""
-        while not c.closing and not c.out:
-            try:
-                event = c.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._respond(c, exc.error_status_hint, JSON_TYPE, _json({"error": f"malformed request: {exc}"}),
-                              close=True)
-                break
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                break
-            if isinstance(event, h11.Request):
-                c.request, c.body = event, bytearray()
-                length = _content_length(event)
-                head = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
-                if head > MAX_HEAD_BYTES:  # h11 caps only heads still incomplete; one recv may bring it whole
-                    self._respond(c, 431, JSON_TYPE, _json({"error": f"request head of about {head} bytes is "
-                                                                     f"over the {MAX_HEAD_BYTES} byte limit"}),
-                                  close=True)
-                elif length is not None and length > MAX_BODY_BYTES:
-                    self._too_large(c, length)
-                elif c.conn.they_are_waiting_for_100_continue:
-                    self._send(c, c.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-            elif isinstance(event, h11.Data):
-                c.body += event.data
-                if len(c.body) > MAX_BODY_BYTES:
-                    self._too_large(c, len(c.body))
-            elif isinstance(event, h11.EndOfMessage):
-                self._dispatch(c)
-                if c.conn.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}:
-                    c.conn.start_next_cycle()
-                    c.request, c.body = None, bytearray()
-                    c.deadline = time.monotonic() + self._timeout_s
-            elif isinstance(event, h11.ConnectionClosed):
-                c.closing = True
-        if c.closing and not c.out and not c.draining:
-            self._linger(c)
-
-    def _dispatch(self, c: _Client) -> None:
-        req = c.request
+    def _dispatch(self, conn: HttpConnection) -> None:
+        """``on_request``: route the request; answer it now, or when its future is done."""
+        req = conn.request
         method = req.method.decode("ascii")
         target = urlsplit(req.target.decode("ascii", "replace"))
         path = target.path or "/"
-        route = self._routes.get(("GET" if method == "HEAD" else method, path))
-        if route is None:
+        handler = self._routes.get(("GET" if method == "HEAD" else method, path))
+        if handler is None:
             allowed = self._allowed.get(path)
             if allowed is None:
-                self._respond(c, 404, JSON_TYPE, _json({"error": f"no such path: {path}", "path": path}))
-            else:
-                allow = sorted(allowed + (["HEAD"] if "GET" in allowed else []))
-                self._respond(c, 405, JSON_TYPE, _json({"error": f"method {method} not allowed on {path}",
-                                                        "allow": allow}), headers=[("Allow", ", ".join(allow))])
-            return
+                return self._answer(conn, Response(404, {"error": f"no such path: {path}", "path": path}))
+            allow = sorted(allowed + (["HEAD"] if "GET" in allowed else []))
+            return self._answer(conn, Response(405, {"error": f"method {method} not allowed on {path}",
+                                                     "allow": allow}, headers=(("Allow", ", ".join(allow)),)))
         try:
-            status, content_type, body = route(dict(parse_qsl(target.query, keep_blank_values=True)), bytes(c.body))
-        except Exception as exc:  # the provider's or a handler's bug: tell the client, keep serving
-            log.exception("admin API: %s %s failed", method, path)
-            status, content_type = 500, JSON_TYPE
-            body = _json({"error": f"{method} {path} failed: {type(exc).__name__}: {exc}"})
-        self._respond(c, status, content_type, body)
+            result = handler(Request(method, path, dict(parse_qsl(target.query, keep_blank_values=True)),
+                                     bytes(conn.body), self._loop.call_later))
+        except Exception as exc:  # a handler's bug: tell the client, keep serving
+            return self._failed(conn, exc)
+        if isinstance(result, Future) and not result.done():
+            timer = self._loop.call_later(self._action_timeout_s, self._expired, conn, result)
+            self._pending[conn] = (result, timer)
+            result.add_done_callback(lambda fut: self._settled(conn, fut))
+        else:
+            self._answer(conn, result)
 
-    def _too_large(self, c: _Client, size: int) -> None:
-        self._respond(c, 413, JSON_TYPE, _json({"error": f"request body of {size} bytes is over the "
-                                                         f"{MAX_BODY_BYTES} byte limit"}), close=True)
+    def _settled(self, conn: HttpConnection, fut: Future) -> None:
+        """A handler's future is done. Any thread (the one that completed it): hop to the loop."""
+        if not self._loop.closed:
+            self._loop.queue_in_loop(self._resume, conn, fut)
 
-    def _respond(self, c: _Client, status: int, content_type: str, body: bytes, *, close: bool = False,
-                 headers: list[tuple[str, str]] = ()) -> None:
-        if c.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            c.closing = True  # already answered (or broken): there is nothing sane left to send
+    def _resume(self, conn: HttpConnection, fut: Future) -> None:
+        pending = self._pending.get(conn)
+        if pending is None or pending[0] is not fut:  # answered 503 already, or the connection is gone
+            self.late += 1
             return
-        head = [("Server", SERVER_HEADER), ("Content-Type", content_type), ("Content-Length", str(len(body))),
-                *headers]
-        if close:
-            head.append(("Connection", "close"))
-        data = c.conn.send(h11.Response(status_code=status, headers=head))
-        if body and not (c.request is not None and c.request.method == b"HEAD"):
-            data += c.conn.send(h11.Data(data=body))
-        data += c.conn.send(h11.EndOfMessage())
-        if c.conn.our_state is h11.MUST_CLOSE:
-            c.closing = True
-        self._send(c, data)
+        del self._pending[conn]
+        pending[1].cancel()
+        self._answer(conn, fut)
 
-    def _send(self, c: _Client, data: bytes) -> None:
-        c.out += data
-        self._flush(c)
+    def _expired(self, conn: HttpConnection, fut: Future) -> None:
+        pending = self._pending.get(conn)
+        if pending is None or pending[0] is not fut:
+            return
+        del self._pending[conn]
+        log.warning("admin API: %s %s not answered within %s s", conn.request.method.decode(),
+                    conn.request.target.decode("ascii", "replace"), self._action_timeout_s)
+        conn.answer(503, JSON_TYPE, json_error(f"no answer within {self._action_timeout_s} s; the request may "
+                                               f"still take effect: check before repeating it"))
 
-    def _flush(self, c: _Client) -> None:
-        """Write what the socket takes now; poll for writability only while output is pending."""
-        while c.out:
+    def _answer(self, conn: HttpConnection, result) -> None:
+        if isinstance(result, Future):
             try:
-                sent = c.sock.send(c.out)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:  # the peer is gone: nothing more to say to it
-                c.out.clear()
-                c.closing = c.draining = True
-                self._close(c)
-                return
-            del c.out[:sent]
-        # Stop reading while a response is queued: a client pipelining requests
-        # without reading answers would otherwise grow h11's buffer without bound.
-        want = selectors.EVENT_WRITE if c.out else selectors.EVENT_READ
-        if want != c.events:
-            self._sel.modify(c.sock, want, c)
-            c.events = want
-
-    def _linger(self, c: _Client) -> None:
+                result = result.result(timeout=0)  # done: never waits
+            except (Exception, CancelledError) as exc:
+                return self._failed(conn, exc)
+        if not isinstance(result, Response):
+            return self._failed(conn, TypeError(f"route handler returned {result!r}, expected a Response "
+                                                f"or a concurrent.futures.Future of one"))
         try:
-            c.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close(c)
-            return
-        c.draining = True
-        c.deadline = min(c.deadline, time.monotonic() + LINGER_S)
+            body = result.body if result.document is None else json.dumps(result.document,
+                                                                         separators=(",", ":")).encode()
+        except (TypeError, ValueError) as exc:
+            return self._failed(conn, exc)
+        conn.answer(result.status, result.content_type, body, headers=result.headers)
 
-    def _expire(self, now: float) -> None:
-        for c in [c for c in self._clients if c.deadline <= now]:
-            if not c.draining and not c.out and c.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and (
-                    c.conn.their_state is not h11.IDLE or c.conn.trailing_data[0]):
-                self._respond(c, 408, JSON_TYPE, _json({"error": f"request not complete within "
-                                                                 f"{self._timeout_s} s"}), close=True)
-            if c in self._clients:
-                self._close(c)
+    def _failed(self, conn: HttpConnection, exc: BaseException) -> None:
+        method, path = conn.request.method.decode(), urlsplit(conn.request.target.decode("ascii", "replace")).path
+        log.error("admin API: %s %s failed", method, path, exc_info=exc)
+        conn.answer(500, JSON_TYPE, json_error(f"{method} {path} failed: {type(exc).__name__}: {exc}"))
 
-    def _close(self, c: _Client) -> None:
-        if c in self._clients:
-            self._clients.discard(c)
-            self._sel.unregister(c.sock)
-            c.sock.close()
-
-    # -- built-in routes (admin thread) -------------------------------------------------
-    def _status(self) -> dict:
-        status = self._provider()
-        if not isinstance(status, dict):
-            raise TypeError(f"status_provider returned {type(status).__name__}, expected a dict")
-        return status
-
-    def _get_status(self, query: dict, body: bytes) -> tuple[int, str, bytes]:
-        return 200, JSON_TYPE, _json(self._status())
-
-    def _get_metrics(self, query: dict, body: bytes) -> tuple[int, str, bytes]:
-        return 200, PROMETHEUS_TYPE, render_metrics(self._status()).encode()
-
-
-def _json_route(handler: Handler) -> Callable[[dict, bytes], tuple[int, str, bytes]]:
-    def route(query: dict, body: bytes) -> tuple[int, str, bytes]:
-        result = handler(query, body)
-        if not (isinstance(result, tuple) and len(result) == 2 and type(result[0]) is int
-                and 100 <= result[0] <= 599 and isinstance(result[1], dict)):
-            raise TypeError(f"route handler {handler!r} returned {result!r}, expected (status_code, dict)")
-        return result[0], JSON_TYPE, _json(result[1])
-    return route
-
-
-def _content_length(req: h11.Request) -> int | None:
-    for name, value in req.headers:
-        if name == b"content-length":
-            return int(value)  # h11 has already checked it is digits
-    return None
-
-
-# -- /metrics: Prometheus text exposition format 0.0.4 -----------------------------------
-# Units are Prometheus base units named in the metric: the status dict's _ms
-# ages become _seconds, cm/s becomes meters_per_second.
-
-_LOOP_METRICS = (  # (status keys, first present wins; metric; type; help)
-    (("iterations",), "railgate_loop_iterations_total", "counter", "Poll iterations of the IO loop."),
-    (("events",), "railgate_loop_events_total", "counter", "fd events handled by the IO loop."),
-    (("functors", "functors_run"), "railgate_loop_functors_total", "counter", "Cross-thread calls run."),
-    (("timers", "timers_run"), "railgate_loop_timers_fired_total", "counter", "Timer callbacks run."),
-    (("timers_missed",), "railgate_loop_timers_missed_total", "counter", "Timers that fired late."),
-    (("callback_errors",), "railgate_loop_callback_errors_total", "counter", "Callbacks that raised."),
-    (("links",), "railgate_loop_links", "gauge", "TCP links owned by the IO loop."),
-    (("fds",), "railgate_loop_fds", "gauge", "File descriptors registered with the IO loop."),
-    (("timers_pending",), "railgate_loop_timers_pending", "gauge", "Timers waiting to fire."),
-)
-_LINK_COUNTERS = (("rx_frames", "Frames received on the link."), ("tx_frames", "Frames sent on the link."),
-                  ("rx_bytes", "Bytes received on the link."), ("tx_bytes", "Bytes sent on the link."))
-_RECEIVER_COUNTERS = (("applied", "applied", "Frames applied (new sequence numbers)."),
-                      ("duplicates", "duplicate", "Frames dropped as duplicates (normal on dual nets)."),
-                      ("stale", "stale", "Frames dropped as stale (too old or out of order)."),
-                      ("gap", "lost", "Frames never received (sequence gaps)."))
-
-
-class _Families:
-    """Metric families in first-use order; every family renders HELP and TYPE, even with no samples."""
-
-    def __init__(self) -> None:
-        self._families: dict[str, tuple[str, str, list[str]]] = {}
-
-    def add(self, name: str, kind: str, help_: str, value, /, **labels: object) -> None:
-        family = self._families.setdefault(name, (kind, help_, []))
-        if isinstance(value, bool):
-            value = int(value)
-        if not isinstance(value, (int, float)):
-            return  # None (not known yet) has no sample; absent is not zero
-        text = ("NaN" if math.isnan(value) else "+Inf" if value == math.inf else "-Inf" if value == -math.inf
-                else repr(value))
-        pairs = ",".join(f'{k}="{_escape_label(str(v))}"' for k, v in labels.items())
-        family[2].append(f"{name}{{{pairs}}} {text}" if pairs else f"{name} {text}")
-
-    def render(self) -> str:
-        out = []
-        for name, (kind, help_, samples) in self._families.items():
-            out += [f"# HELP {name} {help_.replace(chr(92), chr(92) * 2)}", f"# TYPE {name} {kind}", *samples]
-        return "\n".join(out) + "\n"
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _scaled(value, factor: float):
-    return value / factor if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def render_metrics(status: dict) -> str:
-    """The status dict (``gateway/app/status.py``) as Prometheus text 0.0.4. Pure; any thread.
-
-    Missing sections give families without samples; ``None`` values give no sample.
-    """
-    f = _Families()
-    f.add("railgate_info", "gauge", "Gateway identity in labels; always 1.", 1, gateway_id=status.get("gateway_id", ""),
-          name=status.get("name", ""), version=status.get("version", ""))
-    f.add("railgate_uptime_seconds", "gauge", "Seconds since the gateway started.", status.get("uptime_s"))
-    for d in status.get("devices", ()):
-        dev = d.get("id")
-        f.add("railgate_device_info", "gauge", "Configured device; name and kind in labels; always 1.", 1,
-              device=dev, name=d.get("name", ""), kind=d.get("kind", ""))
-        f.add("railgate_device_reachable", "gauge", "1 if the device is reachable on a net.", d.get("reachable"),
-              device=dev)
-        _receiver(f, "device", d, device=dev)
-        for link in d.get("links", ()):
-            where = {"device": dev, "net": link.get("net")}
-            f.add("railgate_link_up", "gauge", "1 if the link is alive (heartbeats arriving).", link.get("alive"),
-                  **where)
-            for key, help_ in _LINK_COUNTERS:
-                f.add(f"railgate_link_{key}_total", "counter", help_, link.get(key), **where)
-            f.add("railgate_link_last_rx_age_seconds", "gauge", "Seconds since the link last received a frame.",
-                  _scaled(link.get("last_rx_age_ms"), 1000), **where)
-            f.add("railgate_link_errors_total", "counter", "Frames rejected on the link, by reason.", None)
-            for reason, n in sorted((link.get("errors") or {}).items()):
-                f.add("railgate_link_errors_total", "counter", "", n, **where, reason=reason)
-    for t in status.get("trains", ()):
-        train = t.get("id")
-        f.add("railgate_train_reachable", "gauge", "1 if the train reports within its heartbeat.",
-              t.get("reachable"), train=train)
-        f.add("railgate_train_speed_meters_per_second", "gauge", "Last reported train speed.",
-              _scaled(t.get("speed_cm_s"), 100), train=train)
-        f.add("railgate_train_last_rx_age_seconds", "gauge", "Seconds since the train's last datagram.",
-              _scaled(t.get("last_rx_age_ms"), 1000), train=train)
-        _receiver(f, "train", t, train=train)
-    udp = status.get("udp") or {}
-    f.add("railgate_udp_rx_datagrams_total", "counter", "UDP datagrams received.", udp.get("rx_datagrams"))
-    f.add("railgate_udp_dropped_no_slab_total", "counter", "UDP datagrams dropped: no free slab.",
-          udp.get("dropped_no_slab"))
-    f.add("railgate_udp_errors_total", "counter", "UDP datagrams rejected, by reason.", None)
-    for reason, n in sorted((udp.get("errors") or {}).items()):
-        f.add("railgate_udp_errors_total", "counter", "", n, reason=reason)
-    for loop in status.get("loops", ()):
-        for keys, name, kind, help_ in _LOOP_METRICS:
-            key = next((k for k in keys if k in loop), None)
-            if key is not None:  # loops report links or fds, not both: no family that is always empty
-                f.add(name, kind, help_, loop[key], loop=loop.get("name"))
-    pools = status.get("pools") or {}
-    slabs, links = pools.get("slabs") or {}, pools.get("links") or {}
-    for state in ("in_use", "free"):
-        f.add("railgate_pool_slabs", "gauge", "UDP receive slabs, by state.", slabs.get(state), state=state)
-    f.add("railgate_pool_slabs_high_water", "gauge", "Most slabs in use at once.", slabs.get("high_water"))
-    f.add("railgate_pool_exhausted_total", "counter", "Slab requests refused: pool empty.", slabs.get("exhausted"))
-    f.add("railgate_pool_links", "gauge", "Link buffer sets in use.", links.get("in_use"), state="in_use")
-    f.add("railgate_pool_links_max", "gauge", "Most link buffer sets allowed.",
-          links.get("max", links.get("max_items")))
-    f.add("railgate_pool_links_refused_total", "counter", "Connections refused: link pool full.", links.get("refused"))
-    f.add("railgate_condition_active", "gauge", "Active conditions (1 each), by name and source.", None)
-    for cond in status.get("conditions", ()):
-        f.add("railgate_condition_active", "gauge", "", 1, name=cond.get("name"), source=cond.get("source"))
-    f.add("railgate_gateway_counter_total", "counter", "Gateway-wide counters (reloads, ...), by name.", None)
-    for name, n in sorted((status.get("counters") or {}).items()):
-        f.add("railgate_gateway_counter_total", "counter", "", n, counter=name)
-    return f.render()
-
-
-def _receiver(f: _Families, kind: str, obj: dict, **labels) -> None:
-    for key, outcome, help_ in _RECEIVER_COUNTERS:
-        f.add(f"railgate_{kind}_frames_{outcome}_total", "counter", help_, obj.get(key), **labels)

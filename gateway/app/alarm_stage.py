@@ -6,7 +6,7 @@
     ObjectState changes ─┤ submit(observation)     alarm thread          relay (Kafka)
     DEVICE_ALARM frames ─┼────────────────────▶  engine → journal ──▶  history writer (SQLite/MySQL)
     threat samples (1 s) ┘                                     wake    live table (Redis, optional)
-    admin API actions ───────────────────────▶  (futures)
+    admin API actions ───────────────────────▶  (futures, never waited for in a loop)
 
 Everything here is an adapter: the engine and the sources are sans-IO in
 ``alarms/``; the services (embedded broker or real Kafka, SQLite or MySQL,
@@ -15,22 +15,21 @@ Redis) are chosen by the config's ``kafka:``, ``history:`` and ``redis:``.
 Threading: built and started in the base loop thread before the IO loops
 take traffic (``start``), stopped after them (``stop``). ``observe_*`` are
 called from IO loop threads and only queue; ``sample_threats`` runs on a base
-loop timer; ``routes`` are served by the admin thread and wait at most
-``ACTION_TIMEOUT_S`` for the alarm thread.
+loop timer. ``engine_status``, ``alarm_table`` and ``operate`` return futures
+the alarm thread completes: the admin API (``gateway/app/admin_routes.py``)
+answers with them without waiting. Only ``status()`` without an engine part
+waits, at most ``ACTION_TIMEOUT_S``, for synchronous callers outside any loop.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future
 
-from alarms.engine import UnknownAlarm
-from alarms.history import open_history
+from alarms.history.store import open_history
 from alarms.history_writer import HistorySink, HistoryWriter
 from alarms.journal import Journal
-from alarms.lifecycle import IllegalTransition
-from alarms.model import ModelError, OperatorAction
+from alarms.model import OperatorAction
 from alarms.service import AlarmService
 from alarms.observations import DeviceAlarmFrame, ObjectChange, ThreatSample
 from alarms.sources import SECTION_FAULT, SWITCH_LOST, Sources
@@ -46,8 +45,10 @@ BOOTSTRAP_FILE = "kafka.bootstrap"   # in state_dir: where `gateway alarms tail 
 class AlarmStage:
     """The alarm pipeline beside one gateway. See the module docstring for threads."""
 
-    def __init__(self, cfg, ctx, *, relay_factory=None) -> None:
-        self.cfg, self.ctx = cfg, ctx
+    def __init__(self, cfg, line, *, udp_checks=None, relay_factory=None) -> None:
+        """``line``: the line's state (``gateway.line.line.Line``: clock, events, objects, registry);
+        ``udp_checks``: the UDP endpoint's receiver counters, sampled for threat alarms."""
+        self.cfg, self.line, self.udp_checks = cfg, line, udp_checks
         p = cfg.pipeline
         self.state_dir = os.path.abspath(cfg.gateway.state_dir)
         os.makedirs(self.state_dir, exist_ok=True)
@@ -57,7 +58,7 @@ class AlarmStage:
         self.service = AlarmService(
             self.journal_path, gateway_id=cfg.gateway.id, line=cfg.line_name, tz=cfg.timezone,
             sources=Sources(names, p.alarms.switch_lost_s, p.alarms.threat_rates),
-            engine_options=p.alarms.engine_options(), clock=ctx.now_ms)
+            engine_options=p.alarms.engine_options(), clock=line.now_ms)
         self.broker = None
         self.relay = None
         self.writers: list[HistoryWriter] = []
@@ -79,7 +80,7 @@ class AlarmStage:
         store = open_history(p.history, self.state_dir)
         self.writers.append(HistoryWriter(self.journal_path, HistorySink(store, self.cfg.gateway.id)))
         if p.redis is not None:
-            from alarms.live_table import LiveTable, journal_snapshot, redis_client
+            from alarms.live.live_table import LiveTable, journal_snapshot, redis_client
 
             def snapshot():
                 journal = Journal(self.journal_path)
@@ -93,8 +94,8 @@ class AlarmStage:
         for writer in self.writers:
             writer.start()
             self.service.subscribe(writer.wake)
-        self.ctx.events.subscribe(lambda ev: self.service.submit(ev, essential=True))
-        self.ctx.objects.subscribe(self.observe_object)
+        self.line.events.subscribe(lambda ev: self.service.submit(ev, essential=True))
+        self.line.objects.subscribe(self.observe_object)
         log.info("alarm stage up: journal %s, kafka %s, history %s%s", self.journal_path, bootstrap,
                  p.history.kind, f", redis {p.redis.url}" if p.redis else "")
 
@@ -118,7 +119,7 @@ class AlarmStage:
         kafka = self.cfg.pipeline.kafka
         if not kafka.embedded:
             return ",".join(kafka.bootstrap_servers)
-        from alarms.broker import EmbeddedBroker
+        from alarms.kafka.broker import EmbeddedBroker
         self.broker = EmbeddedBroker(os.path.join(self.state_dir, "broker.log")).start()
         with open(os.path.join(self.state_dir, BOOTSTRAP_FILE), "w") as f:
             f.write(self.broker.bootstrap + "\n")
@@ -131,7 +132,7 @@ class AlarmStage:
                       snapshot_interval_s=a.snapshot_interval_s, producer_config=dict(kafka.config))
         if self._relay_factory is not None:
             return self._relay_factory(self.journal_path, bootstrap, **kwargs)
-        from alarms.relay_process import RelaySupervisor
+        from alarms.kafka.relay_process import RelaySupervisor
         # an embedded broker starts empty with the gateway: today's journal goes out again, so an HMI
         # joining after a gateway restart still sees the whole day (duplicates are dropped by event_id)
         return RelaySupervisor(self.journal_path, bootstrap, log_path=os.path.join(self.state_dir, "relay.log"),
@@ -158,53 +159,52 @@ class AlarmStage:
 
     def sample_threats(self) -> None:
         """Per-link cumulative error counters to the threat monitor. Base loop timer, every second."""
-        now_ms = self.ctx.now_ms()
-        for dev_id, dl in self.ctx.registry.devices.items():
-            for net, link in self.ctx.registry.links_of(dev_id).items():
+        now_ms = self.line.now_ms()
+        registry = self.line.registry
+        for dev_id, dl in registry.devices.items():
+            for net, link in registry.links_of(dev_id).items():
                 if link is not None:
                     checks = link.checks
                     self.service.submit(ThreatSample(f"net {net}", {**checks.errors, "applied": checks.applied},
                                                      now_ms, dl.device.name))
-        udp = getattr(self.ctx, "udp_checks", None)
+        udp = self.udp_checks
         if udp is not None:
             self.service.submit(ThreatSample("udp", {**udp.errors, "applied": udp.applied}, now_ms, "trains"))
 
-    # -- status and admin API (admin thread) -------------------------------------------------
-    def status(self) -> dict:
-        """JSON-ready: engine status, relay and writer stats. Any thread (waits on the alarm thread)."""
-        try:
-            engine = self.service.status().result(ACTION_TIMEOUT_S)
-        except Exception as exc:  # a stopped or busy alarm thread must not break /status
-            engine = {"error": str(exc)}
+    # -- status and operator actions (any thread; only status() without ``engine`` waits) ----------
+    def engine_status(self) -> Future:
+        """Future of the engine's status and the service counters, completed by the alarm thread (at
+        once with ServiceStopped when it is not running). Any thread; never blocks."""
+        return self.service.status()
+
+    def status(self, engine: dict | None = None) -> dict:
+        """JSON-ready: engine status, relay and writer stats. Any thread.
+
+        ``engine``: the alarm thread's answer to :meth:`engine_status` (or an ``{"error": ...}``
+        standing for it), so nothing waits. Without it this waits up to ``ACTION_TIMEOUT_S`` for the
+        alarm thread: for synchronous callers (``Gateway.status()``, tests), never in an event loop.
+        """
+        if engine is None:
+            try:
+                engine = self.engine_status().result(ACTION_TIMEOUT_S)
+            except Exception as exc:  # a stopped or busy alarm thread must not break the status
+                engine = {"error": str(exc) or type(exc).__name__}
         out = {"engine": engine, "relay": self.relay.stats() if self.relay else {},
                "writers": {w.name: w.stats() for w in self.writers}}
         if self.broker is not None:
             out["embedded_broker"] = {"bootstrap": self.broker.bootstrap, "pid": self.broker.pid}
         return out
 
-    def routes(self) -> dict:
-        return {("GET", "/alarms"): self._get_alarms, ("POST", "/alarms/action"): self._post_action}
+    def alarm_table(self) -> Future:
+        """Future of ``(event_seq, [alarm entries])``, the engine's snapshot taken in the alarm thread.
+        Any thread; never blocks."""
+        return self.service.snapshot()
 
-    def _get_alarms(self, query: dict, body: bytes):
-        seq, alarms = self.service.snapshot().result(ACTION_TIMEOUT_S)
-        return 200, {"event_seq": seq, "alarms": alarms}
-
-    def _post_action(self, query: dict, body: bytes):
-        """``{"action": "ack"|"shelve"|..., "key": "src/CODE/obj", "operator": NAME, "minutes": N}``."""
-        try:
-            req = json.loads(body or b"{}")
-            if not isinstance(req, dict):
-                raise ValueError("expected a JSON object")
-            action = OperatorAction(req.get("action"), req.get("key"), req.get("operator"), self.ctx.now_ms(),
-                                    req.get("minutes"))
-        except (ValueError, TypeError, ModelError) as exc:
-            return 400, {"error": f"bad alarm action: {exc}"}
-        try:
-            events = self.service.operate(action).result(ACTION_TIMEOUT_S)
-        except UnknownAlarm as exc:
-            return 404, {"error": str(exc)}
-        except (IllegalTransition, ValueError, ModelError) as exc:
-            return 409, {"error": str(exc)}
-        except FutureTimeout:
-            return 503, {"error": f"alarm thread did not answer within {ACTION_TIMEOUT_S} s"}
-        return 200, {"events": [e.to_json() for e in events]}
+    def operate(self, request: dict) -> Future:
+        """An operator action, ``{"action": "ack"|"shelve"|..., "key": "src/CODE/obj", "operator": NAME,
+        "minutes": N}``, to the alarm thread. A malformed one raises ModelError (a ValueError) or TypeError
+        here; otherwise the future gets the action's events once journaled, or UnknownAlarm,
+        IllegalTransition or ValueError with nothing changed. Any thread; never blocks."""
+        action = OperatorAction(request.get("action"), request.get("key"), request.get("operator"),
+                                self.line.now_ms(), request.get("minutes"))
+        return self.service.operate(action)

@@ -1,71 +1,54 @@
-"""The gateway process: wiring of config, loops, links, checks and state.
+"""The link context: what TCP links and the UDP endpoint call back into.
 
-::
+Links (``gateway/net``) know nothing of the line, the alarms or coupling;
+they report to a :class:`Context`: a link started, came up, left UP, closed;
+a device message or a train datagram was accepted. The context turns that
+into registry moves, alarm observations and coupling submissions. It is built
+once by ``gateway.app.runtime.Gateway`` with every part it needs.
 
-    main thread: base loop ── acceptors (net A, net B), liveness timers, SIGHUP/SIGTERM
-    io-0 .. io-N: IO loops ── TCP links (round-robin), the UDP endpoint (on io-0)
-    admin thread: HTTP /status and /metrics
-
-:class:`Context` is what links and the UDP endpoint call back into; every
-method there states its thread. :class:`Gateway` builds and runs it all.
+Threading: every method states its thread.
 """
 from __future__ import annotations
 
 import logging
-import socket
 import threading
-import time
 from collections import Counter
 
-from railcodecs import MacPolicy, Receiver
-
 from gateway.app.config import Config, diff
-from gateway.line.devices import Registry
-from gateway.line.events import EventLog
+from gateway.line.line import Line
+from gateway.line.link_protocol import LinkProtocol
 from gateway.line.link_state import LinkEvent
-from gateway.line.object_state import ObjectState
+from gateway.net.connection import TcpConnection, peer_address
 
 log = logging.getLogger("railgate.gateway")
 
 
-class LinkBuffers:
-    """The heavy, reusable part of a link (its ring); pooled, bounded by max_links."""
-
-    def __init__(self, ring_bytes: int) -> None:
-        from gateway.net.ring_buffer import SpscRing
-        self.ring = SpscRing(ring_bytes)
-
-    def reset(self) -> None:
-        self.ring.reset()
-
-
 class Context:
-    """Shared state the links and the UDP endpoint use. Methods say their thread."""
+    """What links and the UDP endpoint call back into. Built once by the wiring object with every
+    part it needs; nothing is attached afterwards. Methods say their thread."""
 
-    def __init__(self, cfg: Config, clock_ms=None) -> None:
+    def __init__(self, cfg: Config, line: Line, *, link_pool, alarm_sink=None, coupling=None) -> None:
+        """``line``: the line's no-IO state; ``link_pool``: the links' buffer pool (released on close);
+        ``alarm_sink``: the alarm stage (``observe_device_alarm``), None without one; ``coupling``:
+        the coupling workers (``submit``), None without them."""
         self.cfg = cfg
         self.settings = cfg.gateway
-        self.events = EventLog()
-        self.registry = Registry(cfg, self.events)
-        self.receiver = Receiver(cfg.gateway.id, cfg.senders(), max_age_ms=cfg.gateway.max_age_ms,
-                                 train_reset_ms=3 * cfg.trains.heartbeat_ms)
-        self.objects = ObjectState()
-        self.mac_policy = MacPolicy(
-            keys={d.id: d.mac_key for d in cfg.devices if d.mac_key is not None and d.mac != "off"},
-            required_srcs=frozenset(d.id for d in cfg.devices if d.mac == "required"))
+        self.line = line
+        self.events, self.registry, self.receiver = line.events, line.registry, line.receiver
+        self.objects, self.mac_policy = line.objects, line.mac_policy
+        self.apply = line.objects.apply
+        self.now_ms = line.now_ms  # gateway wall clock, epoch ms. Any thread.
+        self.link_pool = link_pool
+        self.alarm_sink = alarm_sink
+        self.coupling = coupling
         self.counters: Counter = Counter()
-        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
         self._links_lock = threading.Lock()
         self.links: set = set()
-        self.link_pool = None  # set by the Gateway
-        self.coupling_workers = None  # set by the Gateway: gateway/coupling/workers.py
-        self.alarm_sink = None        # set by the Gateway: gateway/app/alarm_stage.py
-        self.udp_checks = None        # set by the Gateway: the UDP endpoint's counters (threat sampling)
-        self.apply = self.objects.apply
 
-    def now_ms(self) -> int:
-        """Gateway wall clock, epoch ms (injectable for tests). Any thread."""
-        return self._clock_ms()
+    def links_snapshot(self) -> list:
+        """Every link not yet closed (any state). Any thread."""
+        with self._links_lock:
+            return list(self.links)
 
     def link_started(self, link) -> None:
         """Loop thread of the link."""
@@ -86,11 +69,10 @@ class Context:
         """The socket is closed; its buffers go back to the pool. Loop thread of the link."""
         with self._links_lock:
             self.links.discard(link)
-        if self.link_pool is not None:
-            self.link_pool.release(link.buffers)
+        self.link_pool.release(link.buffers)
 
     def device_message(self, link, frame, now_ms: int) -> None:
-        """An accepted DEVICE_ALARM or COMMAND_RESULT (until the alarm stage: an event)."""
+        """An accepted DEVICE_ALARM (an event, and to the alarm stage) or COMMAND_RESULT (an event). Loop thread."""
         msg = frame.message
         dev = self.cfg.device(frame.src)
         name = dev.name if dev else str(frame.src)
@@ -107,8 +89,8 @@ class Context:
     def train_applied(self, frame, now_ms: int) -> None:
         """An accepted train datagram. UDP loop thread."""
         self.registry.train_seen(frame.src, now_ms)
-        if self.coupling_workers is not None and frame.message.NAME == "TRAIN_STATUS":
-            self.coupling_workers.submit(frame.src, frame.message, frame.time_ms, now_ms)  # pairs by sender time
+        if self.coupling is not None and frame.message.NAME == "TRAIN_STATUS":
+            self.coupling.submit(frame.src, frame.message, frame.time_ms, now_ms)  # pairs by sender time
 
     def reload(self, new: Config) -> tuple[list[str], list[str]]:
         """Apply the live part of a new config (SIGHUP). Base loop thread."""
@@ -120,12 +102,11 @@ class Context:
         return live, restart
 
 
-def udp_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot bind UDP {host}:{port}: {exc.strerror}") from None
-    return sock
+def new_link(ctx: Context, loop, sock, net: str, buffers):
+    """One device link, as the acceptors build it: the ICD protocol (``gateway/line/link_protocol.py``)
+    decoding from the link's ring, and the connection doing its IO (``gateway/net/connection.py``),
+    which is what the registry, status and ``close``/``send`` callers know as the link. The wiring
+    hands it to each acceptor with ``ctx`` bound. Base loop thread."""
+    peer = peer_address(sock)
+    protocol = LinkProtocol(ctx, net, buffers.ring, peer)
+    return TcpConnection(loop, sock, protocol, buffers, clock_ms=ctx.now_ms, peer=peer)

@@ -20,17 +20,20 @@ import signal
 import threading
 import time
 
-from gateway.net.acceptor import Acceptor, listen_socket
+from gateway.app.alarm_stage import AlarmStage
 from gateway.app.config import Config, load
+from gateway.app.context import Context, new_link
+from gateway.app.status import build_status
 from gateway.coupling.engine import CouplingEngine
 from gateway.coupling.workers import CouplingWorkers
-from gateway.net.event_loop import EventLoop
+from gateway.line.line import Line
 from gateway.line.link_state import LinkEvent
+from gateway.net.acceptor import Acceptor, listen_socket
+from gateway.net.event_loop import EventLoop
 from gateway.net.loop_pool import EventLoopThreadPool
-from gateway.app.context import Context, LinkBuffers, udp_socket
+from gateway.net.ring_buffer import LinkBuffers
 from gateway.net.slab_pool import ObjectPool, SlabPool
-from gateway.app.status import build_status
-from gateway.net.udp_endpoint import UdpEndpoint
+from gateway.net.udp_endpoint import UdpEndpoint, udp_socket
 
 log = logging.getLogger("railgate.gateway")
 
@@ -44,35 +47,39 @@ class Gateway:
     def __init__(self, cfg: Config, *, clock_ms=None, admin: bool = True, alarms: bool = True,
                  relay_factory=None) -> None:
         """``alarms=False`` runs without the alarm stage (tests of the link layer); ``relay_factory``
-        replaces the supervised relay process (tests)."""
+        replaces the supervised relay process (tests).
+
+        The one place the gateway is assembled: each part gets what it needs here, in dependency
+        order (line state, pools, alarm stage and coupling, then the link context the IO side
+        calls into, then the IO side); nothing is attached to a part after it is built."""
         self.cfg = cfg
         s = cfg.gateway
-        self.ctx = Context(cfg, clock_ms)
-        self.started_ms = self.ctx.now_ms()
+        self.line = Line(cfg, clock_ms)
+        self.started_ms = self.line.now_ms()
         self.started_mono = time.monotonic()
-        self.base = EventLoop(name="base")
-        self.pool = EventLoopThreadPool(self.base, s.io_threads)
+        self.udp_checks = self.line.receiver.new_link("udp")
         self.link_pool = ObjectPool(lambda: LinkBuffers(s.ring_bytes), s.max_links)
-        self.ctx.link_pool = self.link_pool
         slab_count = max(1, s.udp_slabs)
         self.slabs = SlabPool({size: (slab_count if size == max(UDP_CLASSES) else 1) for size in UDP_CLASSES})
+        self.alarms = AlarmStage(cfg, self.line, udp_checks=self.udp_checks,
+                                 relay_factory=relay_factory) if alarms else None
+        self.coupling = CouplingEngine.from_config(cfg, self.line.events, cfg.coupling)
+        self.coupling_workers = CouplingWorkers(self.coupling, cfg.coupling.workers)
+        self.ctx = Context(cfg, self.line, link_pool=self.link_pool, alarm_sink=self.alarms,
+                           coupling=self.coupling_workers)
+        self.base = EventLoop(name="base")
+        self.pool = EventLoopThreadPool(self.base, s.io_threads)
         self.acceptors = [Acceptor(self.ctx, self.base, self.pool, listen_socket(ep.host, ep.port), net,
-                                   self.link_pool) for net, ep in (("A", s.net_a), ("B", s.net_b))]
+                                   self.link_pool, lambda *args: new_link(self.ctx, *args))
+                          for net, ep in (("A", s.net_a), ("B", s.net_b))]
         self.udp_sock = udp_socket(s.udp.host, s.udp.port)
         self.udp: UdpEndpoint | None = None
-        self.alarms = None
-        if alarms:
-            from gateway.app.alarm_stage import AlarmStage
-            self.alarms = AlarmStage(cfg, self.ctx, relay_factory=relay_factory)
-            self.ctx.alarm_sink = self.alarms
         self.admin = None
         self._want_admin = admin
-        self.coupling = CouplingEngine.from_config(cfg, self.ctx.events, cfg.coupling)
-        self.coupling_workers = CouplingWorkers(self.coupling, cfg.coupling.workers)
-        self.ctx.coupling_workers = self.coupling_workers
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._config_path: str | None = None
+        self.last_reload: dict | None = None
         self.stop_grace_s = STOP_GRACE_S  # how long stop() waits for peers to answer CLOSE
 
     # -- addresses (tests bind port 0) ---------------------------------------------
@@ -90,38 +97,41 @@ class Gateway:
 
     # -- life --------------------------------------------------------------------------
     def start(self, config_path: str | None = None) -> None:
-        """Start the IO threads, listeners, UDP and admin API (base loop thread, before run())."""
+        """Start the IO threads, listeners, UDP and admin API (base loop thread, before run()).
+
+        Signal handlers come first (main thread only): a SIGTERM that arrives while the gateway is
+        starting, e.g. a `gateway stop` right after the pidfile appears, is a graceful stop that
+        run() carries out, not the default action that kills the process."""
         self._config_path = config_path
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.base.queue_in_loop(self.reload))
         if self.alarms is not None:  # before any link: no condition may be raised before the stage listens
             self.alarms.start()
             self.base.call_every(1.0, self.alarms.sample_threats)
         self.pool.start()
         udp_loop = self.pool.next_loop()
-        self.udp = UdpEndpoint(self.ctx, udp_loop, self.udp_sock, self.slabs)
-        self.ctx.udp_checks = self.udp.checks
+        self.udp = UdpEndpoint(self.ctx, udp_loop, self.udp_sock, self.slabs, self.udp_checks)
         udp_loop.run_in_loop(self.udp.start)
         for acc in self.acceptors:
             acc.start()
         s = self.cfg.gateway
         self.base.call_every(0.1, self._check_trains)
         self.coupling_workers.start()
-        self.base.call_every(1.0, lambda: self.coupling.check_timeouts(self.ctx.now_ms()))
+        self.base.call_every(1.0, lambda: self.coupling.check_timeouts(self.line.now_ms()))
         grace_s = (s.hello_timeout_ms + s.dead_after * s.heartbeat_ms) / 1000
-        self.base.call_later(grace_s, lambda: self.ctx.registry.check_startup(self.ctx.now_ms()))
-        if self._want_admin:
+        self.base.call_later(grace_s, lambda: self.line.registry.check_startup(self.line.now_ms()))
+        if self._want_admin:  # its own loop thread; the routing table is gateway/app/admin_routes.py's
             from gateway.adapters.admin_http import AdminServer
-            self.admin = AdminServer(s.admin.host, s.admin.port, status_provider=self.status,
-                                     routes=self.alarms.routes() if self.alarms is not None else None)
+            from gateway.app.admin_routes import gateway_routes
+            self.admin = AdminServer(s.admin.host, s.admin.port, gateway_routes(self))
             self.admin.start()
         log.info("gateway %s up: net A %s, net B %s, udp %s, %d IO threads", s.name, *self.ports.values(),
                  s.io_threads)
 
     def run(self) -> None:
-        """Run the base loop until stop(). Installs signal handlers when in the main thread."""
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.stop())
-            signal.signal(signal.SIGINT, lambda *_: self.stop())
-            signal.signal(signal.SIGHUP, lambda *_: self.base.queue_in_loop(self.reload))
+        """Run the base loop until stop() (signal handlers are installed by start())."""
         try:
             self.base.run()
         finally:
@@ -156,14 +166,12 @@ class Gateway:
 
     # -- internals ---------------------------------------------------------------------
     def _check_trains(self) -> None:
-        self.ctx.registry.check_trains(self.ctx.now_ms(), self.started_ms)
+        self.line.registry.check_trains(self.line.now_ms(), self.started_ms)
 
     def _begin_stop(self) -> None:
         for acc in self.acceptors:
             acc.stop()
-        with self.ctx._links_lock:
-            links = list(self.ctx.links)
-        for link in links:
+        for link in self.ctx.links_snapshot():
             link.close(LinkEvent.LOCAL_CLOSE, "gateway stopping")
         deadline = time.monotonic() + self.stop_grace_s
 
@@ -173,9 +181,7 @@ class Gateway:
             elif time.monotonic() < deadline:
                 self.base.call_later(0.02, wait_links)
             else:
-                with self.ctx._links_lock:
-                    late = list(self.ctx.links)
-                for link in late:  # peers that did not answer CLOSE in time: close our end
+                for link in self.ctx.links_snapshot():  # peers that did not answer CLOSE in time: close our end
                     link.close(LinkEvent.LINGER_TIMEOUT, "no answer to CLOSE before shutdown")
                 self.base.call_later(0.05, self.base.stop)
 

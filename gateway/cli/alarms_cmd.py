@@ -1,4 +1,4 @@
-"""`gateway alarms SUBCOMMAND`: the alarm tools. `tail` is here; other modules add theirs to SUBCOMMANDS.
+"""`gateway alarms SUBCOMMAND`: the alarm tools, dispatched from :data:`SUBCOMMANDS`; `tail` is here.
 
 ``gateway alarms tail`` rebuilds the active alarm table from today's topic
 (newest complete snapshot plus the events after it), prints it, then one line
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-#: name -> ("module:function", help). The lead adds history/ack/shelve here.
+#: name -> ("module:function", help); each module is imported only when its subcommand runs
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tail": ("gateway.cli.alarms_cmd:tail_main", "print the live alarm table, then every change (--json)"),
     "history": ("gateway.cli.alarms_history_cmd:main", "query the alarm history (--since, --source, --code)"),
@@ -116,7 +116,7 @@ def tail_main(argv: list[str], *, clock_ms: Callable[[], int] | None = None,
         parser.print_usage(sys.stderr)
         print(f"gateway alarms tail: error: {exc}", file=sys.stderr)
         return 2
-    from alarms.consumer import AlarmTableConsumer   # late: keeps `gateway --help` free of librdkafka
+    from alarms.kafka.consumer import AlarmTableConsumer   # late: keeps `gateway --help` free of librdkafka
     kw = {"clock_ms": clock_ms} if clock_ms is not None else {}
     consumer = AlarmTableConsumer(bootstrap, prefix, tz, gateway_id=gateway_id, replay=args.from_beginning, **kw)
 

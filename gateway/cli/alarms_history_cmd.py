@@ -27,7 +27,7 @@ import time
 from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
-from alarms.history import MAX_LIMIT, HistoryError, HistoryRow, open_history
+from alarms.history.store import MAX_LIMIT, HistoryError, HistoryRow, open_history
 
 _RELATIVE = re.compile(r"-(\d+)([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -3,7 +3,10 @@
 ``gateway run -c FILE [--daemon --pidfile FILE] [--log FILE]`` validates the
 config first (errors name the key path; exit 2), then runs the gateway. With
 ``--daemon`` it double-forks, detaches from the terminal, writes the pid file
-(refusing to start if it names a live process) and logs to the log file.
+(refusing to start if it names a live process) and logs to the log file. The
+pid file is written whole or not at all (a temporary file in the same
+directory, fsynced, then ``os.replace``): a ``gateway stop`` racing the start
+finds no file or a complete one, never an empty or half-written one.
 
 ``gateway stop --pidfile FILE [--timeout S]`` sends SIGTERM (a graceful stop:
 links closed with CLOSE reason 0, logs flushed) and waits for the process to
@@ -19,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 
 from gateway.base import async_log
@@ -35,12 +39,61 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_pidfile(path: str) -> int | None:
+class PidfileError(ValueError):
+    """The pid file is missing, empty, unreadable or does not hold a process id; the message says which."""
+
+
+def read_pidfile(path: str) -> int:
+    """The process id in ``path``; PidfileError naming the file and what is wrong with it."""
     try:
         with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
+            text = f.read(64).strip()
+    except FileNotFoundError:
+        raise PidfileError(f"no pid file {path} (is the gateway running with --pidfile {path}?)") from None
+    except OSError as exc:
+        raise PidfileError(f"cannot read pid file {path}: {exc.strerror}") from None
+    if not text:
+        raise PidfileError(f"pid file {path} is empty")
+    try:
+        pid = int(text)
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise PidfileError(f"pid file {path} does not hold a process id: {text[:20]!r}")
+    return pid
+
+
+def _pid_in(path: str) -> int | None:
+    """``read_pidfile`` for a file that may be missing or stale: None when there is no usable pid."""
+    try:
+        return read_pidfile(path)
+    except PidfileError:
         return None
+
+
+def write_pidfile(path: str, pid: int) -> None:
+    """Write ``pid`` to ``path`` atomically: a temporary file in the same directory, fsynced, renamed
+    over ``path`` with ``os.replace``, then the directory fsynced (the rename survives a crash)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{pid}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)                   # mkstemp makes it 0600; a pid file is for every operator
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _daemonize(pidfile: str) -> None:
@@ -54,8 +107,7 @@ def _daemonize(pidfile: str) -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    with open(pidfile, "w") as f:
-        f.write(f"{os.getpid()}\n")
+    write_pidfile(pidfile, os.getpid())
 
 
 def run_main(argv: list[str] | None = None) -> int:
@@ -81,7 +133,7 @@ def run_main(argv: list[str] | None = None) -> int:
         os.path.join(state_dir, "gateway.log") if args.daemon else cfg.gateway.log_file)
     if args.pidfile:
         args.pidfile = os.path.abspath(args.pidfile)
-        old = read_pidfile(args.pidfile)
+        old = _pid_in(args.pidfile)   # missing, empty or garbage: nothing running under it
         if old is not None and _pid_alive(old):
             print(f"gateway run: {args.pidfile} names a running process ({old}); stop it first", file=sys.stderr)
             return 1
@@ -95,8 +147,7 @@ def run_main(argv: list[str] | None = None) -> int:
     if args.daemon:
         _daemonize(args.pidfile)
     elif args.pidfile:
-        with open(args.pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        write_pidfile(args.pidfile, os.getpid())
     handler = async_log.install(log_file, level=cfg.gateway.log_level) if log_file else None
     if handler is None:
         logging.basicConfig(level=cfg.gateway.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -104,7 +155,7 @@ def run_main(argv: list[str] | None = None) -> int:
         gw.start(config_path)
         gw.run()
     finally:
-        if args.pidfile and read_pidfile(args.pidfile) == os.getpid():
+        if args.pidfile and _pid_in(args.pidfile) == os.getpid():
             os.unlink(args.pidfile)
         if handler is not None:
             async_log.shutdown()
@@ -116,9 +167,10 @@ def stop_main(argv: list[str] | None = None) -> int:
     p.add_argument("--pidfile", required=True)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a graceful exit")
     args = p.parse_args(argv)
-    pid = read_pidfile(args.pidfile)
-    if pid is None:
-        print(f"gateway stop: no readable pid in {args.pidfile}", file=sys.stderr)
+    try:
+        pid = read_pidfile(args.pidfile)
+    except PidfileError as exc:
+        print(f"gateway stop: {exc}", file=sys.stderr)
         return 1
     if not _pid_alive(pid):
         print(f"gateway stop: process {pid} from {args.pidfile} is not running", file=sys.stderr)

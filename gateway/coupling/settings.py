@@ -16,7 +16,7 @@ SECTION = "coupling"
 
 @dataclass(frozen=True, slots=True)
 class CouplingSettings:
-    workers: int = 4                    # coupling worker threads (trains hashed to workers by id)
+    workers: int = 1                    # coupling worker threads (trains hashed to workers by id)
     confirm_evaluations: int = 3        # consecutive coupled evaluations that confirm a consist coupled
     raise_after: int = 3                # consecutive abnormal evaluations that raise a coupling alarm
     clear_after: int = 3                # consecutive normal evaluations that clear it

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 
-from gateway.app.config import Config, Device
 from gateway.line.events import EventLog
 
 NETS = ("A", "B")
@@ -28,7 +27,8 @@ NETS = ("A", "B")
 class DeviceLinks:
     """The links of one configured device, by net."""
 
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device) -> None:
+        """``device``: a configured device (``gateway.app.config.Device``: id, name, nets)."""
         self.device = device
         self.links: dict[str, object | None] = {net: None for net in device.nets}
         self.lock = threading.Lock()
@@ -42,11 +42,12 @@ class DeviceLinks:
 class Registry:
     """Configured devices and trains, their links and reachability conditions."""
 
-    def __init__(self, cfg: Config, events: EventLog) -> None:
+    def __init__(self, devices, train_ids, train_heartbeat_ms: int, events: EventLog) -> None:
+        """``devices``: the configured devices; ``train_ids`` and ``train_heartbeat_ms`` from ``trains:``."""
         self.events = events
-        self.devices = {d.id: DeviceLinks(d) for d in cfg.devices}
-        self.train_heartbeat_ms = cfg.trains.heartbeat_ms
-        self.train_ids = cfg.trains.ids
+        self.devices = {d.id: DeviceLinks(d) for d in devices}
+        self.train_heartbeat_ms = train_heartbeat_ms
+        self.train_ids = train_ids
         self._train_last_rx: dict[int, int] = {}
         self._trains_lost: set[int] = set()
 

@@ -1,10 +1,11 @@
-"""Gateway events and active conditions: what the alarm stage will consume.
+"""Gateway events and active conditions: what the alarm stage consumes.
 
 Events are facts with a time (``LINK_UP``, ``LINK_DOWN``); conditions are
 states that are raised and later cleared (``LINK_REDUNDANCY_LOST``,
 ``DEVICE_COMM_LOST``, ``TRAIN_COMM_LOST``), each clear published as the
-matching ``*_RESTORED`` event. Until the alarm pipeline subscribes, events are
-logged and the recent ones and the active conditions show in status.
+matching ``*_RESTORED`` event. Every event is logged; the recent ones and the
+active conditions show in status, and listeners (the alarm stage, tests) get
+each one as it is published.
 
 Threading: every method is safe from any thread (IO loops raise and clear
 concurrently); listeners are called in the emitting thread, outside the lock,

@@ -3,7 +3,9 @@
 The acceptor lives on the base loop. On readiness it accepts until EAGAIN
 (edge-triggered), takes a buffer set from the bounded link pool (over
 ``max_links`` the connection is closed at once and counted as refused),
-picks the next IO loop and starts the link there with ``run_in_loop``.
+picks the next IO loop, has the wiring code's factory build the link
+(``new_link(loop, sock, net, buffers)``: a connection and its protocol, which
+this IO-only layer does not know) and starts it there with ``run_in_loop``.
 
 Threading: base loop thread only.
 """
@@ -13,8 +15,6 @@ import errno
 import logging
 import select
 import socket
-
-from gateway.net.tcp_link import TcpLink
 
 log = logging.getLogger("railgate.acceptor")
 EV_READ = select.EPOLLIN | select.EPOLLET
@@ -37,9 +37,12 @@ def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
 class Acceptor:
     """Accepts device connections on one net."""
 
-    def __init__(self, ctx, base_loop, loops, sock: socket.socket, net: str, link_pool) -> None:
+    def __init__(self, ctx, base_loop, loops, sock: socket.socket, net: str, link_pool, new_link) -> None:
+        """``ctx``: counters (``ctx.counters``); ``new_link(loop, sock, net, buffers)``: builds a link
+        with a ``start()`` to run in ``loop`` (called in this, the base loop's, thread)."""
         self.ctx, self.base_loop, self.loops, self.sock, self.net = ctx, base_loop, loops, sock, net
         self.link_pool = link_pool
+        self.new_link = new_link
         self.accepted = 0
         self.refused = 0
 
@@ -79,5 +82,5 @@ class Acceptor:
                 continue
             self.accepted += 1
             loop = self.loops.next_loop()
-            link = TcpLink(self.ctx, loop, conn, self.net, buffers)
+            link = self.new_link(loop, conn, self.net, buffers)
             loop.run_in_loop(link.start)

@@ -207,3 +207,13 @@ class SpscRing:
 
     def __repr__(self) -> str:
         return f"SpscRing(capacity={self.capacity}, slack={self.slack}, readable={self._write - self._read})"
+
+
+class LinkBuffers:
+    """The heavy, reusable part of a link (its ring); pooled (``ObjectPool``), bounded by max_links."""
+
+    def __init__(self, ring_bytes: int) -> None:
+        self.ring = SpscRing(ring_bytes)
+
+    def reset(self) -> None:
+        self.ring.reset()

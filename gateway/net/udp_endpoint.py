@@ -17,26 +17,25 @@ from __future__ import annotations
 
 import select
 import socket
-from collections import Counter
-
-from railcodecs import UDP_TYPES, FrameError, decode_datagram
+from railcodecs import UDP_TYPES, FrameError, Reason, decode_datagram
 
 EV_READ = select.EPOLLIN | select.EPOLLET
 MAX_DATAGRAM = 144  # 128-byte TRAIN_DIAG + 16-byte MAC: the largest ICD datagram
+_HEADER_FAULTS = frozenset((Reason.BAD_SYNC, Reason.BAD_VERSION, Reason.BAD_FLAGS, Reason.OVERSIZE))
 
 
 class UdpEndpoint:
     """One UDP socket for every train, served by one loop."""
 
-    def __init__(self, ctx, loop, sock: socket.socket, slabs) -> None:
+    def __init__(self, ctx, loop, sock: socket.socket, slabs, checks) -> None:
+        """``checks``: the receiver's counters for this endpoint (``receiver.new_link("udp")``)."""
         self.ctx, self.loop, self.sock, self.slabs = ctx, loop, sock, slabs
         self.fd = sock.fileno()
-        self.checks = ctx.receiver.new_link("udp")
+        self.checks = checks
         self._scratch = bytearray(65536)
         self.rx_datagrams = 0
         self.dropped_no_slab = 0
         self.oversize = 0
-        self.applied_by_type: Counter = Counter()
 
     def start(self) -> None:
         """Loop thread: register for reads."""
@@ -65,7 +64,9 @@ class UdpEndpoint:
                 continue
             size_class, index, view = slab
             try:
-                n = sock.recv_into(view)
+                # MSG_TRUNC: n is the datagram's real length, so one longer than any ICD type (cut
+                # short by the slab) is counted bad_size instead of being decoded from its head
+                n = sock.recv_into(view, 0, socket.MSG_TRUNC)
             except BlockingIOError:
                 slabs.release(size_class, index)
                 return
@@ -74,6 +75,13 @@ class UdpEndpoint:
                 return
             try:
                 self.rx_datagrams += 1
+                if n > MAX_DATAGRAM:
+                    # judged like any datagram of a wrong size: its header's faults first, else bad_size
+                    self.oversize += 1
+                    ev = decode_datagram(view, types=UDP_TYPES, mac=mac)
+                    checks.count(ev.reason if isinstance(ev, FrameError) and ev.reason in _HEADER_FAULTS
+                                 else Reason.BAD_SIZE)
+                    continue
                 now_ms = ctx.now_ms()
                 ev = decode_datagram(view[:n], types=UDP_TYPES, mac=mac)
                 if isinstance(ev, FrameError):
@@ -85,4 +93,16 @@ class UdpEndpoint:
 
     def stats(self) -> dict:
         return {"rx_datagrams": self.rx_datagrams, "dropped_no_slab": self.dropped_no_slab,
-                "errors": dict(self.checks.errors)}
+                "oversize": self.oversize, "errors": dict(self.checks.errors)}
+
+
+def udp_socket(host: str, port: int) -> socket.socket:
+    """The trains' UDP socket, bound, with a 4 MiB receive buffer (bursts of a whole line)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot bind UDP {host}:{port}: {exc.strerror}") from None
+    return sock

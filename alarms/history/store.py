@@ -129,26 +129,39 @@ class HistoryStore(ABC):
         """Release connections. Any thread, once, after the last call."""
 
     def migrate(self, target: int | None = None) -> int:
-        """Bring the schema to ``target`` (default: the newest); return the version reached."""
-        with self._cursor() as cur:
-            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            self._schema_lock(cur, True)
-            try:
-                cur.execute("SELECT version FROM schema_version")
-                got = cur.fetchone()
-                current = got[0] if got else 0
-                if got is None:
-                    cur.execute("INSERT INTO schema_version (version) VALUES (0)")
-                for version, statements in MIGRATIONS[self.kind]:
-                    if current < version <= (target or version):
-                        # MySQL commits each DDL statement implicitly: a crash between a step and its
-                        # version update leaves the step to be repaired by hand (the error names it).
-                        for sql in statements:
-                            cur.execute(sql)
-                        cur.execute(f"UPDATE schema_version SET version = {self._ph}", (version,))
-                        current = version
-            finally:
-                self._schema_lock(cur, False)
+        """Bring the schema to ``target`` (default: the newest); return the version reached.
+
+        A failed step raises the store's error (HistoryError or HistoryUnavailable) naming the step:
+        its version, the schema version the store is at, and the statement."""
+        step: tuple[int, int, str] | None = None          # (version, from version, statement) running
+        try:
+            with self._cursor() as cur:
+                cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                self._schema_lock(cur, True)
+                try:
+                    cur.execute("SELECT version FROM schema_version")
+                    got = cur.fetchone()
+                    current = got[0] if got else 0
+                    if got is None:
+                        cur.execute("INSERT INTO schema_version (version) VALUES (0)")
+                    for version, statements in MIGRATIONS[self.kind]:
+                        if current < version <= (target or version):
+                            # MySQL commits each DDL statement implicitly: a crash between a step and its
+                            # version update leaves the step to be repaired by hand (the error names it).
+                            for sql in statements:
+                                step = (version, current, sql)
+                                cur.execute(sql)
+                            step = None
+                            cur.execute(f"UPDATE schema_version SET version = {self._ph}", (version,))
+                            current = version
+                finally:
+                    self._schema_lock(cur, False)
+        except HistoryError as exc:
+            if step is None:
+                raise
+            version, at, sql = step
+            raise type(exc)(f"{exc} (schema migration {at} -> {version} failed at: {' '.join(sql.split())[:120]};"
+                            f" the schema_version table still says {at})") from exc
         return current
 
     def _schema_lock(self, cur: Any, take: bool) -> None:

@@ -1,7 +1,7 @@
 """The Kafka relay: journal rows -> day topics, marked delivered only on a delivery report.
 
 One thread (:meth:`KafkaRelay.start`) owns a Journal connection, an idempotent
-librdkafka producer and a :class:`~alarms.topics.TopicManager`. Each pass:
+librdkafka producer and a :class:`~alarms.kafka.topics.TopicManager`. Each pass:
 
 1. serve delivery reports (``poll``); successes are marked delivered in one
    journal transaction per ``SETTLE_INTERVAL_S`` (or per ``batch`` of them, and
@@ -22,7 +22,7 @@ librdkafka producer and a :class:`~alarms.topics.TopicManager`. Each pass:
 4. publish a snapshot every ``snapshot_interval_s`` and when the day changes.
 
 ``republish_today`` (a supervisor restarting a relay that crashed, see
-alarms/relay_process.py) sends today's rows again before anything else: the
+alarms/kafka/relay_process.py) sends today's rows again before anything else: the
 dead relay may have missed a broker restart that lost them, and a new relay
 knows no topics, so it could not tell.
 
@@ -44,12 +44,12 @@ from zoneinfo import ZoneInfo
 
 from confluent_kafka import KafkaError, Producer
 
-from .journal import Journal
-from .snapshots import SnapshotProvider, build_chunks
-from .topics import (TopicError, TopicManager, day_start_ms, next_midnight_ms, snapshot_key, snapshot_partition,
+from alarms.journal import Journal
+from alarms.kafka.snapshots import SnapshotProvider, build_chunks
+from alarms.kafka.topics import (TopicError, TopicManager, day_start_ms, next_midnight_ms, snapshot_key, snapshot_partition,
                      topic_for)
 
-log = logging.getLogger("alarms.kafka_relay")
+log = logging.getLogger("alarms.kafka.relay")
 
 PRODUCER_DEFAULTS = {"enable.idempotence": True, "acks": "all", "linger.ms": 1,
                      "message.timeout.ms": 30_000, "allow.auto.create.topics": False,

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import tzinfo
 
-from .model import SCHEMA_VERSION, iso_time
+from alarms.model import SCHEMA_VERSION, iso_time
 
 #: ``() -> (event_seq, alarms)``: the engine's ``snapshot()``, made safe to call from the relay thread
 SnapshotProvider = Callable[[], tuple[int, list[dict]]]

@@ -41,10 +41,10 @@ from zoneinfo import ZoneInfo
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from .snapshots import SnapshotAssembler
-from .topics import snapshot_partition, topic_for
+from alarms.kafka.snapshots import SnapshotAssembler
+from alarms.kafka.topics import snapshot_partition, topic_for
 
-log = logging.getLogger("alarms.consumer")
+log = logging.getLogger("alarms.kafka.consumer")
 #: librdkafka's default is 500 ms. A Kafka broker answers a fetch as soon as data arrives, so this only
 #: bounds how long the embedded broker (tansu), which answers a waiting fetch only when the wait ends,
 #: delays an alarm (bench/alarm_bench.py measures the latency).
@@ -150,7 +150,6 @@ class AlarmTableConsumer:
         self.table = AlarmTable()
         self._chunks = SnapshotAssembler()
         self.topic = topic_for(prefix, clock_ms(), self.tz)
-        self._ids: dict[str, str] = {}                  # assigned topic -> its id at assignment
         self._parts: dict[str, int] = {}                # assigned topic -> partition count
         self._old: tuple[str, float] | None = None      # previous day's topic, drop at monotonic time
         self._eof: set[tuple[str, int]] = set()
@@ -164,7 +163,7 @@ class AlarmTableConsumer:
         """One pass: assign/roll over/recover as needed, read what is there. Returns the changes."""
         out: list[Change] = []
         self._housekeeping(out)
-        if not self._ids:
+        if not self._parts:
             time.sleep(min(timeout_s, 0.2))
             return self._emit(out)
         # poll() returns at the first message; consume(n, t) would wait out t unless n messages came
@@ -215,12 +214,12 @@ class AlarmTableConsumer:
             self._old = None
         due_day = topic_for(self.prefix, self.clock_ms(), self.tz)
         if due_day != self.topic:
-            if self.topic in self._ids:
+            if self.topic in self._parts:
                 self._old = (self.topic, now + self.grace_s)
             self.topic = due_day
             self.counters["rollovers"] += 1
             out.append(Change("rollover", due_day))
-        if (self.topic in self._ids and not self._suspect) or now < self._next_check:
+        if (self.topic in self._parts and not self._suspect) or now < self._next_check:
             return
         self._next_check = now + 0.5
         try:
@@ -228,12 +227,12 @@ class AlarmTableConsumer:
         except Exception:
             self._admin = AdminClient(self._admin_conf)   # a fresh client reconnects at once (see topics.py)
             return                                   # broker unreachable: look again shortly
-        if self._suspect and self._ids:
+        if self._suspect and self._parts:
             # all brokers were down, or a partition vanished: a memory broker may have lost everything
             # and been refilled since, so positions mean nothing now: read again from offset 0
             self._reset(out)
         self._suspect = False
-        if parts and self.topic not in self._ids:
+        if parts and self.topic not in self._parts:
             self._assign(self.topic, parts)
 
     def _assign(self, topic: str, partitions: int) -> None:
@@ -242,7 +241,7 @@ class AlarmTableConsumer:
             sp = snapshot_partition(self.gateway_id, partitions)
             start[sp] = self._newest_snapshot_offset(topic, sp)
         self._consumer.incremental_assign([TopicPartition(topic, p, o) for p, o in start.items()])
-        self._ids[topic], self._parts[topic] = topic, partitions
+        self._parts[topic] = partitions
 
     def _newest_snapshot_offset(self, topic: str, partition: int) -> int:
         """Offset of the first chunk of the newest complete snapshot of our gateway in ``partition``
@@ -273,7 +272,6 @@ class AlarmTableConsumer:
 
     def _drop(self, topic: str) -> None:
         parts = self._parts.pop(topic, 0)
-        self._ids.pop(topic, None)
         if parts:
             self._consumer.incremental_unassign([TopicPartition(topic, p) for p in range(parts)])
         self._eof = {e for e in self._eof if e[0] != topic}
@@ -282,7 +280,6 @@ class AlarmTableConsumer:
         # a fresh client: the old one's metadata cache still holds the lost topics
         self._consumer.close()
         self._consumer = Consumer(self._conf)
-        self._ids.clear()
         self._parts.clear()
         self._eof.clear()
         self._old = None
@@ -292,10 +289,12 @@ class AlarmTableConsumer:
     def _decode(self, msg) -> dict | None:
         try:
             d = json.loads(msg.value())
-            return d if isinstance(d, dict) else None
         except (TypeError, ValueError):
+            d = None
+        if not isinstance(d, dict):            # not JSON, or JSON that is not one of our messages
             self.counters["bad_messages"] += 1
             return None
+        return d
 
     def _handle(self, msg, out: list[Change]) -> None:
         err = msg.error()

@@ -62,7 +62,7 @@ def snapshot_partition(gateway_id: int, partitions: int) -> int:
 
 
 class TopicManager:
-    """Creates day topics on demand and caches which exist (with their broker-assigned ids)."""
+    """Creates day topics on demand and remembers which exist (by name; see the module doc on ids)."""
 
     def __init__(self, bootstrap: str, partitions: int = 3, replication_factor: int = 1,
                  admin_config: dict | None = None, timeout_s: float = 10.0) -> None:
@@ -76,15 +76,15 @@ class TopicManager:
         self._conf = {"bootstrap.servers": bootstrap, "log_level": 3, "allow.auto.create.topics": False,
                       "reconnect.backoff.max.ms": 1000, **(admin_config or {})}
         self._admin = AdminClient(self._conf)
-        self._ids: dict[str, str] = {}      # topics known to exist
+        self._known: dict[str, None] = {}   # topics known to exist, in the order they became known
         self.created = 0
 
     def known(self) -> list[str]:
-        return list(self._ids)
+        return list(self._known)
 
     def ensure(self, topic: str) -> str:
         """Create ``topic`` unless known to exist (TOPIC_ALREADY_EXISTS is fine); returns it. Raises TopicError."""
-        if topic in self._ids:
+        if topic in self._known:
             return topic
         fut = self._admin.create_topics([NewTopic(topic, self.partitions, self.replication_factor)],
                                         operation_timeout=self.timeout_s, request_timeout=self.timeout_s)[topic]
@@ -96,7 +96,7 @@ class TopicManager:
                 raise TopicError(f"topic {topic} on {self.bootstrap}: create failed: {exc.args[0].str()}") from None
         except Exception as exc:  # concurrent.futures.TimeoutError: broker unreachable
             raise TopicError(f"topic {topic} on {self.bootstrap}: create failed: {exc!r}") from None
-        self._ids[topic] = topic
+        self._known[topic] = None
         return topic
 
     def exists(self, topic: str) -> bool:
@@ -110,9 +110,9 @@ class TopicManager:
     def lost(self) -> list[str]:
         """Known topics the broker no longer has (it restarted and lost its data). They are forgotten, so
         the next :meth:`ensure` creates them again. Raises TopicError if the broker is unreachable."""
-        gone = [t for t in self._ids if not self.exists(t)]
+        gone = [t for t in self._known if not self.exists(t)]
         for t in gone:
-            self._ids.pop(t, None)
+            self._known.pop(t, None)
         return gone
 
     def reconnect(self) -> None:
@@ -121,7 +121,7 @@ class TopicManager:
         self._admin = AdminClient(self._conf)
 
     def forget(self, topic: str) -> None:
-        self._ids.pop(topic, None)
+        self._known.pop(topic, None)
 
     def partitions_of(self, topic: str) -> int | None:
         """Partition count of ``topic`` per the broker's metadata, None when it does not exist."""

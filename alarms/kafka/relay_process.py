@@ -10,7 +10,7 @@ acknowledged (at least once; consumers dedupe by ``event_id``).
 
 ::
 
-    gateway process                                    relay child (python -m alarms.relay_process)
+    gateway process                                    relay child (python -m alarms.kafka.relay_process)
     ┌──────────────────────────────┐   wake pipe     ┌───────────────────────────────────────┐
     │ alarm thread: wake() ─ 1 byte ├──────────────▶ │ stdin   main thread: select → wake()  │
     │ supervisor thread:           │   stats lines   │ stdout  KafkaRelay thread             │
@@ -25,7 +25,7 @@ acknowledged (at least once; consumers dedupe by ``event_id``).
   ``stats_interval_s`` and a last one at a graceful exit; EOF tells the
   supervisor the child has gone.
 * Snapshots are built in the child from the journal's ``latest`` table
-  (:func:`alarms.live_table.journal_snapshot`), so no callable crosses the
+  (:func:`alarms.live.live_table.journal_snapshot`), so no callable crosses the
   process boundary.
 * Orphans: the child asks for ``PR_SET_PDEATHSIG`` = SIGKILL as its first act
   and exits if its parent is already gone. The signal follows the *thread* that
@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-log = logging.getLogger("alarms.relay_process")
+log = logging.getLogger("alarms.kafka.relay_process")
 
 _PR_GET_PDEATHSIG = 2
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,7 +241,7 @@ def _close(fd: int) -> None:
 
 
 class RelaySupervisor:
-    """:class:`~alarms.kafka_relay.KafkaRelay` in a supervised child; the same public surface.
+    """:class:`~alarms.kafka.relay.KafkaRelay` in a supervised child; the same public surface.
 
     Takes KafkaRelay's arguments except the two callables: ``snapshot_provider`` (the child reads
     snapshots from the journal; ``snapshots=False`` turns them off) and ``clock_ms`` (the child uses the
@@ -272,7 +272,7 @@ class RelaySupervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.Lock()      # wake() never writes to a closed (maybe reused) fd number
-        argv = [sys.executable, "-m", "alarms.relay_process", "--journal", journal_path, "--bootstrap", bootstrap,
+        argv = [sys.executable, "-m", "alarms.kafka.relay_process", "--journal", journal_path, "--bootstrap", bootstrap,
                 "--config", json.dumps(config), "--parent-pid", str(os.getpid()),
                 "--snapshots", "1" if snapshots else "0", "--stats-interval", str(stats_interval_s)]
         if republish_first:
@@ -340,8 +340,8 @@ class _JournalSnapshots:
         self._journal = None
 
     def __call__(self) -> tuple[int, list[dict]]:
-        from .journal import Journal
-        from .live_table import journal_snapshot
+        from alarms.journal import Journal
+        from alarms.live.live_table import journal_snapshot
         if self._journal is None:
             self._journal = Journal(self.path)
         return journal_snapshot(self._journal)
@@ -357,7 +357,7 @@ def _pdeathsig() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m alarms.relay_process",
+    p = argparse.ArgumentParser(prog="python -m alarms.kafka.relay_process",
                                 description="Run the Kafka relay of one journal (started by RelaySupervisor).")
     p.add_argument("--journal", required=True)
     p.add_argument("--bootstrap", required=True)
@@ -368,14 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--republish-today", action="store_true", help="send today's journal rows again first")
     args = p.parse_args(argv)
 
-    from .broker import _die_with_parent
+    from alarms.kafka.broker import _die_with_parent
     _die_with_parent()
     if os.getppid() != args.parent_pid:
         return 2                            # the gateway died before PR_SET_PDEATHSIG took effect
     faulthandler.enable()                   # stderr is the log file: a crash leaves every thread's stack there
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .kafka_relay import KafkaRelay     # late: librdkafka is loaded in the child only
+    from alarms.kafka.relay import KafkaRelay     # late: librdkafka is loaded in the child only
     provider = _JournalSnapshots(args.journal) if args.snapshots else None
     relay = KafkaRelay(args.journal, args.bootstrap, snapshot_provider=provider,
                        republish_today=args.republish_today, **json.loads(args.config))

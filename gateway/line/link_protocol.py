@@ -1,0 +1,340 @@
+"""The device-link protocol without IO (ICD v1 sections 2-7): bytes and times in, actions out.
+
+A link is two objects. The connection (``gateway/net/connection.py``) owns the
+socket, the epoll registration, the output queue and the loop's timers; this
+protocol owns everything the ICD says: the state machine (the one table in
+``link_state.py``), the stream decoder over the link's receive ring, HELLO and
+HELLO_ACK, frame dispatch to the receiver's EN 50159 checks, error counting
+and the error-rate policy, heartbeats, the dead-after deadline and the
+partial-frame watchdog. It never reads a clock: every call is handed the
+loop's monotonic seconds (deadlines) and the gateway's wall ms (frames).
+
+::
+
+    TcpConnection (gateway/net: IO)               LinkProtocol (gateway/line: no IO)
+    recv_into ─▶ the link's ring ───────────────▶ StreamDecoder parses frames in place
+    data_received(now, now_ms), eof_received ───▶ receiver.hello / check + apply, ctx callbacks
+    timers: heartbeat_tick, dead_deadline ... ──▶ the state table, error rate, deadlines
+    performs the bits ◀──────────────────────── return value: an int of action bits
+    sock.send or queue (EPOLLOUT) ◀──────────── outbox: HELLO_ACK, HEARTBEAT, CLOSE bytes
+    send() from any thread checks ◀──────────── alive: the liveness flag
+
+The action interface is cheap on the per-frame path: a frame that is simply
+applied produces no output and allocates nothing for actions. Output frames
+are appended to ``outbox``; the connection writes and clears it after each call (before it
+acts on the returned bits, so a HELLO_ACK still precedes a CLOSE, and a
+frame is never lost to a close in the same call). Every entry point returns
+an ``int`` of the bits below (0: nothing to do); bits from several moves in
+one call are OR-ed, and the connection performs them in the order listed
+(the bits live in ``gateway/base/link_actions.py``: neither layer imports the other).
+
+* ``ARM_HELLO``: arm a one-shot timer after ``hello_timeout_s`` → :meth:`hello_timeout`.
+* ``ARM_HEARTBEAT``: cancel the link's timers, arm a periodic one every
+  ``heartbeat_s`` → :meth:`heartbeat_tick`.
+* ``ARM_DEAD``: (re)arm the one-shot timer at ``dead_at`` → :meth:`dead_deadline`.
+* ``BEGIN_CLOSE``: the link entered CLOSING: queue :meth:`send_close` behind
+  the sends already queued in the loop, and arm ``linger_s`` → :meth:`linger_timeout`.
+* ``SHUTDOWN_WRITE``: shut the write side once the output is flushed.
+* ``DESTROY``: close the socket (unregister first), then call :meth:`connection_lost`.
+* ``READ_FIRST`` (from the liveness timers only): read what the kernel already
+  holds, then call the same method again with ``fresh=True``: a loop too busy
+  to have read must neither call the peer silent nor give up on its partial frame.
+
+The liveness flag ``alive`` is True only while UP. It is stored here, at the
+moment of the move (one attribute store), so another thread's next
+``send()`` is refused at once, not after the rest of this call's frames.
+
+Threading: every method runs in the loop thread of the link's connection.
+``alive`` and the figures read by status (``state``, ``checks``, ``last_rx``,
+``tx_frames``, ``device_id``) are read from any thread without locks: a
+snapshot, not a transaction.
+"""
+from __future__ import annotations
+
+from railcodecs import (GATEWAY_RX_TYPES, Close, CommandResult, DeviceAlarm, FrameError, Heartbeat, Hello,
+                        HelloAck, Reason, StreamDecoder, encode)
+
+from gateway.base.link_actions import (ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY, READ_FIRST,
+                                       SHUTDOWN_WRITE)
+from gateway.line.link_state import LinkEvent, LinkState, next_state
+
+NET_NAMES = ("A", "B")
+#: how long CLOSING waits for the peer to answer our CLOSE before the socket is closed anyway
+LINGER_S = 2.0
+# duplicates are normal on dual nets and gaps are counted already: neither is a "hostile peer" signal
+_NOT_HOSTILE = {"duplicate", "gap"}
+_UP, _CLOSING, _CLOSED, _AWAIT_HELLO = LinkState.UP, LinkState.CLOSING, LinkState.CLOSED, LinkState.AWAIT_HELLO
+
+
+class LinkProtocol:
+    """The ICD protocol of one device TCP link, driven by its connection (see the module doc)."""
+
+    linger_s = LINGER_S
+
+    def __init__(self, ctx, net: str, source, peer: str | None = None) -> None:
+        """``ctx``: the link context (settings, receiver, config, callbacks); ``net``: "A" or "B";
+        ``source``: the byte source the connection receives into (the link's ring); ``peer``: for names.
+        Any thread (the acceptor builds it; the connection's loop uses it)."""
+        self.ctx, self.net, self.source = ctx, net, source
+        #: what the rest of the gateway knows as this link (its connection sets itself here); handed to
+        #: the ctx callbacks and the registry
+        self.link = self
+        self.state = _AWAIT_HELLO
+        self.alive = False           # the liveness flag: True only while UP
+        self.checks = ctx.receiver.new_link(f"{net}:{peer}", NET_NAMES.index(net))
+        self.decoder: StreamDecoder | None = None
+        self.device_id: int | None = None
+        self._mac_key: bytes | None = None  # the device's key for what we send (set at HELLO)
+        self.heartbeat_ms = ctx.settings.heartbeat_ms
+        self.outbox = bytearray()    # frames for the connection to write (it clears it)
+        self._acts = 0               # action bits gathered during the current call
+        self._hb_counter = 0
+        self.last_rx = 0.0           # monotonic s of the last bytes received (set by connection_made)
+        self._partial_since: float | None = None
+        self._err_window_start = 0.0
+        self._err_in_window = 0
+        self.dead_at = 0.0           # with ARM_DEAD: when the dead-deadline timer fires (monotonic s)
+        self.close_reason: int | None = None
+        self.why = ""
+        self.tx_frames = 0           # frames this protocol produced (the connection counts send()'s)
+
+    # -- figures the connection reads --------------------------------------------------
+    @property
+    def hello_timeout_s(self) -> float:
+        return self.ctx.settings.hello_timeout_ms / 1000
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.heartbeat_ms / 1000
+
+    @property
+    def output_high_water(self) -> int:
+        """The output queue's bound in bytes (a live setting). Any thread."""
+        return self.ctx.settings.output_high_water
+
+    def _take(self) -> int:
+        acts, self._acts = self._acts, 0
+        return acts
+
+    # -- the connection's events ---------------------------------------------------------
+    def connection_made(self, now: float) -> int:
+        """The socket is registered on the loop; ``now``: monotonic s."""
+        self.last_rx = self._err_window_start = now
+        self.ctx.link_started(self.link)
+        return ARM_HELLO
+
+    def data_received(self, now: float, now_ms: int) -> int:
+        """New bytes are in the source: decode them. ``now``: monotonic s; ``now_ms``: wall ms."""
+        self.last_rx = now
+        self._decode(now, now_ms)
+        return self._take()
+
+    def decode_buffered(self, now: float, now_ms: int) -> int:
+        """Decode what the source holds without new bytes (the ring is full and must make room)."""
+        self._decode(now, now_ms)
+        return self._take()
+
+    def _decode(self, now: float, now_ms: int) -> None:
+        dec = self.decoder
+        if dec is None:
+            dec = self.decoder = StreamDecoder(types=GATEWAY_RX_TYPES, mac=self.ctx.mac_policy, source=self.source)
+        progressed = False
+        for ev in dec.events():
+            progressed = True
+            if self.state is _CLOSED:
+                break
+            if isinstance(ev, FrameError):
+                self._count_error(ev.reason, now)
+                if ev.reason is Reason.MISSING_MAC and self.state is _AWAIT_HELLO:
+                    # an unsigned HELLO from a device that must sign: say so (ICD result 3). Its src
+                    # cannot be trusted, so the answer goes to node 0.
+                    self._emit(HelloAck(HelloAck.MAC_REQUIRED, self.heartbeat_ms, now_ms), now_ms, dst=0)
+                    self._move(LinkEvent.HELLO_REFUSED, "HELLO without the MAC the device requires")
+            else:
+                self._on_frame(ev, now_ms)
+        # A partial frame is overdue when the decoder has made no progress for a while (a corrupted
+        # length holding it up), not merely when every read of a busy stream ends mid-frame.
+        if not dec.buffered:
+            self._partial_since = None
+        elif progressed or self._partial_since is None:
+            self._partial_since = self.last_rx
+
+    def eof_received(self, now: float, now_ms: int) -> int:
+        """The peer shut its write side: decode what is left, then close."""
+        self._decode(now, now_ms)
+        self._move(LinkEvent.EOF, "peer closed the connection")
+        return self._take()
+
+    def io_error(self, why: str) -> int:
+        """A read, write or shutdown failed (reset, broken pipe...)."""
+        self._move(LinkEvent.IO_ERROR, why)
+        return self._take()
+
+    def slow_peer(self) -> int:
+        """The output queue went over the high-water mark: the peer is not reading."""
+        if self.state is not _CLOSED:
+            self.ctx.counters["closed_slow"] += 1
+            self._move(LinkEvent.SLOW_PEER, "output over the high-water mark: peer not reading")
+        return self._take()
+
+    def close(self, event: LinkEvent | None = None, why: str = "closed by the gateway") -> int:
+        """Begin a close for ``event`` (default LOCAL_CLOSE: graceful)."""
+        self._move(LinkEvent.LOCAL_CLOSE if event is None else event, why)
+        return self._take()
+
+    def send_close(self, now_ms: int) -> int:
+        """The queued step of a close (after BEGIN_CLOSE): our CLOSE, then the write side shut."""
+        if self.state is not _CLOSING:
+            return 0
+        if self.close_reason is not None:
+            self._emit(Close(self.close_reason), now_ms)
+        self._acts |= SHUTDOWN_WRITE
+        return self._take()
+
+    def connection_lost(self) -> None:
+        """The socket is closed (after DESTROY): the link's checks and registration end."""
+        self.ctx.receiver.link_closed(self.checks)
+        self.ctx.link_closed(self.link)
+
+    # -- timers ---------------------------------------------------------------------------
+    def hello_timeout(self) -> int:
+        if self.state is _AWAIT_HELLO:
+            self._move(LinkEvent.HELLO_TIMEOUT, "no HELLO in time")
+        return self._take()
+
+    def linger_timeout(self) -> int:
+        self._move(LinkEvent.LINGER_TIMEOUT)
+        return self._take()
+
+    def heartbeat_tick(self, now: float, now_ms: int, fresh: bool = False) -> int:
+        """Every heartbeat while UP: judge silence, watch the partial frame, send our HEARTBEAT.
+
+        ``fresh``: the connection has just read what the kernel held (after READ_FIRST)."""
+        if self.state is not _UP or self._judge_silence(now, fresh):
+            return self._take()
+        hb_s = self.heartbeat_ms / 1000
+        if self._partial_since is not None and now - self._partial_since > hb_s:
+            self.decoder.abandon_partial()
+            self._decode(now, now_ms)
+        # The tick runs every heartbeat, so on its own it would notice a death up to one heartbeat
+        # late (dead after 3 x heartbeat, seen at the 4th tick). When the deadline falls before the
+        # next tick, one timer at the deadline itself makes detection exact; only near-silent
+        # links pay for it, and one handle per link is kept.
+        deadline = self.last_rx + self.ctx.settings.dead_after * hb_s
+        if deadline < now + hb_s:
+            self.dead_at = deadline + 0.0005
+            self._acts |= ARM_DEAD
+        self._hb_counter = (self._hb_counter + 1) & 0xFFFF_FFFF
+        self._emit(Heartbeat(self._hb_counter), now_ms)
+        return self._take()
+
+    def dead_deadline(self, now: float, now_ms: int, fresh: bool = False) -> int:
+        """The one-shot timer at ``dead_at`` fired."""
+        if self.state is _UP:
+            self._judge_silence(now, fresh)
+        return self._take()
+
+    def _judge_silence(self, now: float, fresh: bool) -> bool:
+        """Close the link if nothing has arrived for dead_after x heartbeat; True if it did (or if
+        the connection must read first: READ_FIRST is then gathered)."""
+        silent_ms = (now - self.last_rx) * 1000
+        dead_ms = self.ctx.settings.dead_after * self.heartbeat_ms
+        if not fresh:
+            overdue = self._partial_since is not None and now - self._partial_since > self.heartbeat_ms / 1000
+            if silent_ms > dead_ms or overdue:
+                # Bytes waiting in the kernel have arrived: one recv (EAGAIN when the peer is truly
+                # silent), only for links about to be judged.
+                self._acts |= READ_FIRST
+                return True
+        if silent_ms > dead_ms:
+            self.alive = False  # flagged dead at once; the close follows through the table
+            self.ctx.counters["heartbeat_timeouts"] += 1
+            self._move(LinkEvent.HEARTBEAT_TIMEOUT, f"nothing received for {silent_ms:.0f} ms")
+            return True
+        return False
+
+    # -- the state machine ----------------------------------------------------------------
+    def _move(self, event: LinkEvent, why: str = "") -> None:
+        """Make one move of the table and gather what the new state asks of the connection."""
+        if self.state is _CLOSED:
+            return
+        old = self.state
+        new, reason = next_state(old, event)
+        self.state = new
+        if new is not _UP:
+            self.alive = False  # at once: other threads' next send() is refused
+        if why and not self.why:
+            self.why = why
+        if old is _UP and new is not _UP:
+            self.ctx.link_left_up(self.link, why or event.value)
+        if new is _CLOSED:
+            self._acts |= DESTROY
+        elif new is _CLOSING and old is not _CLOSING:
+            self.close_reason = reason
+            self._acts |= BEGIN_CLOSE
+
+    # -- frames ---------------------------------------------------------------------------
+    def _count_error(self, reason: Reason, now: float) -> None:
+        self.checks.count(reason)
+        if reason.value in _NOT_HOSTILE:
+            return
+        if now - self._err_window_start >= 1.0:
+            self._err_window_start, self._err_in_window = now, 0
+        self._err_in_window += 1
+        limit = self.ctx.settings.error_rate_limit
+        if self._err_in_window > limit and self.state is not _CLOSING:
+            self.ctx.counters["closed_error_rate"] += 1
+            self._move(LinkEvent.ERROR_RATE, f"more than {limit} errors/s")
+
+    def _on_frame(self, frame, now_ms: int) -> None:
+        msg = frame.message
+        if self.state is _AWAIT_HELLO:
+            if not isinstance(msg, Hello):
+                self.checks.count(Reason.UNKNOWN_SOURCE)
+                self._move(LinkEvent.PROTOCOL_ERROR, f"{msg.NAME} before HELLO")
+                return
+            self._on_hello(frame, now_ms)
+            return
+        if self.state is not _UP:
+            return  # CLOSING: the peer's last frames are not applied
+        if isinstance(msg, Close):
+            self.checks.rx_frames += 1
+            self._move(LinkEvent.PEER_CLOSE, f"peer sent CLOSE reason {msg.reason}")
+            return
+        if isinstance(msg, Hello):
+            self.checks.count(Reason.UNKNOWN_SOURCE)
+            self._move(LinkEvent.PROTOCOL_ERROR, "second HELLO on a link")
+            return
+        if self.ctx.receiver.check(self.checks, frame, now_ms, apply=self.ctx.apply) is None:
+            if isinstance(msg, (DeviceAlarm, CommandResult)):
+                self.ctx.device_message(self.link, frame, now_ms)
+
+    def _on_hello(self, frame, now_ms: int) -> None:
+        dev = self.ctx.cfg.device(frame.src)
+        result = self.ctx.receiver.hello(self.checks, frame, now_ms)
+        if result == HelloAck.OK and dev is not None and self.net not in dev.nets:
+            result = HelloAck.UNKNOWN_DEVICE
+        if result != HelloAck.OK:
+            self.device_id = None
+            self._mac_key = None
+            self._emit(HelloAck(result, self.ctx.settings.heartbeat_ms, now_ms), now_ms, dst=frame.src)
+            self._move(LinkEvent.HELLO_REFUSED, f"HELLO refused (result {result})")
+            return
+        hb = frame.message.heartbeat_ms
+        self.heartbeat_ms = hb if 50 <= hb <= 60_000 else self.ctx.settings.heartbeat_ms
+        self.device_id = frame.src
+        self._mac_key = dev.mac_key if dev is not None and dev.mac != "off" else None
+        self._move(LinkEvent.HELLO_OK)
+        self.alive = True
+        self._acts |= ARM_HEARTBEAT
+        self.ctx.link_up(self.link, now_ms)
+        # acknowledged only once the device is registered reachable (the outbox is written after
+        # this call): a peer that reads HELLO_ACK and then asks /status must find its link up
+        self._emit(HelloAck(HelloAck.OK, self.heartbeat_ms, now_ms), now_ms)
+
+    def _emit(self, message, now_ms: int, dst: int | None = None) -> None:
+        # the key is looked up once, at HELLO: cfg.device() scans the device list, and this runs
+        # for every heartbeat of every link
+        self.outbox += encode(message, src=self.ctx.settings.id, dst=dst if dst is not None else (self.device_id or 0),
+                              seq=0, time_ms=now_ms, mac_key=self._mac_key)
+        self.tx_frames += 1

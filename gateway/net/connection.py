@@ -1,0 +1,364 @@
+"""One device TCP connection: the socket and its reads, writes, timers and close; IO only.
+
+The muduo ``TcpConnection`` of this gateway: it moves bytes and does not speak
+the ICD. Bytes go ``recv_into`` straight into the link's SPSC ring (producer
+side); after each read the connection calls its protocol
+(``gateway/line/link_protocol.py``, handed in by the wiring code), which
+parses frames in place from the ring (consumer side) and returns action bits
+(``gateway/base/link_actions.py``) and output frames in its ``outbox``. The
+connection writes the outbox, then performs the bits: timers, the queued
+close, the write-side shutdown, the socket close.
+
+Edge-triggered rules as used here: read until the kernel says EAGAIN or a read
+comes back short (on a stream socket a short read means the buffer is
+drained), or until ``READ_BUDGET`` bytes, after which the rest is read in the
+loop's next pass (queued, as no new edge will come) so that one flooding peer
+cannot starve the other links of its loop; write directly while nothing is
+queued; EPOLLOUT is enabled only while output is pending; output over the
+high-water mark closes the link as a slow peer instead of growing. Every byte
+written (``send()``'s frames and the protocol's own: HELLO_ACK, HEARTBEAT,
+CLOSE) is counted in ``_queued`` when it is queued and uncounted when the
+kernel takes it, so the bound holds for all of them.
+
+This object is what the rest of the gateway knows as "a link" (registry,
+status, ``close``, ``send``); protocol figures (``alive``, ``state``,
+``checks``, ``device_id``) are read through to its protocol.
+
+Threading: a connection belongs to one IO loop. ``send``, ``close``, ``alive``
+and ``stats`` are safe from any thread; everything else runs in the loop
+thread. Connections are never reused (a thread holding an old link must never
+send to a new connection); only their buffers come from a bounded pool.
+"""
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import threading
+
+from gateway.base.link_actions import (ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY, READ_FIRST,
+                                       SHUTDOWN_WRITE)
+
+EV_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+EV_WRITE = EV_READ | select.EPOLLOUT
+#: bytes read per turn before the link yields the loop to the others (see _read): about a
+#: thousand small frames, so a loop of many flooding links still comes round each link quickly
+READ_BUDGET = 64 << 10
+
+
+def peer_address(sock: socket.socket) -> str | None:
+    """``host:port`` of the connected peer, None once it is gone."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return None
+    return f"{host}:{port}"
+
+
+class TcpConnection:
+    """A device link's socket on one loop. Create in any thread, then ``loop.run_in_loop(conn.start)``."""
+
+    def __init__(self, loop, sock: socket.socket, protocol, buffers, *, clock_ms, peer: str | None = None) -> None:
+        """``protocol``: this link's protocol (it decodes from ``buffers.ring``); ``clock_ms``: the
+        gateway's wall clock in epoch ms (frames carry it); monotonic time is the loop's clock."""
+        self.loop, self.sock, self.protocol, self.buffers = loop, sock, protocol, buffers
+        protocol.link = self
+        self.net = protocol.net
+        self.peer = peer if peer is not None else peer_address(sock)
+        self.fd = sock.fileno()
+        self._clock_ms = clock_ms
+        self._mono = loop.clock
+        self._out = bytearray()
+        self._out_pos = 0
+        # bytes accepted for output and not yet taken by the kernel (queued functors + _out);
+        # written by senders and the loop, so under a tiny lock: += is not atomic across threads
+        self._queue_lock = threading.Lock()
+        self._queued = 0
+        self.queued_high_water = 0
+        self._closed = False          # the socket is closed (the protocol said DESTROY)
+        self._write_shut = False
+        self._shut_when_flushed = False  # set by SHUTDOWN_WRITE: after our CLOSE, never before it
+        self._read_queued = False
+        self._timers: list = []
+        self._dead_timer = None       # the one-shot timer at the protocol's dead deadline
+        self.tx_frames = self.rx_bytes = self.tx_bytes = 0
+        self.refused_sends = self.late_sends = 0
+
+    # -- the protocol's figures, read through ---------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """The liveness flag (the protocol sets it). Any thread."""
+        return self.protocol.alive
+
+    @property
+    def state(self):
+        return self.protocol.state
+
+    @property
+    def checks(self):
+        return self.protocol.checks
+
+    @property
+    def device_id(self) -> int | None:
+        return self.protocol.device_id
+
+    # -- any thread ------------------------------------------------------------------------
+    def send(self, data: bytes) -> bool:
+        """Queue one encoded frame. Safe from any thread.
+
+        Returns False (and counts it) once the link is not alive: after a
+        timeout or a close began, new sends are refused; sends that passed this
+        check before the flag dropped still go out ahead of the CLOSE.
+        """
+        n = len(data)
+        p = self.protocol
+        with self._queue_lock:
+            if not p.alive:
+                self.refused_sends += 1
+                return False
+            if self._queued + n > p.output_high_water:
+                # the bound covers what other threads queued too, not only the loop's buffer
+                self.refused_sends += 1
+                slow = True
+            else:
+                self._queued += n
+                if self._queued > self.queued_high_water:
+                    self.queued_high_water = self._queued
+                slow = False
+        if slow:
+            self.loop.run_in_loop(self._over_high_water)
+            return False
+        self.loop.run_in_loop(self._send_in_loop, data)
+        return True
+
+    def close(self, event=None, why: str = "closed by the gateway") -> None:
+        """Begin a close for ``event`` (a link event; default: a graceful local close). Safe from any thread."""
+        self.loop.run_in_loop(self._close_in_loop, event, why)
+
+    # -- loop thread: performing the protocol's actions ----------------------------------------
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.loop.register(self.fd, EV_READ, self._on_events)
+        self._perform(self.protocol.connection_made(self._mono()))
+
+    def _perform(self, acts: int) -> None:
+        """Write the protocol's output, then do what the bits ask, in the order of link_actions.py."""
+        p = self.protocol
+        if p.outbox:
+            data = bytes(p.outbox)
+            p.outbox.clear()  # before writing: a failed write calls the protocol again
+            self._write(data)
+            if self._closed:
+                return
+        if not acts:
+            return
+        loop = self.loop
+        if acts & ARM_HELLO:
+            self._timers.append(loop.call_later(p.hello_timeout_s, self._on_hello_timeout))
+        if acts & ARM_HEARTBEAT:
+            for t in self._timers:
+                t.cancel()
+            self._timers = [loop.call_every(p.heartbeat_s, self._on_heartbeat_tick)]
+        if acts & ARM_DEAD:
+            if self._dead_timer is not None:
+                self._dead_timer.cancel()
+            self._dead_timer = loop.call_at(p.dead_at, self._on_dead_deadline)
+        if acts & BEGIN_CLOSE:
+            # queued, not run: sends already in the loop's queue go out before the CLOSE
+            loop.queue_in_loop(self._send_close)
+            self._timers.append(loop.call_later(p.linger_s, self._on_linger))
+        if acts & SHUTDOWN_WRITE:
+            self._shut_when_flushed = True
+            self._shutdown_write_when_flushed()
+        if acts & DESTROY:
+            self._destroy()
+
+    def _close_in_loop(self, event, why: str) -> None:
+        if not self._closed:
+            self._perform(self.protocol.close(event, why))
+
+    def _send_close(self) -> None:
+        if not self._closed:
+            self._perform(self.protocol.send_close(self._clock_ms()))
+
+    def _shutdown_write_when_flushed(self) -> None:
+        if self._out_pos < len(self._out) or self._write_shut or self._closed:
+            return
+        self._write_shut = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._perform(self.protocol.io_error("shutdown failed"))
+
+    def _destroy(self) -> None:
+        self._closed = True
+        for t in self._timers:
+            t.cancel()
+        self._timers.clear()
+        if self._dead_timer is not None:
+            self._dead_timer.cancel()
+            self._dead_timer = None
+        try:
+            self.loop.unregister(self.fd)  # before close: the fd number may be reused at once
+        except (KeyError, OSError, ValueError):
+            pass
+        self.sock.close()
+        self.protocol.connection_lost()
+
+    # -- loop thread: timers ------------------------------------------------------------------
+    def _on_hello_timeout(self) -> None:
+        if not self._closed:
+            self._perform(self.protocol.hello_timeout())
+
+    def _on_linger(self) -> None:
+        if not self._closed:
+            self._perform(self.protocol.linger_timeout())
+
+    def _on_heartbeat_tick(self) -> None:
+        if not self._closed:
+            self._judge(self.protocol.heartbeat_tick)
+
+    def _on_dead_deadline(self) -> None:
+        self._dead_timer = None
+        if not self._closed:
+            self._judge(self.protocol.dead_deadline)
+
+    def _judge(self, timer_method) -> None:
+        """Run a liveness timer of the protocol; if it asks, read what the kernel holds and ask again."""
+        acts = timer_method(self._mono(), self._clock_ms(), False)
+        if acts & READ_FIRST:
+            self._read()
+            if self._closed:
+                return
+            acts = timer_method(self._mono(), self._clock_ms(), True)
+        self._perform(acts)
+
+    # -- loop thread: input -------------------------------------------------------------------
+    def _on_events(self, mask: int) -> None:
+        if mask & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+            self._read()
+        if mask & select.EPOLLOUT and not self._closed:
+            self._flush()
+
+    def _read(self) -> None:
+        ring, recv_into, p = self.buffers.ring, self.sock.recv_into, self.protocol
+        self._read_queued = False
+        budget = READ_BUDGET
+        while not self._closed:
+            if budget <= 0:
+                # Fairness: a peer that keeps the socket full would otherwise hold the loop in this
+                # while (ET: read until EAGAIN) and starve every other link and timer of the loop.
+                # No new edge comes for bytes already waiting, so continue in the next pass.
+                self._read_queued = True
+                self.loop.queue_in_loop(self._read_more)
+                return
+            view = ring.writable_view()
+            want = len(view)
+            if not want:
+                # ring full: decode to make room (backpressure is the kernel's buffer meanwhile)
+                self._perform(p.decode_buffered(self._mono(), self._clock_ms()))
+                continue
+            try:
+                n = recv_into(view, want)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                self._perform(p.io_error(f"recv: {exc.strerror or exc}"))
+                return
+            finally:
+                view.release()
+            if n == 0:
+                self._perform(p.eof_received(self._mono(), self._clock_ms()))
+                return
+            ring.commit(n)
+            budget -= n
+            self.rx_bytes += n
+            acts = p.data_received(self._mono(), self._clock_ms())
+            if acts or p.outbox:
+                self._perform(acts)
+            if n < want:
+                break  # short read: the kernel buffer is drained (no extra EAGAIN read)
+
+    def _read_more(self) -> None:
+        if self._read_queued and not self._closed:
+            self._read()
+
+    # -- loop thread: output ------------------------------------------------------------------
+    def _send_in_loop(self, data: bytes) -> None:
+        if self._closed or self._write_shut:
+            self.late_sends += 1  # passed the flag just before it dropped; the link is gone now
+            self._sent(len(data))
+            return
+        self.tx_frames += 1
+        self._write(data, counted=True)
+
+    def _sent(self, n: int) -> None:
+        with self._queue_lock:
+            self._queued -= n
+
+    def _over_high_water(self) -> None:
+        if not self._closed:
+            self._perform(self.protocol.slow_peer())
+
+    def _write(self, data: bytes, counted: bool = False) -> None:
+        """Write or queue output. ``counted``: send() already added it to ``_queued``; the
+        protocol's own frames are added here, so that every byte is uncounted once when sent."""
+        if not counted:
+            with self._queue_lock:
+                self._queued += len(data)
+        if self._out_pos == len(self._out):
+            try:
+                n = self.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                    self._perform(self.protocol.io_error(f"send: {exc.strerror or exc}"))
+                    return
+                n = 0
+            self.tx_bytes += n
+            self._sent(n)
+            if n == len(data):
+                return
+            self._out = bytearray(data[n:])
+            self._out_pos = 0
+            self.loop.modify(self.fd, EV_WRITE)
+            return
+        self._out += data
+        if self._queued > self.protocol.output_high_water:
+            self._over_high_water()
+
+    def _flush(self) -> None:
+        view = memoryview(self._out)[self._out_pos:]
+        try:
+            n = self.sock.send(view)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._perform(self.protocol.io_error(f"send: {exc.strerror or exc}"))
+            return
+        finally:
+            view.release()
+        self.tx_bytes += n
+        self._sent(n)
+        self._out_pos += n
+        if self._out_pos == len(self._out):
+            self._out = bytearray()
+            self._out_pos = 0
+            self.loop.modify(self.fd, EV_READ)
+            if self._shut_when_flushed:
+                self._shutdown_write_when_flushed()
+
+    # -- any thread: status -------------------------------------------------------------------
+    def stats(self) -> dict:
+        """JSON-ready link status (values read without locks: a snapshot, not a transaction)."""
+        p = self.protocol
+        return {"net": self.net, "alive": p.alive, "state": p.state.value, "peer": self.peer,
+                "loop": getattr(self.loop, "name", None), "rx_frames": p.checks.rx_frames,
+                "tx_frames": self.tx_frames + p.tx_frames, "rx_bytes": self.rx_bytes, "tx_bytes": self.tx_bytes,
+                "last_rx_age_ms": round((self._mono() - p.last_rx) * 1000),
+                "errors": dict(p.checks.errors), "refused_sends": self.refused_sends,
+                "output_queued_bytes": self._queued, "output_high_water_bytes": self.queued_high_water}
