@@ -49,7 +49,7 @@ def broken(**edits):
     ({"gateway__listen__net_a__port": "abc"}, "gateway.listen.net_a.port: expected an integer 0..65535, got 'abc'"),
     ({"gateway__heartbeat_ms": 10}, "gateway.heartbeat_ms: expected an integer 50..60000, got 10"),
     ({"devices__1__kind": "foo"}, "devices[1].kind: expected one of interlocking, zone_controller, platform_doors"),
-    ({"devices__0__mac_key": "zz"}, "devices[0].mac_key: expected hex of at least 16 bytes"),
+    ({"devices__0__mac_key": "zz"}, "devices[0].mac_key: character 1 of 2 is not a hex digit (value not shown)"),
     ({"devices__1__nets": ["C"]}, "devices[1].nets: expected [A], [B] or [A, B]"),
     ({"devices__1__id": 257}, "devices[1].id: 257 is already used by devices[0]"),
     ({"line__timezone": "Mars/Base"}, "line.timezone: expected an IANA time zone"),
@@ -120,3 +120,24 @@ def test_pipeline_and_coupling_sections_are_validated_with_the_rest():
     cfg = config.load(str(ROOT / "config" / "demo-line.yaml"))
     assert cfg.pipeline.kafka.embedded and cfg.pipeline.history.kind == "sqlite"
     assert cfg.coupling.workers >= 1
+
+
+@pytest.mark.parametrize("key, shape", [
+    ("ab" * 31 + "c", "63 hex digits, need an even number and at least 32"),
+    ("ab" * 8, "16 hex digits, need an even number and at least 32"),
+    ("ab" * 20 + "xy", "character 41 of 42 is not a hex digit"),
+    (1234567890123456789, "expected hex text, got a int"),
+])
+def test_a_rejected_mac_key_is_described_never_echoed(key, shape):
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(broken(devices__0__mac_key=key), "line.yaml")
+    text = str(info.value)
+    assert f"devices[0].mac_key: {shape}" in text and "(value not shown)" in text
+    assert str(key) not in text and str(key)[:12] not in text
+
+
+def test_a_device_repr_never_shows_its_key():
+    cfg = config.parse(copy.deepcopy(DEMO), "demo")
+    dev = next(d for d in cfg.devices if d.mac_key is not None)
+    assert dev.mac_key.hex() not in repr(dev) and "mac_key" not in repr(dev)
+    assert dev.mac_key.hex() not in repr(cfg)

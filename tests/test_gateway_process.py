@@ -4,9 +4,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pathlib
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -80,6 +82,12 @@ def _run_and_stop(d, path, pidfile, pid, tmp_path):
     dev.hello()
     st = fetch_status(admin)
     assert st["gateway_id"] == 1 and next(x for x in st["devices"] if x["id"] == 258)["reachable"]
+    # the state dir and everything the gateway wrote in it are its user's only (umask 077 at start)
+    state = pathlib.Path(d["gateway"]["state_dir"])
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    written = [f for f in state.iterdir() if f.is_file()]
+    assert {"journal.db", "gateway.log"} <= {f.name for f in written}
+    assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in written} == {f.name: "0o600" for f in written}
     # a second daemon on the same pid file is refused
     again = subprocess.run([GATEWAY, "run", "-c", str(path), "--daemon", "--pidfile", str(pidfile)],
                            capture_output=True, text=True, timeout=30)

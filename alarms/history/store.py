@@ -415,7 +415,7 @@ def open_history(settings: Any, state_dir: str) -> HistoryStore:
     """The store a validated ``history:`` setting names (``alarms.settings.HistorySettings``:
     ``kind`` sqlite -> ``<state_dir>/history.db``, or mysql with its ``mysql`` settings)."""
     if settings.kind == "sqlite":
-        os.makedirs(state_dir, exist_ok=True)
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
         return SqliteHistory(os.path.join(state_dir, "history.db"))
     m = settings.mysql
     return MysqlHistory(host=m.host, port=m.port, user=m.user, password=m.password, database=m.database,

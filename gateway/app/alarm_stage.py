@@ -51,7 +51,7 @@ class AlarmStage:
         self.cfg, self.line, self.udp_checks = cfg, line, udp_checks
         p = cfg.pipeline
         self.state_dir = os.path.abspath(cfg.gateway.state_dir)
-        os.makedirs(self.state_dir, exist_ok=True)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.journal_path = os.path.join(self.state_dir, "journal.db")
         names = {d.id: d.name for d in cfg.devices}
         self.device_names = names

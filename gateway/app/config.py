@@ -45,6 +45,24 @@ class Endpoint:
     port: int
 
 
+
+def parse_key(value: object) -> tuple[bytes | None, str | None]:
+    """A MAC key from its hex text: ``(key, None)`` or ``(None, what is wrong)``.
+
+    The problem names the shape of the value (its length, a non-hex character's position), never
+    the value itself: config errors go to stderr, to logs on SIGHUP, and into tickets.
+    """
+    if not isinstance(value, str):
+        return None, f"expected hex text, got a {type(value).__name__} (value not shown)"
+    text = value.strip()
+    bad = next((i for i, ch in enumerate(text) if ch not in "0123456789abcdefABCDEF"), None)
+    if bad is not None:
+        return None, f"character {bad + 1} of {len(text)} is not a hex digit (value not shown)"
+    if len(text) % 2 or len(text) < 32:
+        return None, (f"{len(text)} hex digits, need an even number and at least 32 (16 bytes) "
+                      "(value not shown)")
+    return bytes.fromhex(text), None
+
 @dataclass(frozen=True)
 class Device:
     id: int
@@ -52,7 +70,7 @@ class Device:
     kind: int
     nets: tuple[str, ...]
     mac: str                      # required | optional | off
-    mac_key: bytes | None
+    mac_key: bytes | None = field(repr=False)  # a secret: never in a repr, a log line or an error
     sections: tuple[int, ...]
     signals: tuple[int, ...]
     switches: tuple[int, ...]
@@ -235,12 +253,9 @@ def _devices(r: _Reader, items: Any) -> tuple[Device, ...]:
         key = None
         key_given = d.get("mac_key") is not None
         if key_given:
-            try:
-                key = bytes.fromhex(d["mac_key"])
-                if len(key) < 16:
-                    raise ValueError
-            except (TypeError, ValueError):
-                r.bad(f"{p}.mac_key", "hex of at least 16 bytes", d.get("mac_key"))
+            key, problem = parse_key(d["mac_key"])
+            if problem:
+                r.problems.append(f"{p}.mac_key: {problem}")
         if mac == "required" and not key_given:
             r.problems.append(f"{p}.mac_key: missing (required when mac is 'required')")
         out.append(Device(id=r.int(d, "id", f"{p}.id", 1, 0xFFFF), name=r.str(d, "name", f"{p}.name"),

@@ -96,6 +96,13 @@ def write_pidfile(path: str, pid: int) -> None:
         os.close(dir_fd)
 
 
+def private_dir(path: str) -> None:
+    """Create ``path`` (and parents) if needed and make it 0700: an existing state dir from an older
+    release, created 0755, is tightened too."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
 def _daemonize(pidfile: str) -> None:
     if os.fork() > 0:
         os._exit(0)
@@ -126,7 +133,10 @@ def run_main(argv: list[str] | None = None) -> int:
         return 2
     config_path = os.path.abspath(args.config)
     state_dir = os.path.abspath(cfg.gateway.state_dir)
-    os.makedirs(state_dir, exist_ok=True)
+    # The journal, history, logs and the admin token are the control room's record and its key:
+    # nothing the gateway creates from here on is readable by other users of the host.
+    os.umask(0o077)
+    private_dir(state_dir)
     # the daemon changes directory to /: every path it keeps must be absolute by then
     cfg = dataclasses.replace(cfg, gateway=dataclasses.replace(cfg.gateway, state_dir=state_dir))
     log_file = os.path.abspath(args.log) if args.log else (
