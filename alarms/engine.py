@@ -120,10 +120,10 @@ class AlarmEngine:
             return self.clear(inp.key, inp.time_ms)
         if isinstance(inp, InfoEvent):
             return self.info(inp.key, inp.text, inp.time_ms)
-        if isinstance(inp, OperatorAction):
-            if inp.action == "shelve":
-                return self.shelve(inp.key, inp.operator, inp.minutes, inp.time_ms)
-            return getattr(self, inp.action)(inp.key, inp.operator, inp.time_ms)
+        if isinstance(inp, OperatorAction):  # the admin API's: its client and reason go into the event
+            until = self._shelve_until(inp.key, inp.minutes, inp.time_ms) if inp.action == "shelve" else None
+            return self._operate(inp.key, inp.action, inp.operator, inp.time_ms, until,
+                                 client=inp.client, reason=inp.reason)
         raise TypeError(f"alarm engine input: expected RaiseAlarm, ClearAlarm, InfoEvent or OperatorAction, "
                         f"got {type(inp).__name__}")
 
@@ -194,11 +194,14 @@ class AlarmEngine:
 
     def shelve(self, key: AlarmKey | str, operator: str, minutes: float, now_ms: int) -> list[AlarmEvent]:
         """Shelve for ``minutes`` (0 < minutes <= max_shelve_minutes); ``tick`` expires it."""
+        return self._operate(key, "shelve", operator, now_ms, self._shelve_until(key, minutes, now_ms))
+
+    def _shelve_until(self, key, minutes: float, now_ms: int) -> int:
         if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) \
                 or not 0 < minutes <= self.max_shelve_minutes:
             raise ValueError(f"alarm {key}: shelve minutes expected a number in (0, {self.max_shelve_minutes}], "
                              f"got {minutes!r}")
-        return self._operate(key, "shelve", operator, now_ms, now_ms + int(minutes * 60_000))
+        return now_ms + int(minutes * 60_000)
 
     def unshelve(self, key: AlarmKey | str, operator: str, now_ms: int) -> list[AlarmEvent]:
         return self._operate(key, "unshelve", operator, now_ms)
@@ -209,7 +212,8 @@ class AlarmEngine:
     def return_to_service(self, key: AlarmKey | str, operator: str, now_ms: int) -> list[AlarmEvent]:
         return self._operate(key, "return_to_service", operator, now_ms)
 
-    def _operate(self, key, transition: str, operator: str, now_ms: int, until: int | None = None) -> list:
+    def _operate(self, key, transition: str, operator: str, now_ms: int, until: int | None = None, *,
+                 client: str | None = None, reason: str | None = None) -> list:
         # every check before any change: a refused action changes nothing
         if not isinstance(operator, str) or not operator.strip():
             raise ValueError(f"{transition} of alarm {key}: operator expected the operator's name, got {operator!r}")
@@ -223,7 +227,7 @@ class AlarmEngine:
         if until is not None:
             heapq.heappush(self._shelf, (until, str(key), key))
         out: list[AlarmEvent] = []
-        self._move(a, transition, now_ms, out, a.operator)
+        self._move(a, transition, now_ms, out, a.operator, client=client, reason=reason)
         return out
 
     # -- time ----------------------------------------------------------------------------------------------
@@ -264,13 +268,14 @@ class AlarmEngine:
 
     # -- the one place state changes and events are made ----------------------------------------------------
 
-    def _move(self, a: _Alarm, transition: str, now_ms: int, out: list, operator: str | None = None) -> None:
+    def _move(self, a: _Alarm, transition: str, now_ms: int, out: list, operator: str | None = None, *,
+              client: str | None = None, reason: str | None = None) -> None:
         prev = a.state
         a.state, a.active = lifecycle.step(a.state, a.active, transition, str(a.key))
         if a.state != SHELVED:
             a.shelved_until_ms = None
         ev = self._event(a.key, a.severity, a.text, transition, prev, a.state, a.active, a.chattering, operator,
-                         a.shelved_until_ms, a.raised_ms, now_ms)
+                         a.shelved_until_ms, a.raised_ms, now_ms, client=client, reason=reason)
         a.event_seq, a.updated_ms = ev.event_seq, now_ms
         out.append(ev)
         if a.state == UNACK and prev != UNACK:
@@ -292,12 +297,12 @@ class AlarmEngine:
                                    "new alarms are refused", now_ms))
 
     def _event(self, key, severity, text, transition, prev, state, active, chattering, operator, shelved_until,
-               raised_ms, now_ms) -> AlarmEvent:
+               raised_ms, now_ms, *, client=None, reason=None) -> AlarmEvent:
         self._seq += 1
         self.counters["events"] += 1
         return AlarmEvent(uuid.uuid4().hex, self._seq, self.gateway_id, self.line, key, severity, text,
                           transition, prev, state, active, chattering, operator, shelved_until, raised_ms,
-                          now_ms, iso_time(now_ms, self.tz))
+                          now_ms, iso_time(now_ms, self.tz), client, reason)
 
     def _update_flood(self, now_ms: int) -> None:
         q = self._annunciations
@@ -332,6 +337,10 @@ class AlarmEngine:
         """``(event_seq, entries)``: every alarm not NORMAL as the snapshot message's entries, seq order."""
         rows = sorted((a for a in self._alarms.values() if a.state != NORMAL), key=lambda a: a.event_seq)
         return self._seq, [a.to_json() for a in rows]
+
+    def condition_keys(self) -> list[AlarmKey]:
+        """Keys whose condition is held active (``cond``: the latest raise/clear input), in table order."""
+        return [a.key for a in self._alarms.values() if a.cond]
 
     def state_of(self, key: AlarmKey | str) -> str:
         a = self._alarms.get(_as_key(key))

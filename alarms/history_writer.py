@@ -8,7 +8,8 @@ A :class:`HistoryWriter` follows the journal from its own watermark::
           watermark = rows[-1].event_seq
           nothing left: sleep until wake() or poll_s
 
-When the sink fails (MySQL or Redis down, a connection cut mid-batch) the writer backs off
+When the sink fails (MySQL or Redis down, at start too: a writer starts whether or not its
+store answers; a connection cut mid-batch) the writer backs off
 (bounded exponential: backoff_min_s doubling up to backoff_max_s), then asks the sink for its
 watermark again and goes on from there. The journal keeps every event, so the gap is filled
 afterwards; asking again (instead of trusting its own copy) also covers a batch that committed
@@ -42,12 +43,17 @@ class Sink(Protocol):
 
 
 class HistorySink:
-    """A HistoryStore as a writer sink; the watermark is the store's max_event_seq for the gateway."""
+    """A HistoryStore as a writer sink; the watermark is the store's max_event_seq for the gateway.
+
+    The store may be one built with ``migrate=False`` (nothing contacted yet): its schema is
+    brought up here, in the writer thread, so a server that is down at start is one more failure
+    to back off from, not a gateway that cannot start."""
 
     def __init__(self, store: Any, gateway_id: int) -> None:
         self.store, self.gateway_id, self.where = store, gateway_id, store.where
 
     def resume_seq(self) -> int:
+        self.store.ensure_schema()
         return self.store.max_event_seq(self.gateway_id)
 
     def write(self, rows: Sequence[Any]) -> None:
@@ -116,6 +122,7 @@ class HistoryWriter:
         journal = None
         watermark: int | None = None
         backoff = self.backoff_min_s
+        outage = 0                 # failures in a row: the first is a warning, the rest debug, the end info
         try:
             while True:
                 try:
@@ -124,6 +131,12 @@ class HistoryWriter:
                     if watermark is None:
                         watermark = self.sink.resume_seq()
                         self._set(watermark=watermark, state="running")
+                        if outage:
+                            log.info("history writer %s (%s): back after %d failed attempts; catching up "
+                                     "from event_seq %d", self.name, self.sink.where, outage, watermark)
+                            outage = 0
+                    # seen before the read: events journaled just before stop() are read once more
+                    stop_seen = self._stopping()
                     rows = journal.read_after(watermark, self.batch)
                     if rows:
                         self.sink.write(rows)
@@ -143,8 +156,10 @@ class HistoryWriter:
                         self._stats["failures"] += 1
                         self._stats["last_error"] = f"{type(exc).__name__}: {exc}"
                         self._stats["state"] = "backoff"
-                    log.warning("history writer %s (%s): %s; retry in %.1f s", self.name, self.sink.where,
-                                exc, backoff)
+                    outage += 1
+                    log.log(logging.WARNING if outage == 1 else logging.DEBUG,
+                            "history writer %s (%s): %s; retry in %.1f s (failure %d in a row)", self.name,
+                            self.sink.where, exc, backoff, outage)
                     if self._sleep(backoff):
                         return
                     backoff = min(backoff * 2, self.backoff_max_s)
@@ -153,8 +168,8 @@ class HistoryWriter:
                     if self._stop_at is not None and time.monotonic() >= self._stop_at:
                         return
                     continue           # more is waiting: no sleep
-                if self._stopping():
-                    return             # drained
+                if stop_seen:
+                    return             # drained: the read began after stop() was called
                 self._sleep(self.poll_s)
         finally:
             self._set(state="stopped")

@@ -12,6 +12,7 @@ Threading: immutable values, safe to share between threads.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
@@ -30,6 +31,12 @@ SEVERITY_BY_ICD = {1: "critical", 2: "major", 3: "minor", 4: "warning"}
 _PART = re.compile(r"[^/\s](?:[^/]*[^/\s])?")      # no slash, no surrounding blanks ("train 1025" is fine)
 _CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 _EVENT_ID = re.compile(r"[0-9a-f]{32}")
+#: bounds of what an operator types or the admin API records with an action (in characters)
+MAX_OPERATOR_CHARS = 64
+MAX_REASON_CHARS = 500
+MAX_CLIENT_CHARS = 64
+#: optional event fields, present only on operator actions that carry them (older messages lack them)
+OPTIONAL_EVENT_FIELDS = ("client", "reason")
 
 
 class ModelError(ValueError):
@@ -43,6 +50,31 @@ def _check(ok: bool, where: str, expected: str, value) -> None:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _unprintable(text: str) -> int | None:
+    """The index of the first character a terminal or a log line must not get raw: Unicode categories C*
+    (controls such as ESC and newline, format characters such as U+202E, surrogates, unassigned) and the
+    line and paragraph separators; None when there is none. Spaces of any script are fine."""
+    if text.isprintable():
+        return None
+    return next((i for i, ch in enumerate(text) if not ch.isprintable() and unicodedata.category(ch) != "Zs"),
+                None)
+
+
+def _check_text(value, where: str, max_chars: int, *, required: bool) -> None:
+    """A bounded, printable, single-line text field. The message names the field and the problem, not the
+    whole value: an oversized one would otherwise come back in every error."""
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ModelError(f"{where}: expected 1..{max_chars} printable characters, got {value!r}"[:200])
+    if len(value) > max_chars:
+        raise ModelError(f"{where}: expected at most {max_chars} characters, got {len(value)}")
+    bad = _unprintable(value)
+    if bad is not None:
+        raise ModelError(f"{where}: expected printable characters, got U+{ord(value[bad]):04X} "
+                         f"({unicodedata.name(value[bad], unicodedata.category(value[bad]))}) at position {bad + 1}")
 
 
 def iso_time(time_ms: int, tz: tzinfo) -> str:
@@ -107,6 +139,9 @@ class AlarmEvent:
     raised_ms: int
     time_ms: int
     time: str
+    #: operator actions through the admin API: the client's address (``ip:port``) and the reason given
+    client: str | None = None
+    reason: str | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.event_id, str) and _EVENT_ID.fullmatch(self.event_id) is not None, "event_id",
@@ -135,19 +170,30 @@ class AlarmEvent:
         _check(_is_int(self.raised_ms) and self.raised_ms >= 0, "raised_ms", "epoch ms", self.raised_ms)
         _check(_is_int(self.time_ms) and self.time_ms >= 0, "time_ms", "epoch ms", self.time_ms)
         _check(isinstance(self.time, str) and self.time != "", "time", "an ISO 8601 time", self.time)
+        if self.client is not None or self.reason is not None:
+            _check(self.transition in OPERATOR_TRANSITIONS, "client, reason", "null except for operator actions",
+                   self.client if self.client is not None else self.reason)
+            _check_text(self.client, "client", MAX_CLIENT_CHARS, required=False)
+            _check_text(self.reason, "reason", MAX_REASON_CHARS, required=False)
 
     @property
     def key(self) -> str:
         return str(self.alarm)
 
     def to_json(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "kind": "event", "event_id": self.event_id,
-                "event_seq": self.event_seq, "gateway_id": self.gateway_id, "line": self.line,
-                "alarm": self.alarm.to_json(), "severity": self.severity, "text": self.text,
-                "transition": self.transition, "previous_state": self.previous_state, "state": self.state,
-                "active": self.active, "chattering": self.chattering, "operator": self.operator,
-                "shelved_until_ms": self.shelved_until_ms, "raised_ms": self.raised_ms,
-                "time_ms": self.time_ms, "time": self.time}
+        """The message; ``client`` and ``reason`` only when set, so every other message keeps its shape."""
+        out = {"schema_version": SCHEMA_VERSION, "kind": "event", "event_id": self.event_id,
+               "event_seq": self.event_seq, "gateway_id": self.gateway_id, "line": self.line,
+               "alarm": self.alarm.to_json(), "severity": self.severity, "text": self.text,
+               "transition": self.transition, "previous_state": self.previous_state, "state": self.state,
+               "active": self.active, "chattering": self.chattering, "operator": self.operator,
+               "shelved_until_ms": self.shelved_until_ms, "raised_ms": self.raised_ms,
+               "time_ms": self.time_ms, "time": self.time}
+        if self.client is not None:
+            out["client"] = self.client
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
     def encode(self) -> bytes:
         """The Kafka value / journal blob: compact UTF-8 JSON.
@@ -166,9 +212,9 @@ class AlarmEvent:
                d.get("schema_version"))
         _check(d.get("kind") == "event", "kind", "'event'", d.get("kind"))
         names = cls.__dataclass_fields__
-        missing = [n for n in names if n not in d]
+        missing = [n for n in names if n not in d and n not in OPTIONAL_EVENT_FIELDS]
         _check(not missing, "(event)", "every field present", f"missing {', '.join(missing)}")
-        args = {n: d[n] for n in names}
+        args = {n: d[n] for n in names if n in d}
         args["alarm"] = AlarmKey.from_json(d["alarm"])
         return cls(**args)
 
@@ -202,19 +248,35 @@ class InfoEvent:
 
 @dataclass(frozen=True, slots=True)
 class OperatorAction:
-    """``action`` is one of OPERATOR_TRANSITIONS; ``minutes`` only for ``shelve``."""
+    """``action`` is one of OPERATOR_TRANSITIONS; ``minutes`` only for ``shelve``.
+
+    Checked here, before it is queued for the alarm thread, so a malformed action is the caller's
+    error (the admin API's 400) and never reaches the journal: ``key`` is parsed (a text key becomes
+    an :class:`AlarmKey`); ``operator`` is 1..64 printable characters, ``reason`` (optional) up to
+    500, neither with control characters (a name is printed in CLI tables and history lines);
+    ``client`` is the address the action came from (the admin API's peer), recorded in its events.
+    """
 
     action: str
     key: AlarmKey | str
     operator: str
     time_ms: int
     minutes: float | None = None
+    reason: str | None = None
+    client: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.action in OPERATOR_TRANSITIONS, "action", f"one of {', '.join(sorted(OPERATOR_TRANSITIONS))}",
                self.action)
+        if not isinstance(self.key, AlarmKey):
+            _check(isinstance(self.key, str) and len(self.key) <= 1024, "key", "'source/code/object'",
+                   self.key if not isinstance(self.key, str) else f"{len(self.key)} characters")
+            object.__setattr__(self, "key", AlarmKey.parse(self.key))
+        _check_text(self.operator, "operator", MAX_OPERATOR_CHARS, required=True)
         _check((self.minutes is not None) == (self.action == "shelve"), "minutes",
                "a number for shelve and nothing otherwise", self.minutes)
+        _check_text(self.reason, "reason", MAX_REASON_CHARS, required=False)
+        _check_text(self.client, "client", MAX_CLIENT_CHARS, required=False)
 
 
 AlarmInput = RaiseAlarm | ClearAlarm | InfoEvent | OperatorAction

@@ -160,6 +160,17 @@ class AlarmService:
         (UnknownAlarm, IllegalTransition, ValueError) with nothing changed. Any thread."""
         return self.call(lambda engine: engine.apply(action))
 
+    def reconcile(self, conditions: set, now_ms: int) -> Future:
+        """Clear the alarms of gateway-observed codes that neither ``conditions`` (the EventLog's
+        active conditions, as AlarmKeys) nor a source holds: after a restart, the stale ones restored
+        from the journal (``Sources.reconcile``). Future of the events. Any thread."""
+        def run(engine: AlarmEngine) -> list[AlarmEvent]:
+            events: list[AlarmEvent] = []
+            for inp in self.sources.reconcile(engine.condition_keys(), conditions, now_ms):
+                events += engine.apply(inp)
+            return events
+        return self.call(run)
+
     def snapshot(self) -> Future:
         """Future of ``engine.snapshot()`` taken in the alarm thread (Kafka relay). Any thread."""
         return self.call(lambda engine: engine.snapshot())

@@ -5,13 +5,16 @@ frozen settings with defaults filled in, plus every problem found, each as
 ``key.path: expected ..., got ...`` (the style of ``gateway/app/config.py``, whose
 ``parse`` calls this and raises its ConfigError when the list is not empty).
 Unknown keys are problems too: a misspelt ``max_actve`` must not silently
-fall back to the default.
+fall back to the default. Each mapping's known keys are declared where it is
+read; the caller may pass ``unknown`` to word those problems (the config module
+passes its own, which names the closest known key).
 
 Threading: pure function, immutable results.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,14 @@ from alarms.sources import ThreatLimits
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _HOSTPORT = re.compile(r"[A-Za-z0-9._-]+:\d{1,5}")
 _MISSING = object()
+#: the top-level sections this module reads
+SECTIONS = ("alarms", "kafka", "history", "redis")
+#: (mapping's key path, the unknown key, the known keys) -> the problem's text
+UnknownKey = Callable[[str, Any, tuple[str, ...]], str]
+
+
+def _unknown_key(path: str, key: Any, known: tuple[str, ...]) -> str:
+    return f"{path}.{key}: unknown key (expected one of {', '.join(known)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +108,9 @@ class PipelineSettings:
 class _Reader:
     """Collects problems while reading one mapping after another."""
 
-    def __init__(self) -> None:
+    def __init__(self, unknown: UnknownKey = _unknown_key) -> None:
         self.problems: list[str] = []
+        self.unknown = unknown
 
     def bad(self, path: str, expected: str, value: Any) -> None:
         self.problems.append(f"{path}: expected {expected}, got {value!r}")
@@ -109,9 +121,7 @@ class _Reader:
         if not isinstance(obj, dict):
             self.bad(path, "a mapping", obj)
             return {}
-        for k in obj:
-            if k not in known:
-                self.problems.append(f"{path}.{k}: unknown key (expected one of {', '.join(known)})")
+        self.problems += [self.unknown(path, k, known) for k in obj if k not in known]
         return obj
 
     def int(self, obj: dict, key: str, path: str, default: int, lo: int = 1, hi: int = 1 << 31) -> int:
@@ -188,10 +198,12 @@ def _kafka(r: _Reader, raw: Any) -> KafkaSettings:
 def _history(r: _Reader, raw: Any) -> HistorySettings:
     if raw is None or raw == "sqlite":
         return HistorySettings()
-    if not isinstance(raw, dict) or "mysql" not in raw:
+    if not isinstance(raw, dict) or not raw:
         r.bad("history", "'sqlite' or a mapping {mysql: {...}}", raw)
         return HistorySettings()
     r.mapping(raw, "history", ("mysql",))
+    if "mysql" not in raw:  # only unknown keys, each a problem already
+        return HistorySettings()
     if not isinstance(raw["mysql"], dict):
         r.bad("history.mysql", "a mapping {host, port, user, password, database, pool_size}", raw["mysql"])
         return HistorySettings()
@@ -218,9 +230,12 @@ def _redis(r: _Reader, raw: Any) -> RedisSettings | None:
                                      "a key prefix of letters, digits, '.', '_', ':', '-'"))
 
 
-def parse_pipeline(raw: dict) -> tuple[PipelineSettings, list[str]]:
-    """Read the pipeline sections of the YAML document; ``(settings, problems)``, problems empty if valid."""
-    r = _Reader()
+def parse_pipeline(raw: dict, unknown: UnknownKey = _unknown_key) -> tuple[PipelineSettings, list[str]]:
+    """Read the pipeline sections of the YAML document; ``(settings, problems)``, problems empty if valid.
+
+    ``unknown(path, key, known)`` words the problem of a key no mapping here knows.
+    """
+    r = _Reader(unknown)
     if not isinstance(raw, dict):
         r.bad("(top level)", "a mapping", raw)
         return PipelineSettings(), r.problems

@@ -45,7 +45,7 @@ SEVERITY = {"DEVICE_COMM_LOST": "critical", "LINK_REDUNDANCY_LOST": "major", "TR
 #: clear-event name -> condition (EventLog names clears ``*_RESTORED`` or ``<name>_CLEARED``)
 _CLEARED_BY = {"LINK_REDUNDANCY_RESTORED": "LINK_REDUNDANCY_LOST", "DEVICE_COMM_RESTORED": "DEVICE_COMM_LOST",
                "TRAIN_COMM_RESTORED": "TRAIN_COMM_LOST", **{f"{c}_CLEARED": c for c in SEVERITY}}
-INFO_EVENTS = ("CONSIST_COUPLED", "CONSIST_DECOUPLED")
+INFO_EVENTS = ("CONSIST_COUPLED", "CONSIST_DECOUPLED", "GATEWAY_STOPPING")
 
 #: threat alarm -> (receiver counters it sums, threat_rates setting name, severity)
 THREATS = {"CORRUPTION": (("bad_crc", "bad_payload"), "corruption", "major"),
@@ -56,7 +56,7 @@ THREATS = {"CORRUPTION": (("bad_crc", "bad_payload"), "corruption", "major"),
                                     "masquerade", "critical")}
 
 
-def _part(text: str) -> str:
+def key_part(text: str) -> str:
     """A name as a key part: '/' would split the key string."""
     return str(text).strip().replace("/", "_") or "-"
 
@@ -65,7 +65,7 @@ class GatewayEventSource:
     """EventLog ``GatewayEvent`` -> inputs. Events it does not know give nothing."""
 
     def on_event(self, ev: GatewayEvent) -> list[AlarmInput]:
-        name, source = ev.name, _part(ev.source)
+        name, source = ev.name, key_part(ev.source)
         if ev.active is True and name in SEVERITY:
             return [RaiseAlarm(AlarmKey(source, name), SEVERITY[name], ev.detail or name, ev.time_ms)]
         if ev.active is False and name in _CLEARED_BY:
@@ -113,26 +113,37 @@ class ThreatMonitor:
             self._device[link_name] = device
         counts = self._window_counts(link_name)
         counts["REPETITION"] = max(0, counts["REPETITION"] - self._peer_applied(link_name, now_ms))
-        source = _part(self._device.get(link_name, link_name))
+        source = key_part(self._device.get(link_name, link_name))
         out: list[AlarmInput] = []
         for code, (_, setting, severity) in THREATS.items():
             limit, n, key = getattr(self.limits, setting), counts[code], (link_name, code)
             if key not in self._active and n >= limit:
                 self._active.add(key)
-                out.append(RaiseAlarm(AlarmKey(source, code, _part(link_name)), severity,
+                out.append(RaiseAlarm(AlarmKey(source, code, key_part(link_name)), severity,
                                       f"{n} in {self.limits.window_s:g} s on {link_name} (limit {limit})", now_ms))
             elif key in self._active and n * 2 < limit:
                 self._active.discard(key)
-                out.append(ClearAlarm(AlarmKey(source, code, _part(link_name)), now_ms))
+                out.append(ClearAlarm(AlarmKey(source, code, key_part(link_name)), now_ms))
         return out
 
-    def forget(self, link_name: str, now_ms: int) -> list[AlarmInput]:
-        """The link is gone for good: clear its threat alarms and drop its history."""
-        source = _part(self._device.pop(link_name, link_name))
-        self._history.pop(link_name, None)
-        gone = sorted(k for k in self._active if k[0] == link_name)
-        self._active.difference_update(gone)
-        return [ClearAlarm(AlarmKey(source, code, _part(link_name)), now_ms) for _, code in gone]
+    def tick(self, now_ms: int) -> list[AlarmInput]:
+        """Clear the threat alarms of links whose last sample is older than the window: a link that
+        went away (or a gateway restarted since) has had a quiet window, and no sample will come
+        to clear them otherwise. Its history goes too."""
+        out: list[AlarmInput] = []
+        for link_name, hist in list(self._history.items()):
+            if hist and hist[-1][0] > now_ms - self._window_ms:
+                continue
+            del self._history[link_name]
+            source = key_part(self._device.pop(link_name, link_name))
+            gone = sorted(k for k in self._active if k[0] == link_name)
+            self._active.difference_update(gone)
+            out += [ClearAlarm(AlarmKey(source, code, key_part(link_name)), now_ms) for _, code in gone]
+        return out
+
+    def active_keys(self) -> set[AlarmKey]:
+        """The threat alarms this monitor holds raised."""
+        return {AlarmKey(key_part(self._device.get(link, link)), code, key_part(link)) for link, code in self._active}
 
     def _window_counts(self, link_name: str) -> dict[str, int]:
         hist = self._history[link_name]
@@ -153,13 +164,14 @@ class ThreatMonitor:
 
 def device_alarm_inputs(device: str, msg, time_ms: int) -> list[AlarmInput]:
     """An accepted DEVICE_ALARM message (``railcodecs.DeviceAlarm``) of ``device`` -> one input."""
-    key = AlarmKey(_part(device), f"DEVICE_ALARM_{msg.code}", str(msg.object_id))
+    key = AlarmKey(key_part(device), f"DEVICE_ALARM_{msg.code}", str(msg.object_id))
     if msg.action == msg.RAISE:
         return [RaiseAlarm(key, SEVERITY_BY_ICD[msg.severity], msg.text or key.code, time_ms)]
     return [ClearAlarm(key, time_ms)]
 
 
 SECTION_FAULT, SWITCH_LOST = 2, 3       # indexes in gateway.line.object_state SECTION_STATES / POSITIONS
+CODE_OF_KIND = {"TRACK_SECTIONS": "TRACK_SECTION_FAULT", "SWITCHES": "SWITCH_POSITION_LOST"}
 
 
 class ObjectStateSource:
@@ -197,7 +209,7 @@ class ObjectStateSource:
 
     def _set(self, ident: tuple[str, int, int], on: bool, code: str, severity: str, text: str,
              time_ms: int) -> list[AlarmInput]:
-        key = AlarmKey(_part(self.device_names.get(ident[1], str(ident[1]))), code, str(ident[2]))
+        key = AlarmKey(key_part(self.device_names.get(ident[1], str(ident[1]))), code, str(ident[2]))
         if on and ident not in self._alarmed:
             self._alarmed.add(ident)
             return [RaiseAlarm(key, severity, text, time_ms)]
@@ -205,6 +217,15 @@ class ObjectStateSource:
             self._alarmed.discard(ident)
             return [ClearAlarm(key, time_ms)]
         return []
+
+    def active_keys(self) -> set[AlarmKey]:
+        """The object alarms this source holds raised."""
+        return {AlarmKey(key_part(self.device_names.get(dev, str(dev))), CODE_OF_KIND[kind], str(obj))
+                for kind, dev, obj in self._alarmed}
+
+
+#: the alarm codes these sources raise from what the gateway observes (``reconcile`` may clear them)
+OWNED_CODES = frozenset(SEVERITY) | frozenset(THREATS) | frozenset(CODE_OF_KIND.values())
 
 
 class Sources:
@@ -229,4 +250,16 @@ class Sources:
         return None
 
     def tick(self, now_ms: int) -> list[AlarmInput]:
-        return self.objects.tick(now_ms)
+        return self.objects.tick(now_ms) + self.threats.tick(now_ms)
+
+    def reconcile(self, raised: list[AlarmKey], conditions: set[AlarmKey], now_ms: int) -> list[AlarmInput]:
+        """After a restart, clear what the gateway no longer observes.
+
+        ``raised``: the keys whose condition the engine holds active (restored from the journal, or
+        raised since); ``conditions``: the EventLog conditions active now. An alarm of a code these
+        sources own (communication, coupling, threat, object state) is cleared when neither the
+        EventLog nor a source holds it: the process that raised it is gone, and nothing would ever
+        send its clear. DEVICE_ALARM_* are the devices' own and are left alone.
+        """
+        held = conditions | self.threats.active_keys() | self.objects.active_keys()
+        return [ClearAlarm(key, now_ms) for key in raised if key.code in OWNED_CODES and key not in held]

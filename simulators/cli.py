@@ -19,6 +19,7 @@ import sys
 from dataclasses import replace
 
 from gateway.app.config import ConfigError, Endpoint, load
+from gateway.base.version import version_line
 
 from .consists import ScenarioError, parse_scenario
 from .faults import FaultPlan, FaultSpecError, parse_at, parse_rate
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", action="append", default=[], metavar="CONSIST:KIND[@START_S[+DURATION_S]]",
                    help="coupling episode: couple, decouple, double_master, double_slave, mismatch")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument("--version", action="version", version=version_line())
     return p
 
 

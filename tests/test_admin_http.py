@@ -64,10 +64,10 @@ def serve():
         srv.stop()
 
 
-def get(port: int, path: str, method: str = "GET", body: bytes | None = None):
+def get(port: int, path: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request(method, path, body=body)
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
@@ -446,6 +446,7 @@ def test_a_slow_operator_action_does_not_delay_status_on_another_connection(tmp_
     key = "CI-1/DEVICE_COMM_LOST/-"
     with RunningGateway(config.parse(raw, "t"), admin=True, alarms=True, relay_factory=_QuietRelay) as gw:
         port = gw.ports["admin"]
+        auth = {"Authorization": f"Bearer {(tmp_path / 'state' / 'admin.token').read_text().strip()}"}
         gw.line.events.raise_condition("DEVICE_COMM_LOST", "CI-1", gw.line.now_ms(), "no link up")
         _wait(lambda: key in {e["alarm"]["key"] for e in json.loads(get(port, "/alarms")[2])["alarms"]})
         held, hold = threading.Event(), threading.Event()
@@ -454,7 +455,8 @@ def test_a_slow_operator_action_does_not_delay_status_on_another_connection(tmp_
         try:
             assert held.wait(5)
             action.request("POST", "/alarms/action",
-                           body=json.dumps({"action": "ack", "key": key, "operator": "alice"}).encode())
+                           body=json.dumps({"action": "ack", "key": key, "operator": "alice"}).encode(),
+                           headers=auth)
             _wait(lambda: len(gw.admin._pending) == 1)   # the ack waits for the alarm thread
             t0 = time.monotonic()
             code, _, body = get(port, "/status")
@@ -474,16 +476,16 @@ def test_a_slow_operator_action_does_not_delay_status_on_another_connection(tmp_
             == [(key, "ACKED", "alice")]
         engine = json.loads(get(port, "/status")[2])["alarms"]["engine"]
         assert "error" not in engine and engine["event_seq"] == 2
-        code, _, body = get(port, "/alarms/action", "POST", b"[1]")
+        code, _, body = get(port, "/alarms/action", "POST", b"[1]", auth)
         assert code == 400 and "bad alarm action" in json.loads(body)["error"]
         code, _, body = get(port, "/alarms/action", "POST", json.dumps({"action": "ack", "key": key,
-                                                                        "operator": "alice"}).encode())
+                                                                        "operator": "alice"}).encode(), auth)
         assert code == 409
 
 
 # -- load, timeouts, shutdown ------------------------------------------------------------------
 def test_50_concurrent_clients_x_20_requests(serve):
-    srv = serve()
+    srv = serve(max_per_client=50)  # all from 127.0.0.1: over the default cap of 16 per address
     answered, errors = [], []
 
     def client():
@@ -508,7 +510,7 @@ def test_50_concurrent_clients_x_20_requests(serve):
 
 
 def test_timeouts_408_for_a_partial_request_silent_close_when_idle(serve):
-    srv = serve(timeout_s=0.3)
+    srv = serve(head_timeout_s=0.3)
     t0 = time.monotonic()
     out = raw_exchange(srv.port, b"GET /status HTTP/1.1\r\nHost: x\r\n")
     assert out.startswith(b"HTTP/1.1 408 ") and 0.25 < time.monotonic() - t0 < 3

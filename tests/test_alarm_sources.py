@@ -1,6 +1,6 @@
 """Alarm sources: EventLog conditions, threat rates, DEVICE_ALARM frames, object state."""
 from alarms.model import AlarmKey, ClearAlarm, InfoEvent, RaiseAlarm
-from alarms.observations import DeviceAlarmFrame, ObjectChange
+from alarms.observations import DeviceAlarmFrame, ObjectChange, ThreatSample
 from alarms.sources import GatewayEventSource, ObjectStateSource, Sources, ThreatLimits, ThreatMonitor
 from gateway.line.events import EventLog
 from railcodecs.messages import DeviceAlarm
@@ -36,7 +36,25 @@ def test_threat_rates_raise_and_clear_with_window():
     assert c == ClearAlarm(r.key, T0 + 12_500)
     [mq] = m.sample("net_a:1", {"bad_crc": 3, "bad_payload": 2, "unknown_source": 1}, T0 + 13_000)
     assert mq.key.code == "MASQUERADE_SUSPECTED" and mq.severity == "critical"
-    assert m.forget("net_a:1", T0 + 14_000) == [ClearAlarm(mq.key, T0 + 14_000)]
+    assert m.active_keys() == {mq.key}
+    assert m.tick(T0 + 22_999) == []                                    # sampled 9,999 ms ago: not quiet yet
+    assert m.tick(T0 + 23_000) == [ClearAlarm(mq.key, T0 + 23_000)]   # a whole window without a sample
+    assert m.active_keys() == set() and m.tick(T0 + 30_000) == []
+
+
+def test_reconcile_clears_only_owned_codes_that_nothing_holds():
+    src = Sources({257: "CI-1"}, limits=ThreatLimits(window_s=10, masquerade=1))
+    src.feed(ObjectChange("TRACK_SECTIONS", 257, 101, 2, T0))               # section 101 in fault: held
+    src.feed(ThreatSample("net A", {"unknown_source": 0}, T0, "CI-1"))
+    src.feed(ThreatSample("net A", {"unknown_source": 1}, T0 + 1000, "CI-1"))  # masquerade: held
+    comm, redundancy = AlarmKey("CI-1", "DEVICE_COMM_LOST"), AlarmKey("CI-2", "LINK_REDUNDANCY_LOST")
+    raised = [comm, redundancy, AlarmKey("CI-1", "TRACK_SECTION_FAULT", "101"),
+              AlarmKey("CI-1", "TRACK_SECTION_FAULT", "102"), AlarmKey("CI-1", "MASQUERADE_SUSPECTED", "net A"),
+              AlarmKey("CI-1", "CORRUPTION", "net A"), AlarmKey("CI-1", "DEVICE_ALARM_7", "3")]
+    cleared = src.reconcile(raised, {comm}, T0 + 2000)
+    assert [c.key for c in cleared] == [redundancy, AlarmKey("CI-1", "TRACK_SECTION_FAULT", "102"),
+                                        AlarmKey("CI-1", "CORRUPTION", "net A")]
+    assert all(isinstance(c, ClearAlarm) and c.time_ms == T0 + 2000 for c in cleared)
 
 
 def test_repetition_discounts_dual_net_copies():

@@ -62,12 +62,16 @@ def test_device_alarm_to_kafka_history_redis_and_operator_ack(tmp_path, redis_pr
         assert _active(url)[KEY]["state"] == "UNACK" and _active(url)[KEY]["severity"] == "major"
         wait_until(lambda: KEY in read_active(client, redis_prefix), what="alarm in the Redis live table")
 
-        # operator actions through the CLI: an unknown key is refused, the real one acknowledged
-        assert alarms_action_cmd.ack_main(["--url", url, "CI-2/NO_SUCH/-", "--operator", "alice"]) == 1
+        # operator actions through the CLI, with the token the gateway created in its state dir:
+        # without it refused (401), an unknown key refused, the real one acknowledged
+        assert alarms_action_cmd.ack_main(["--url", url, KEY, "--operator", "alice"]) == 1
+        assert "refused (401)" in capsys.readouterr().err
+        token = ["--token-file", str(pathlib.Path(cfg.gateway.state_dir) / "admin.token")]
+        assert alarms_action_cmd.ack_main(["--url", url, "CI-2/NO_SUCH/-", "--operator", "alice", *token]) == 1
         assert "refused (404)" in capsys.readouterr().err
-        assert alarms_action_cmd.ack_main(["--url", url, KEY, "--operator", "alice"]) == 0
+        assert alarms_action_cmd.ack_main(["--url", url, KEY, "--operator", "alice", *token]) == 0
         assert "UNACK -> ACKED by alice" in capsys.readouterr().out
-        assert alarms_action_cmd.ack_main(["--url", url, KEY, "--operator", "alice"]) == 1  # already acked
+        assert alarms_action_cmd.ack_main(["--url", url, KEY, "--operator", "alice", *token]) == 1  # already acked
         assert "refused (409)" in capsys.readouterr().err
 
         dev.send(DeviceAlarm(17, 2, DeviceAlarm.CLEAR, 301, ""), seq=2)

@@ -1,16 +1,23 @@
-"""DoubleBufferHandler: no loss, per-thread order, flush/close semantics, bounded backlog."""
+"""DoubleBufferHandler: no loss, per-thread order, flush/close semantics, bounded backlog; LineFormatter's
+one-line ISO-8601 records (text and JSON); reopening the file after a rename (logrotate, SIGUSR1)."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 import re
+import signal
+import sys
 import threading
 import time
 import tracemalloc
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.base.async_log import DoubleBufferHandler, install, shutdown
+from gateway.base.async_log import DoubleBufferHandler, LineFormatter, install, iso_time, shutdown
 
 _names = itertools.count()
 
@@ -248,3 +255,131 @@ def test_install_and_shutdown_on_root_logger(tmp_path):
     finally:
         shutdown()
         root.setLevel(old_level)
+
+
+# -- one line per record, ISO-8601 stamps, JSON lines, reopen (issue 13, item 8) ---------------------
+
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d")
+
+
+def _record(msg: str, *args, created: float = 1_795_874_020.123, exc_info=None) -> logging.LogRecord:
+    rec = logging.LogRecord("railgate.test", logging.WARNING, __file__, 1, msg, args, exc_info)
+    rec.created, rec.msecs = created, 123.0
+    return rec
+
+
+def test_iso_time_has_milliseconds_and_the_zone_offset():
+    t = 1_795_874_020.123                     # 2026-11-28T13:53:40.123Z
+    assert iso_time(t, ZoneInfo("Asia/Shanghai")) == "2026-11-28T21:53:40.123+08:00"
+    assert iso_time(t, ZoneInfo("America/New_York")) == "2026-11-28T08:53:40.123-05:00"
+    assert iso_time(t, ZoneInfo("UTC")) == "2026-11-28T13:53:40.123+00:00"
+    # no zone given: the host's, with its offset written out
+    assert iso_time(t) == datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
+    assert ISO.fullmatch(iso_time(t))
+
+
+def test_text_lines_start_with_the_iso_time_and_stay_one_line():
+    f = LineFormatter(tz=ZoneInfo("Asia/Shanghai"))
+    line = f.format(_record("link %s closed:\nreason %s\r\n\x1b[31mred\u2028end", "CI-1", "timeout"))
+    assert line.startswith("2026-11-28T21:53:40.123+08:00 WARNING MainThread railgate.test: ")
+    assert line.splitlines() == [line]
+    assert "closed:\\nreason timeout\\r\\n\\x1b[31mred\\u2028end" in line
+
+
+def test_a_traceback_is_folded_into_the_record_line():
+    f = LineFormatter()
+    try:
+        raise ValueError("bad\nvalue")
+    except ValueError:
+        line = f.format(_record("failed", exc_info=sys.exc_info()))
+    assert line.splitlines() == [line]
+    assert "failed\\nTraceback (most recent call last):\\n" in line and "ValueError: bad\\nvalue" in line
+
+
+def test_json_lines_have_time_level_logger_message_and_the_traceback():
+    f = LineFormatter(style="json", tz=ZoneInfo("Asia/Shanghai"))
+    try:
+        raise KeyError("x")
+    except KeyError:
+        line = f.format(_record("two\nlines \u2028 %d", 2, exc_info=sys.exc_info()))
+    assert line.splitlines() == [line]
+    doc = json.loads(line)
+    assert doc["time"] == "2026-11-28T21:53:40.123+08:00" and doc["level"] == "WARNING"
+    assert doc["logger"] == "railgate.test" and doc["message"] == "two\nlines \u2028 2"
+    assert doc["exc"].startswith("Traceback") and "KeyError: 'x'" in doc["exc"]
+    with pytest.raises(ValueError, match="text or json"):
+        LineFormatter(style="xml")
+
+
+def test_handler_with_line_formatter_writes_one_line_per_record(tmp_path, attach):
+    path = tmp_path / "lines.log"
+    handler = DoubleBufferHandler(path)
+    log = attach(handler)
+    handler.setFormatter(LineFormatter(style="json"))
+    log.info("a\nb")
+    log.warning("c")
+    handler.close()
+    docs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [d["message"] for d in docs] == ["a\nb", "c"]
+    assert all(ISO.fullmatch(d["time"]) for d in docs)
+
+
+def test_reopen_after_a_rename_writes_to_the_new_file(tmp_path, attach):
+    path = tmp_path / "gw.log"
+    handler = DoubleBufferHandler(path, flush_interval=60.0)
+    log = attach(handler)
+    log.info("before")
+    handler.flush()
+    os.rename(path, tmp_path / "gw.log.1")      # logrotate's rename
+    log.info("still old")                        # emitted before the signal: may go to either file
+    handler.reopen()
+    log.info("after")
+    handler.flush()
+    assert path.exists() and handler.reopens == 1
+    new = path.read_text().splitlines()
+    assert new[-1] == "after" and any("log file reopened" in line for line in new)
+    assert "after" not in (tmp_path / "gw.log.1").read_text()
+    assert (tmp_path / "gw.log.1").read_text().startswith("before\n")
+    log.info("more")
+    handler.close()
+    assert path.read_text().splitlines()[-1] == "more"
+
+
+def test_reopen_from_a_signal_handler(tmp_path, attach):
+    path = tmp_path / "gw.log"
+    handler = DoubleBufferHandler(path, flush_interval=0.05)
+    log = attach(handler)
+    handler.setFormatter(LineFormatter())
+    old = signal.signal(signal.SIGUSR1, lambda *_: handler.reopen())
+    try:
+        log.info("first")
+        handler.flush()
+        os.rename(path, tmp_path / "gw.log.1")
+        os.kill(os.getpid(), signal.SIGUSR1)     # the handler runs in this (main) thread
+        deadline = time.monotonic() + 5
+        while not path.exists() and time.monotonic() < deadline:  # reopened without any new record
+            time.sleep(0.01)
+        log.info("second")
+        handler.flush()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    lines = path.read_text().splitlines()
+    assert "INFO async-log-writer async_log: log file reopened (1 since start)" in lines[0]
+    assert ISO.match(lines[0])
+    assert lines[-1].endswith("second") and "second" not in (tmp_path / "gw.log.1").read_text()
+
+
+def test_a_failed_reopen_keeps_the_old_file(tmp_path, attach, capsys):
+    d = tmp_path / "logs"
+    d.mkdir()
+    handler = DoubleBufferHandler(d / "gw.log", flush_interval=60.0)
+    log = attach(handler)
+    log.info("one")
+    handler.flush()
+    os.rename(d, tmp_path / "moved")              # the path's directory is gone: open() fails
+    handler.reopen()
+    log.info("two")
+    handler.flush()
+    assert handler.write_errors == 1 and handler.reopens == 0
+    assert (tmp_path / "moved" / "gw.log").read_text() == "one\ntwo\n"
+    assert "Logging error in DoubleBufferHandler writer thread" in capsys.readouterr().err

@@ -1,8 +1,11 @@
 """docker-compose.yml: the production layout. No Docker engine runs here, so the
-file's structure is checked, and the gateway config it runs with must validate
-and point at the services the file defines."""
+file's structure is checked (restart policies, health checks and the start order they
+gate, Kafka's internal and external listeners, secrets kept out of the images), and
+the gateway config it runs with must validate and point at the services the file
+defines."""
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 from urllib.parse import urlparse
@@ -15,13 +18,40 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 KAFKA = {name: svc for name, svc in SERVICES.items() if svc.get("image", "").startswith("apache/kafka:")}
+RAILGATE = ("gateway", "simulators")  # the services built from this repository's Dockerfile
+
+
+def _interpolate(value: str) -> str:
+    """Compose's ``${VAR:-default}`` / ``${VAR}`` with the defaults (the variables unset)."""
+    def sub(m: re.Match) -> str:
+        assert m.group(2) is not None, f"{m.group(0)}: give a default so the file works as checked out"
+        return m.group(3)
+    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", sub, value)
+
+
+def _secret_file(name: str) -> pathlib.Path:
+    return ROOT / _interpolate(COMPOSE["secrets"][name]["file"])
+
+
+def _secret_mounts(service: str) -> dict[str, str]:
+    """{path in the container: secret name} (long and short syntax)."""
+    out = {}
+    for item in SERVICES[service].get("secrets", ()):
+        if isinstance(item, str):
+            out[f"/run/secrets/{item}"] = item
+        else:
+            target = item.get("target", item["source"])
+            out[target if target.startswith("/") else f"/run/secrets/{target}"] = item["source"]
+    return out
 
 
 def _config_path(service: str) -> pathlib.Path:
+    """The line file the service runs with: a compose secret, i.e. a file of the host, not of the image."""
     cmd = SERVICES[service]["command"]
     path = cmd[cmd.index("-c") + 1]
-    assert path.startswith("/app/"), f"{service}: config must come from the image's /app"
-    return ROOT / path[len("/app/"):]
+    mounts = _secret_mounts(service)
+    assert path in mounts, f"{service}: the line file (MAC keys, passwords) must be a mounted secret, not in the image"
+    return _secret_file(mounts[path])
 
 
 def test_four_kraft_brokers_with_a_consistent_quorum():
@@ -78,3 +108,108 @@ def test_gateway_config_points_at_the_compose_services():
     gw = cfg.gateway
     assert {str(gw.net_a.port), str(gw.net_b.port), str(gw.udp.port), str(gw.admin.port)} <= ports
     assert (ROOT / SERVICES["gateway"]["build"] / "Dockerfile").exists()
+
+
+def test_every_service_restarts_and_has_a_health_check():
+    for name, svc in SERVICES.items():
+        assert svc.get("restart") in ("always", "unless-stopped", "on-failure"), f"{name}: no restart policy"
+        check = svc.get("healthcheck")
+        assert check and not check.get("disable") and check.get("test"), f"{name}: no health check"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), name
+        for key in ("interval", "timeout", "retries"):
+            assert key in check, f"{name}: healthcheck.{key}"
+
+
+def test_health_checks_use_each_image_s_own_client():
+    for name in KAFKA:
+        test = " ".join(SERVICES[name]["healthcheck"]["test"])
+        assert "kafka-broker-api-versions.sh --bootstrap-server localhost:9092" in test, name
+    assert SERVICES["mysql"]["healthcheck"]["test"][1:5] == ["mysqladmin", "ping", "-h", "127.0.0.1"]
+    assert "redis-cli ping" in " ".join(SERVICES["redis"]["healthcheck"]["test"])
+    gw_test = SERVICES["gateway"]["healthcheck"]["test"]
+    assert gw_test[1] == "railgate-healthcheck"
+    admin = config.load(str(_config_path("gateway"))).gateway.admin
+    url = urlparse(gw_test[2])
+    assert (url.hostname, url.port, url.path) == ("127.0.0.1", admin.port, "/status")
+    assert SERVICES["simulators"]["healthcheck"]["test"][1:] == [
+        "railgate-healthcheck", "--tcp-peer", str(config.load(str(_config_path("simulators"))).gateway.net_a.port)]
+
+
+def test_start_order_waits_for_healthy_dependencies():
+    for name, svc in SERVICES.items():
+        deps = svc.get("depends_on", {})
+        assert isinstance(deps, dict), f"{name}: depends_on must say the condition (long syntax)"
+        for dep, spec in deps.items():
+            assert spec == {"condition": "service_healthy"}, f"{name} -> {dep}"
+            assert "healthcheck" in SERVICES[dep]
+    assert set(SERVICES["gateway"]["depends_on"]) == {"mysql", "redis", *KAFKA}
+    assert set(SERVICES["simulators"]["depends_on"]) == {"gateway"}
+    controllers = {n for n, s in KAFKA.items() if "controller" in s["environment"]["KAFKA_PROCESS_ROLES"]}
+    for name in controllers:  # the quorum members start together: none may wait for another
+        assert not set(KAFKA[name].get("depends_on", {})) & set(KAFKA), name
+    for name in set(KAFKA) - controllers:
+        assert set(KAFKA[name]["depends_on"]) == controllers
+
+
+def _listeners(value: str) -> dict[str, tuple[str, int]]:
+    out = {}
+    for item in _interpolate(value).split(","):
+        m = re.fullmatch(r"(\w+)://([\w.-]*):(\d+)", item.strip())
+        assert m, item
+        out[m.group(1)] = (m.group(2), int(m.group(3)))
+    return out
+
+
+def test_kafka_has_an_external_listener_for_hmis_on_the_host():
+    host_ports = set()
+    for name, svc in KAFKA.items():
+        env = svc["environment"]
+        listeners, advertised = _listeners(env["KAFKA_LISTENERS"]), _listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+        protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        assert set(listeners) <= set(protocols), name
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "PLAINTEXT" and advertised["PLAINTEXT"] == (name, 9092)
+        assert "EXTERNAL" in listeners and "EXTERNAL" in advertised, name
+        ext_host, ext_port = advertised["EXTERNAL"]
+        assert ext_host == "localhost", "by default the host itself; KAFKA_EXTERNAL_HOST names it for other machines"
+        assert "${KAFKA_EXTERNAL_HOST:-localhost}" in env["KAFKA_ADVERTISED_LISTENERS"]
+        assert listeners["EXTERNAL"][1] == ext_port
+        published = {(int(p.split(":")[-2]), int(p.split(":")[-1])) for p in svc["ports"]}
+        assert (ext_port, listeners["EXTERNAL"][1]) in published, f"{name}: EXTERNAL {ext_port} not published"
+        host_ports.add(ext_port)
+        assert "CONTROLLER" not in advertised and all(int(p.split(":")[-1]) != 9093 for p in svc["ports"])
+    assert len(host_ports) == len(KAFKA), "each broker is advertised on a host port of its own"
+
+
+def test_secrets_stay_out_of_the_images_and_of_this_file():
+    for name, svc in SERVICES.items():
+        for key, value in (svc.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|TOKEN|KEY$", key) and not key.endswith("_FILE"):
+                raise AssertionError(f"{name}.{key}: a secret in the compose file; use {key}_FILE and a secret")
+    mysql = SERVICES["mysql"]
+    mounts = _secret_mounts("mysql")
+    for var in ("MYSQL_PASSWORD_FILE", "MYSQL_ROOT_PASSWORD_FILE"):
+        assert mysql["environment"][var] in mounts, var
+    for name in COMPOSE["secrets"]:
+        assert _secret_file(name).is_file(), name
+    for service in RAILGATE:
+        assert _config_path(service).is_file()
+        assert "config" not in str(SERVICES[service].get("volumes", "")), "the line file comes as a secret"
+
+
+def test_the_gateway_and_mysql_share_one_password():
+    pipe = config.load(str(_config_path("gateway"))).pipeline
+    secret = _secret_mounts("mysql")[SERVICES["mysql"]["environment"]["MYSQL_PASSWORD_FILE"]]
+    password = _secret_file(secret)  # the image's entrypoint drops trailing newlines, as strip() does
+    assert pipe.history.mysql.password == password.read_text().strip()
+
+
+def test_railgate_containers_are_unprivileged():
+    for name in RAILGATE:
+        svc = SERVICES[name]
+        assert svc.get("user") in (None, "railgate", "10001"), "the image's railgate user"
+        assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in svc["security_opt"]
+        assert svc["build"] == "."
+    assert "gateway-state:/var/lib/railgate" in SERVICES["gateway"]["volumes"]
+    state_dir = config.load(str(_config_path("gateway"))).gateway.state_dir
+    assert os.path.normpath(state_dir) == "/var/lib/railgate"

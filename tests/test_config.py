@@ -141,3 +141,163 @@ def test_a_device_repr_never_shows_its_key():
     dev = next(d for d in cfg.devices if d.mac_key is not None)
     assert dev.mac_key.hex() not in repr(dev) and "mac_key" not in repr(dev)
     assert dev.mac_key.hex() not in repr(cfg)
+
+
+# -- strict files: unknown keys, repeated keys, cross-checks, unreadable text ----------------------
+def with_key(path: str, key: str, value=1):
+    """The demo document with ``key: value`` added in the mapping at ``path`` (dots; ``devices.1``)."""
+    d = copy.deepcopy(DEMO)
+    node = d
+    for part in filter(None, path.split(".")):
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    node[key] = value
+    return d
+
+
+@pytest.mark.parametrize("path, key, message", [
+    ("", "gatway", "gatway: unknown key (did you mean 'gateway'?)"),
+    ("", "colour", "colour: unknown key (expected one of gateway, line, devices, trains, coupling, alarms, "
+                   "kafka, history, redis)"),
+    ("gateway", "heartbeat", "gateway.heartbeat: unknown key (did you mean 'heartbeat_ms'?)"),
+    ("gateway.listen", "upd", "gateway.listen.upd: unknown key (did you mean 'udp'?)"),
+    ("gateway.listen.net_a", "prot", "gateway.listen.net_a.prot: unknown key (did you mean 'port'?)"),
+    ("gateway.admin", "prot", "gateway.admin.prot: unknown key (did you mean 'port'?)"),
+    ("gateway.log", "levl", "gateway.log.levl: unknown key (did you mean 'level'?)"),
+    ("line", "timezon", "line.timezon: unknown key (did you mean 'timezone'?)"),
+    ("line", "colour", "line.colour: unknown key (expected one of name, timezone)"),
+    ("devices.1", "mac_kye", "devices[1].mac_kye: unknown key (did you mean 'mac_key'?)"),
+    ("devices.3", "signal", "devices[3].signal: unknown key (did you mean 'signals'?)"),
+    ("trains", "consits", "trains.consits: unknown key (did you mean 'consists'?)"),
+    ("alarms", "max_actve", "alarms.max_actve: unknown key (did you mean 'max_active'?)"),
+    ("alarms.chatter", "cycle", "alarms.chatter.cycle: unknown key (did you mean 'cycles'?)"),
+    ("alarms.threat_rates", "masqerade", "alarms.threat_rates.masqerade: unknown key (did you mean 'masquerade'?)"),
+    ("redis", "prefx", "redis.prefx: unknown key (did you mean 'prefix'?)"),
+    ("coupling", "wokers", "coupling.wokers: unknown key (did you mean 'workers'?)"),
+])
+def test_an_unknown_key_is_a_problem_naming_the_closest_known_one(path, key, message):
+    d = with_key(path, key)
+    if path == "redis":
+        d["redis"]["url"] = "redis://127.0.0.1:6379/0"
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(d, "line.yaml")
+    assert info.value.problems == [message]
+
+
+def test_unknown_keys_of_the_external_pipeline_sections():
+    d = copy.deepcopy(DEMO)
+    d["kafka"] = {"bootstrap_servers": "k1:9092", "confg": {}}
+    d["history"] = {"mysql": {"host": "db", "user": "rg", "database": "a", "pasword": "x"}}
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(d, "line.yaml")
+    assert info.value.problems == ["kafka.confg: unknown key (did you mean 'config'?)",
+                                   "history.mysql.pasword: unknown key (did you mean 'password'?)"]
+    d["history"] = {"mysq": {"host": "db"}}
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(d, "line.yaml")
+    assert "history.mysq: unknown key (did you mean 'mysql'?)" in info.value.problems
+
+
+def test_a_misspelt_timezone_no_longer_moves_the_topics_to_utc():
+    d = copy.deepcopy(DEMO)
+    d["line"] = {"name": "l", "timezon": "Asia/Shanghai"}
+    with pytest.raises(config.ConfigError, match=r"line\.timezon: unknown key \(did you mean 'timezone'\?\)"):
+        config.parse(d, "line.yaml")
+
+
+def write(tmp_path, text: str | bytes, name: str = "line.yaml") -> str:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def test_a_key_given_twice_is_a_problem_with_its_line(tmp_path):
+    text = (ROOT / "config" / "demo-line.yaml").read_text()
+    lines = text.splitlines()
+    port = next(i for i, line in enumerate(lines) if "net_b:" in line)
+    lines.insert(port + 1, "    net_b: {host: 127.0.0.1, port: 17003}")
+    name = next(i for i, line in enumerate(lines) if line.startswith("  name: demo-line-1"))
+    lines.insert(name + 1, "  name: other")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(write(tmp_path, "\n".join(lines)))
+    assert info.value.problems == [
+        f"line {port + 2}: key 'net_b' appears twice in this mapping (first on line {port + 1})",
+        f"line {name + 2}: key 'name' appears twice in this mapping (first on line {name + 1})"]
+    assert str(info.value).startswith(f"{tmp_path / 'line.yaml'}: 2 problems")
+    flow = text.replace("udp: {host: 127.0.0.1, port: 17100}", "udp: {host: 127.0.0.1, port: 17100, port: 17101}")
+    udp = flow.splitlines().index("    udp: {host: 127.0.0.1, port: 17100, port: 17101}") + 1
+    with pytest.raises(config.ConfigError) as info:
+        config.load(write(tmp_path, flow))
+    assert info.value.problems == [f"line {udp}: key 'port' appears twice in this mapping (first on line {udp})"]
+
+
+def test_a_key_beside_a_merge_overrides_it_and_is_no_repeat(tmp_path):
+    text = (ROOT / "config" / "demo-line.yaml").read_text().replace(
+        "  listen:\n", "  listen:\n    base: &loop {host: 127.0.0.1, port: 1}\n", 1).replace(
+        "    net_a: {host: 127.0.0.1, port: 17001}", "    net_a: {<<: *loop, port: 17001}")
+    with pytest.raises(config.ConfigError) as info:
+        config.load(write(tmp_path, text))
+    # the anchor's holder is an unknown key; the merged-and-overridden port is not a repeat
+    assert info.value.problems == ["gateway.listen.base: unknown key (expected one of net_a, net_b, udp)"]
+
+
+def test_a_file_that_is_not_utf8_is_one_problem_naming_the_line(tmp_path):
+    text = (ROOT / "config" / "demo-line.yaml").read_bytes().replace(b"name: demo-gw", b"name: d\xe9mo-gw")
+    offset = text.index(b"\xe9")
+    line = text[:offset].count(b"\n") + 1
+    with pytest.raises(config.ConfigError) as info:
+        config.load(write(tmp_path, text))
+    assert info.value.problems == [f"line {line}: not UTF-8 text (byte 0xe9 at offset {offset}); "
+                                   "save the file as UTF-8"]
+    assert str(info.value).startswith(f"{tmp_path / 'line.yaml'}: 1 problem")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("gateway: {id: 1\n  name: [\n", "line 2, column 7: not valid YAML: expected ',' or '}', but got ':' "
+                                     "(while parsing a flow mapping)"),
+    ("gateway:\n  id: \x01\n", "line 2: not valid YAML: character #x0001: special characters are not allowed"),
+    ("a: 1\n---\nb: 2\n", "line 2, column 1: not valid YAML: but found another document "
+                          "(expected a single document in the stream)"),
+    ("", "(top level): the file is empty (expected a mapping with gateway:, line:, devices:, trains:)"),
+])
+def test_a_file_that_is_not_one_yaml_mapping_is_one_line(tmp_path, text, problem):
+    with pytest.raises(config.ConfigError) as info:
+        config.load(write(tmp_path, text))
+    assert info.value.problems == [problem]
+
+
+def test_two_devices_with_one_name_would_share_alarm_keys():
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(broken(devices__2__name="CI-1"), "line.yaml")
+    assert info.value.problems == ["devices[2].name: 'CI-1' is already the name of devices[0] "
+                                   "(alarm keys would collide)"]
+    with pytest.raises(config.ConfigError) as info:  # '/' cannot be in an alarm key: CI/1 becomes CI_1
+        config.parse(broken(devices__0__name="CI_1", devices__3__name="CI/1"), "line.yaml")
+    assert info.value.problems == ["devices[3].name: 'CI/1' gives the same alarm key as 'CI_1' of devices[0] "
+                                   "(alarm keys would collide)"]
+
+
+def test_a_train_belongs_to_one_consist():
+    consists = dict(DEMO["trains"]["consists"])
+    consists[19] = [1044, 1025]
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(broken(trains__consists=consists), "line.yaml")
+    assert info.value.problems == ["trains.consists.19: train 1044 is already in consist 18 "
+                                   "(a train belongs to one consist)"]
+    with pytest.raises(config.ConfigError) as info:  # 10 and "10" are one consist
+        config.parse(broken(trains__consists={10: [1025, 1026], "10": [1027, 1028]}), "line.yaml")
+    assert info.value.problems == ["trains.consists.10: consist 10 is listed twice (as 10 and as '10')"]
+
+
+@pytest.mark.parametrize("mac", ["off", None])
+def test_a_mac_key_on_a_device_without_mac_is_a_problem(mac):
+    d = copy.deepcopy(DEMO)
+    d["devices"][1]["mac_key"] = "ab" * 16
+    if mac is None:
+        d["devices"][1].pop("mac")  # off by default
+    else:
+        d["devices"][1]["mac"] = mac
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(d, "line.yaml")
+    assert info.value.problems == ["devices[1].mac_key: given, but mac is 'off' (set mac: optional or required, "
+                                   "or remove the key)"]
+    assert "ab" * 16 not in str(info.value)

@@ -1,4 +1,5 @@
-"""The gateway as an operator runs it: `gateway run`, daemon mode, `gateway stop`, SIGHUP reload."""
+"""The gateway as an operator runs it: `gateway run`, daemon mode, `gateway stop`, SIGHUP reload, and the
+operator's errors (busy port, bad file, bad state dir): one line each, no traceback, the README's exit code."""
 from __future__ import annotations
 
 import copy
@@ -62,11 +63,12 @@ def test_daemon_run_status_and_graceful_stop(tmp_path):
     path, d = write_config(tmp_path, heartbeat_ms=10_000)
     pidfile = tmp_path / "gw.pid"
     res = subprocess.run([GATEWAY, "run", "-c", str(path), "--daemon", "--pidfile", str(pidfile)],
-                         capture_output=True, text=True, timeout=30)
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    wait_until(lambda: pidfile.exists(), what="pid file")
+    # the command returned once the daemon said "up": its pid file and admin API are there already
     pid = int(pidfile.read_text())
     try:
+        assert fetch_status(d["gateway"]["admin"]["port"])["gateway_id"] == 1
         _run_and_stop(d, path, pidfile, pid, tmp_path)
     finally:  # never leave a daemon behind when an assertion fails
         try:
@@ -99,6 +101,7 @@ def _run_and_stop(d, path, pidfile, pid, tmp_path):
     assert not pidfile.exists()
     log = (tmp_path / "state" / "gateway.log").read_text()
     assert "gateway stopped" in log  # the async log was flushed at exit
+    assert "gateway demo-gw up: net A " in log and "Logging error" not in log
     try:
         os.kill(pid, 0)
         raise AssertionError("daemon still running")
@@ -203,3 +206,75 @@ def _try(fn):
         return fn()
     except OSError:
         return None
+
+
+def _busy(port: int) -> socket.socket:
+    """Another process's listener on ``port`` (as a second gateway, or anything else, would hold it)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize("where", ["net_a", "admin"])
+def test_daemon_start_failure_exits_1_naming_the_port(tmp_path, where):
+    """net A is bound before the fork, the admin API in the daemon's start: the command reports either
+    one with exit 1, and nothing is left running (no pid file)."""
+    path, d = write_config(tmp_path)
+    port = (d["gateway"]["listen"]["net_a"] if where == "net_a" else d["gateway"]["admin"])["port"]
+    pidfile = tmp_path / "gw.pid"
+    holder = _busy(port)
+    try:
+        res = subprocess.run([GATEWAY, "run", "-c", str(path), "--daemon", "--pidfile", str(pidfile)],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        holder.close()
+    assert res.returncode == 1
+    assert res.stderr.splitlines() == [res.stderr.strip()] and "Traceback" not in res.stderr
+    prefix = "gateway run: " if where == "net_a" else "gateway run: admin API "
+    assert res.stderr.startswith(f"{prefix}cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert not pidfile.exists()
+    if where == "admin":   # the daemon got as far as its log, which says the same
+        assert f"start failed: admin API cannot listen on 127.0.0.1:{port}" in \
+            (tmp_path / "state" / "gateway.log").read_text()
+
+
+def _operator_error(tmp_path, case: str) -> tuple[list[str], str, int]:
+    """(command, what stderr must say, exit code) for one operator error."""
+    path, d = write_config(tmp_path)
+    cmd = [GATEWAY, "run", "-c", str(path)]
+    if case == "busy_port":
+        port = d["gateway"]["listen"]["net_b"]["port"]
+        return cmd, f"gateway run: cannot listen on 127.0.0.1:{port}: Address already in use", 1
+    if case == "not_utf8":
+        path.write_bytes(path.read_bytes().replace(b"demo-gw", "d\u00e9mo".encode("latin-1")))
+        return cmd, "not UTF-8 text (byte 0xe9", 2
+    if case == "state_dir_under_a_file":
+        (tmp_path / "plain").write_text("a file, not a directory\n")
+        state = tmp_path / "plain" / "state"
+        path.write_text(yaml.safe_dump({**d, "gateway": {**d["gateway"], "state_dir": str(state)}}))
+        return cmd, f"gateway run: cannot create the state dir {state} (gateway.state_dir): Not a directory", 1
+    if case == "log_file_dir_missing":
+        log = tmp_path / "no-such-dir" / "gw.log"
+        return cmd + ["--log", str(log)], f"gateway run: cannot open the log file {log}: No such file or directory", 1
+    if case == "daemon_pidfile_dir_missing":
+        pid = tmp_path / "no-such-dir" / "gw.pid"
+        return (cmd + ["--daemon", "--pidfile", str(pid)],
+                f"gateway run: cannot write the pid file {pid}: No such file or directory", 1)
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["busy_port", "not_utf8", "state_dir_under_a_file", "log_file_dir_missing",
+                                  "daemon_pidfile_dir_missing"])
+def test_operator_errors_are_one_line_without_traceback(tmp_path, case):
+    cmd, says, code = _operator_error(tmp_path, case)
+    holder = _busy(yaml.safe_load(open(cmd[3]))["gateway"]["listen"]["net_b"]["port"]) if case == "busy_port" else None
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    finally:
+        if holder is not None:
+            holder.close()
+    assert res.returncode == code, res.stderr
+    assert says in res.stderr and "Traceback" not in res.stderr and "Logging error" not in res.stderr
+    if code == 1:   # one line; an invalid config (2) lists its problems under one heading, as ever
+        assert res.stderr.splitlines() == [says], res.stderr

@@ -40,7 +40,7 @@ RULES = {
                               "alarms.observations")),
     "gateway.adapters": Only(("gateway.base", "gateway.net", "gateway.adapters", "railcodecs")),
     "gateway.app": Never(("gateway.cli",)),
-    "simulators": Only(("railcodecs", "simulators", "gateway.app.config")),
+    "simulators": Only(("railcodecs", "simulators", "gateway.app.config", "gateway.base")),
 }
 
 

@@ -17,6 +17,10 @@ so every event up to the maximum is present.
 
 Schema: the store creates and migrates it itself. ``schema_version`` holds one
 row; ``MIGRATIONS`` is the ordered list of steps, each applied once, in order.
+A store built with ``migrate=False`` (the gateway's history writer) contacts
+nobody in its constructor and migrates on first use (:meth:`HistoryStore.ensure_schema`,
+from the writer thread): a MySQL server that is down when the gateway starts
+only delays the history, it never stops the start.
 
 Threading: a store may be shared by threads. SQLite serialises calls on one
 connection with a lock; MySQL gives each call its own pooled connection.
@@ -115,6 +119,7 @@ class HistoryStore(ABC):
     kind: str
     _ph: str
     where: str                     # for error messages: the file or user@host:port/database
+    _schema_ready = False          # migrate() has succeeded on this object
 
     @abstractmethod
     @contextmanager
@@ -156,6 +161,7 @@ class HistoryStore(ABC):
                             current = version
                 finally:
                     self._schema_lock(cur, False)
+            self._schema_ready = current == MIGRATIONS[self.kind][-1][0]
         except HistoryError as exc:
             if step is None:
                 raise
@@ -163,6 +169,12 @@ class HistoryStore(ABC):
             raise type(exc)(f"{exc} (schema migration {at} -> {version} failed at: {' '.join(sql.split())[:120]};"
                             f" the schema_version table still says {at})") from exc
         return current
+
+    def ensure_schema(self) -> None:
+        """Migrate unless this object already did: the first use of a store built with
+        ``migrate=False``. Raises like :meth:`migrate` (HistoryUnavailable while the server is down)."""
+        if not self._schema_ready:
+            self.migrate()
 
     def _schema_lock(self, cur: Any, take: bool) -> None:
         """Serialise concurrent migrations (several gateways starting at once); SQLite: BEGIN IMMEDIATE."""
@@ -227,12 +239,14 @@ class SqliteHistory(HistoryStore):
 
     kind, _ph = "sqlite", "?"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, migrate: bool = True) -> None:
+        """``migrate=False``: open and migrate on first use (:meth:`ensure_schema`)."""
         self.path = self.where = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
-        self.migrate()
+        if migrate:
+            self.migrate()
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is not None and self._pid == os.getpid():
@@ -299,7 +313,9 @@ class MysqlHistory(HistoryStore):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 3306, user: str = "root", password: str = "",
                  database: str = "railgate", pool_size: int = 4, connect_timeout_s: float = 5.0,
-                 io_timeout_s: float = 30.0, create_database: bool = False) -> None:
+                 io_timeout_s: float = 30.0, create_database: bool = False, migrate: bool = True) -> None:
+        """``migrate=False``: no connection here; the schema is checked on first use
+        (:meth:`ensure_schema`), so a server that is down does not fail the constructor."""
         if not 1 <= pool_size <= 256:
             raise ValueError(f"mysql history: pool_size must be 1..256, got {pool_size}")
         self.where = f"{user}@{host}:{port}/{database}"
@@ -316,7 +332,8 @@ class MysqlHistory(HistoryStore):
         os.register_at_fork(after_in_child=lambda: (s := ref()) is not None and s._forget_parent())
         if create_database:
             self._create_database()
-        self.migrate()
+        if migrate:
+            self.migrate()
 
     def _create_database(self) -> None:
         try:
@@ -411,12 +428,15 @@ class MysqlHistory(HistoryStore):
             self._pool = None
 
 
-def open_history(settings: Any, state_dir: str) -> HistoryStore:
+def open_history(settings: Any, state_dir: str, *, migrate: bool = True) -> HistoryStore:
     """The store a validated ``history:`` setting names (``alarms.settings.HistorySettings``:
-    ``kind`` sqlite -> ``<state_dir>/history.db``, or mysql with its ``mysql`` settings)."""
+    ``kind`` sqlite -> ``<state_dir>/history.db``, or mysql with its ``mysql`` settings).
+
+    ``migrate=False``: nothing is contacted yet (the history writer migrates on first use, see
+    :meth:`HistoryStore.ensure_schema`); with True an unreachable server raises HistoryUnavailable."""
     if settings.kind == "sqlite":
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        return SqliteHistory(os.path.join(state_dir, "history.db"))
+        return SqliteHistory(os.path.join(state_dir, "history.db"), migrate=migrate)
     m = settings.mysql
     return MysqlHistory(host=m.host, port=m.port, user=m.user, password=m.password, database=m.database,
-                        pool_size=m.pool_size)
+                        pool_size=m.pool_size, migrate=migrate)

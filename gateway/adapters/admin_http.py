@@ -27,10 +27,44 @@ are called there, one at a time, and never block it. The contract:
 * a handler that raises, a future that fails, or a result that is not a
   Response -> 500 naming the error, and the server goes on serving.
 
-``start``/``stop`` are called from any thread but the admin one; ``port`` from any.
+``start``/``stop`` are called from any thread but the admin one; ``port`` from any;
+``stats`` from the admin thread (a handler).
+
+Connections, and why ``gateway status`` still gets in during a flood. A
+connection costs the server little, but the table of them is bounded
+(``max_connections``), and a bounded table is what a flood fills: 128 idle
+sockets used to lock every operator out. Three rules keep a slot for an
+operator (each refusal or eviction is counted in :meth:`AdminServer.stats`):
+
+* **Deadlines** (``http_connection.py``): a request head within
+  ``head_timeout_s`` (5 s) of the accept, its body within ``body_timeout_s``
+  (10 s) of the head, however slowly bytes trickle in. A slot held without a
+  request is held for seconds, not forever.
+* **Per client address** at most ``max_per_client`` (16) connections; an
+  address is an IPv4 address or an IPv6 /64 (one host may own a whole /64).
+  A new connection from an address at its cap replaces that address's
+  oldest connection that is *idle* (no answer awaited or queued: still
+  sending its request, or between requests); only if none is idle is the
+  new one refused. So an address flooding with idle or slowloris sockets
+  (the admin API usually listens on loopback, where the operator's CLI and
+  any local flooder share 127.0.0.1) crowds out only its own oldest ones,
+  while ``gateway status`` opens one connection and is answered within
+  milliseconds, long before it becomes the oldest.
+* **Reserved slots**: the last ``reserved`` (4) of ``max_connections`` go
+  only to an address that holds no connection yet. Addresses that already
+  hold one can fill the rest (8 addresses at their cap of 16 fill 124), and
+  a fresh address, an operator's machine, still finds a slot.
+
+Chosen over loopback-only reservations (a local flooder is loopback too) and
+over evicting across addresses (a flood from many addresses would then evict
+the operator as readily as anyone else). Not defended: a flood from more
+distinct addresses than ``(max_connections - reserved) / max_per_client +
+reserved`` (12 by default) holding sockets can still fill every slot for the
+few seconds of a deadline at a time; filter the admin port by firewall.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import select
@@ -49,16 +83,20 @@ __all__ = ["AdminServer", "Handler", "JSON_TYPE", "MAX_BODY_BYTES", "MAX_HEAD_BY
 
 log = logging.getLogger("railgate.admin")
 
-TIMEOUT_S = 10.0
+HEAD_TIMEOUT_S = 5.0      # request head complete within this of the accept / the previous response
+BODY_TIMEOUT_S = 10.0     # request body complete within this of its head
 ACTION_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 128
+MAX_PER_CLIENT = 16       # connections per client address (IPv4 address, IPv6 /64)
+RESERVED = 4              # of MAX_CONNECTIONS, only for an address holding none
 ACCEPT_RETRY_S = 0.1  # after EMFILE & co.: no new edge comes for connections left in the backlog
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
     """One complete request as a handler sees it. ``method`` as sent (HEAD is routed as GET);
-    ``query`` is {name: last value}."""
+    ``query`` is {name: last value}; ``headers`` {lower-case name: last value} (latin-1 text);
+    ``client`` the peer's address, ``ip:port`` (``[ip]:port`` for IPv6)."""
 
     method: str
     path: str
@@ -67,6 +105,8 @@ class Request:
     #: ``call_later(delay_s, fn, *args)`` runs ``fn`` in the admin loop and returns a handle with
     #: ``cancel()``: for a handler's own deadline shorter than the server's. Safe from any thread.
     call_later: Callable = field(repr=False, compare=False)
+    headers: dict = field(default_factory=dict, repr=False)
+    client: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +137,18 @@ class AdminServer:
     """HTTP on its own loop thread; see the module docstring for the handler contract."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, routes: RouteTable | None = None, *,
-                 timeout_s: float = TIMEOUT_S,
-                 action_timeout_s: float = ACTION_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
+                 head_timeout_s: float = HEAD_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S,
+                 action_timeout_s: float = ACTION_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                 max_per_client: int = MAX_PER_CLIENT, reserved: int = RESERVED) -> None:
         """Configure; nothing is bound until start(). Any thread.
 
-        ``routes``: the :data:`RouteTable`, used as given (no route is built in).
+        ``routes``: the :data:`RouteTable`, used as given (no route is built in). The limits: see the
+        module docstring; ``1 <= max_per_client <= max_connections - reserved``.
         """
+        if not (0 <= reserved < max_connections and 1 <= max_per_client <= max_connections - reserved):
+            raise ValueError(f"AdminServer: expected 0 <= reserved ({reserved}) < max_connections "
+                             f"({max_connections}) and 1 <= max_per_client ({max_per_client}) <= "
+                             f"max_connections - reserved")
         if not isinstance(routes, dict):
             raise TypeError(f"AdminServer needs a routing table {{(METHOD, '/path'): handler}}, got {routes!r}")
         for key, handler in routes.items():
@@ -114,20 +160,33 @@ class AdminServer:
         for method, path in self._routes:
             self._allowed.setdefault(path, []).append(method)
         self.host, self._requested_port, self._port = host, port, port
-        self._timeout_s, self._action_timeout_s = timeout_s, action_timeout_s
-        self._max_connections = max_connections
+        self._head_timeout_s, self._body_timeout_s = head_timeout_s, body_timeout_s
+        self._action_timeout_s = action_timeout_s
+        self._max_connections, self._max_per_client, self._reserved = max_connections, max_per_client, reserved
         self._listener: socket.socket | None = None
         self._thread: EventLoopThread | None = None
         self._loop = None
-        self._conns: set[HttpConnection] = set()
+        self._conns: dict[HttpConnection, str] = {}               # conn -> its client address key
+        self._by_client: dict[str, dict[HttpConnection, None]] = {}  # key -> its conns, oldest first
         self._pending: dict[HttpConnection, tuple[Future, object]] = {}  # conn -> (future, deadline timer)
-        self.refused = 0   # connections closed at accept over max_connections (admin thread writes)
-        self.late = 0      # futures done after their 503 or their connection (admin thread writes)
+        # counters: the admin thread writes them
+        self.refused = 0            # connections closed at accept: every slot they could take was held
+        self.refused_per_client = 0  # ... of which: their address at its cap with none of its own idle
+        self.evicted = 0            # idle connections closed to make room for their address's newer one
+        self.timed_out = 0          # connections closed for a deadline (408, or silently when idle)
+        self.late = 0               # futures done after their 503 or their connection
 
     @property
     def port(self) -> int:
         """The bound port once start() has run (the requested one before). Any thread."""
         return self._port
+
+    def stats(self) -> dict:
+        """JSON-ready connection figures (counts of connections, futures). Admin thread (a handler)."""
+        return {"connections": len(self._conns), "clients": len(self._by_client),
+                "max_connections": self._max_connections, "max_per_client": self._max_per_client,
+                "reserved": self._reserved, "refused": self.refused, "refused_per_client": self.refused_per_client,
+                "evicted": self.evicted, "timed_out": self.timed_out, "late": self.late}
 
     # -- life -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -181,24 +240,51 @@ class AdminServer:
     def _accept(self, _mask: int = 0) -> None:
         while self._listener.fileno() >= 0:  # ET: until EAGAIN
             try:
-                sock, _ = self._listener.accept()
+                sock, addr = self._listener.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
                 log.warning("admin API: accept failed: %s; retrying in %s s", exc, ACCEPT_RETRY_S)
                 self._loop.call_later(ACCEPT_RETRY_S, self._accept)
                 return
-            if len(self._conns) >= self._max_connections:
+            key = client_key(addr[0])
+            if not self._make_room(key):
                 self.refused += 1
                 sock.close()
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._conns.add(HttpConnection(self._loop, sock, timeout_s=self._timeout_s,
-                                           on_request=self._dispatch, on_closed=self._closed))
+            conn = HttpConnection(self._loop, sock, head_timeout_s=self._head_timeout_s,
+                                  body_timeout_s=self._body_timeout_s, on_request=self._dispatch,
+                                  on_closed=self._closed, peer=peer_text(addr))
+            self._conns[conn] = key
+            self._by_client.setdefault(key, {})[conn] = None
+
+    def _make_room(self, key: str) -> bool:
+        """May a new connection from ``key`` be taken? Evicts its oldest idle one at its cap (see the
+        module docstring for the rules and why)."""
+        mine = self._by_client.get(key)
+        held = len(mine) if mine else 0
+        if held >= self._max_per_client:
+            victim = next((c for c in mine if c.idle), None)
+            if victim is None:
+                self.refused_per_client += 1
+                return False
+            self.evicted += 1
+            victim.close()  # _closed() forgets it: the total stays the same
+            return True
+        total = len(self._conns)
+        return total < self._max_connections - (self._reserved if held else 0)
 
     def _closed(self, conn: HttpConnection) -> None:
-        self._conns.discard(conn)
+        key = self._conns.pop(conn, None)
+        if key is not None:
+            mine = self._by_client[key]
+            del mine[conn]
+            if not mine:
+                del self._by_client[key]
+        if conn.timed_out:
+            self.timed_out += 1
         pending = self._pending.pop(conn, None)
         if pending is not None:
             pending[1].cancel()
@@ -217,9 +303,10 @@ class AdminServer:
             allow = sorted(allowed + (["HEAD"] if "GET" in allowed else []))
             return self._answer(conn, Response(405, {"error": f"method {method} not allowed on {path}",
                                                      "allow": allow}, headers=(("Allow", ", ".join(allow)),)))
+        headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in req.headers}  # h11: lower-case names
         try:
             result = handler(Request(method, path, dict(parse_qsl(target.query, keep_blank_values=True)),
-                                     bytes(conn.body), self._loop.call_later))
+                                     bytes(conn.body), self._loop.call_later, headers, conn.peer))
         except Exception as exc:  # a handler's bug: tell the client, keep serving
             return self._failed(conn, exc)
         if isinstance(result, Future) and not result.done():
@@ -274,3 +361,21 @@ class AdminServer:
         log.error("admin API: %s %s failed", method, path, exc_info=exc)
         conn.answer(500, JSON_TYPE, json_error(f"{method} {path} failed: {type(exc).__name__}: {exc}"))
 
+
+def client_key(host: str) -> str:
+    """The address a per-client cap counts by: an IPv4 address (also when IPv4-mapped), an IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def peer_text(addr) -> str:
+    """``ip:port``, ``[ip]:port`` for IPv6: how a client is named in logs and journaled actions."""
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

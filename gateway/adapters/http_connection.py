@@ -15,8 +15,11 @@ rather than a stalled socket:
   ``error_status_hint``), then close;
 * request body over 64 KiB -> 413 and close (judged from Content-Length when
   given, so an oversized upload is refused before it is read);
-* a request not complete ``timeout_s`` after the connection's previous
-  response (or its accept) -> 408 if one was started, else a silent close
+* two deadlines per request, fixed when its phase begins and never moved by
+  bytes arriving (a client trickling one byte a second gains nothing): the
+  request head within ``head_timeout_s`` of the accept or of the previous
+  response, its body within ``body_timeout_s`` of the head. Past either,
+  408 if a request was started, else a silent close; ``timed_out`` says so
   (no deadline runs while the server works on an answer: it has its own).
 
 A connection we close while the peer may still be sending is shut down for
@@ -62,11 +65,14 @@ def json_error(text: str) -> bytes:
 class HttpConnection:
     """One accepted connection. Loop thread only; see the module docstring."""
 
-    def __init__(self, loop, sock: socket.socket, *, timeout_s: float, on_request, on_closed) -> None:
+    def __init__(self, loop, sock: socket.socket, *, head_timeout_s: float, body_timeout_s: float, on_request,
+                 on_closed, peer: str = "") -> None:
         """Register ``sock`` (non-blocking) with ``loop``. ``on_request(conn)`` is called for each
-        complete request (``conn.request``, ``conn.body``), ``on_closed(conn)`` once at the end."""
-        self.loop, self.sock, self.fd = loop, sock, sock.fileno()
-        self.timeout_s = timeout_s
+        complete request (``conn.request``, ``conn.body``), ``on_closed(conn)`` once at the end.
+        ``peer``: the client's address as text (``ip:port``), for the handlers and the logs."""
+        self.loop, self.sock, self.fd, self.peer = loop, sock, sock.fileno(), peer
+        self.head_timeout_s, self.body_timeout_s = head_timeout_s, body_timeout_s
+        self.timed_out = False    # closed (after a 408, or silently) because a deadline passed
         self._on_request, self._on_closed = on_request, on_closed
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.request: h11.Request | None = None
@@ -82,7 +88,7 @@ class HttpConnection:
         self._eof = False
         self._deadline = 0.0      # loop clock seconds; `_timer` fires at or before it
         self._timer = None
-        self._set_deadline(loop.clock() + timeout_s)
+        self._set_deadline(loop.clock() + head_timeout_s)
         # a request already here is reported too: epoll checks readiness when an fd is added
         loop.register(self.fd, EV_READ, self._on_events)
 
@@ -100,6 +106,12 @@ class HttpConnection:
             return self.close()
         if not self._dispatching:
             self._pump()  # on to the requests pipelined meanwhile
+
+    @property
+    def idle(self) -> bool:
+        """Nothing would be lost by closing now: no answer awaited or queued, at most a request still
+        being read (a slow client's). What the server may evict to make room."""
+        return not self.closed and not self.waiting and not self._out
 
     def close(self) -> None:
         """Close now (idempotent). Unregisters first unless the loop is gone with its epoll."""
@@ -177,6 +189,7 @@ class HttpConnection:
                 self.request, self.body = event, bytearray()
                 length = next((int(v) for n, v in event.headers if n == b"content-length"), None)
                 head = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                self._set_deadline(self.loop.clock() + self.body_timeout_s)  # the head's timer re-arms for it
                 if head > MAX_HEAD_BYTES:  # h11 caps only heads still incomplete; one recv may bring it whole
                     self._error(431, f"request head of about {head} bytes is over the {MAX_HEAD_BYTES} byte "
                                      f"limit", close=True)
@@ -203,7 +216,7 @@ class HttpConnection:
         if self.conn.states == {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}:
             self.conn.start_next_cycle()
             self.request, self.body = None, bytearray()
-            self._set_deadline(self.loop.clock() + self.timeout_s)
+            self._set_deadline(self.loop.clock() + self.head_timeout_s)
 
     # -- output -------------------------------------------------------------------------------
     def _too_large(self, size: int) -> None:
@@ -282,9 +295,13 @@ class HttpConnection:
         if self.loop.clock() < self._deadline:
             return self._set_deadline(self._deadline)
         conn = self.conn
+        if not self._draining:
+            self.timed_out = True
         if not self._draining and not self._out and conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and (
                 conn.their_state is not h11.IDLE or conn.trailing_data[0]):
-            self._error(408, f"request not complete within {self.timeout_s} s", close=True)
+            what = (f"request head not complete within {self.head_timeout_s} s" if self.request is None else
+                    f"request body not complete within {self.body_timeout_s} s of its head")
+            self._error(408, what, close=True)
             self._pump()  # flushed: linger, so the 408 is not lost to an RST
         else:
             self.close()

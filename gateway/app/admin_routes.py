@@ -2,10 +2,34 @@
 
 ::
 
-    GET  /status         the status document (gateway/app/status.py), JSON
-    GET  /metrics        the same as Prometheus text (gateway/app/metrics.py)
-    GET  /alarms         the alarm table (alarm thread)
-    POST /alarms/action  an operator action: ack, shelve, ... (alarm thread)
+    GET  /status         open   the status document (gateway/app/status.py), JSON
+    GET  /metrics        open   the same as Prometheus text (gateway/app/metrics.py)
+    GET  /alarms         open   the alarm table (alarm thread)
+    POST /alarms/action  token  an operator action: ack, shelve, ... (alarm thread)
+
+Who may do what. Every route whose method is not GET changes state and needs
+the admin token, ``Authorization: Bearer <token>`` (compared in constant
+time); that is decided here, by method, so a POST route added later is
+guarded without anyone remembering to. A request without it or with a wrong
+one gets 401 before its body is even parsed, and is counted
+(``unauthorized`` in the ``admin`` section of /status). The reads stay open:
+they change nothing, ``gateway status`` must work for whoever can reach the
+port (also when the token file is not readable to them), and the same
+figures go to Prometheus, which scrapes without credentials.
+
+The token: ``gateway.admin.token_file`` when configured, else
+``<state_dir>/admin.token``; created at the first start with 32 random bytes
+(64 hex digits) and mode 0600 (``O_CREAT | O_EXCL``: never over an existing
+file), read at every later start. The CLI reads the same file
+(:func:`token_path`, :func:`read_token`). A gateway without the alarm stage
+has no state to change and creates no token.
+
+An operator action's body is bounded before it reaches the alarm thread:
+JSON nested at most ``MAX_JSON_DEPTH`` deep (checked before parsing: deeper
+is 400, never a RecursionError's 500), only the known fields, and the
+checks of ``alarms.model.OperatorAction`` (key, operator, reason); each
+failure is 400 naming the field. The client's address is journaled with the
+action's events.
 
 Who calls it: :meth:`gateway.app.runtime.Gateway.start` builds the table with
 :func:`gateway_routes` and hands it to ``AdminServer``
@@ -24,7 +48,15 @@ back the status of the line.
 """
 from __future__ import annotations
 
+import functools
+import hmac
 import json
+import logging
+import os
+import re
+import secrets
+import stat
+import time
 from concurrent.futures import Future, InvalidStateError
 from typing import Callable
 
@@ -35,30 +67,129 @@ from gateway.adapters.admin_http import Request, Response, RouteTable
 from gateway.app.metrics import PROMETHEUS_TYPE, render_metrics
 from gateway.app.status import build_status
 
+log = logging.getLogger("railgate.admin")
+
 #: how long /status waits for the alarm thread's part before answering without it
 ALARM_WAIT_S = 0.5
+TOKEN_FILE = "admin.token"          # in state_dir, unless gateway.admin.token_file names another
+MAX_JSON_DEPTH = 8                  # nesting of a request body's JSON (an action needs 1)
+ACTION_FIELDS = frozenset({"action", "key", "operator", "minutes", "reason"})
+OPEN_METHODS = frozenset({"GET"})   # every other method needs the token
+UNAUTHORIZED_LOG_EVERY_S = 10.0
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{32,512}")   # RFC 6750 b64token, at least 32 characters
+_BEARER_CHALLENGE = (("WWW-Authenticate", 'Bearer realm="railgate-admin"'),)
+
+
+class TokenError(ValueError):
+    """The admin token file cannot be created or read, or holds no usable token; says which file."""
+
+
+def token_path(cfg) -> str:
+    """Where the gateway keeps its admin token: ``gateway.admin.token_file`` or ``<state_dir>/admin.token``."""
+    return os.path.abspath(cfg.gateway.admin.token_file or os.path.join(cfg.gateway.state_dir, TOKEN_FILE))
+
+
+def read_token(path: str) -> str:
+    """The token in ``path``; raises TokenError (or OSError: missing, not readable). The caller's thread."""
+    with open(path, "rb") as f:
+        text = f.read(1024).decode("ascii", "replace").strip()
+        mode = os.fstat(f.fileno()).st_mode
+    if not _TOKEN.fullmatch(text):
+        raise TokenError(f"admin token file {path}: expected one token of 32..512 characters "
+                         f"[A-Za-z0-9._~+/=-] (value not shown)")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("admin token file %s is accessible to group or others (mode %04o): chmod 600 it", path,
+                    stat.S_IMODE(mode))
+    return text
+
+
+def load_or_create_token(path: str) -> str:
+    """Read the token file, or create it (mode 0600, 32 random bytes as hex) if there is none. At start."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise TokenError(f"admin token file {path}: cannot create it: {exc.strerror}") from None
+    else:
+        token = secrets.token_hex(32)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        log.info("admin API: created the token file %s (mode 0600)", path)
+        return token
+    try:
+        return read_token(path)
+    except OSError as exc:
+        raise TokenError(f"admin token file {path}: cannot read it: {exc.strerror}") from None
 
 
 def gateway_routes(gw, *, alarm_wait_s: float = ALARM_WAIT_S) -> RouteTable:
-    """The routing table of a running ``Gateway``. Base loop thread, in ``Gateway.start()``."""
+    """The routing table of a running ``Gateway``. Base loop thread, in ``Gateway.start()``; creates the
+    admin token when the gateway has state to change (the alarm stage); raises TokenError."""
     view = _WithoutAlarmStage(gw)
-    return AdminRoutes(lambda: build_status(view), gw.alarms, alarm_wait_s=alarm_wait_s).table()
+    token = load_or_create_token(token_path(gw.cfg)) if gw.alarms is not None else None
+
+    def status() -> dict:  # the admin loop thread, which also owns the server's counters
+        server = gw.admin.stats() if gw.admin is not None else {}
+        return {**build_status(view), "admin": {**server, **routes.stats()}}
+    routes = AdminRoutes(status, gw.alarms, token=token, alarm_wait_s=alarm_wait_s)
+    return routes.table()
 
 
 class AdminRoutes:
     """The handlers, and the table that names them. Handlers: admin loop thread."""
 
-    def __init__(self, status: Callable[[], dict], alarms=None, *, alarm_wait_s: float = ALARM_WAIT_S) -> None:
+    def __init__(self, status: Callable[[], dict], alarms=None, *, token: str | None = None,
+                 alarm_wait_s: float = ALARM_WAIT_S) -> None:
         """``status()``: the status document without the alarm thread's part (read without waiting);
-        ``alarms``: the ``AlarmStage`` (``gateway/app/alarm_stage.py``), None without one."""
+        ``alarms``: the ``AlarmStage`` (``gateway/app/alarm_stage.py``), None without one;
+        ``token``: what state-changing requests must present (None: they are all refused)."""
         self._status, self.alarms, self.alarm_wait_s = status, alarms, alarm_wait_s
+        self._token = None if token is None else token.encode("ascii")
+        self.unauthorized = 0        # 401 answers (admin thread writes)
+        self._logged_unauthorized = (0, float("-inf"))  # (count, monotonic s) at the last warning
 
     def table(self) -> RouteTable:
-        """The whole admin API. Any thread."""
-        return {("GET", "/status"): self.get_status,
-                ("GET", "/metrics"): self.get_metrics,
-                ("GET", "/alarms"): self.get_alarms,
-                ("POST", "/alarms/action"): self.post_action}
+        """The whole admin API; every route not GET behind the token check. Any thread."""
+        routes = {("GET", "/status"): self.get_status,
+                  ("GET", "/metrics"): self.get_metrics,
+                  ("GET", "/alarms"): self.get_alarms,
+                  ("POST", "/alarms/action"): self.post_action}
+        return {(method, path): handler if method in OPEN_METHODS else self._with_token(handler)
+                for (method, path), handler in routes.items()}
+
+    def stats(self) -> dict:
+        """The routing layer's figures for /status (counts of requests). Admin thread."""
+        return {"unauthorized": self.unauthorized}
+
+    def _with_token(self, handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def guarded(request: Request):
+            header = request.headers.get("authorization", "")
+            scheme, _, credentials = header.strip().partition(" ")
+            presented = credentials.strip().encode("latin-1", "replace")
+            if self._token is not None and scheme.lower() == "bearer" and hmac.compare_digest(presented,
+                                                                                              self._token):
+                return handler(request)
+            return self._unauthorized(request, "missing" if not header else "wrong")
+        return guarded
+
+    def _unauthorized(self, request: Request, why: str) -> Response:
+        self.unauthorized += 1
+        count, at = self._logged_unauthorized
+        now = time.monotonic()
+        if now - at >= UNAUTHORIZED_LOG_EVERY_S:  # a flood of them must not flood the log
+            log.warning("admin API: %d request(s) refused without a valid token (401) since the last report; "
+                        "the latest: %s %s from %s, token %s", self.unauthorized - count, request.method,
+                        request.path, request.client or "?", why)
+            self._logged_unauthorized = (self.unauthorized, now)
+        text = ("this gateway has no admin token: state-changing requests are refused" if self._token is None
+                else f"{request.method} {request.path} needs the admin token: 'Authorization: Bearer <token>' "
+                     f"(gateway alarms ... reads it with -c CONFIG or --token-file)")
+        return Response(401, {"error": text}, headers=_BEARER_CHALLENGE)
 
     def get_status(self, request: Request) -> Response | Future:
         doc = self._document()
@@ -96,14 +227,19 @@ class AdminRoutes:
                      lambda table: Response(200, {"event_seq": table[0], "alarms": table[1]}), _refused)
 
     def post_action(self, request: Request) -> Response | Future:
-        """Body ``{"action": "ack"|"shelve"|..., "key": "src/CODE/obj", "operator": NAME, "minutes": N}``."""
+        """Body ``{"action": "ack"|"shelve"|..., "key": "src/CODE/obj", "operator": NAME, "minutes": N,
+        "reason": TEXT}`` (``minutes`` only for shelve, ``reason`` optional). Token checked already."""
         if self.alarms is None:
             return _no_alarm_stage()
         try:
-            action = json.loads(request.body or b"{}")
+            action = parse_json(request.body or b"{}")
             if not isinstance(action, dict):
                 raise ValueError("expected a JSON object")
-            fut = self.alarms.operate(action)
+            unknown = sorted(set(action) - ACTION_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown field(s) {', '.join(repr(n[:40]) for n in unknown[:5])}; expected "
+                                 f"{', '.join(sorted(ACTION_FIELDS))}")
+            fut = self.alarms.operate(action, client=request.client or None)
         except (ValueError, TypeError) as exc:  # ModelError is a ValueError
             return Response(400, {"error": f"bad alarm action: {exc}"})
         return _then(fut, lambda events: Response(200, {"events": [e.to_json() for e in events]}), _refused)
@@ -113,6 +249,24 @@ class AdminRoutes:
         if not isinstance(doc, dict):
             raise TypeError(f"status function returned {type(doc).__name__}, expected a dict")
         return doc
+
+
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')   # a whole string (skipped), or a bracket
+
+
+def parse_json(body: bytes, max_depth: int = MAX_JSON_DEPTH):
+    """``json.loads`` for a request body, refusing (ValueError) nesting deeper than ``max_depth`` before
+    parsing: the parser would recurse once per level, and 64 KiB of ``[`` ends in a RecursionError."""
+    depth = 0
+    for m in _JSON_NESTING.finditer(body):
+        c = body[m.start()]
+        if c in b"[{":
+            depth += 1
+            if depth > max_depth:
+                raise ValueError(f"JSON nested deeper than {max_depth} levels")
+        elif c in b"]}":
+            depth -= 1
+    return json.loads(body)
 
 
 def _refused(exc: Exception) -> Response:

@@ -29,10 +29,10 @@ from concurrent.futures import Future
 from alarms.history.store import open_history
 from alarms.history_writer import HistorySink, HistoryWriter
 from alarms.journal import Journal
-from alarms.model import OperatorAction
-from alarms.service import AlarmService
+from alarms.model import AlarmKey, OperatorAction
 from alarms.observations import DeviceAlarmFrame, ObjectChange, ThreatSample
-from alarms.sources import SECTION_FAULT, SWITCH_LOST, Sources
+from alarms.service import AlarmService
+from alarms.sources import SECTION_FAULT, SWITCH_LOST, Sources, key_part
 
 log = logging.getLogger("railgate.alarms")
 
@@ -70,14 +70,19 @@ class AlarmStage:
 
     # -- life (base loop thread) ------------------------------------------------------------
     def start(self) -> None:
-        """Start the alarm thread, the broker (embedded), the relay and the writers."""
+        """Start the alarm thread, the broker (embedded), the relay and the writers.
+
+        No outside service has to answer: the relay child, the history writer and the live-table
+        writer each retry theirs (Kafka, MySQL, Redis) with a back-off and catch up from the
+        journal, which is local, when it returns."""
         p = self.cfg.pipeline
         self.service.start()
         bootstrap = self._bootstrap()
         self.relay = self._new_relay(bootstrap)
         self.relay.start()
         self.service.subscribe(self.relay.wake)
-        store = open_history(p.history, self.state_dir)
+        # migrated on first use in the writer thread: a store that is down at start delays the history only
+        store = open_history(p.history, self.state_dir, migrate=False)
         self.writers.append(HistoryWriter(self.journal_path, HistorySink(store, self.cfg.gateway.id)))
         if p.redis is not None:
             from alarms.live.live_table import LiveTable, journal_snapshot, redis_client
@@ -157,6 +162,12 @@ class AlarmStage:
     def observe_device_alarm(self, device_name: str, message, time_ms: int) -> None:
         self.service.submit(DeviceAlarmFrame(device_name, message, time_ms), priority=True)
 
+    def reconcile(self) -> None:
+        """After the start-up grace: clear restored alarms that what the links show no longer holds
+        (a restart must not leave false communication or threat alarms). Base loop timer, once."""
+        conditions = {AlarmKey(key_part(source), name) for name, source in self.line.events.active_conditions()}
+        self.service.reconcile(conditions, self.line.now_ms())
+
     def sample_threats(self) -> None:
         """Per-link cumulative error counters to the threat monitor. Base loop timer, every second."""
         now_ms = self.line.now_ms()
@@ -200,11 +211,14 @@ class AlarmStage:
         Any thread; never blocks."""
         return self.service.snapshot()
 
-    def operate(self, request: dict) -> Future:
+    def operate(self, request: dict, client: str | None = None) -> Future:
         """An operator action, ``{"action": "ack"|"shelve"|..., "key": "src/CODE/obj", "operator": NAME,
-        "minutes": N}``, to the alarm thread. A malformed one raises ModelError (a ValueError) or TypeError
-        here; otherwise the future gets the action's events once journaled, or UnknownAlarm,
-        IllegalTransition or ValueError with nothing changed. Any thread; never blocks."""
+        "minutes": N, "reason": TEXT}``, to the alarm thread; ``client``: the address it came from,
+        journaled with its events. A malformed one (bad key, operator or reason: see
+        ``alarms.model.OperatorAction``) raises ModelError (a ValueError) or TypeError here; otherwise
+        the future gets the action's events once journaled, or UnknownAlarm, IllegalTransition or
+        ValueError with nothing changed. Any thread; never blocks."""
         action = OperatorAction(request.get("action"), request.get("key"), request.get("operator"),
-                                self.line.now_ms(), request.get("minutes"))
+                                self.line.now_ms(), request.get("minutes"), request.get("reason"), client)
+        log.info("operator action requested: %s %s by %s from %s", action.action, action.key, action.operator, client)
         return self.service.operate(action)

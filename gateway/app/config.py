@@ -8,6 +8,13 @@ once, each naming its key path and what was expected::
       gateway.listen.net_a.port: expected an integer 1..65535, got 'abc'
       devices[1].kind: expected one of interlocking, zone_controller, platform_doors, got 'foo'
 
+The file is strict: a key no section knows is a problem that names the closest
+known key (``line.timezon: unknown key (did you mean 'timezone'?)``), a key
+given twice in one mapping is a problem with its line number, and the parts are
+checked against each other (ids and device names unique, a train in one
+consist, no MAC key on a ``mac: off`` device). ``gateway check`` runs the same
+validation without starting anything.
+
 Settings marked *live* (heartbeat, thresholds, log level) take effect on
 SIGHUP; :func:`diff` says which changed settings need a restart.
 
@@ -16,18 +23,45 @@ accessor (a lock around one reference swap; readers get an immutable object).
 """
 from __future__ import annotations
 
+import difflib
 import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from alarms.settings import SECTIONS as PIPELINE_SECTIONS
 from alarms.settings import PipelineSettings, parse_pipeline
+from alarms.sources import key_part
 
+from gateway.coupling.settings import SECTION as COUPLING_SECTION
 from gateway.coupling.settings import CouplingSettings, parse_coupling
 
 KINDS = {"interlocking": 1, "zone_controller": 2, "platform_doors": 3}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+TOP_LEVEL = "(top level)"
+_ENDPOINT = ("host", "port")
+#: The keys each mapping may hold, by key path ("devices[]": every device). The alarm pipeline's
+#: sections and coupling's declare theirs in alarms/settings.py and gateway/coupling/settings.py.
+#: Any other key is a problem: a misspelt key must never fall back to a default in silence
+#: (``line.timezon`` would move the alarm topics to UTC).
+KEYS: dict[str, tuple[str, ...]] = {
+    TOP_LEVEL: ("gateway", "line", "devices", "trains", COUPLING_SECTION, *PIPELINE_SECTIONS),
+    "gateway": ("id", "name", "listen", "admin", "io_threads", "heartbeat_ms", "dead_after_heartbeats",
+                "hello_timeout_ms", "max_age_ms", "max_links", "ring_bytes", "udp_slabs", "output_high_water_bytes",
+                "error_rate_limit", "log", "state_dir"),
+    "gateway.listen": ("net_a", "net_b", "udp"),
+    "gateway.listen.net_a": _ENDPOINT,
+    "gateway.listen.net_b": _ENDPOINT,
+    "gateway.listen.udp": _ENDPOINT,
+    "gateway.admin": (*_ENDPOINT, "token_file", "max_connections", "max_connections_per_client",
+                      "reserved_connections", "token"),  # token: known only to be refused with a reason
+    "gateway.log": ("level", "file", "format"),
+    "line": ("name", "timezone"),
+    "devices[]": ("id", "name", "kind", "nets", "mac", "mac_key", "sections", "signals", "switches"),
+    "trains": ("heartbeat_ms", "ids", "consists"),
+}
 
 
 class ConfigError(ValueError):
@@ -39,10 +73,40 @@ class ConfigError(ValueError):
         super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}\n  " + "\n  ".join(problems))
 
 
+def unknown_key(path: str, key: object, known: tuple[str, ...]) -> str:
+    """The problem of one unknown ``key`` in the mapping at ``path``: the closest known key, if one is close.
+
+    The one wording of unknown keys for every section: the pipeline's and coupling's parsers are
+    handed this function by :func:`parse`.
+    """
+    where = f"{path}.{key}" if path and path != TOP_LEVEL else str(key)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(known)}"
+    return f"{where}: unknown key ({hint})"
+
+
 @dataclass(frozen=True)
 class Endpoint:
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """``gateway.admin``: where the admin API listens, its token file and its connection limits (the
+    defaults are the server's, ``gateway/adapters/admin_http.py``; the rules are in its docstring)."""
+
+    host: str
+    port: int
+    token_file: str | None = None        # None: <state_dir>/admin.token, created at the first start
+    max_connections: int = 128
+    max_connections_per_client: int = 16
+    reserved_connections: int = 4        # of max_connections, for an address holding none
+
+    def server_limits(self) -> dict:
+        """The keyword arguments ``AdminServer`` takes for these limits."""
+        return {"max_connections": self.max_connections, "max_per_client": self.max_connections_per_client,
+                "reserved": self.reserved_connections}
 
 
 
@@ -94,7 +158,7 @@ class Settings:
     net_a: Endpoint
     net_b: Endpoint
     udp: Endpoint
-    admin: Endpoint
+    admin: AdminSettings
     io_threads: int
     heartbeat_ms: int
     dead_after: int
@@ -108,6 +172,7 @@ class Settings:
     log_level: str
     log_file: str | None
     state_dir: str
+    log_format: str = "text"        # text | json: one record per line either way
 
 
 @dataclass(frozen=True)
@@ -143,7 +208,12 @@ class _Reader:
     def bad(self, path: str, expected: str, value: Any) -> None:
         self.problems.append(f"{path}: expected {expected}, got {value!r}")
 
+    def known(self, obj: dict, path: str, keys: tuple[str, ...]) -> None:
+        """Every key of ``obj`` that is not in ``keys`` is a problem."""
+        self.problems += [unknown_key(path, k, keys) for k in obj if k not in keys]
+
     def section(self, obj: dict, key: str, path: str, required: bool = True) -> dict:
+        """The mapping at ``obj[key]`` ({} if absent or not a mapping), its keys checked against ``KEYS[path]``."""
         value = obj.get(key) if isinstance(obj, dict) else None
         if value is None:
             if required:
@@ -152,6 +222,8 @@ class _Reader:
         if not isinstance(value, dict):
             self.bad(path, "a mapping", value)
             return {}
+        if path in KEYS:
+            self.known(value, path, KEYS[path])
         return value
 
     def int(self, obj: dict, key: str, path: str, lo: int, hi: int, default: int | None = None) -> int:
@@ -187,8 +259,12 @@ class _Reader:
 def parse(data: Any, source: str = "<config>") -> Config:
     """Validate a parsed YAML document; raise ConfigError listing every problem."""
     r = _Reader()
+    if data is None:
+        raise ConfigError(source, [f"{TOP_LEVEL}: the file is empty (expected a mapping with gateway:, line:, "
+                                   "devices:, trains:)"])
     if not isinstance(data, dict):
-        raise ConfigError(source, [f"(top level): expected a mapping, got {type(data).__name__}"])
+        raise ConfigError(source, [f"{TOP_LEVEL}: expected a mapping, got {type(data).__name__}"])
+    r.known(data, TOP_LEVEL, KEYS[TOP_LEVEL])
     gw = r.section(data, "gateway", "gateway")
     listen = r.section(gw, "listen", "gateway.listen")
     log = r.section(gw, "log", "gateway.log", required=False)
@@ -198,7 +274,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         net_a=r.endpoint(listen, "net_a", "gateway.listen.net_a"),
         net_b=r.endpoint(listen, "net_b", "gateway.listen.net_b"),
         udp=r.endpoint(listen, "udp", "gateway.listen.udp"),
-        admin=r.endpoint(gw, "admin", "gateway.admin", default_port=17080),
+        admin=_admin(r, gw),
         io_threads=r.int(gw, "io_threads", "gateway.io_threads", 0, 64, default=1),
         heartbeat_ms=r.int(gw, "heartbeat_ms", "gateway.heartbeat_ms", 50, 60_000, default=500),
         dead_after=r.int(gw, "dead_after_heartbeats", "gateway.dead_after_heartbeats", 2, 20, default=3),
@@ -212,9 +288,11 @@ def parse(data: Any, source: str = "<config>") -> Config:
         error_rate_limit=r.int(gw, "error_rate_limit", "gateway.error_rate_limit", 1, 1_000_000, default=50),
         log_level=r.str(log, "level", "gateway.log.level", default="INFO", choices=LEVELS),
         log_file=log.get("file"),
+        log_format=r.str(log, "format", "gateway.log.format", default="text", choices=LOG_FORMATS),
         state_dir=r.str(gw, "state_dir", "gateway.state_dir", default="state"),
     )
     line = r.section(data, "line", "line", required=False)
+    line_name = r.str(line, "name", "line.name", default="line")
     tz = r.str(line, "timezone", "line.timezone", default="UTC")
     try:
         ZoneInfo(tz)
@@ -223,14 +301,30 @@ def parse(data: Any, source: str = "<config>") -> Config:
     devices = _devices(r, data.get("devices", []))
     trains = _trains(r, r.section(data, "trains", "trains", required=False))
     _cross_checks(r, settings, devices, trains)
-    pipeline, problems = parse_pipeline(data)
+    pipeline, problems = parse_pipeline(data, unknown=unknown_key)
     r.problems += problems
-    coupling, problems = parse_coupling(data.get("coupling"))
+    coupling, problems = parse_coupling(data.get(COUPLING_SECTION), unknown=unknown_key)
     r.problems += problems
     if r.problems:
         raise ConfigError(source, r.problems)
-    return Config(source, settings, r.str(line, "name", "line.name", default="line"), tz, devices, trains, data,
-                  pipeline, coupling)
+    return Config(source, settings, line_name, tz, devices, trains, data, pipeline, coupling)
+
+
+def _admin(r: _Reader, gw: dict) -> AdminSettings:
+    where = r.endpoint(gw, "admin", "gateway.admin", default_port=17080)
+    sec = gw.get("admin") if isinstance(gw, dict) and isinstance(gw.get("admin"), dict) else {}
+    token_file = sec.get("token_file")
+    if token_file is not None and (not isinstance(token_file, str) or not token_file.strip()):
+        r.bad("gateway.admin.token_file", "the path of a file holding the admin token", token_file)
+        token_file = None
+    if "token" in sec:  # a secret does not belong in a line file that is copied, diffed and printed
+        r.problems.append("gateway.admin.token: not supported (value not shown): put the token in a file "
+                          "readable only by the gateway's user and name it with gateway.admin.token_file")
+    most = r.int(sec, "max_connections", "gateway.admin.max_connections", 2, 65536, default=128)
+    reserved = r.int(sec, "reserved_connections", "gateway.admin.reserved_connections", 0, most - 1, default=4)
+    per_client = r.int(sec, "max_connections_per_client", "gateway.admin.max_connections_per_client", 1,
+                       max(1, most - reserved), default=min(16, max(1, most - reserved)))
+    return AdminSettings(where.host, where.port, token_file, most, per_client, reserved)
 
 
 def _devices(r: _Reader, items: Any) -> tuple[Device, ...]:
@@ -243,6 +337,7 @@ def _devices(r: _Reader, items: Any) -> tuple[Device, ...]:
         if not isinstance(d, dict):
             r.bad(p, "a mapping", d)
             continue
+        r.known(d, p, KEYS["devices[]"])
         kind = r.str(d, "kind", f"{p}.kind", choices=tuple(KINDS))
         nets = d.get("nets", ["A", "B"])
         if not isinstance(nets, list) or not nets or len(set(nets)) != len(nets) or any(
@@ -258,6 +353,9 @@ def _devices(r: _Reader, items: Any) -> tuple[Device, ...]:
                 r.problems.append(f"{p}.mac_key: {problem}")
         if mac == "required" and not key_given:
             r.problems.append(f"{p}.mac_key: missing (required when mac is 'required')")
+        if mac == "off" and key_given:  # a key that is never used looks like protection that is not there
+            r.problems.append(f"{p}.mac_key: given, but mac is 'off' (set mac: optional or required, "
+                              "or remove the key)")
         out.append(Device(id=r.int(d, "id", f"{p}.id", 1, 0xFFFF), name=r.str(d, "name", f"{p}.name"),
                           kind=KINDS.get(kind, 1), nets=tuple(nets), mac=mac, mac_key=key,
                           sections=r.ids(d, "sections", f"{p}.sections"),
@@ -269,6 +367,7 @@ def _devices(r: _Reader, items: Any) -> tuple[Device, ...]:
 def _trains(r: _Reader, t: dict) -> Trains:
     ids = r.ids(t, "ids", "trains.ids")
     consists: dict[int, tuple[int, int]] = {}
+    consist_of: dict[int, int] = {}  # train -> its consist: a train couples with one other train only
     raw = t.get("consists", {}) or {}
     if not isinstance(raw, dict):
         r.bad("trains.consists", "a mapping consist_id: [train, train]", raw)
@@ -282,8 +381,14 @@ def _trains(r: _Reader, t: dict) -> Trains:
         elif not isinstance(members, list) or len(members) != 2 or any(m not in ids for m in members) \
                 or members[0] == members[1]:
             r.bad(p, "two different train ids listed in trains.ids", members)
+        elif cid in consists:
+            r.problems.append(f"{p}: consist {cid} is listed twice (as {cid} and as {str(cid)!r})")
+        elif taken := [m for m in members if m in consist_of]:
+            r.problems.append(f"{p}: train {taken[0]} is already in consist {consist_of[taken[0]]} "
+                              "(a train belongs to one consist)")
         else:
             consists[cid] = (members[0], members[1])
+            consist_of.update(dict.fromkeys(members, cid))
     return Trains(r.int(t, "heartbeat_ms", "trains.heartbeat_ms", 50, 60_000, default=1000), ids, consists)
 
 
@@ -297,23 +402,90 @@ def _cross_checks(r: _Reader, s: Settings, devices, trains: Trains) -> None:
         if t in seen:
             r.problems.append(f"trains.ids: {t} is already used by {seen[t]}")
         seen[t] = "trains.ids"
+    # a device's name is its alarms' source in the alarm key (alarms/sources.py key_part): two devices
+    # with one name would raise, acknowledge and clear each other's alarms
+    named: dict[str, int] = {}
+    for i, d in enumerate(devices):
+        first = named.setdefault(key_part(d.name), i)
+        if first != i:
+            same = "is already the name of" if devices[first].name == d.name else \
+                f"gives the same alarm key as {devices[first].name!r} of"
+            r.problems.append(f"devices[{i}].name: {d.name!r} {same} devices[{first}] (alarm keys would collide)")
     ports = [(s.net_a, "gateway.listen.net_a"), (s.net_b, "gateway.listen.net_b")]
     if s.net_a.port and (s.net_a.host, s.net_a.port) == (s.net_b.host, s.net_b.port):
         r.problems.append(f"{ports[1][1]}: same address as {ports[0][1]} (net A and net B must differ)")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting every key given twice in one mapping (PyYAML keeps the last in silence)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeated: list[tuple[int, str]] = []  # (line, problem): mappings are built inner ones last
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges a mapping; a key beside it overrides on purpose
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                earlier = first.get(key)
+            except TypeError:
+                continue  # an unhashable key: the constructor below says so
+            if earlier is None:
+                first[key] = line
+            else:  # on any line, the same one too: {port: 1, port: 2}
+                self.repeated.append((line, f"line {line}: key {key!r} appears twice in this mapping "
+                                            f"(first on line {earlier})"))
+        return super().construct_mapping(node, deep)
+
+
 def load(path: str) -> Config:
-    """Read and validate a YAML line file."""
+    """Read and validate a YAML line file; raise ConfigError naming the file and every problem.
+
+    A file that is not UTF-8, is not YAML or repeats a key stops here, with the line of the problem:
+    validating a guess of what an ambiguous file meant would report problems of a file nobody wrote.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as exc:
         raise ConfigError(path, [f"(file): cannot read: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(path, [f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start});"
+                                 " save the file as UTF-8"]) from None
+    try:
+        loader = _StrictLoader(text)  # checks for control characters at once
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise ConfigError(path, [f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        raise ConfigError(path, [_yaml_problem(exc, text)]) from None
+    if loader.repeated:
+        raise ConfigError(path, [problem for _, problem in sorted(loader.repeated)])
     return parse(data, path)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """A YAML error as one line: where (line, column) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+    elif isinstance(exc, yaml.reader.ReaderError):  # a control character: PyYAML gives only its offset
+        where = f"line {text.count(chr(10), 0, exc.position) + 1}"
+    else:
+        where = "(file)"
+    what = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+    if getattr(exc, "context", None):
+        what = f"{what} ({exc.context})"
+    if isinstance(exc, yaml.reader.ReaderError):
+        what = f"character #x{exc.character:04x}: {what}" if isinstance(exc.character, int) else what
+    return f"{where}: not valid YAML: {' '.join(str(what).split())}"
 
 
 def diff(old: Config, new: Config) -> tuple[list[str], list[str]]:

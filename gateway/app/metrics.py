@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+from gateway.base.version import build_info
+
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LOOP_METRICS = (  # (status keys, first present wins; metric; type; help)
@@ -72,8 +74,12 @@ def render_metrics(status: dict) -> str:
     Missing sections give families without samples; ``None`` values give no sample.
     """
     f = _Families()
+    # the status's version is the serving gateway's; a status without one (older, or a test's) gets ours
+    build = {**build_info(), **({"version": status["version"]} if status.get("version") else {})}
     f.add("railgate_info", "gauge", "Gateway identity in labels; always 1.", 1, gateway_id=status.get("gateway_id", ""),
-          name=status.get("name", ""), version=status.get("version", ""))
+          name=status.get("name", ""), version=build["version"])
+    f.add("railgate_build_info", "gauge", "The running build in labels (version, Python version, hot-path "
+          "implementation); always 1.", 1, **build)
     f.add("railgate_uptime_seconds", "gauge", "Seconds since the gateway started.", status.get("uptime_s"))
     for d in status.get("devices", ()):
         dev = d.get("id")

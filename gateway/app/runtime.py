@@ -24,6 +24,7 @@ from gateway.app.alarm_stage import AlarmStage
 from gateway.app.config import Config, load
 from gateway.app.context import Context, new_link
 from gateway.app.status import build_status
+from gateway.base import sd_notify
 from gateway.coupling.engine import CouplingEngine
 from gateway.coupling.workers import CouplingWorkers
 from gateway.line.line import Line
@@ -69,10 +70,20 @@ class Gateway:
                            coupling=self.coupling_workers)
         self.base = EventLoop(name="base")
         self.pool = EventLoopThreadPool(self.base, s.io_threads)
-        self.acceptors = [Acceptor(self.ctx, self.base, self.pool, listen_socket(ep.host, ep.port), net,
-                                   self.link_pool, lambda *args: new_link(self.ctx, *args))
-                          for net, ep in (("A", s.net_a), ("B", s.net_b))]
-        self.udp_sock = udp_socket(s.udp.host, s.udp.port)
+        # A busy or forbidden address is the operator's to fix: the OSError names it ("cannot listen on
+        # 127.0.0.1:7001: Address already in use", `gateway run` prints that line); what was bound is closed.
+        bound: list = []
+        try:
+            for ep in (s.net_a, s.net_b):
+                bound.append(listen_socket(ep.host, ep.port))
+            self.udp_sock = udp_socket(s.udp.host, s.udp.port)
+        except OSError:
+            for sock in bound:
+                sock.close()
+            raise
+        self.acceptors = [Acceptor(self.ctx, self.base, self.pool, sock, net, self.link_pool,
+                                   lambda *args: new_link(self.ctx, *args))
+                          for net, sock in zip(("A", "B"), bound)]
         self.udp: UdpEndpoint | None = None
         self.admin = None
         self._want_admin = admin
@@ -121,14 +132,18 @@ class Gateway:
         self.coupling_workers.start()
         self.base.call_every(1.0, lambda: self.coupling.check_timeouts(self.line.now_ms()))
         grace_s = (s.hello_timeout_ms + s.dead_after * s.heartbeat_ms) / 1000
-        self.base.call_later(grace_s, lambda: self.line.registry.check_startup(self.line.now_ms()))
+        self.base.call_later(grace_s, self._after_startup_grace)
         if self._want_admin:  # its own loop thread; the routing table is gateway/app/admin_routes.py's
             from gateway.adapters.admin_http import AdminServer
             from gateway.app.admin_routes import gateway_routes
             self.admin = AdminServer(s.admin.host, s.admin.port, gateway_routes(self))
             self.admin.start()
-        log.info("gateway %s up: net A %s, net B %s, udp %s, %d IO threads", s.name, *self.ports.values(),
-                 s.io_threads)
+        ports = self.ports
+        log.info("gateway %s up: net A %s, net B %s, udp %s, admin %s, %d IO threads", s.name, ports["A"],
+                 ports["B"], ports["udp"], ports.get("admin", "off"), s.io_threads)
+        sd_notify.notify("READY=1")  # systemd Type=notify (no-op without $NOTIFY_SOCKET); WatchdogSec= pings:
+        if (watchdog_s := sd_notify.watchdog_interval_s()) is not None:  # a stuck base loop stops them
+            self.base.call_every(watchdog_s, lambda: sd_notify.notify("WATCHDOG=1"))
 
     def run(self) -> None:
         """Run the base loop until stop() (signal handlers are installed by start())."""
@@ -142,6 +157,7 @@ class Gateway:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        sd_notify.notify("STOPPING=1")  # systemd: the stop is under way (no-op without $NOTIFY_SOCKET)
         self.base.queue_in_loop(self._begin_stop)
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
@@ -168,7 +184,19 @@ class Gateway:
     def _check_trains(self) -> None:
         self.line.registry.check_trains(self.line.now_ms(), self.started_ms)
 
+    def _after_startup_grace(self) -> None:
+        """Every device has had its time to connect: raise what is still missing, then clear what was
+        restored from the journal and is no longer true (alarms true across restarts)."""
+        self.line.registry.check_startup(self.line.now_ms())
+        if self.alarms is not None:
+            self.alarms.reconcile()
+
     def _begin_stop(self) -> None:
+        # a planned stop is not lost communication: one GATEWAY_STOPPING event instead of a
+        # DEVICE_COMM_LOST / LINK_REDUNDANCY_LOST per device that would outlive the restart
+        self.line.registry.begin_shutdown()
+        self.line.events.emit("GATEWAY_STOPPING", self.cfg.gateway.name, self.line.now_ms(),
+                              "planned stop: every link closed with CLOSE reason 0")
         for acc in self.acceptors:
             acc.stop()
         for link in self.ctx.links_snapshot():

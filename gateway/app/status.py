@@ -12,6 +12,8 @@ import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from gateway.base.version import version
+
 KIND_NAMES = {1: "interlocking", 2: "zone_controller", 3: "platform_doors"}
 
 
@@ -20,7 +22,7 @@ def build_status(gw) -> dict:
     line = gw.line
     now_ms = line.now_ms()
     return {
-        "gateway_id": gw.cfg.gateway.id, "name": gw.cfg.gateway.name, "line": gw.cfg.line_name,
+        "gateway_id": gw.cfg.gateway.id, "name": gw.cfg.gateway.name, "line": gw.cfg.line_name, "version": version(),
         "uptime_s": round(time.monotonic() - gw.started_mono, 3),
         "started_at": datetime.fromtimestamp(gw.started_ms / 1000, ZoneInfo(gw.cfg.timezone)).isoformat(
             timespec="seconds"),

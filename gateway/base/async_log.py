@@ -42,21 +42,83 @@ full, to hand it over and take a spare); the writer thread holds it only for
 the swap and to return buffers. Memory is bounded: the current buffer, the
 backlog (``max_backlog_bytes``, or one buffer if that is larger), the batch
 being written (the same bound again) and the spares.
+
+Log rotation: :meth:`DoubleBufferHandler.reopen` (the gateway calls it on
+SIGUSR1, logrotate's ``postrotate``) only sets a flag; the writer thread, after
+its next swap and before writing, opens the path again and closes the old file,
+so every record emitted after the signal lands in the new file.
+
+Lines: :class:`LineFormatter` makes every record exactly one line (newlines
+and other line breaks in messages and tracebacks are escaped) stamped with an
+ISO-8601 time with its UTC offset (``2026-11-28T21:53:40.123+08:00``), as text
+or as one JSON object per line.
 """
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import sys
 import threading
-import time
 import traceback
+from datetime import datetime, tzinfo
 from typing import BinaryIO
 
-__all__ = ["DoubleBufferHandler", "install", "shutdown", "DEFAULT_FORMAT"]
+__all__ = ["DoubleBufferHandler", "LineFormatter", "install", "shutdown", "iso_time", "DEFAULT_FORMAT"]
 
 DEFAULT_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
+
+# Every character str.splitlines() breaks on, and the other C0 controls but TAB (a terminal escape
+# in a device name must not reach an operator's terminal either): one record stays one line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, 0x85) if c != 0x09}
+_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break and control character but TAB escaped (``\\n``, ``\\x1b``)."""
+    return text.translate(_ESCAPES)
+
+
+def iso_time(timestamp: float, tz: tzinfo | None = None) -> str:
+    """``2026-11-28T21:53:40.123+08:00``: ISO 8601, milliseconds, the offset of ``tz`` (None: local)."""
+    moment = datetime.fromtimestamp(timestamp, tz) if tz is not None else datetime.fromtimestamp(timestamp).astimezone()
+    return moment.isoformat(timespec="milliseconds")
+
+
+class LineFormatter(logging.Formatter):
+    """One record, one line, with an ISO-8601 time and its offset. Safe from any thread.
+
+    ``style="text"``: ``fmt`` (default :data:`DEFAULT_FORMAT`) with ``%(asctime)s`` as
+    :func:`iso_time`; the traceback of ``exc_info`` follows the message on the same line, its
+    newlines escaped. ``style="json"``: one JSON object per line with ``time``, ``level``,
+    ``logger``, ``thread``, ``message`` and, when there is one, ``exc`` (the traceback) and
+    ``stack``. ``tz``: the time zone of the stamps (the line's; None: the host's local zone).
+    """
+
+    def __init__(self, fmt: str = DEFAULT_FORMAT, *, style: str = "text", tz: tzinfo | None = None) -> None:
+        if style not in ("text", "json"):
+            raise ValueError(f"log format: expected text or json, got {style!r}")
+        super().__init__(fmt)
+        self.json = style == "json"
+        self.tz = tz
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_time(record.created, self.tz)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not self.json:
+            return one_line(super().format(record))
+        doc = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+               "thread": record.threadName, "message": record.getMessage()}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        # ensure_ascii: no U+2028 or other Unicode line break can split the line
+        return json.dumps(doc, ensure_ascii=True, default=str)
 
 
 class _Buffer:
@@ -84,7 +146,8 @@ class DoubleBufferHandler(logging.Handler):
     Counters (plain ints, read them from any thread): ``dropped`` records shed
     because the backlog exceeded ``max_backlog_bytes``; ``dropped_after_close``
     records emitted after ``close()``; ``write_errors`` failed ``write()`` /
-    ``flush()`` calls on the file.
+    ``flush()`` calls on the file (and failed reopens); ``reopens`` files
+    opened again by :meth:`reopen`.
     """
 
     terminator = "\n"
@@ -100,9 +163,9 @@ class DoubleBufferHandler(logging.Handler):
                              "spare_buffers >= 0")
         super().__init__(level)
         if hasattr(target, "write"):
-            self._file, self._owns_file = target, False
+            self._file, self._owns_file, self._path = target, False, None
         else:
-            self._file, self._owns_file = open(target, "ab"), True
+            self._file, self._owns_file, self._path = open(target, "ab"), True, target
         self.encoding = encoding
         self.errors = errors
         self._buffer_bytes = buffer_bytes
@@ -112,6 +175,8 @@ class DoubleBufferHandler(logging.Handler):
         self.dropped = 0
         self.dropped_after_close = 0
         self.write_errors = 0
+        self.reopens = 0
+        self._reopen_req = False       # set by reopen() (a signal handler): no lock, see reopen()
 
         # One plain Lock for the buffers; logging's own per-handler RLock
         # (self.lock) is not used on the emit path, see handle().
@@ -223,6 +288,10 @@ class DoubleBufferHandler(logging.Handler):
                 dropped, self._drop_pending = self._drop_pending, 0
                 flush_req = self._flush_req
                 stopping = self._closed
+            if self._reopen_req:
+                # after the swap: what was emitted after reopen() is in this batch, and goes to the new file
+                self._reopen_req = False
+                self._reopen_file()
             if batch or dropped:
                 self._write_batch(batch, dropped)
             with mutex:
@@ -236,13 +305,41 @@ class DoubleBufferHandler(logging.Handler):
                 # record can have been appended after it.
                 return
 
+    def _note(self, level: int, text: str) -> bytes:
+        """A line of the handler's own (writer thread), in the handler's format when it is a
+        LineFormatter, else ``<time> LEVEL async_log: text``."""
+        if isinstance(self.formatter, LineFormatter):
+            record = logging.LogRecord("async_log", level, __file__, 0, text, None, None)
+            line = self.formatter.format(record)
+        else:
+            line = f"{iso_time(datetime.now().timestamp())} {logging.getLevelName(level)} async_log: {text}"
+        return (line + self.terminator).encode(self.encoding, self.errors)
+
+    def _reopen_file(self) -> None:
+        """Writer thread: open the path again (logrotate renamed the file), then close the old one.
+        A failure keeps the old file and counts a write error."""
+        if not self._owns_file:
+            return
+        try:
+            new = open(self._path, "ab")
+        except OSError:
+            self.write_errors += 1
+            self._report_error()
+            return
+        old, self._file = self._file, new
+        self.reopens += 1
+        try:
+            old.close()
+        except Exception:
+            self.write_errors += 1
+            self._report_error()
+        self._write_one(new, self._note(logging.INFO, f"log file reopened ({self.reopens} since start)"))
+
     def _write_batch(self, batch: collections.deque[_Buffer], dropped: int) -> None:
         f = self._file
         if dropped:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            note = (f"{stamp} WARNING async_log: dropped {dropped} records "
-                    f"(log backlog over {self._max_backlog} bytes)\n")
-            self._write_one(f, note.encode("ascii"))
+            self._write_one(f, self._note(logging.WARNING, f"dropped {dropped} records "
+                                                           f"(log backlog over {self._max_backlog} bytes)"))
         for buf in batch:
             self._write_one(f, buf.view[:buf.used])
         try:
@@ -312,6 +409,15 @@ class DoubleBufferHandler(logging.Handler):
                 self._report_error()
         super().close()
 
+    def reopen(self) -> None:
+        """Have the writer thread reopen the file by its path before it writes again (within
+        ``flush_interval``; at once on ``flush()``). For logrotate: rename the file, then signal.
+
+        Safe from a signal handler and from any thread: it only sets a flag (a handler running
+        in a thread that holds the buffer lock must not wait for it). Does nothing for a file
+        object passed in by the caller."""
+        self._reopen_req = True
+
     @property
     def backlog_bytes(self) -> int:
         """Bytes in full buffers waiting for the writer thread. Safe from any thread."""
@@ -323,15 +429,17 @@ _installed: DoubleBufferHandler | None = None
 
 
 def install(path: str | bytes | os.PathLike[str], level: int = logging.INFO,
-            fmt: str = DEFAULT_FORMAT) -> DoubleBufferHandler:
+            fmt: str = DEFAULT_FORMAT, formatter: logging.Formatter | None = None) -> DoubleBufferHandler:
     """Attach a DoubleBufferHandler for ``path`` to the root logger and return it.
 
+    ``formatter`` (e.g. a :class:`LineFormatter`) replaces a plain ``logging.Formatter(fmt)``.
     Sets the root logger's level to ``level``. A handler installed earlier is
-    shut down first. Meant for start-up code; safe from any thread.
+    shut down first. Raises OSError if ``path`` cannot be opened.
+    Meant for start-up code; safe from any thread.
     """
     global _installed
     handler = DoubleBufferHandler(path)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(formatter or logging.Formatter(fmt))
     with _install_lock:
         previous, _installed = _installed, handler
         root = logging.getLogger()

@@ -9,6 +9,7 @@ import sys
 
 _COMMANDS = {
     "run": ("gateway.cli.run_cmd:run_main", "run the gateway (-c config/demo-line.yaml; --daemon --pidfile F)"),
+    "check": ("gateway.cli.check_cmd:main", "validate a line file without starting; print the effective config"),
     "stop": ("gateway.cli.run_cmd:stop_main", "stop a daemon gateway gracefully (--pidfile F)"),
     "status": ("gateway.cli.status_cmd:main", "show devices, links, trains, loops and pools (--json, --watch)"),
     "decode": ("gateway.cli.decode_cmd:main", "decode ICD frames (hex or raw) to JSON lines"),
@@ -19,7 +20,8 @@ _COMMANDS = {
 
 def _usage() -> str:
     rows = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in _COMMANDS.items())
-    return f"usage: gateway COMMAND [ARGS]\n\ncommands:\n{rows}\n\n`gateway COMMAND --help` for each.\n"
+    return (f"usage: gateway COMMAND [ARGS]\n       gateway --version\n\ncommands:\n{rows}\n\n"
+            "`gateway COMMAND --help` for each.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +30,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_usage())
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    if name not in _COMMANDS:
+    if name not in _COMMANDS and name != "--version":
         sys.stderr.write(f"gateway: unknown command {name!r}\n" + _usage())
         return 2
+    # `gateway --version` and `gateway CMD --version` alike: no subcommand has a --version of its own
+    # (after `--` it is an argument, not the flag)
+    if "--version" in argv[:argv.index("--") if "--" in argv else len(argv)]:
+        from gateway.base.version import version_line
+        sys.stdout.write(version_line() + "\n")
+        return 0
     module_name, func = _COMMANDS[name][0].split(":")
     module = __import__(module_name, fromlist=[func])
     return getattr(module, func)(rest)

@@ -5,18 +5,22 @@
 per change until interrupted, following the topic across the line's local
 midnight. ``--json``: one JSON object per line (``{"table": [...]}`` first,
 then the event messages as published, and ``{"kind": "reset"|"rollover", ...}``).
+What comes from the topic is printed through ``safe_text`` / ``json_line``
+(``gateway/cli/status_cmd.py``): an alarm text or an operator's name cannot
+forge a line or drive the terminal.
 
 Exit status: 0 on Ctrl-C, 2 on bad usage. Runs in the caller's thread.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gateway.cli.status_cmd import json_line, safe_text
 
 #: name -> ("module:function", help); each module is imported only when its subcommand runs
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -40,17 +44,21 @@ def _iso(ms: int | None, tz: ZoneInfo) -> str:
 def format_entry(e: dict, tz: ZoneInfo) -> str:
     flags = " chattering" if e.get("chattering") else ""
     who = f" by {e['operator']}" if e.get("operator") else ""
-    return (f"{e['alarm']['key']:<40} {e['severity']:<8} {e['state']:<14} raised {_iso(e['raised_ms'], tz)} "
-            f"updated {_iso(e['updated_ms'], tz)} seq {e['event_seq']}{who}{flags}  {e['text']}")
+    return safe_text(f"{e['alarm']['key']:<40} {e['severity']:<8} {e['state']:<14} raised "
+                     f"{_iso(e['raised_ms'], tz)} updated {_iso(e['updated_ms'], tz)} seq {e['event_seq']}{who}"
+                     f"{flags}  {e['text']}")
 
 
 def format_change(c, tz: ZoneInfo) -> str:
     if c.kind != "event":
-        return f"--- {c.kind}: {c.topic}" + (f" ({len(c.keys)} alarms changed)" if c.keys else "")
+        return safe_text(f"--- {c.kind}: {c.topic}" + (f" ({len(c.keys)} alarms changed)" if c.keys else ""))
     ev = c.event
     who = f" by {ev['operator']}" if ev.get("operator") else ""
-    return (f"{_iso(ev['time_ms'], tz)} {ev['alarm']['key']} {ev['transition']} {ev['previous_state']}->"
-            f"{ev['state']} {ev['severity']} seq {ev['event_seq']}{who}  {ev['text']}")
+    if ev.get("client"):
+        who += f" from {ev['client']}"
+    why = f"  (reason: {ev['reason']})" if ev.get("reason") else ""
+    return safe_text(f"{_iso(ev['time_ms'], tz)} {ev['alarm']['key']} {ev['transition']} {ev['previous_state']}->"
+                     f"{ev['state']} {ev['severity']} seq {ev['event_seq']}{who}  {ev['text']}{why}")
 
 
 def _embedded_bootstrap(cfg) -> str:
@@ -129,15 +137,14 @@ def tail_main(argv: list[str], *, clock_ms: Callable[[], int] | None = None,
             if c.kind == "loaded":
                 rows = sorted(consumer.table.entries.values(), key=lambda e: e["event_seq"])
                 if args.json:
-                    emit(json.dumps({"kind": "table", "topic": c.topic, "alarms": rows}, ensure_ascii=False))
+                    emit(json_line({"kind": "table", "topic": c.topic, "alarms": rows}))
                 else:
-                    emit(f"=== {c.topic}: {len(rows)} active alarms")
+                    emit(safe_text(f"=== {c.topic}: {len(rows)} active alarms"))
                     for e in rows:
                         emit(format_entry(e, tz))
                     emit("=== changes")
             elif args.json:
-                emit(json.dumps(c.event if c.kind == "event" else {"kind": c.kind, "topic": c.topic, "keys": c.keys},
-                                ensure_ascii=False))
+                emit(json_line(c.event if c.kind == "event" else {"kind": c.kind, "topic": c.topic, "keys": c.keys}))
             else:
                 emit(format_change(c, tz))
     except KeyboardInterrupt:

@@ -9,8 +9,11 @@ line's time zone, ``line.timezone``) or relative to now: ``-90s``, ``-15m``, ``-
 to reverse), at most ``--limit`` (default 100).
 
 Text: one line per event, its time in the line's zone, then ``#event_seq``, severity,
-transition, ``previous->state``, the alarm key, the operator (if any) and the text. ``--json``:
-the stored event message (docs/alarm-pipeline.md), one per line.
+transition, ``previous->state``, the alarm key, the operator and the client address the action
+came from (if any), the text and the operator's reason (if any). ``--json``: the stored event
+message (docs/alarm-pipeline.md), one per line. Both through ``safe_text`` / ``json_line``
+(``gateway/cli/status_cmd.py``): a control character in a stored name or text is printed as an
+escape and cannot forge a line.
 
 The store is ``history:`` of the config: ``<state_dir>/history.db`` (SQLite, the default) or
 ``{mysql: {...}}``. Exit status: 0 printed (possibly nothing), 1 the store could not be read,
@@ -19,7 +22,6 @@ The store is ``history:`` of the config: ``<state_dir>/history.db`` (SQLite, the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -28,6 +30,8 @@ from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
 from alarms.history.store import MAX_LIMIT, HistoryError, HistoryRow, open_history
+
+from gateway.cli.status_cmd import json_line, safe_text
 
 _RELATIVE = re.compile(r"-(\d+)([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -67,12 +71,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def format_row(row: HistoryRow, tz: tzinfo) -> str:
+    """One history row as one line; every field that came from a device or a client escaped."""
     when = datetime.fromtimestamp(row.time_ms / 1000, tz).isoformat(timespec="milliseconds")
     prev = row.doc.get("previous_state")
     states = f"{prev}->{row.state}" if prev and row.state else (row.state or "-")
     who = f" by {row.operator}" if row.operator else ""
-    return (f"{when}  #{row.event_seq:<6} {row.severity:<8} {row.transition:<19} {states:<21} "
-            f"{row.alarm_key}{who}  {row.text or ''}").rstrip()
+    if row.doc.get("client"):
+        who += f" from {row.doc['client']}"
+    why = f"  (reason: {row.doc['reason']})" if row.doc.get("reason") else ""
+    return safe_text(f"{when}  #{row.event_seq:<6} {row.severity:<8} {row.transition:<19} {states:<21} "
+                     f"{row.alarm_key}{who}  {row.text or ''}{why}".rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
     out = sys.stdout
     for row in rows:
-        out.write((json.dumps(row.doc, ensure_ascii=False, separators=(",", ":")) if args.json
-                   else format_row(row, tz)) + "\n")
+        out.write((json_line(row.doc, separators=(",", ":")) if args.json else format_row(row, tz)) + "\n")
     return 0
 
 

@@ -8,6 +8,21 @@ pid file is written whole or not at all (a temporary file in the same
 directory, fsynced, then ``os.replace``): a ``gateway stop`` racing the start
 finds no file or a complete one, never an empty or half-written one.
 
+The command that started a daemon exits only once the daemon has said how its
+start went: the daemon writes one line into a pipe the double fork keeps open
+(``up``, or ``error <reason>``) and the command exits 0, or 1 with the reason
+on stderr (a daemon that dies without a word: 1, "see the log").
+
+Operator errors are one line on stderr, never a traceback: an invalid config
+(exit 2), and with exit 1 a busy or forbidden address ("cannot listen on
+127.0.0.1:7001: Address already in use"), a state dir, log file or pid file
+that cannot be created, a pid file naming a running gateway.
+
+Logs: one line per record (``gateway.log.format``: text or json) stamped with
+ISO-8601 time and the line's UTC offset (``line.timezone``; the host's zone if
+the file sets none). SIGUSR1 reopens the log file (logrotate: rename, then
+``kill -USR1``).
+
 ``gateway stop --pidfile FILE [--timeout S]`` sends SIGTERM (a graceful stop:
 links closed with CLOSE reason 0, logs flushed) and waits for the process to
 exit; exit 1 if it did not stop in time.
@@ -20,13 +35,20 @@ import argparse
 import dataclasses
 import logging
 import os
+import select
 import signal
 import sys
 import tempfile
 import time
+from zoneinfo import ZoneInfo
 
 from gateway.base import async_log
-from gateway.app.config import ConfigError, install, load
+from gateway.app.config import Config, ConfigError, install, load
+
+log = logging.getLogger("railgate.run")
+
+#: how long `gateway run --daemon` waits for the daemon's word (an embedded broker takes a few seconds)
+START_TIMEOUT_S = 120.0
 
 
 def _pid_alive(pid: int) -> bool:
@@ -103,9 +125,33 @@ def private_dir(path: str) -> None:
     os.chmod(path, 0o700)
 
 
-def _daemonize(pidfile: str) -> None:
-    if os.fork() > 0:
-        os._exit(0)
+def reason(exc: BaseException) -> str:
+    """One line saying what went wrong, for an operator: an OSError's own words and the file it names
+    (``Not a directory: '/srv/x/state'``), else the exception's type and text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename!r}" if exc.filename else exc.strerror
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return async_log.one_line(text)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"gateway run: {message}", file=sys.stderr)
+    return code
+
+
+def _daemonize(log_file: str) -> int:
+    """Detach (double fork, new session, cwd /, stdio on /dev/null). Returns, in the daemon, the write
+    end of the start pipe, for :func:`_tell`. The calling process never returns: it waits for the
+    daemon's line and exits 0 ("up") or 1 (the reason on stderr)."""
+    r, w = os.pipe()                  # O_CLOEXEC: the relay and broker children do not inherit it
+    first = os.fork()
+    if first > 0:
+        os.close(w)
+        code = _await_daemon(r, first, log_file)
+        sys.stderr.flush()
+        os._exit(code)
+    os.close(r)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
@@ -114,7 +160,66 @@ def _daemonize(pidfile: str) -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    write_pidfile(pidfile, os.getpid())
+    return w
+
+
+def _await_daemon(r: int, first_child: int, log_file: str) -> int:
+    """The starting command's side of the start pipe: the daemon's one line, or EOF if it died."""
+    os.waitpid(first_child, 0)        # it exits as soon as it has forked the daemon
+    deadline = time.monotonic() + START_TIMEOUT_S
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return _fail(f"no word from the daemon within {START_TIMEOUT_S:.0f} s; it may still be starting "
+                         f"(log {log_file})")
+        if select.select([r], [], [], left)[0]:
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            data += chunk
+    line = data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    if line == "up":
+        return 0
+    if line.startswith("error "):
+        return _fail(line[len("error "):])
+    return _fail(f"the daemon exited while starting (log {log_file})")
+
+
+def _tell(fd: int | None, line: str) -> None:
+    """The daemon's word to the command that started it, once; nothing without --daemon."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, (async_log.one_line(line) + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass                          # that command is gone (killed): nobody to tell
+    finally:
+        os.close(fd)
+
+
+def _log_tz(cfg: Config):
+    """The log's time zone: the line's (``line.timezone``), or None (the host's) if the file sets none."""
+    line = cfg.raw.get("line") if isinstance(cfg.raw, dict) else None
+    return ZoneInfo(cfg.timezone) if isinstance(line, dict) and line.get("timezone") else None
+
+
+def setup_logging(cfg: Config, log_file: str | None) -> async_log.DoubleBufferHandler | None:
+    """Root logging for the gateway: one line per record, ``gateway.log.format``, ISO-8601 stamps; to
+    ``log_file`` through the async handler (returned; OSError if it cannot be opened), else to stderr.
+    SIGUSR1 reopens the file (a no-op without one, rather than the signal's default: death). Main thread."""
+    formatter = async_log.LineFormatter(style=cfg.gateway.log_format, tz=_log_tz(cfg))
+    handler = None
+    if log_file:
+        handler = async_log.install(log_file, level=cfg.gateway.log_level, formatter=formatter)
+    else:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(formatter)
+        root = logging.getLogger()
+        root.addHandler(stream)
+        root.setLevel(cfg.gateway.log_level)
+    signal.signal(signal.SIGUSR1, lambda *_: handler.reopen() if handler is not None else None)
+    return handler
 
 
 def run_main(argv: list[str] | None = None) -> int:
@@ -136,7 +241,10 @@ def run_main(argv: list[str] | None = None) -> int:
     # The journal, history, logs and the admin token are the control room's record and its key:
     # nothing the gateway creates from here on is readable by other users of the host.
     os.umask(0o077)
-    private_dir(state_dir)
+    try:
+        private_dir(state_dir)
+    except OSError as exc:
+        return _fail(f"cannot create the state dir {state_dir} (gateway.state_dir): {exc.strerror or reason(exc)}")
     # the daemon changes directory to /: every path it keeps must be absolute by then
     cfg = dataclasses.replace(cfg, gateway=dataclasses.replace(cfg.gateway, state_dir=state_dir))
     log_file = os.path.abspath(args.log) if args.log else (
@@ -145,31 +253,59 @@ def run_main(argv: list[str] | None = None) -> int:
         args.pidfile = os.path.abspath(args.pidfile)
         old = _pid_in(args.pidfile)   # missing, empty or garbage: nothing running under it
         if old is not None and _pid_alive(old):
-            print(f"gateway run: {args.pidfile} names a running process ({old}); stop it first", file=sys.stderr)
-            return 1
+            return _fail(f"{args.pidfile} names a running process ({old}); stop it first")
     install(cfg)
     from gateway.app.runtime import Gateway  # after the config check: a bad file fails fast
     try:
-        gw = Gateway(cfg)
+        gw = Gateway(cfg)             # binds the listeners: a busy port is refused here, before any fork
     except OSError as exc:
-        print(f"gateway run: {exc}", file=sys.stderr)
-        return 1
-    if args.daemon:
-        _daemonize(args.pidfile)
-    elif args.pidfile:
-        write_pidfile(args.pidfile, os.getpid())
-    handler = async_log.install(log_file, level=cfg.gateway.log_level) if log_file else None
-    if handler is None:
-        logging.basicConfig(level=cfg.gateway.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return _fail(reason(exc))
+    told = _daemonize(log_file) if args.daemon else None
+    handler = None
+    step: str | None = f"cannot write the pid file {args.pidfile}"
     try:
+        if args.pidfile:
+            write_pidfile(args.pidfile, os.getpid())
+        step = f"cannot open the log file {log_file}"
+        handler = setup_logging(cfg, log_file)
+        step = None
         gw.start(config_path)
+    except Exception as exc:          # noqa: BLE001 - whatever stopped the start: one line, exit 1
+        operator = isinstance(exc, OSError)
+        why = exc.strerror if operator and exc.strerror else reason(exc)
+        message = reason(exc) if step is None else f"{step}: {why}"
+        if handler is not None or not operator:   # not an operator's error: the traceback goes to the log
+            log.error("start failed: %s", message, exc_info=not operator)
+        if step is None:
+            _wind_down(gw)
+        _finish(args.pidfile, handler)
+        # last: once `gateway run` has said why, nothing of this gateway runs any more (no pid file either)
+        _tell(told, f"error {message}")
+        if told is None:
+            print(f"gateway run: {message}", file=sys.stderr)
+        return 1
+    _tell(told, "up")
+    try:
         gw.run()
     finally:
-        if args.pidfile and _pid_in(args.pidfile) == os.getpid():
-            os.unlink(args.pidfile)
-        if handler is not None:
-            async_log.shutdown()
+        _finish(args.pidfile, handler)
     return 0
+
+
+def _wind_down(gw) -> None:
+    """After a failed start: stop what did start (alarm thread, relay, loops), as a graceful stop would."""
+    try:
+        gw.stop()
+        gw.run()
+    except Exception:                 # noqa: BLE001 - the start already failed; exiting matters more
+        log.exception("stopping after the failed start")
+
+
+def _finish(pidfile: str | None, handler) -> None:
+    if pidfile and _pid_in(pidfile) == os.getpid():
+        os.unlink(pidfile)
+    if handler is not None:
+        async_log.shutdown()
 
 
 def stop_main(argv: list[str] | None = None) -> int:

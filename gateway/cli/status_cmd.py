@@ -12,6 +12,12 @@ clear) until Ctrl-C, or for ``$WATCH_SECONDS`` seconds when that is set; with
 Exit status: 0 shown, 1 the gateway could not be reached or answered with an
 error (with --watch: the last refresh failed), 2 bad usage or config.
 Runs in the caller's thread; only reads the admin API.
+
+Everything a gateway answers is shown through :func:`safe_text` (text) or
+:func:`json_line` (JSON), here and in every ``gateway alarms`` printer: a
+name, a peer address or an alarm text may come from a device or a client,
+and a newline or an ESC sequence in it must not forge a line or drive the
+operator's terminal.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
@@ -39,6 +46,45 @@ ROLE = {TrainStatus.ROLE_NONE: "none", TrainStatus.MASTER: "master", TrainStatus
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def _unsafe(ch: str) -> bool:
+    """Categories C* (controls, format characters such as U+202E, surrogates, private use, unassigned) and
+    the line/paragraph separators; a space of any script is fine."""
+    return not ch.isprintable() and unicodedata.category(ch) != "Zs"
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch)
+    return named or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+
+
+def safe_text(value) -> str:
+    """``str(value)`` fit for one line of a terminal: each character a terminal or a line-oriented reader
+    would act on (newline, ESC, C1 controls, bidi overrides...) as a Python-style escape (``\\n``,
+    ``\\x1b``, ``\\u202e``). Printable text, also CJK and other scripts, is unchanged."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch) if _unsafe(ch) else ch for ch in text)
+
+
+def json_line(doc, **kwargs) -> str:
+    """``json.dumps(doc, ensure_ascii=False)`` on one line (no ``indent``) with the characters of
+    :func:`safe_text` as JSON escapes: JSON escapes only U+0000..U+001F itself, which leaves DEL, C1
+    controls and U+202E raw (and a lone surrogate would not even encode to UTF-8)."""
+    text = json.dumps(doc, ensure_ascii=False, **kwargs)
+    if text.isprintable():
+        return text
+
+    def escape(ch: str) -> str:
+        code = ord(ch)
+        if code < 0x10000:
+            return f"\\u{code:04x}"
+        code -= 0x10000
+        return f"\\u{0xd800 + (code >> 10):04x}\\u{0xdc00 + (code & 0x3ff):04x}"
+    return "".join(escape(ch) if _unsafe(ch) else ch for ch in text)
+
+
 class StatusError(Exception):
     """The gateway could not be reached or gave an unusable answer; the message says which URL and why."""
 
@@ -50,8 +96,8 @@ def fetch_status(base_url: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict:
         with _OPENER.open(url, timeout=timeout_s) as resp:
             body = resp.read()
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:200]
-        raise StatusError(f"gateway status: {url} answered {exc.code} {exc.reason}: {detail}") from None
+        detail = safe_text(exc.read().decode("utf-8", "replace")[:200])
+        raise StatusError(f"gateway status: {url} answered {exc.code} {safe_text(exc.reason)}: {detail}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise StatusError(f"gateway status: cannot reach {url}: {reason} (is the gateway running?)") from None
@@ -72,7 +118,11 @@ def status_url(base_url: str) -> str:
 def url_from_config(path: str) -> str:
     """The admin API's URL from a line config's ``gateway.admin``; raises ConfigError/OSError."""
     from gateway.app.config import load  # only -c needs YAML
-    admin = load(path).gateway.admin
+    return admin_url(load(path).gateway.admin)
+
+
+def admin_url(admin) -> str:
+    """The URL of the admin API a config's ``gateway.admin`` describes."""
     # a wildcard bind address is not somewhere to connect to: use loopback
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(admin.host, admin.host)
     return f"http://[{host}]:{admin.port}" if ":" in host else f"http://{host}:{admin.port}"
@@ -84,7 +134,7 @@ def _cell(value) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "NO"
-    return str(value)
+    return safe_text(value)
 
 
 def _table(headers: list[str], rows: list[list], indent: str = "  ") -> list[str]:
@@ -110,7 +160,7 @@ def _when(time_ms, tz) -> str:
 
 
 def render_text(status: dict) -> str:
-    """The readable view of a status dict. Pure function."""
+    """The readable view of a status dict, every line through :func:`safe_text`. Pure function."""
     try:  # show event times in the line's zone, which started_at carries
         tz = datetime.fromisoformat(status["started_at"]).tzinfo or timezone.utc
     except (KeyError, TypeError, ValueError):
@@ -189,7 +239,17 @@ def render_text(status: dict) -> str:
     out += _table(["CONDITION", "SOURCE", "SINCE", "DETAIL"],
                   [[c.get("name"), c.get("source"), _when(c.get("since_ms"), tz), c.get("detail") or ""]
                    for c in conditions])
-    return "\n".join(out) + "\n"
+
+    admin = status.get("admin")
+    if admin:
+        out += ["", f"Admin API: {_cell(admin.get('connections'))} connections from {_cell(admin.get('clients'))} "
+                    f"addresses (at most {_cell(admin.get('max_connections'))}, "
+                    f"{_cell(admin.get('max_per_client'))} per address, {_cell(admin.get('reserved'))} reserved)",
+                f"  refused {_cell(admin.get('refused'))} connections ({_cell(admin.get('refused_per_client'))} at "
+                f"their address's cap), evicted {_cell(admin.get('evicted'))} idle, timed out "
+                f"{_cell(admin.get('timed_out'))}; unauthorized {_cell(admin.get('unauthorized'))} requests (401)"]
+    # cells are escaped already (column widths count the escapes); a line built otherwise is escaped here
+    return "\n".join(safe_text(line) for line in out) + "\n"
 
 
 def _alarm_lines(alarms: dict | None) -> list[str]:
@@ -203,7 +263,7 @@ def _alarm_lines(alarms: dict | None) -> list[str]:
                  f"event_seq {_cell(eng.get('event_seq'))}",
              f"  Kafka relay: {_cell(relay.get('delivered'))} events delivered, {_cell(relay.get('pending'))} pending, "
              f"{_cell(relay.get('snapshots'))} snapshots, producer recreated {_cell(relay.get('recreated'))} times"
-             + (f", relay restarts {relay['restarts']}" if "restarts" in relay else "")]
+             + (f", relay restarts {_cell(relay['restarts'])}" if "restarts" in relay else "")]
     for name, w in (alarms.get("writers") or {}).items():
         lines.append(f"  {name} writer: {_cell(w.get('written'))} events written, lag {_cell(w.get('lag_events'))}"
                      f" events, {_cell(w.get('failures'))} failures ({w.get('state')})"

@@ -8,6 +8,7 @@ means every default. Pure function; any thread.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,15 +36,23 @@ _LIMITS = {
 }
 
 
-def parse_coupling(raw: Any) -> tuple[CouplingSettings, list[str]]:
-    """Validate a ``coupling:`` mapping (None or {} for defaults); return (settings, problems)."""
+def _unknown_key(path: str, key: Any, known: tuple[str, ...]) -> str:
+    return f"{path}.{key}: expected one of {', '.join(known)}, got an unknown key"
+
+
+def parse_coupling(raw: Any, unknown: Callable[[str, Any, tuple[str, ...]], str] = _unknown_key,
+                   ) -> tuple[CouplingSettings, list[str]]:
+    """Validate a ``coupling:`` mapping (None or {} for defaults); return (settings, problems).
+
+    ``unknown(path, key, known)`` words the problem of a key not in the table (the config module
+    passes its own, which names the closest known key).
+    """
     defaults = CouplingSettings()
     if raw is None:
         return defaults, []
     if not isinstance(raw, dict):
         return defaults, [f"{SECTION}: expected a mapping, got {raw!r}"]
-    problems = [f"{SECTION}.{key}: expected one of {', '.join(_LIMITS)}, got an unknown key"
-                for key in raw if key not in _LIMITS]
+    problems = [unknown(SECTION, key, tuple(_LIMITS)) for key in raw if key not in _LIMITS]
     values: dict[str, Any] = {}
     for key, (lo, hi, whole) in _LIMITS.items():
         if key not in raw:

@@ -50,6 +50,13 @@ class Registry:
         self.train_ids = train_ids
         self._train_last_rx: dict[int, int] = {}
         self._trains_lost: set[int] = set()
+        #: set by a planned stop: links closed by the gateway itself are not lost communication
+        self.stopping = False
+
+    def begin_shutdown(self) -> None:
+        """A planned stop begins: from now on links that go down and trains that fall silent raise
+        nothing (the gateway closes them itself); LINK_DOWN events are still recorded. Any thread."""
+        self.stopping = True
 
     # -- devices -----------------------------------------------------------------
     def link_up(self, device_id: int, net: str, link, now_ms: int):
@@ -78,6 +85,8 @@ class Registry:
             reachable = dev.reachable
             redundant = len(dev.links) > 1
         self.events.emit("LINK_DOWN", name, now_ms, f"net {net}: {why}")
+        if self.stopping:
+            return
         if reachable:
             self.events.raise_condition("LINK_REDUNDANCY_LOST", name, now_ms, f"net {net}: {why}")
         else:
@@ -87,6 +96,8 @@ class Registry:
 
     def check_startup(self, now_ms: int) -> None:
         """Raise DEVICE_COMM_LOST / LINK_REDUNDANCY_LOST for what has not connected by now."""
+        if self.stopping:
+            return
         for dev in self.devices.values():
             with dev.lock:
                 missing = [net for net, link in dev.links.items() if link is None]
@@ -113,6 +124,8 @@ class Registry:
 
     def check_trains(self, now_ms: int, started_ms: int) -> None:
         """Liveness pass over the trains (timer, any thread)."""
+        if self.stopping:
+            return
         limit = 3 * self.train_heartbeat_ms
         for tid in self.train_ids:
             last = self._train_last_rx.get(tid, started_ms)

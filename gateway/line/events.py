@@ -65,6 +65,11 @@ class EventLog:
     def is_active(self, name: str, source: str) -> bool:
         return (name, source) in self._active
 
+    def active_conditions(self) -> list[tuple[str, str]]:
+        """``(name, source)`` of every condition raised now. Any thread."""
+        with self._lock:
+            return list(self._active)
+
     def _publish(self, ev: GatewayEvent) -> GatewayEvent:
         with self._lock:
             self._recent.append(ev)
