@@ -33,6 +33,29 @@ DEVICE_BASE = 1000   # device ids: DEVICE_BASE + i
 TRAIN_BASE = 20000   # train ids: TRAIN_BASE + j
 
 
+def handshake(sock: socket.socket, dev: int, net: int, hb_ms: int, version: str = "BENCH-1") -> int:
+    """ICD 1.1 link start on a blocking socket, for unsigned bench devices: HELLO with a random
+    device nonce, wait for the HELLO_ACK, answer SESSION_CONFIRM. Returns the session nonce (0: refused).
+    Bytes the gateway sends after its HELLO_ACK (heartbeats) are read and dropped."""
+    from railcodecs import DEVICE_RX_TYPES, Frame, Hello, HelloAck, SessionConfirm, StreamDecoder, encode
+    device_nonce = int.from_bytes(os.urandom(8), "big")
+    sock.sendall(encode(Hello(1, net, hb_ms, version, device_nonce), src=dev, dst=GATEWAY_ID, seq=0,
+                        time_ms=int(time.time() * 1000)))
+    dec = StreamDecoder(types=DEVICE_RX_TYPES)
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"device {dev} net {net}: the gateway closed before HELLO_ACK")
+        dec.feed(data)
+        for ev in dec.events():
+            if isinstance(ev, Frame) and isinstance(ev.message, HelloAck):
+                nonce = ev.message.session_nonce
+                if ev.message.result == HelloAck.OK:
+                    sock.sendall(encode(SessionConfirm(device_nonce, nonce), src=dev, dst=GATEWAY_ID, seq=0,
+                                        time_ms=int(time.time() * 1000)))
+                return nonce
+
+
 def raise_nofile() -> int:
     """Raise this process's soft RLIMIT_NOFILE to the hard limit (children inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

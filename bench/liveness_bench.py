@@ -16,8 +16,8 @@ import socket
 import threading
 import time
 
-from bench.common import DEVICE_BASE, GATEWAY_ID, line_config, ports, row, server
-from railcodecs import DEVICE_RX_TYPES, Close, Heartbeat, Hello, StreamDecoder, encode
+from bench.common import DEVICE_BASE, GATEWAY_ID, handshake, line_config, ports, row, server
+from railcodecs import DEVICE_RX_TYPES, Close, Heartbeat, StreamDecoder, encode
 
 HB_MS = 100
 DEVICES = 10
@@ -27,8 +27,7 @@ ROUNDS = 4
 def _link(port: int, dev: int, net: int, rng: random.Random, out: list) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         dec = StreamDecoder(types=DEVICE_RX_TYPES)
-        s.sendall(encode(Hello(1, net, HB_MS, "BENCH-1"), src=dev, dst=GATEWAY_ID, seq=0,
-                         time_ms=int(time.time() * 1000)))
+        handshake(s, dev, net, HB_MS)
         silent_at = time.monotonic() + rng.uniform(0.3, 1.0)
         hb = 0
         s.settimeout(0.01)

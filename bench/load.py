@@ -40,8 +40,8 @@ import zlib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.common import GATEWAY_ID, DEVICE_BASE, TRAIN_BASE, raise_nofile  # noqa: E402
-from railcodecs import Heartbeat, Hello, Signals, Switches, TrackSections, TrainStatus, encode  # noqa: E402
+from bench.common import GATEWAY_ID, DEVICE_BASE, TRAIN_BASE, handshake, raise_nofile  # noqa: E402
+from railcodecs import Heartbeat, Signals, Switches, TrackSections, TrainStatus, encode  # noqa: E402
 
 
 def _say(obj: dict) -> None:
@@ -75,12 +75,9 @@ def status_frame(dev: int, seq: int, time_ms: int, faults: bool = False) -> byte
     return encode(msg, src=dev, dst=GATEWAY_ID, seq=seq, time_ms=time_ms)
 
 
-def hello(dev: int, net: int, hb_ms: int) -> bytes:
-    return encode(Hello(1, net, hb_ms, "BENCH-1"), src=dev, dst=GATEWAY_ID, seq=0, time_ms=int(time.time() * 1000))
-
-
 def device_stream(dev: int, frames: int, hb_every: int, time_ms: int) -> bytes:
-    """The bytes after HELLO, identical on net A and net B."""
+    """The bytes after the handshake (HELLO, HELLO_ACK, SESSION_CONFIRM), identical on net A and net B
+    (bench devices are unsigned: no session key)."""
     out = []
     hb = 0
     for seq in range(1, frames + 1):
@@ -100,11 +97,13 @@ def connect(port: int) -> socket.socket:
 def tcp_blast(p: dict) -> None:
     now = int(time.time() * 1000)
     bodies = [device_stream(DEVICE_BASE + d, p["frames"], p.get("hb_every", 50), now) for d in range(p["devices"])]
-    per_link = 1 + p["frames"] + p["frames"] // p.get("hb_every", 50)
+    per_link = 2 + p["frames"] + p["frames"] // p.get("hb_every", 50)  # HELLO and SESSION_CONFIRM too
     links = []
     for d in range(p["devices"]):
         for net, port in ((0, p["ports"]["A"]), (1, p["ports"]["B"])):
-            links.append((connect(port), hello(DEVICE_BASE + d, net, p.get("hb_ms", 500)) + bodies[d]))
+            sock = connect(port)
+            handshake(sock, DEVICE_BASE + d, net, p.get("hb_ms", 500))
+            links.append((sock, bodies[d]))
     _say({"ready": True, "frames_total": per_link * len(links), "bytes_total": sum(len(b) for _, b in links)})
     _wait_go()
 
@@ -146,7 +145,7 @@ def line(p: dict) -> None:
         pair = []
         for net, port in ((0, p["ports"]["A"]), (1, p["ports"]["B"])):
             s = connect(port)
-            s.sendall(hello(DEVICE_BASE + d, net, hb_ms))
+            handshake(s, DEVICE_BASE + d, net, hb_ms)
             s.setblocking(False)
             pair.append(s)
         socks.append(pair)

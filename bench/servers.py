@@ -110,8 +110,12 @@ def run_limit(cfg) -> None:
     import struct
     import zlib
 
+    from railcodecs import HelloAck, encode
+
     head = struct.Struct(">HBBBBHHIQH")
     crc_s = struct.Struct(">I")
+    # ICD 1.1 devices wait for a HELLO_ACK before their SESSION_CONFIRM: one canned answer (no checks here)
+    hello_ack = encode(HelloAck(HelloAck.OK, 500, 0, 1), src=cfg.gateway.id, dst=0, seq=0, time_ms=0)
     ep = select.epoll()
     listeners = {}
     for port in (cfg.gateway.net_a.port, cfg.gateway.net_b.port):
@@ -161,7 +165,7 @@ def run_limit(cfg) -> None:
                 fill += n
                 pos = 0
                 while fill - pos >= 24:
-                    sync, _v, _t, flags, _r, _s, _d, _q, _tm, length = head.unpack_from(buf, pos)
+                    sync, _v, mtype, flags, _r, _s, _d, _q, _tm, length = head.unpack_from(buf, pos)
                     if sync != 0xA55A:
                         pos += 1
                         continue
@@ -171,6 +175,8 @@ def run_limit(cfg) -> None:
                     end = pos + total - 4
                     if zlib.crc32(mv[pos:end]) == crc_s.unpack_from(buf, end)[0]:
                         frames += 1
+                        if mtype == 0x01:
+                            s.send(hello_ack)
                     pos += total
                 if pos:
                     buf[:fill - pos] = buf[pos:fill]
@@ -182,6 +188,11 @@ def run_limit(cfg) -> None:
     os._exit(0)
 
 
+def _session_nonce() -> int:
+    """ICD 1.1: a HELLO_ACK's random session nonce (never 0)."""
+    return int.from_bytes(os.urandom(8), "big") or 1
+
+
 # -- (c) uvloop BufferedProtocol --------------------------------------------------------
 
 def run_uvloop(cfg) -> None:
@@ -189,8 +200,8 @@ def run_uvloop(cfg) -> None:
 
     import uvloop
 
-    from railcodecs import (GATEWAY_RX_TYPES, UDP_TYPES, FrameError, Hello, HelloAck, NO_MAC, StreamDecoder,
-                            decode_datagram, encode)
+    from railcodecs import (GATEWAY_RX_TYPES, UDP_TYPES, FrameError, Hello, HelloAck, NO_MAC, SessionConfirm,
+                            StreamDecoder, decode_datagram, encode)
     receiver, objects = _checks_setup(cfg)
     apply = objects.apply
     gw_id = cfg.gateway.id
@@ -222,8 +233,11 @@ def run_uvloop(cfg) -> None:
                     checks.count(ev.reason)
                 elif isinstance(ev.message, Hello):
                     result = receiver.hello(checks, ev, now_ms)
-                    self.transport.write(encode(HelloAck(result, ev.message.heartbeat_ms, now_ms), src=gw_id,
-                                                dst=ev.src, seq=0, time_ms=now_ms))
+                    nonce = checks.session_nonce = _session_nonce() if result == HelloAck.OK else 0
+                    self.transport.write(encode(HelloAck(result, ev.message.heartbeat_ms, now_ms, nonce),
+                                                src=gw_id, dst=ev.src, seq=0, time_ms=now_ms))
+                elif isinstance(ev.message, SessionConfirm):
+                    receiver.confirm(checks, ev, now_ms)
                 else:
                     receiver.check(checks, ev, now_ms, apply=apply)
             count[0] += n
@@ -262,7 +276,7 @@ def run_asyncio(cfg) -> None:
     import struct
     import zlib
 
-    from railcodecs import GATEWAY_RX_TYPES, NO_MAC, Hello, HelloAck, Reason, encode
+    from railcodecs import GATEWAY_RX_TYPES, NO_MAC, Hello, HelloAck, Reason, SessionConfirm, encode
     from railcodecs.frame import finish
     receiver, objects = _checks_setup(cfg)
     apply = objects.apply
@@ -290,8 +304,11 @@ def run_asyncio(cfg) -> None:
                     continue
                 if isinstance(ev.message, Hello):
                     result = receiver.hello(checks, ev, now_ms)
-                    writer.write(encode(HelloAck(result, ev.message.heartbeat_ms, now_ms), src=gw_id, dst=ev.src,
-                                        seq=0, time_ms=now_ms))
+                    nonce = checks.session_nonce = _session_nonce() if result == HelloAck.OK else 0
+                    writer.write(encode(HelloAck(result, ev.message.heartbeat_ms, now_ms, nonce), src=gw_id,
+                                        dst=ev.src, seq=0, time_ms=now_ms))
+                elif isinstance(ev.message, SessionConfirm):
+                    receiver.confirm(checks, ev, now_ms)
                 else:
                     receiver.check(checks, ev, now_ms, apply=apply)
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -37,9 +37,13 @@ class Reason(str, Enum):
     DUPLICATE = "duplicate"
     STALE = "stale"
     GAP = "gap"
-    # Not an ICD counter: a stream that ends inside a frame (reported only when
-    # the decoder is told the stream has ended, e.g. by `gateway decode`).
+    # A partial frame abandoned (no progress for one heartbeat period), or a
+    # stream that ends inside a frame (e.g. the input of `gateway decode`).
     TRUNCATED = "truncated"
+    # ICD 1.1: a frame other than SESSION_CONFIRM, HEARTBEAT or CLOSE before the
+    # session is confirmed; a SESSION_CONFIRM whose nonces do not match.
+    NO_SESSION = "no_session"
+    BAD_SESSION = "bad_session"
 
     def __str__(self) -> str:  # json.dumps and f-strings show the ICD name
         return self.value

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .errors import FieldError, FrameError, PayloadError, Reason
 from .messages import (Close, Command, CommandResult, DeviceAlarm, Heartbeat, Hello, HelloAck, Message,
-                       Signals, Switches, TrackSections, check_uint)
+                       SessionConfirm, Signals, Switches, TrackSections, check_uint)
 from .train_messages import TrainDiag, TrainHeartbeat, TrainStatus
 
 SYNC = 0xA55A
@@ -44,11 +44,11 @@ _FINISH_FIELDS = struct.Struct(">3xBB1xHHIQH")
 
 #: every message type of the ICD, by type code
 ALL_TYPES: dict[int, type[Message]] = {
-    cls.TYPE: cls for cls in (Hello, HelloAck, Heartbeat, TrackSections, Signals, Switches, DeviceAlarm,
-                              Command, CommandResult, Close, TrainStatus, TrainHeartbeat, TrainDiag)
+    cls.TYPE: cls for cls in (Hello, HelloAck, SessionConfirm, Heartbeat, TrackSections, Signals, Switches,
+                              DeviceAlarm, Command, CommandResult, Close, TrainStatus, TrainHeartbeat, TrainDiag)
 }
 #: what a gateway accepts on a device's TCP link (device -> gateway and both-way messages)
-GATEWAY_RX_TYPES = {t: ALL_TYPES[t] for t in (0x01, 0x02, 0x10, 0x11, 0x12, 0x20, 0x31, 0x7E)}
+GATEWAY_RX_TYPES = {t: ALL_TYPES[t] for t in (0x01, 0x02, 0x03, 0x10, 0x11, 0x12, 0x20, 0x31, 0x7E)}
 #: what a device accepts from the gateway
 DEVICE_RX_TYPES = {t: ALL_TYPES[t] for t in (0x81, 0x02, 0x30, 0x7E)}
 #: TCP messages (section 4) and UDP messages (section 5)
@@ -109,9 +109,22 @@ def _decoded(src: int, dst: int, seq: int, time_ms: int, message: Message, mac: 
     return frame
 
 
+#: the TCP types whose MAC is always made with the link key; every other TCP frame of a session uses the
+#: session key (ICD 1.1 sections 2 and 7). UDP datagrams have no session and keep the link key too.
+LINK_KEY_TYPES = frozenset((Hello.TYPE, HelloAck.TYPE))
+_SESSION_LABEL = b"ICD1 session"
+_NONCE = struct.Struct(">QQ")
+
+
 def compute_mac(key: bytes, signed: bytes | memoryview) -> bytes:
     """HMAC-SHA256 over header+payload, first 16 bytes (ICD section 2)."""
     return hmac.new(key, signed, hashlib.sha256).digest()[:MAC_LEN]
+
+
+def session_key(link_key: bytes, device_nonce: int, session_nonce: int) -> bytes:
+    """``K_s = HMAC-SHA256(link key, "ICD1 session" || device_nonce || session_nonce)``, all 32 bytes,
+    nonces as big-endian u64 (ICD 1.1 section 7)."""
+    return hmac.new(link_key, _SESSION_LABEL + _NONCE.pack(device_nonce, session_nonce), hashlib.sha256).digest()
 
 
 def encode(message: Message, *, src: int, dst: int, seq: int, time_ms: int, mac_key: bytes | None = None) -> bytes:
@@ -148,6 +161,11 @@ class MacPolicy:
     only from the HELLO, which itself may be signed). The source is checked
     against the link later, by the receiver; a key found here only proves the
     frame was signed by the holder of that device's key.
+
+    ``session_key``: once a link's HELLO_ACK is on the wire, the key for every
+    frame of that link except HELLO and HELLO_ACK (ICD 1.1: ``K_s``, see
+    :func:`session_key`), whatever its ``src``; set with :meth:`with_session`
+    on the one link's copy of the policy.
     """
 
     key: bytes | None = None
@@ -155,9 +173,17 @@ class MacPolicy:
     accept_unverified: bool = False
     keys: dict | None = None
     required_srcs: frozenset = frozenset()
+    session_key: bytes | None = None
 
-    def key_for(self, src: int) -> bytes | None:
+    def key_for(self, src: int, mtype: int | None = None) -> bytes | None:
+        """The key that verifies a frame of type ``mtype`` from ``src`` (None: no key)."""
+        if self.session_key is not None and mtype not in LINK_KEY_TYPES:
+            return self.session_key
         return self.key if self.keys is None else self.keys.get(src)
+
+    def with_session(self, key: bytes | None) -> "MacPolicy":
+        """This policy for one link whose session key is ``key`` (None: back to the link keys)."""
+        return MacPolicy(self.key, self.required, self.accept_unverified, self.keys, self.required_srcs, key)
 
     def requires(self, src: int) -> bool:
         return self.required or src in self.required_srcs
@@ -199,11 +225,12 @@ def finish(view: memoryview, pos: int, total: int, policy: MacPolicy,
     mtype, flags, src, dst, seq, time_ms, length = _FINISH_FIELDS.unpack_from(view, pos)
     body_end = pos + HEADER_LEN + length
     if flags & FLAG_MAC:
-        key = policy.key_for(src)
+        key = policy.key_for(src, mtype)
         if key is not None:
             mac = compute_mac(key, view[pos:body_end])
             if not hmac.compare_digest(mac, view[body_end:body_end + MAC_LEN]):
-                return Reason.BAD_MAC, "MAC does not match the link key"
+                return Reason.BAD_MAC, ("MAC does not match the session key" if key is policy.session_key
+                                        else "MAC does not match the link key")
         elif not policy.accept_unverified:
             return Reason.BAD_MAC, "frame carries a MAC but the link has no key to verify it"
     elif policy.required or src in policy.required_srcs:  # policy.requires(src), inlined: once per frame

@@ -17,9 +17,10 @@ masquerade     MAC (decoder), src/kind vs config and HELLO   ``bad_mac``, ``unkn
 
 Decisions where the ICD is silent (also in docs/icd-decisions.md):
 
-* A device's sequence window is reset when a HELLO arrives while none of its
-  other links is open (a new session: the device may have restarted and begun
-  again at seq 1). A HELLO on a second link joins the running session.
+* A device's sequence window is reset when a link's session is confirmed
+  while none of its other links is (a new session: the device may have
+  restarted and begun again at seq 1). A link confirmed on the second net
+  joins the running session.
 * Trains send no HELLO: their clocks are taken as synchronised with the
   gateway's (offset 0), and a train silent for longer than
   ``train_reset_ms`` starts a new session at its next datagram, provided the
@@ -29,6 +30,13 @@ Decisions where the ICD is silent (also in docs/icd-decisions.md):
 * Per-link messages: a HEARTBEAT counter equal to the last is ``duplicate``,
   lower is ``stale``, higher by more than one adds the lost beats to ``gap``;
   their seq field is not checked (the ICD says 0; nothing depends on it).
+* Sessions (ICD 1.1): :meth:`Receiver.hello` only names the link's device and
+  remembers the clock offset; :meth:`Receiver.confirm` (a SESSION_CONFIRM
+  whose nonces match) makes the offset take effect and joins the device's
+  session (the window reset above happens there, not at HELLO). Before it,
+  :meth:`Receiver.check` applies nothing: a HEARTBEAT is let through (its
+  counter tracked, its age not judged: the offset is not in effect yet),
+  anything else is ``no_session``.
 
 Clock: every method takes ``now_ms`` (gateway wall clock, epoch ms); nothing
 reads a clock here.
@@ -46,7 +54,7 @@ from dataclasses import dataclass, field
 
 from .errors import Reason
 from .frame import Frame
-from .messages import Heartbeat, Hello, HelloAck
+from .messages import Heartbeat, Hello, HelloAck, SessionConfirm
 from .sequence import APPLY, DUPLICATE, SequenceWindow
 
 TRAIN_KIND = 4
@@ -74,13 +82,15 @@ class SenderState:
 
 
 class LinkChecks:
-    """Per-link state: the device its HELLO named, clock offset, heartbeat counter, errors.
+    """Per-link state: the device its HELLO named, session nonces, clock offset, heartbeat counter, errors.
 
+    ``device_nonce`` comes from the HELLO; ``session_nonce`` is set by whoever
+    answers the HELLO_ACK (the link protocol), before :meth:`Receiver.confirm`.
     Used only by the thread that serves the link.
     """
 
-    __slots__ = ("name", "net", "device_id", "kind", "offset_ms", "hb_last", "errors", "rx_frames", "applied",
-                 "closed")
+    __slots__ = ("name", "net", "device_id", "kind", "offset_ms", "pending_offset_ms", "device_nonce",
+                 "session_nonce", "confirmed", "hb_last", "errors", "rx_frames", "applied", "closed")
 
     def __init__(self, name: str, net: int | None = None) -> None:
         self.name = name
@@ -88,6 +98,10 @@ class LinkChecks:
         self.device_id: int | None = None
         self.kind: int | None = None
         self.offset_ms = 0
+        self.pending_offset_ms = 0   # taught by the HELLO; in effect from the confirmation on
+        self.device_nonce: int | None = None
+        self.session_nonce: int | None = None
+        self.confirmed = False
         self.hb_last: int | None = None
         self.errors: Counter = Counter()
         self.rx_frames = 0
@@ -119,11 +133,12 @@ class Receiver:
         return LinkChecks(name, net)
 
     def hello(self, link: LinkChecks, frame: Frame, now_ms: int) -> int:
-        """Check a HELLO: name the link's device, learn the clock offset.
+        """Check a HELLO: name the link's device, learn (not yet use) the clock offset and the nonce.
 
-        Returns the HELLO_ACK result code (0 ok, 1 unknown device). Safe from
-        the link's thread; takes the sender's lock. Never raises on a decoded
-        frame: one that is not a HELLO names no device (``unknown_type``).
+        Returns the HELLO_ACK result code (0 ok, 1 unknown device). The link
+        joins its device's session only at :meth:`confirm` (ICD 1.1 rule 7).
+        Safe from the link's thread. Never raises on a decoded frame: one that
+        is not a HELLO names no device (``unknown_type``).
         """
         msg = frame.message
         link.rx_frames += 1
@@ -138,30 +153,61 @@ class Receiver:
                 (link.device_id is not None and link.device_id != frame.src):
             link.count(Reason.UNKNOWN_SOURCE)
             return HelloAck.UNKNOWN_DEVICE
-        with sender.lock:
-            if link.device_id is None:
-                if sender.open_links == 0:
-                    sender.window.reset()
-                    sender.sessions += 1
-                sender.open_links += 1
-            link.device_id, link.kind, link.net = frame.src, msg.device_kind, msg.net
-            link.offset_ms = frame.time_ms - now_ms
-            link.hb_last = None
+        if link.confirmed:  # a HELLO on a confirmed link starts nothing (the protocol closes it)
+            link.count(Reason.UNKNOWN_SOURCE)
+            return HelloAck.UNKNOWN_DEVICE
+        link.device_id, link.kind, link.net = frame.src, msg.device_kind, msg.net
+        link.pending_offset_ms = frame.time_ms - now_ms
+        link.device_nonce, link.session_nonce = msg.device_nonce, None
+        link.hb_last = None
         return HelloAck.OK
 
+    def confirm(self, link: LinkChecks, frame: Frame, now_ms: int) -> Reason | None:
+        """Check a SESSION_CONFIRM: None when it confirms the link's session, else the drop reason.
+
+        The nonces must be this link's HELLO's ``device_nonce`` and the
+        ``session_nonce`` its HELLO_ACK carried (``bad_session`` otherwise).
+        On confirmation the HELLO's clock offset takes effect and the link
+        joins its device's session: a new one (window reset) when no other
+        link of the device is confirmed. A repeat on a confirmed link is
+        ``duplicate`` (matching) or ``bad_session``. Takes the sender's lock.
+        """
+        msg = frame.message
+        link.rx_frames += 1
+        if not isinstance(msg, SessionConfirm):
+            return self._drop(link, Reason.UNKNOWN_TYPE)
+        if frame.dst != self.gateway_id:
+            return self._drop(link, Reason.WRONG_DESTINATION)
+        sender = self.senders.get(frame.src)
+        if link.device_id is None or frame.src != link.device_id or sender is None:
+            return self._drop(link, Reason.UNKNOWN_SOURCE)
+        if link.session_nonce is None or msg.device_nonce != link.device_nonce or \
+                msg.session_nonce != link.session_nonce:
+            return self._drop(link, Reason.BAD_SESSION)
+        if link.confirmed:
+            return self._drop(link, Reason.DUPLICATE)
+        with sender.lock:
+            if sender.open_links == 0:
+                sender.window.reset()
+                sender.sessions += 1
+            sender.open_links += 1
+            link.confirmed = True
+            link.offset_ms = link.pending_offset_ms
+        return None
+
     def link_closed(self, link: LinkChecks) -> None:
-        """The link is gone; the device's session lasts while another link is open."""
+        """The link is gone; the device's session lasts while another confirmed link is open."""
         if link.closed:
             return
         link.closed = True
-        sender = self.senders.get(link.device_id) if link.device_id is not None else None
+        sender = self.senders.get(link.device_id) if link.confirmed and link.device_id is not None else None
         if sender is not None:
             with sender.lock:
                 sender.open_links -= 1
 
     # -- frames -----------------------------------------------------------------
     def check(self, link: LinkChecks, frame: Frame, now_ms: int, apply=None) -> Reason | None:
-        """Decide one decoded TCP frame (not HELLO): None to apply, else the drop reason.
+        """Decide one decoded TCP frame (not HELLO, not SESSION_CONFIRM): None to apply, else the drop reason.
 
         The reason has been counted on the link (and on the sender for
         duplicate/stale); ``gap`` is counted when a newer frame is applied.
@@ -175,10 +221,15 @@ class Receiver:
         sender = self.senders.get(frame.src)
         if link.device_id is None or frame.src != link.device_id or sender is None:
             return self._drop(link, Reason.UNKNOWN_SOURCE)
+        msg = frame.message
+        if not link.confirmed:
+            # nothing is applied before the session is confirmed; the HELLO's offset is not in effect
+            if isinstance(msg, Heartbeat):
+                return self._heartbeat(link, msg.counter)
+            return self._drop(link, Reason.NO_SESSION)
         age = now_ms - (frame.time_ms - link.offset_ms)
         if age > self.max_age_ms or -age > self.max_age_ms:
             return self._drop(link, Reason.STALE, sender)
-        msg = frame.message
         if msg.PER_LINK:
             if isinstance(msg, Heartbeat):
                 return self._heartbeat(link, msg.counter)

@@ -96,6 +96,12 @@ class StreamDecoder:
         if self._src.readable():
             self._abandon = True
 
+    def set_session_key(self, key: bytes | None) -> None:
+        """From the next frame on, verify MACs with this link's session key (ICD 1.1: every frame but
+        HELLO and HELLO_ACK, once the HELLO_ACK is on the wire); None goes back to the link keys.
+        Events already returned are not re-checked, so call it right after the HELLO / HELLO_ACK event."""
+        self.mac = self.mac.with_session(key)
+
     def end_of_stream(self) -> None:
         """The peer closed: what is left becomes ``bad_sync`` / ``truncated`` events."""
         self._eof = True

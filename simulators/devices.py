@@ -1,8 +1,11 @@
 """Simulated interlockings, zone controllers and platform doors: TCP links on net A and net B.
 
 Per device, per configured net, one :class:`Link` (an ``asyncio.Protocol``)
-lives through: connect -> HELLO -> HELLO_ACK -> up (heartbeats both ways) ->
-lost or closed -> reconnect after a pause. The device (:class:`DeviceSim`)
+lives through: connect -> HELLO (a fresh ``device_nonce``) -> HELLO_ACK (the
+gateway's ``session_nonce``) -> SESSION_CONFIRM -> up (heartbeats both ways)
+-> lost or closed -> reconnect after a pause. From the HELLO_ACK on, a device
+with a key signs every frame of that link with the link's session key ``K_s``
+(ICD 1.1), so net A and net B copies of one frame differ in their MAC. The device (:class:`DeviceSim`)
 sends every sequenced frame on each link that is up with the same seq
 (``sender.py``); HELLO, HEARTBEAT and CLOSE carry seq 0 and a per-link
 heartbeat counter. It answers HELLO_ACK refusals by retrying later, COMMAND
@@ -12,6 +15,14 @@ nets), and the gateway's CLOSE with CLOSE reason 0.
 A link is declared dead by the device, like by the gateway, when nothing has
 arrived for 3 x the agreed heartbeat: it sends CLOSE reason 1 and reconnects.
 
+Each link records its session as it goes out (HELLO, SESSION_CONFIRM and the
+first frames after it); the ``replay`` fault plays a recorded session back on
+a new connection (:class:`ReplayLink`), as an attacker with a wire recording
+would. The gateway must refuse it: a new session nonce in its HELLO_ACK, the
+recorded SESSION_CONFIRM does not confirm it (``bad_mac`` under the new key,
+or ``bad_session`` without a key), nothing recorded is applied, and the
+device's real links are not touched.
+
 Everything here runs in the simulator's one asyncio thread; :meth:`DeviceSim.on_tick`
 is called by the runner's tick loop, protocol callbacks by asyncio.
 """
@@ -19,10 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 
 from gateway.app.config import Device
 from railcodecs import (DEVICE_RX_TYPES, Close, Command, CommandResult, FrameError, Heartbeat, Hello, HelloAck,
-                        MacPolicy, Signals, StreamDecoder, Switches, TrackSections)
+                        MacPolicy, SessionConfirm, Signals, StreamDecoder, Switches, TrackSections, session_key)
 
 from .line import signing_key
 from .sender import SequencedSender
@@ -35,6 +47,8 @@ REFUSED_RETRY_S = 2.0
 SILENT_GIVE_UP = 10        # heartbeats: a silenced link the peer never closes is dropped by us
 RESULT_DONE, RESULT_REJECTED, RESULT_FAILED, RESULT_STALE_TOKEN = 0, 1, 2, 3   # COMMAND_RESULT.result
 STATUS_CLASSES = ((TrackSections, "sections"), (Signals, "signals"), (Switches, "switches"))
+RECORD_FRAMES = 6          # frames after SESSION_CONFIRM a link records for the replay fault
+REPLAY_GIVE_UP_S = 8.0     # a replaying connection the gateway has not closed by then is closed by us
 
 
 class Link(asyncio.Protocol):
@@ -53,12 +67,16 @@ class Link(asyncio.Protocol):
         self.peer_hb: int | None = None
         self.last_rx = self.opened = asyncio.get_running_loop().time()
         self.closed = asyncio.get_running_loop().create_future()
+        self.device_nonce = secrets.randbits(64)   # new for every HELLO (ICD 1.1)
+        self.session_nonce: int | None = None
+        self.mac_key = dev.key                     # the link key until the HELLO_ACK, then K_s
+        self.recording: list[bytes] | None = []    # this session as written, until RECORD_FRAMES more
 
     # -- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.write_raw(self.dev.encode_link(Hello(self.dev.spec.kind, NETS.index(self.net), self.dev.hb_ms,
-                                                  VERSION)), "HELLO")
+        self.write_raw(self.encode_link(Hello(self.dev.spec.kind, NETS.index(self.net), self.dev.hb_ms,
+                                              VERSION, self.device_nonce)), "HELLO")
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = asyncio.get_running_loop().time()
@@ -87,6 +105,12 @@ class Link(asyncio.Protocol):
                 self.dev.refused = True
                 self.abort_quietly()
                 return
+            self.session_nonce = msg.session_nonce
+            if self.dev.key is not None:
+                # from here on, both ways: the session key (the next event is decoded with it)
+                self.mac_key = session_key(self.dev.key, self.device_nonce, msg.session_nonce)
+                self.decoder.set_session_key(self.mac_key)
+            self.write_raw(self.encode_link(SessionConfirm(self.device_nonce, msg.session_nonce)), "SESSION_CONFIRM")
             self.up, self.hb_ms = True, msg.heartbeat_ms or self.dev.hb_ms
             self.dev.sim.ledger.link_event(self.dev.name, self.net, "connects")
             self.dev.link_ready()
@@ -96,7 +120,7 @@ class Link(asyncio.Protocol):
             if not self.closing:
                 self.closing = True
                 self.up = False
-                self.write_raw(self.dev.encode_link(Close(Close.NORMAL)), "CLOSE")
+                self.write_raw(self.encode_link(Close(Close.NORMAL)), "CLOSE")
             self.transport.close()
         elif isinstance(msg, Command):
             self.dev.on_command(msg)
@@ -111,10 +135,24 @@ class Link(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
             self.dev.sim.ledger.wrote(self.dev.name, self.net, type_name)
+            self._record(data)
+
+    def _record(self, data: bytes) -> None:
+        rec = self.recording
+        if rec is None:
+            return
+        rec.append(data)
+        if len(rec) >= 2 + RECORD_FRAMES:  # HELLO, SESSION_CONFIRM and the frames after it
+            self.dev.recorded_session = rec
+            self.recording = None
+
+    def encode_link(self, message) -> bytes:
+        """A per-link message (seq 0), signed with this link's key (HELLO: the link key, else K_s)."""
+        return self.dev._encode(message, 0, key=self.dev.key if isinstance(message, Hello) else self.mac_key)
 
     def heartbeat(self) -> None:
         self.hb_counter = (self.hb_counter + 1) & 0xFFFF_FFFF
-        self.write(self.dev.encode_link(Heartbeat(self.hb_counter)), "HEARTBEAT")
+        self.write(self.encode_link(Heartbeat(self.hb_counter)), "HEARTBEAT")
 
     def abort_quietly(self) -> None:
         """Close without CLOSE (a refused HELLO, a killed link): what was written is flushed first."""
@@ -127,7 +165,44 @@ class Link(asyncio.Protocol):
         if self.transport is None or self.closing:
             return
         self.closing, self.up = True, False
-        self.write_raw(self.dev.encode_link(Close(reason)), "CLOSE")
+        self.write_raw(self.encode_link(Close(reason)), "CLOSE")
+
+
+class ReplayLink(asyncio.Protocol):
+    """The ``replay`` fault: a recorded session (HELLO, SESSION_CONFIRM, frames) written again, blind, on
+    a new connection. What comes back is booked under the net ``replay-A`` / ``replay-B``."""
+
+    def __init__(self, dev: "DeviceSim", net: str, recording: list[bytes]) -> None:
+        self.dev, self.net, self.recording = dev, net, recording
+        self.where = f"replay-{net}"
+        self.transport: asyncio.Transport | None = None
+        # observing only: the replayer cannot make the new session's key, but the simulator can read it
+        self.decoder = StreamDecoder(types=DEVICE_RX_TYPES, mac=MacPolicy(key=dev.key))
+        self.recorded_nonce = Hello.unpack(recording[0][24:24 + 28]).device_nonce
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(b"".join(self.recording))
+
+    def data_received(self, data: bytes) -> None:
+        self.decoder.feed(data)
+        ledger = self.dev.sim.ledger
+        for ev in self.decoder.events():
+            if isinstance(ev, FrameError):
+                ledger.got(self.dev.name, self.where, f"error:{ev.reason.value}")
+                continue
+            ledger.got(self.dev.name, self.where, ev.name)
+            msg = ev.message
+            if isinstance(msg, HelloAck) and msg.result == HelloAck.OK and self.dev.key is not None:
+                self.decoder.set_session_key(session_key(self.dev.key, self.recorded_nonce, msg.session_nonce))
+            elif isinstance(msg, Close):
+                ledger.link_event(self.dev.name, self.where, f"closed_by_gateway_{msg.reason}")
+                self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class DeviceSim(SequencedSender):
@@ -147,6 +222,8 @@ class DeviceSim(SequencedSender):
         self.refused = False
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self.recorded_session: list[bytes] | None = None   # an earlier session's bytes (see ReplayLink)
+        self._replays: list[ReplayLink] = []
 
     # -- life ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -183,7 +260,7 @@ class DeviceSim(SequencedSender):
             link.close_gracefully(Close.NORMAL)
         if links:
             await asyncio.wait([link.closed for link in links], timeout=grace_s)
-        for link in links:
+        for link in links + self._replays:
             if link.transport is not None:
                 link.transport.close()
         for t in self._tasks:
@@ -194,9 +271,29 @@ class DeviceSim(SequencedSender):
         return [link for link in self.links.values()
                 if link is not None and link.up and not link.silent and not link.closing]
 
-    def encode_link(self, message) -> bytes:
-        """A per-link message: seq 0."""
-        return self._encode(message, 0)
+    def replay_session(self, target) -> bool:
+        """The ``replay`` fault: an earlier session of this device played back on a new connection to
+        ``target``'s net. False (no fault) until a session has been recorded."""
+        recording = self.recorded_session
+        if recording is None or self.sim.stopping:
+            return False
+        self._tasks.append(asyncio.create_task(self._replay(target.net, recording), name=f"{self.name}-replay"))
+        self.sim.ledger.link_event(self.name, f"replay-{target.net}", "replayed")
+        return True
+
+    async def _replay(self, net: str, recording: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.sim.endpoint(net)
+        try:
+            _, link = await loop.create_connection(lambda: ReplayLink(self, net, recording), host, port)
+        except OSError as exc:
+            log.debug("%s net %s: replay connect failed: %s", self.name, net, exc)
+            return
+        self._replays.append(link)
+        try:
+            await asyncio.wait_for(asyncio.shield(link.closed), REPLAY_GIVE_UP_S)
+        except asyncio.TimeoutError:
+            link.transport.close()
 
     # -- ticks -----------------------------------------------------------------------------
     def on_tick(self, tick: int, now: float, step: int = 1, behind_ms: float = 0.0) -> None:

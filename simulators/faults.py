@@ -23,8 +23,14 @@ datagram; every copy after the first is a ``duplicate``)::
                 covers it, header stays valid)                   endpoint); if no valid copy left: gap +1
     delay       every copy stamped max_age_ms + max(1 s,          stale +1 per copy (on its link),
                 max_age_ms) in the past                           gap +1
-    replay      the last valid frame's bytes again (sent less    duplicate +1
-                than max_age_ms / 2 ago, else no fault)
+    replay      device: an earlier session of the device (its    none: the gateway answers HELLO_ACK
+                recorded HELLO, SESSION_CONFIRM and frames)      with a new session nonce, the recorded
+                written again on a new connection (no fault      SESSION_CONFIRM cannot confirm it, so
+                until one is recorded). Train (no sessions):     nothing is applied and the device's
+                the last valid datagram again (sent less than    links are untouched; the gateway
+                max_age_ms / 2 ago, else no fault)               closes it with CLOSE 2 (booked as
+                                                                 ``replay-A``/``-B`` link events).
+                                                                 Train: duplicate +1
     masquerade  an extra copy from an unconfigured src,          unknown_source +1 on that link
                 unsigned                                          (UDP: the endpoint)
     wrong_key   an extra copy signed with a wrong key            bad_mac +1 on that link (UDP: endpoint)
@@ -41,8 +47,8 @@ datagram; every copy after the first is a ``duplicate``)::
 keeps them per device and per train; which of net A / net B counts a
 duplicate is a race), decoder and source errors per link (``A``/``B``) for
 devices and per UDP endpoint for trains. The counts assume each device keeps
-at least one link up (a HELLO while no other link is open starts a new
-session and resets the window) and the sender's clock agrees with the
+at least one link up (a session confirmed while no other link is open
+starts a new sequence session and resets the window) and the sender's clock agrees with the
 receiver's to well under a second.
 
 Used from the simulator's one asyncio thread.

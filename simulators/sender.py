@@ -2,13 +2,17 @@
 
 A sender allocates one seq per sequenced message and writes the same frame
 (same seq, same time_ms) to each of its *outlets*: the device's links that
-are up (net A, net B) or the train's UDP socket. Faults (``faults.py``)
+are up (net A, net B) or the train's UDP socket. Each copy is signed with its
+outlet's key: since ICD 1.1 every TCP link has its own session key, so the
+net A and net B copies differ in their MAC only. Faults (``faults.py``)
 change what is written, and each write is booked in the ledger together
 with the counters it must produce at the receiver.
 
 An outlet is anything with ``where`` ("A", "B" or "udp"), ``write(data,
 type_name)`` and ``after_corrupt`` (True while the last thing written on it
-was a corrupted frame: garbage must not follow it, see ``faults.py``).
+was a corrupted frame: garbage must not follow it, see ``faults.py``), and
+optionally ``mac_key`` (the key its frames are signed with; default: the
+sender's key).
 
 Used from the simulator's one asyncio thread.
 """
@@ -38,10 +42,17 @@ class SequencedSender(ABC):
     def outlets(self) -> list:
         """Where frames go: the open links (DeviceSim) or the UDP socket (TrainSim)."""
 
-    def _encode(self, message, seq: int, time_ms: int | None = None, src: int | None = None, key=...) -> bytes:
+    def _encode(self, message, seq: int, time_ms: int | None = None, src: int | None = None, key=...,
+                outlet=None) -> bytes:
+        """One frame; signed with ``key`` if given (None: unsigned), else with ``outlet``'s key, else ours."""
+        if key is ...:
+            key = getattr(outlet, "mac_key", self.key)
         return encode(message, src=self.node_id if src is None else src, dst=self.sim.gateway_id, seq=seq,
-                      time_ms=self.sim.now_ms() if time_ms is None else time_ms,
-                      mac_key=self.key if key is ... else key)
+                      time_ms=self.sim.now_ms() if time_ms is None else time_ms, mac_key=key)
+
+    def replay_session(self, target) -> bool:
+        """The ``replay`` fault for a sender with sessions (devices override it); False: not possible now."""
+        return False
 
     def send_seq(self, message, final: bool = False) -> bool:
         """Send one sequenced message (with at most one fault); False if no outlet is up."""
@@ -63,17 +74,18 @@ class SequencedSender(ABC):
             return True
         if fault == "delay":
             old = self.sim.now_ms() - self.sim.max_age_ms - max(1000, self.sim.max_age_ms)
-            data = self._encode(message, seq, time_ms=old)
             for out in outs:
-                out.write(data, message.NAME)
+                out.write(self._encode(message, seq, time_ms=old, outlet=out), message.NAME)
             ledger.inject(fault, name)
             ledger.expect(name, stale=len(outs), gap=1)
             return True
-        data = self._encode(message, seq)
+        now_ms = self.sim.now_ms()  # every copy carries the same seq and time_ms
+        copy_for = {id(out): self._encode(message, seq, time_ms=now_ms, outlet=out) for out in outs}
+        data = copy_for[id(outs[0])]
         if fault == "corrupt":
             victim = self.faults.pick(outs)
             for out in outs:
-                out.write(corrupt(data) if out is victim else data, message.NAME)
+                out.write(corrupt(copy_for[id(out)]) if out is victim else copy_for[id(out)], message.NAME)
             victim.after_corrupt = True
             ledger.inject(fault, name)
             ledger.expect_link_error(name, victim.where, "bad_crc")
@@ -86,10 +98,11 @@ class SequencedSender(ABC):
                 ledger.inject(fault, name)
                 ledger.expect_link_error(name, target.where, "bad_sync")
         for out in outs:
-            out.write(data, message.NAME)
+            out.write(copy_for[id(out)], message.NAME)
         copies = len(outs)
         if fault == "duplicate":
-            self.faults.pick(outs).write(data, message.NAME)
+            again = self.faults.pick(outs)
+            again.write(copy_for[id(again)], message.NAME)
             ledger.inject(fault, name)
             copies += 1
         previous = self.last_valid
@@ -110,10 +123,13 @@ class SequencedSender(ABC):
         ledger, name = self.sim.ledger, self.name
         target = self.faults.pick(outs)
         if fault == "replay":
+            if self.replay_session(target):  # a device: an earlier session replayed on a new connection
+                ledger.inject(fault, name)
+                return
             last = self._recent(previous)
-            if last is None:
-                return  # nothing recent enough to be a certain duplicate: no fault
-            target.write(last[0], last[1])
+            if last is None or self.KIND == "device":
+                return  # nothing to replay: no fault
+            target.write(last[0], last[1])  # a train (no sessions): its last datagram again
             ledger.expect(name, duplicates=1)
         elif fault == "masquerade":
             target.write(self._encode(message, seq, src=self.sim.stranger_id, key=None), message.NAME)
@@ -134,8 +150,10 @@ class SequencedSender(ABC):
         seq, message = self.held
         self.held = None
         outs = self.outlets()
-        data = self._encode(message, seq)
+        now_ms = self.sim.now_ms()
+        data = None
         for out in outs:
+            data = self._encode(message, seq, time_ms=now_ms, outlet=out)
             out.write(data, message.NAME)
         ledger = self.sim.ledger
         ledger.expect(self.name, gap=1, stale=1 if outs else 0, duplicates=max(0, len(outs) - 1))

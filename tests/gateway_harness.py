@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import pathlib
 import socket
 import threading
@@ -10,11 +11,14 @@ import time
 import yaml
 
 from gateway.app import config
-from railcodecs import DEVICE_RX_TYPES, Frame, Hello, MacPolicy, StreamDecoder, encode
+from railcodecs import (DEVICE_RX_TYPES, Frame, Hello, HelloAck, MacPolicy, SessionConfirm, StreamDecoder, encode,
+                        session_key)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((ROOT / "config" / "demo-line.yaml").read_text())
 KEY_257 = bytes.fromhex(DEMO["devices"][0]["mac_key"])
+#: every test device's HELLO carries a new device nonce (distinct, not random: tests are reproducible)
+_DEVICE_NONCES = itertools.count(0x5EED_0000_0000_0001)
 
 
 def line_config(**gateway_overrides) -> config.Config:
@@ -72,7 +76,8 @@ class RunningGateway:
 
 
 class Device:
-    """A blocking test device on one net: HELLO, frames, and what the gateway sends back."""
+    """A blocking test device on one net speaking ICD 1.1: HELLO, HELLO_ACK, SESSION_CONFIRM, frames
+    (signed with the session key once it has one), and what the gateway sends back."""
 
     def __init__(self, port: int, dev_id: int = 258, kind: int = 1, net: int = 0, hb_ms: int = 100,
                  key: bytes | None = None) -> None:
@@ -82,17 +87,41 @@ class Device:
         self.received: list = []
         self._cursor = 0
         self.hb = 0
+        self.device_nonce = next(_DEVICE_NONCES)
+        self.session_nonce: int | None = None   # from the gateway's HELLO_ACK
+        self.session_key: bytes | None = None   # K_s, on a keyed link, from the HELLO_ACK on
+        self.sent: list[bytes] = []             # every frame sent, as on the wire (for replay tests)
 
     def send(self, message, seq: int = 0, time_ms: int | None = None, src: int | None = None) -> None:
-        self.sock.sendall(self.encode(message, seq, time_ms, src))
+        data = self.encode(message, seq, time_ms, src)
+        self.sent.append(data)
+        self.sock.sendall(data)
 
     def encode(self, message, seq: int = 0, time_ms: int | None = None, src: int | None = None) -> bytes:
+        key = self.key if self.session_key is None or isinstance(message, Hello) else self.session_key
         return encode(message, src=self.id if src is None else src, dst=1, seq=seq,
-                      time_ms=int(time.time() * 1000) if time_ms is None else time_ms, mac_key=self.key)
+                      time_ms=int(time.time() * 1000) if time_ms is None else time_ms, mac_key=key)
 
-    def hello(self) -> Frame:
-        self.send(Hello(self.kind, self.net, self.hb_ms, "TEST-1"))
-        return self.wait_for("HELLO_ACK")
+    def hello(self, confirm: bool = True) -> Frame:
+        """HELLO, wait for the HELLO_ACK and (``confirm``, when it says OK) answer SESSION_CONFIRM."""
+        self.send(Hello(self.kind, self.net, self.hb_ms, "TEST-1", self.device_nonce))
+        ack = self.wait_for("HELLO_ACK")
+        if confirm and ack.message.result == HelloAck.OK:
+            self.confirm()
+        return ack
+
+    def confirm(self, device_nonce: int | None = None, session_nonce: int | None = None) -> None:
+        """SESSION_CONFIRM, with this link's nonces unless told otherwise."""
+        self.send(SessionConfirm(self.device_nonce if device_nonce is None else device_nonce,
+                                 self.session_nonce if session_nonce is None else session_nonce))
+
+    def _learn_session(self, ack) -> None:
+        if ack.message.result != HelloAck.OK:
+            return
+        self.session_nonce = ack.message.session_nonce
+        if self.key is not None:
+            self.session_key = session_key(self.key, self.device_nonce, self.session_nonce)
+            self.decoder.set_session_key(self.session_key)
 
     def heartbeat(self) -> None:
         from railcodecs import Heartbeat
@@ -112,7 +141,11 @@ class Device:
             self.received.append("EOF")
             return ["EOF"]
         self.decoder.feed(data)
-        got = list(self.decoder.events())
+        got = []
+        for ev in self.decoder.events():  # one at a time: the HELLO_ACK switches the key for the next
+            got.append(ev)
+            if getattr(ev, "name", None) == "HELLO_ACK":
+                self._learn_session(ev)
         self.received.extend(got)
         return got
 

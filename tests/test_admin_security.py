@@ -35,7 +35,8 @@ from gateway.app import config
 from gateway.app.admin_routes import AdminRoutes, TokenError, load_or_create_token, parse_json
 from gateway.cli import alarms_action_cmd, alarms_history_cmd, status_cmd
 from gateway.cli.alarms_cmd import format_change
-from gateway.cli.status_cmd import json_line, render_text, safe_text
+from gateway.cli.status_cmd import render_text
+from gateway.cli.terminal_text import json_line, safe_text
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "alarm-message.schema.json").read_text())

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import load_vectors
 from gateway.cli.decode_cmd import main
+from railcodecs import Hello, encode
 
 VECTORS = load_vectors()
 
@@ -23,14 +24,27 @@ def run(args, capsys, stdin=None, monkeypatch=None):
     return code, [json.loads(line) for line in out.splitlines()], err
 
 
+def session_nonces() -> str:
+    """``DEVICE_NONCE:SESSION_NONCE`` of the hello / hello_ack vectors (the session of the session vectors)."""
+    by_name = {v["name"]: v["expect"]["fields"] for v in VECTORS["vectors"] if v["name"] in ("hello", "hello_ack")}
+    return f"{by_name['hello']['device_nonce']:016x}:{by_name['hello_ack']['session_nonce']:x}"
+
+
+SESSION_WAYS = {"link key and nonces": lambda: ["--mac-key", VECTORS["mac_key_hex"], "--session", session_nonces()],
+                "session key": lambda: ["--session-key", VECTORS["session_key_hex"]]}
+
+
+@pytest.mark.parametrize("way", SESSION_WAYS)
 @pytest.mark.parametrize("vec", VECTORS["vectors"], ids=lambda v: v["name"])
-def test_every_vector(vec, capsys):
+def test_every_vector(vec, way, capsys):
     expect = vec["expect"]
     args = [vec["hex"]]
     if "size" in expect or expect.get("udp"):
         args.append("--udp")
-    if "mac_key_hex" in expect or expect.get("mac"):
-        args += ["--mac-key", VECTORS["mac_key_hex"]]
+    if expect.get("mac_key_hex", VECTORS["mac_key_hex"]) == VECTORS["session_key_hex"]:
+        args += SESSION_WAYS[way]()  # a frame after HELLO_ACK: its MAC is made with the session key
+    elif "mac_key_hex" in expect or expect.get("mac"):
+        args += ["--mac-key", expect.get("mac_key_hex", VECTORS["mac_key_hex"])]
     code, lines, _ = run(args, capsys)
     if expect.get("stream"):
         assert code == 1
@@ -47,6 +61,33 @@ def test_every_vector(vec, capsys):
             if key in expect:
                 assert got[key] == expect[key]
         assert set(got) >= {"type", "src", "dst", "seq", "time_ms", "mac", "fields"}
+
+
+def test_session_frames_need_their_session_key(capsys):
+    """The link key alone finds a session frame bad_mac; the session options verify it, and a HELLO still
+    with the link key; a wrong session is bad_mac."""
+    confirm = next(v["hex"] for v in VECTORS["vectors"] if v["name"] == "session_confirm_with_mac")
+    code, lines, _ = run(["--mac-key", VECTORS["mac_key_hex"], confirm], capsys)
+    assert code == 1 and lines[0]["error"] == "bad_mac"
+    code, lines, _ = run(["--mac-key", VECTORS["mac_key_hex"], "--session", "0x123456789abcdef:1", confirm], capsys)
+    assert code == 1 and lines[0]["error"] == "bad_mac"
+    signed_hello = encode(Hello(1, 0, 500, "X", 5), src=257, dst=1, seq=0, time_ms=1,
+                          mac_key=bytes.fromhex(VECTORS["mac_key_hex"])).hex()
+    code, lines, _ = run(["--mac-key", VECTORS["mac_key_hex"], "--session", session_nonces(), signed_hello + confirm],
+                         capsys)
+    assert code == 0 and [x["type"] for x in lines] == ["HELLO", "SESSION_CONFIRM"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--session", "1:2", "a55a"], "--session needs --mac-key"),
+    (["--mac-key", "00" * 32, "--session", "12", "a55a"], "expected DEVICE_NONCE:SESSION_NONCE"),
+    (["--mac-key", "00" * 32, "--session", "1:1ffffffffffffffff", "a55a"],
+     "session nonce '1ffffffffffffffff' is not hex"),
+    (["--session-key", "00", "--session", "1:2", "a55a"], "not both"),
+])
+def test_session_usage_errors(args, message, capsys):
+    code, _, err = run(args, capsys)
+    assert code == 2 and message in err
 
 
 def test_stdin_lines_and_input_index(capsys, monkeypatch):

@@ -45,10 +45,11 @@ def with_payload_byte(frame: bytes, at: int, value: int) -> bytes:
 OUT_OF_RANGE = [
     (Close(0), 0, "reason", 9),
     (Close(3), 0, "reason", 4),
-    (Hello(1, 0, 500, "CI-3.2.1"), 0, "device_kind", 9),
-    (Hello(1, 0, 500, "CI-3.2.1"), 0, "device_kind", 0),
-    (Hello(1, 0, 500, "CI-3.2.1"), 1, "net", 7),
-    (HelloAck(0, 500, T0), 0, "result", 9),
+    (Hello(1, 0, 500, "CI-3.2.1", 0x0123456789ABCDEF), 0, "device_kind", 9),
+    (Hello(1, 0, 500, "CI-3.2.1", 0x0123456789ABCDEF), 0, "device_kind", 0),
+    (Hello(1, 0, 500, "CI-3.2.1", 0x0123456789ABCDEF), 1, "net", 7),
+    (HelloAck(0, 500, T0, 0xFEDCBA9876543210), 0, "result", 9),
+    (HelloAck(1, 500, T0, 0), 18, "session_nonce", 9),  # a refusal carries nonce 0 (ICD 1.1)
     (TrackSections(((101, 0), (102, 1))), 2 + 3 + 2, "state", 9),
     (Signals(((201, 0),)), 4, "aspect", 9),
     (Switches(((301, 0),)), 4, "position", 9),
@@ -181,7 +182,7 @@ def test_receiver_hello_with_another_message_counts_instead_of_raising():
 def test_receiver_check_after_the_sender_left_the_config_drops_instead_of_raising():
     rx = Receiver(GW, {CI: 1})
     link = rx.new_link("a", 0)
-    assert rx.hello(link, decode_datagram(wire(Hello(1, 0, 500, "x")), types=ALL_TYPES), T0) == HelloAck.OK
+    assert rx.hello(link, decode_datagram(wire(Hello(1, 0, 500, "x", 7)), types=ALL_TYPES), T0) == HelloAck.OK
     del rx.senders[CI]  # e.g. a config reload removed the device while its link was open
     frame = decode_datagram(wire(TrackSections(((1, 1),))), types=ALL_TYPES)
     assert rx.check(link, frame, T0).value == "unknown_source"

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from codec_helpers import decode_chunks, summary
 from railcodecs import (Close, Command, CommandResult, DeviceAlarm, Frame, FrameError, Heartbeat, Hello, HelloAck,
+                        SessionConfirm,
                         MacPolicy, Signals, Switches, TrackSections, TrainDiag, TrainHeartbeat, TrainStatus,
                         decode_datagram, encode)
 
@@ -18,8 +19,10 @@ def items(values):
 
 tcp_messages = st.one_of(
     st.builds(Hello, st.integers(1, 4), st.integers(0, 1), u16,
-              st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=16)),
-    st.builds(HelloAck, st.integers(0, 3), u16, u64),
+              st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=16), u64),
+    st.builds(HelloAck, st.just(0), u16, u64, u64),
+    st.builds(HelloAck, st.integers(1, 3), u16, u64, st.just(0)),
+    st.builds(SessionConfirm, u64, u64),
     st.builds(Heartbeat, u32),
     st.builds(TrackSections, items(st.integers(0, 3))),
     st.builds(Signals, items(st.integers(0, 5))),

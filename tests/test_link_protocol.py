@@ -11,18 +11,21 @@ from collections import Counter
 
 import pytest
 
-from gateway.base.link_actions import (ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY, READ_FIRST,
-                                       SHUTDOWN_WRITE)
+from gateway.base.link_actions import (ARM_CONFIRM, ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY,
+                                       READ_FIRST, SHUTDOWN_WRITE)
 from gateway.line.link_protocol import LinkProtocol
 from gateway.line.link_state import LinkEvent, LinkState
 from gateway.line.object_state import ObjectState
 from gateway_harness import KEY_257, line_config
 from railcodecs import (DEVICE_RX_TYPES, Close, DeviceAlarm, FrameError, Heartbeat, Hello, HelloAck, MacPolicy,
-                        Reason, Receiver, StreamDecoder, TrackSections, encode)
+                        Reason, Receiver, SessionConfirm, StreamDecoder, TrackSections, encode, session_key)
 from railcodecs.byte_source import LinearBuffer
 
 T0_MS = 1_700_000_000_000
 HB_S = 0.1  # line_config's heartbeat; the test devices offer the same
+DEVICE_NONCE = 0x0123456789ABCDEF
+#: the session nonces the protocol under test draws, in turn (injected: no randomness in these tests)
+SESSION_NONCES = (0xFEDCBA9876543210, 0x1111222233334444)
 
 
 class RecordingContext:
@@ -64,19 +67,32 @@ class Driver:
         self.split, self.dev_id, self.key = split, dev_id, key
         self.ctx = RecordingContext(line_config(**overrides))
         self.source = LinearBuffer()
-        self.p = LinkProtocol(self.ctx, net, self.source, "127.0.0.1:4242")
+        nonces = iter(SESSION_NONCES)
+        self.p = LinkProtocol(self.ctx, net, self.source, "127.0.0.1:4242", nonce=lambda: next(nonces))
         self.now, self.now_ms = 1000.0, T0_MS
         self.kernel = b""    # bytes "arrived but not yet read": delivered only on READ_FIRST
         self.device = StreamDecoder(types=DEVICE_RX_TYPES, mac=MacPolicy(key=key))  # what the device reads
         self.received: list = []
         self.seq = 0
         self.hb = 0
+        self.session_nonce: int | None = None
+        self.session_key: bytes | None = None  # the device's K_s once it has read the HELLO_ACK
+        self.device_ahead_ms = 0  # the device's clock minus the gateway's
         self.acts = self.p.connection_made(self.now)
 
     # -- the device side
-    def frame(self, message, seq: int = 0, src: int | None = None) -> bytes:
-        return encode(message, src=self.dev_id if src is None else src, dst=1, seq=seq, time_ms=self.now_ms,
-                      mac_key=self.key)
+    def frame(self, message, seq: int = 0, src: int | None = None, key: bytes | None = None) -> bytes:
+        if key is None:
+            key = self.key if self.session_key is None or isinstance(message, Hello) else self.session_key
+        return encode(message, src=self.dev_id if src is None else src, dst=1, seq=seq,
+                      time_ms=self.now_ms + self.device_ahead_ms, mac_key=key)
+
+    def hello(self, kind: int | None = None, hb_ms: int = 100) -> bytes:
+        return self.frame(Hello(kind or (1 if self.dev_id < 513 else 3), 0, hb_ms, "TEST-1", DEVICE_NONCE))
+
+    def confirm(self, device_nonce: int = DEVICE_NONCE, session_nonce: int | None = None) -> bytes:
+        return self.frame(SessionConfirm(device_nonce, self.session_nonce if session_nonce is None
+                                         else session_nonce))
 
     def status(self, message) -> bytes:
         self.seq += 1
@@ -102,7 +118,13 @@ class Driver:
         if self.p.outbox:
             self.device.feed(bytes(self.p.outbox))
             self.p.outbox.clear()
-            self.received.extend(self.device.events())
+            for ev in self.device.events():  # one at a time: the HELLO_ACK switches the key for the next
+                self.received.append(ev)
+                if getattr(ev, "name", None) == "HELLO_ACK" and ev.message.result == HelloAck.OK:
+                    self.session_nonce = ev.message.session_nonce
+                    if self.key is not None:
+                        self.session_key = session_key(self.key, DEVICE_NONCE, self.session_nonce)
+                        self.device.set_session_key(self.session_key)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -127,8 +149,9 @@ class Driver:
         return [ev.name if not isinstance(ev, FrameError) else ev.reason.value for ev in self.received]
 
     def up(self) -> None:
-        acts = self.feed(self.frame(Hello(1 if self.dev_id < 513 else 3, 0, 100, "TEST-1")))
-        assert acts & ARM_HEARTBEAT and self.p.state is LinkState.UP, self.names()
+        acts = self.feed(self.hello())
+        assert acts == ARM_HEARTBEAT | ARM_CONFIRM and self.p.state is LinkState.AWAIT_CONFIRM, self.names()
+        assert self.feed(self.confirm()) == 0 and self.p.state is LinkState.UP, self.names()
         self.received.clear()
 
 
@@ -137,21 +160,25 @@ def split(request):
     return request.param
 
 
-def test_hello_ok_acks_after_registering_and_arms_the_heartbeat(split):
+def test_hello_ok_acks_with_a_session_nonce_and_registers_only_at_confirm(split):
     d = Driver(split)
     assert d.acts == ARM_HELLO and d.p.hello_timeout_s == 1.0 and d.ctx.calls == ["started"]
-    acts = d.feed(d.frame(Hello(1, 0, 100, "TEST-1")))
-    assert acts == ARM_HEARTBEAT and d.p.heartbeat_s == HB_S
-    assert d.p.state is LinkState.UP and d.p.alive and d.p.device_id == 258
-    assert d.ctx.calls == ["started", "up"]
+    acts = d.feed(d.hello())
+    assert acts == ARM_HEARTBEAT | ARM_CONFIRM and d.p.heartbeat_s == HB_S and d.p.confirm_timeout_s == 1.0
+    assert d.p.state is LinkState.AWAIT_CONFIRM and not d.p.alive and d.p.device_id == 258
+    assert d.ctx.calls == ["started"]  # not registered: it replaces nothing yet (rule 7)
     (ack,) = d.received
     assert ack.name == "HELLO_ACK" and ack.message.result == HelloAck.OK and ack.message.heartbeat_ms == 100
+    assert ack.message.session_nonce == SESSION_NONCES[0] and d.p.checks.session_nonce == SESSION_NONCES[0]
     assert ack.src == 1 and ack.dst == 258 and d.p.tx_frames == 1
+    assert d.feed(d.confirm()) == 0
+    assert d.p.state is LinkState.UP and d.p.alive and d.ctx.calls == ["started", "up"]
+    assert d.p.checks.confirmed and not d.p.checks.errors and d.received == [ack]  # confirm is not answered
 
 
 def test_agreed_heartbeat_is_the_devices_within_range(split):
     d = Driver(split)
-    d.feed(d.frame(Hello(1, 0, 250, "TEST-1")))
+    d.feed(d.hello(hb_ms=250))
     assert d.p.heartbeat_ms == 250 and d.received[0].message.heartbeat_ms == 250
 
 
@@ -162,7 +189,7 @@ def test_frames_after_hello_are_checked_and_applied(split):
                   + d.status(DeviceAlarm(7, 2, 1, 111, "x"))) == 0
     assert d.ctx.objects.sections[(258, 111)][0] == 1
     assert ("device_message", "DEVICE_ALARM") in d.ctx.calls
-    assert d.p.checks.rx_frames == 4 and not d.p.checks.errors and not d.p.outbox
+    assert d.p.checks.rx_frames == 5 and not d.p.checks.errors and not d.p.outbox  # HELLO, SESSION_CONFIRM, 3
 
 
 @pytest.mark.parametrize("case", ["unknown device", "wrong net", "wrong kind"])
@@ -170,10 +197,10 @@ def test_hello_refused_says_why_then_closes_with_reason_2(split, case):
     dev_id, net, kind = {"unknown device": (999, "A", 1), "wrong net": (769, "B", 3),
                          "wrong kind": (258, "A", 2)}[case]
     d = Driver(split, net=net, dev_id=dev_id)
-    acts = d.feed(d.frame(Hello(kind, 0, 100, "TEST-1")))
+    acts = d.feed(d.hello(kind=kind))
     assert acts == BEGIN_CLOSE
     (ack,) = d.received
-    assert ack.message.result == HelloAck.UNKNOWN_DEVICE and ack.dst == dev_id
+    assert ack.message.result == HelloAck.UNKNOWN_DEVICE and ack.dst == dev_id and ack.message.session_nonce == 0
     assert d.p.state is LinkState.CLOSING and not d.p.alive and d.p.device_id is None
     assert d.ctx.calls == ["started"]  # never up, so never left up
     assert d.call(d.p.send_close(d.now_ms)) == SHUTDOWN_WRITE
@@ -182,9 +209,10 @@ def test_hello_refused_says_why_then_closes_with_reason_2(split, case):
 
 def test_hello_without_the_required_mac_is_answered_mac_required(split):
     d = Driver(split, dev_id=257)  # CI-1 must sign; this HELLO is not signed
-    assert d.feed(d.frame(Hello(1, 0, 100, "TEST-1"))) == BEGIN_CLOSE
+    assert d.feed(d.hello()) == BEGIN_CLOSE
     (ack,) = d.received
     assert ack.message.result == HelloAck.MAC_REQUIRED and ack.dst == 0  # its src cannot be trusted
+    assert ack.message.session_nonce == 0
     assert d.p.checks.errors == {"missing_mac": 1} and d.p.state is LinkState.CLOSING
 
 
@@ -194,7 +222,7 @@ def test_signed_hello_is_acked_signed(split):
     d.advance(HB_S)
     d.feed(d.heartbeat())
     d.timer(d.p.heartbeat_tick)
-    assert d.names() == ["HEARTBEAT"] and d.received[0].mac is not None  # verified with the device key
+    assert d.names() == ["HEARTBEAT"] and d.received[0].mac  # verified with the session key
 
 
 def test_frame_before_hello_closes_with_reason_2(split):
@@ -208,7 +236,7 @@ def test_frame_before_hello_closes_with_reason_2(split):
 def test_second_hello_on_a_link_is_a_protocol_error(split):
     d = Driver(split)
     d.up()
-    assert d.feed(d.frame(Hello(1, 0, 100, "TEST-1"))) == BEGIN_CLOSE
+    assert d.feed(d.hello()) == BEGIN_CLOSE
     assert d.p.close_reason == Close.PROTOCOL_ERROR and not d.p.alive
     assert d.ctx.calls[-1] == ("left_up", "second HELLO on a link")
 
@@ -352,3 +380,96 @@ def test_garbage_is_resynced_and_counted_once_per_run(split):
     d.up()
     assert d.feed(b"\x00" * 100 + d.status(TrackSections(((111, 1),)))) == 0
     assert d.p.checks.errors == {Reason.BAD_SYNC.value: 1} and d.ctx.objects.sections[(258, 111)][0] == 1
+
+
+# --- the session (ICD 1.1) -------------------------------------------------------------------
+def awaiting(split, **kw) -> Driver:
+    """A link that has answered HELLO_ACK and waits for the SESSION_CONFIRM."""
+    d = Driver(split, **kw)
+    d.feed(d.hello())
+    assert d.p.state is LinkState.AWAIT_CONFIRM
+    return d
+
+
+def test_frames_before_session_confirm_are_no_session_and_not_applied(split):
+    d = awaiting(split)
+    assert d.feed(d.status(TrackSections(((111, 1),))) + d.heartbeat() + d.status(DeviceAlarm(7, 2, 1, 111, "x"))) == 0
+    assert d.p.checks.errors == {"no_session": 2} and d.p.state is LinkState.AWAIT_CONFIRM and not d.p.alive
+    assert (258, 111) not in d.ctx.objects.sections and d.ctx.calls == ["started"]  # no device message either
+    assert d.p.checks.hb_last == 1  # a HEARTBEAT passes: heartbeats run from the HELLO_ACK on
+    d.feed(d.confirm())
+    d.feed(d.status(TrackSections(((111, 1),))))
+    assert d.ctx.objects.sections[(258, 111)][0] == 1  # seq 3: nothing before counted as applied
+
+
+def test_session_confirm_with_wrong_nonces_is_bad_session_and_closes_with_reason_2(split):
+    for wrong in ({"device_nonce": DEVICE_NONCE ^ 1}, {"session_nonce": SESSION_NONCES[1]}):
+        d = awaiting(split)
+        assert d.feed(d.confirm(**wrong)) == BEGIN_CLOSE
+        assert d.p.checks.errors == {"bad_session": 1} and not d.p.alive and d.ctx.calls == ["started"]
+        assert d.p.close_reason == Close.PROTOCOL_ERROR and d.p.why.startswith("SESSION_CONFIRM with nonces")
+        d.call(d.p.send_close(d.now_ms))
+        assert d.names()[-1] == "CLOSE" and d.received[-1].message.reason == Close.PROTOCOL_ERROR
+
+
+def test_a_repeated_session_confirm_on_an_up_link_is_counted_and_changes_nothing(split):
+    d = Driver(split)
+    d.up()
+    assert d.feed(d.confirm() + d.confirm(session_nonce=5)) == 0
+    assert d.p.checks.errors == {"duplicate": 1, "bad_session": 1} and d.p.alive and d.ctx.calls == ["started", "up"]
+
+
+def test_no_session_confirm_in_time_closes_with_reason_2(split):
+    d = awaiting(split)
+    d.advance(0.99)
+    d.feed(d.heartbeat())  # heartbeats alone do not confirm
+    d.advance(0.02)
+    assert d.call(d.p.confirm_timeout()) == BEGIN_CLOSE
+    assert d.p.close_reason == Close.PROTOCOL_ERROR and d.p.why == "no valid SESSION_CONFIRM in time"
+    assert d.ctx.counters["confirm_timeouts"] == 1 and d.ctx.calls == ["started"]  # never up, never left up
+    d.call(d.p.send_close(d.now_ms))
+    assert d.received[-1].name == "CLOSE" and d.received[-1].message.reason == Close.PROTOCOL_ERROR
+    up = Driver(split)
+    up.up()
+    assert up.call(up.p.confirm_timeout()) == 0 and up.p.alive  # the timer of a confirmed link does nothing
+
+
+def test_heartbeats_run_from_the_hello_ack_on_and_silence_ends_at_the_confirm_deadline(split):
+    d = awaiting(split, dev_id=257, key=KEY_257)
+    d.received.clear()
+    for _ in range(9):  # a silent peer, for 9 heartbeats (3 would kill an UP link)
+        d.advance(HB_S)
+        assert d.timer(d.p.heartbeat_tick) == 0 and d.p.state is LinkState.AWAIT_CONFIRM
+    assert d.names() == ["HEARTBEAT"] * 9 and all(ev.mac for ev in d.received)  # signed with K_s: verified
+    assert d.call(d.p.dead_deadline(d.now, d.now_ms, True)) == 0
+    assert d.call(d.p.confirm_timeout()) == BEGIN_CLOSE and d.p.close_reason == Close.PROTOCOL_ERROR
+    assert d.ctx.counters["heartbeat_timeouts"] == 0 and d.ctx.calls == ["started"]
+
+
+def test_keyed_link_uses_the_session_key_both_ways_from_the_hello_ack(split):
+    d = awaiting(split, dev_id=257, key=KEY_257)
+    (ack,) = d.received
+    assert ack.mac  # HELLO_ACK: the link key (the device's decoder had no session key yet)
+    k_s = session_key(KEY_257, DEVICE_NONCE, SESSION_NONCES[0])
+    assert d.session_key == k_s
+    # the link key no longer signs anything but HELLO: a SESSION_CONFIRM signed with it is bad_mac
+    d.feed(d.frame(SessionConfirm(DEVICE_NONCE, SESSION_NONCES[0]), key=KEY_257))
+    assert d.p.checks.errors == {"bad_mac": 1} and d.p.state is LinkState.AWAIT_CONFIRM
+    # a recording of another session's confirm and status frame (its own K_s) fails the MAC check
+    other = session_key(KEY_257, DEVICE_NONCE, SESSION_NONCES[1])
+    d.feed(d.frame(SessionConfirm(DEVICE_NONCE, SESSION_NONCES[1]), key=other)
+           + d.frame(TrackSections(((111, 1),)), seq=9, key=other))
+    assert d.p.checks.errors == {"bad_mac": 3} and (257, 111) not in d.ctx.objects.sections
+    d.feed(d.confirm() + d.status(TrackSections(((111, 1),))))
+    assert d.p.state is LinkState.UP and d.ctx.objects.sections[(257, 111)][0] == 1
+
+
+def test_the_hellos_clock_offset_takes_effect_at_confirmation(split):
+    d = Driver(split)
+    d.device_ahead_ms = 30_000
+    d.feed(d.hello())
+    assert d.p.checks.offset_ms == 0 and d.p.checks.pending_offset_ms == 30_000
+    d.feed(d.confirm())
+    assert d.p.checks.offset_ms == 30_000
+    d.feed(d.status(TrackSections(((111, 1),))))
+    assert d.ctx.objects.sections[(258, 111)][0] == 1 and not d.p.checks.errors

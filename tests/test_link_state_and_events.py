@@ -37,6 +37,19 @@ def test_close_reasons_follow_the_icd():
     assert not any(k[0] is S.CLOSED for k in TRANSITIONS)  # nothing leaves CLOSED
 
 
+def test_a_session_is_up_only_once_confirmed():
+    """ICD 1.1: HELLO_ACK leads to AWAIT_CONFIRM; only SESSION_CONFIRM leads to UP; an unconfirmed link is
+    not registered, so nothing can replace it."""
+    assert next_state(S.AWAIT_HELLO, E.HELLO_OK) == (S.AWAIT_CONFIRM, None)
+    assert next_state(S.AWAIT_CONFIRM, E.CONFIRMED) == (S.UP, None)
+    assert next_state(S.AWAIT_CONFIRM, E.CONFIRM_TIMEOUT) == (S.CLOSING, 2)
+    assert next_state(S.AWAIT_CONFIRM, E.PROTOCOL_ERROR) == (S.CLOSING, 2)
+    assert [k for k, (new, _) in TRANSITIONS.items() if new is S.UP] == [(S.AWAIT_CONFIRM, E.CONFIRMED)]
+    for never in (E.REPLACED, E.HEARTBEAT_TIMEOUT):  # not registered; silence bounded by the confirm deadline
+        with pytest.raises(IllegalTransition):
+            next_state(S.AWAIT_CONFIRM, never)
+
+
 def test_conditions_raise_once_and_clear_with_restored_events():
     log = EventLog()
     seen = []

@@ -6,7 +6,8 @@ import re
 import pytest
 
 from railcodecs import (Close, Command, DeviceAlarm, FieldError, Frame, FrameError, Hello, HelloAck, MacPolicy,
-                        Signals, TrackSections, TrainDiag, TrainHeartbeat, TrainStatus, decode_datagram, encode)
+                        SessionConfirm, Signals, TrackSections, TrainDiag, TrainHeartbeat, TrainStatus, decode_datagram,
+                        encode)
 
 HDR = dict(src=1025, dst=1, seq=5, time_ms=1_795_000_000_000)
 GOOD_STATUS = dict(section_id=104, offset_cm=1, speed_cm_s=-3, direction=1, mode=0, consist_id=9, coupling=2,
@@ -14,12 +15,16 @@ GOOD_STATUS = dict(section_id=104, offset_cm=1, speed_cm_s=-3, direction=1, mode
 
 
 @pytest.mark.parametrize("build, text", [
-    (lambda: Hello(5, 0, 500, "x"), "HELLO.device_kind: expected one of 1..4, got 5"),
-    (lambda: Hello(1, 2, 500, "x"), "HELLO.net"),
-    (lambda: Hello(1, 0, 70000, "x"), "HELLO.heartbeat_ms: expected an integer 0..65535"),
-    (lambda: Hello(1, 0, 500, "x" * 17), "HELLO.version"),
-    (lambda: Hello(1, 0, 500, "é"), "HELLO.version"),
-    (lambda: HelloAck(4, 500, 0), "HELLO_ACK.result"),
+    (lambda: Hello(5, 0, 500, "x", 1), "HELLO.device_kind: expected one of 1..4, got 5"),
+    (lambda: Hello(1, 2, 500, "x", 1), "HELLO.net"),
+    (lambda: Hello(1, 0, 70000, "x", 1), "HELLO.heartbeat_ms: expected an integer 0..65535"),
+    (lambda: Hello(1, 0, 500, "x" * 17, 1), "HELLO.version"),
+    (lambda: Hello(1, 0, 500, "é", 1), "HELLO.version"),
+    (lambda: Hello(1, 0, 500, "x", 1 << 64), "HELLO.device_nonce: expected an integer 0..18446744073709551615"),
+    (lambda: HelloAck(4, 500, 0, 0), "HELLO_ACK.result"),
+    (lambda: HelloAck(0, 500, 0, -1), "HELLO_ACK.session_nonce"),
+    (lambda: HelloAck(1, 500, 0, 5), "HELLO_ACK.session_nonce: must be 0 when result is 1"),
+    (lambda: SessionConfirm(1, 1 << 64), "SESSION_CONFIRM.session_nonce"),
     (lambda: Close(9), "CLOSE.reason: expected one of 0..3, got 9"),
     (lambda: TrackSections(((1, 4),)), "TRACK_SECTIONS.items[].state"),
     (lambda: Signals(((70000, 1),)), "SIGNALS.items[].id"),

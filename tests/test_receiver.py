@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from railcodecs import (Frame, FrameError, Heartbeat, Hello, HelloAck, MacPolicy, Receiver, SequenceWindow,
-                        StreamDecoder, TrackSections, TrainHeartbeat, decode_datagram, encode, seq_distance,
-                        seq_next)
+                        SessionConfirm, StreamDecoder, TrackSections, TrainHeartbeat, decode_datagram, encode,
+                        seq_distance, seq_next)
 
 GW, CI, CI2, TRAIN = 1, 257, 258, 1025
 T0 = 1_795_000_000_000
@@ -22,14 +22,26 @@ def make_receiver(**kw):
 class Link:
     """A TCP link as the gateway sees it: bytes in, decoder, receiver checks, applied frames out."""
 
-    def __init__(self, rx, net=0, mac=MacPolicy(), device=CI, device_clock_offset=0, now=T0):
-        self.rx, self.dev, self.off = rx, device, device_clock_offset
+    DEVICE_NONCE, SESSION_NONCE = 0x1111, 0x2222
+
+    def __init__(self, rx, net=0, mac=MacPolicy(), device=CI, device_clock_offset=0, now=T0, confirm=True):
+        self.rx, self.dev, self.off, self.key = rx, device, device_clock_offset, mac.key
         self.checks = rx.new_link(f"link-{net}", net)
         self.decoder = StreamDecoder(mac=mac)
         self.applied = []
-        hello = encode(Hello(1, net, 500, "T"), src=device, dst=GW, seq=0, time_ms=now + device_clock_offset,
-                       mac_key=mac.key)
+        self.confirms = []
+        hello = encode(Hello(1, net, 500, "T", self.DEVICE_NONCE), src=device, dst=GW, seq=0,
+                       time_ms=now + device_clock_offset, mac_key=mac.key)
         self.hello_result = self.feed(hello, now)
+        if self.hello_result == HelloAck.OK:
+            self.checks.session_nonce = self.SESSION_NONCE  # what the HELLO_ACK carried
+            if confirm:
+                self.feed(self.confirm_frame(now=now), now)
+
+    def confirm_frame(self, device_nonce=None, session_nonce=None, now=T0):
+        msg = SessionConfirm(self.DEVICE_NONCE if device_nonce is None else device_nonce,
+                             self.SESSION_NONCE if session_nonce is None else session_nonce)
+        return encode(msg, src=self.dev, dst=GW, seq=0, time_ms=now + self.off, mac_key=self.key)
 
     def frame(self, seq, value=0, *, time_ms=None, src=None, dst=GW, key=None, now=T0):
         msg = TrackSections(((101, value),))
@@ -44,6 +56,8 @@ class Link:
                 self.checks.count(ev.reason)
             elif isinstance(ev.message, Hello):
                 result = self.rx.hello(self.checks, ev, now)
+            elif isinstance(ev.message, SessionConfirm):
+                self.confirms.append(self.rx.confirm(self.checks, ev, now))
             elif self.rx.check(self.checks, ev, now) is None:
                 self.applied.append(ev)
         return result
@@ -213,3 +227,57 @@ def test_first_frame_of_a_session_sets_the_window_without_a_gap():
     link = Link(rx)
     link.feed(link.frame(5000))
     assert [x.seq for x in link.applied] == [5000] and link.errors() == {}
+
+
+# --- sessions (ICD 1.1) ------------------------------------------------------------------------
+def test_nothing_is_applied_before_the_session_is_confirmed():
+    rx = make_receiver()
+    link = Link(rx, confirm=False)
+    assert link.hello_result == HelloAck.OK and not link.checks.confirmed
+    link.feed(link.frame(1))
+    link.feed(encode(Heartbeat(5), src=CI, dst=GW, seq=0, time_ms=T0))  # let through, nothing applied
+    assert link.applied[0].message == Heartbeat(5) and len(link.applied) == 1
+    assert link.errors() == {"no_session": 1}
+    assert rx.senders[CI].applied == 0 and rx.senders[CI].sessions == 0 and rx.senders[CI].open_links == 0
+    link.feed(link.confirm_frame())
+    assert link.confirms == [None] and link.checks.confirmed and rx.senders[CI].sessions == 1
+    link.feed(link.frame(2))
+    assert [x.seq for x in link.applied[1:]] == [2] and rx.senders[CI].applied == 1
+
+
+def test_session_confirm_with_wrong_nonces_is_bad_session_and_confirms_nothing():
+    rx = make_receiver()
+    link = Link(rx, confirm=False)
+    link.feed(link.confirm_frame(device_nonce=Link.DEVICE_NONCE + 1))
+    link.feed(link.confirm_frame(session_nonce=Link.SESSION_NONCE ^ 1))
+    assert link.confirms == ["bad_session", "bad_session"] and not link.checks.confirmed
+    assert link.errors() == {"bad_session": 2}
+    link.feed(link.confirm_frame())
+    link.feed(link.confirm_frame())  # a repeat on a confirmed link
+    assert link.confirms[2:] == [None, "duplicate"] and link.checks.confirmed
+
+
+def test_clock_offset_of_the_hello_takes_effect_only_at_confirmation():
+    rx = make_receiver()
+    old = Link(rx, device_clock_offset=0)
+    assert old.checks.offset_ms == 0
+    link = Link(rx, net=1, device_clock_offset=60_000, confirm=False)
+    assert link.checks.offset_ms == 0 and link.checks.pending_offset_ms == 60_000
+    link.feed(link.confirm_frame())
+    assert link.checks.offset_ms == 60_000
+    link.feed(link.frame(1))
+    assert [x.seq for x in link.applied] == [1]
+
+
+def test_an_unconfirmed_link_neither_starts_nor_holds_a_session():
+    rx = make_receiver()
+    a = Link(rx, net=0)
+    a.feed(a.frame(7))
+    replayer = Link(rx, net=1, confirm=False)  # a HELLO that never confirms
+    rx.link_closed(a.checks)
+    assert rx.senders[CI].open_links == 0
+    rx.link_closed(replayer.checks)
+    assert rx.senders[CI].open_links == 0  # it never joined
+    b = Link(rx, net=0)  # the device reconnects: a new session, window reset
+    b.feed(b.frame(1))
+    assert [x.seq for x in b.applied] == [1] and rx.senders[CI].sessions == 2

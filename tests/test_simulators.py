@@ -15,6 +15,7 @@ import select
 import selectors
 import signal
 import socket
+import secrets
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ import yaml
 
 from gateway.app.config import Endpoint, parse
 from railcodecs import (GATEWAY_RX_TYPES, UDP_TYPES, Close, Command, FrameError, Heartbeat, Hello, HelloAck,
-                        MacPolicy, Receiver, StreamDecoder, decode_datagram, encode)
+                        MacPolicy, Receiver, SessionConfirm, StreamDecoder, decode_datagram, encode, session_key)
 from simulators.cli import main as sim_main
 from simulators.consists import ConsistTimeline, parse_scenario
 from simulators.faults import RATE_FAULTS, FaultPlan, parse_at
@@ -112,13 +113,14 @@ class Capture:
     def _accept(self, net: str) -> None:
         sock, _ = self.listeners[net].accept()
         link = {"net": net, "sock": sock, "checks": self.receiver.new_link(net), "up": False, "hb": 0,
-                "decoder": StreamDecoder(types=GATEWAY_RX_TYPES, mac=self.mac), "closes": [], "eof": False}
+                "decoder": StreamDecoder(types=GATEWAY_RX_TYPES, mac=self.mac), "closes": [], "eof": False,
+                "key": None}
         self.links.append(link)
         self.sel.register(sock, selectors.EVENT_READ, ("tcp", link))
 
     def _send(self, link, message) -> None:
         dev = self.cfg.device(link["checks"].device_id or 0)
-        key = dev.mac_key if dev is not None and dev.mac != "off" else None
+        key = link["key"]
         try:
             link["sock"].sendall(encode(message, src=self.gw_id, dst=dev.id if dev else 0, seq=0,
                                         time_ms=int(time.time() * 1000), mac_key=key))
@@ -142,8 +144,15 @@ class Capture:
             msg = ev.message
             if isinstance(msg, Hello):
                 result = self.receiver.hello(checks, ev, now)
-                self._send(link, HelloAck(result, msg.heartbeat_ms, now))
-                link["up"] = result == HelloAck.OK
+                dev = self.cfg.device(ev.src)
+                link["key"] = dev.mac_key if result == HelloAck.OK and dev is not None and dev.mac != "off" else None
+                nonce = checks.session_nonce = secrets.randbits(63) + 1 if result == HelloAck.OK else 0
+                self._send(link, HelloAck(result, msg.heartbeat_ms, now, nonce))
+                if link["key"] is not None:  # ICD 1.1: the session key both ways from here on
+                    link["key"] = session_key(link["key"], msg.device_nonce, nonce)
+                    link["decoder"].set_session_key(link["key"])
+            elif isinstance(msg, SessionConfirm):
+                link["up"] = self.receiver.confirm(checks, ev, now) is None
                 if link["up"] and self.command is not None:
                     self._send(link, self.command)
             elif isinstance(msg, Close):
@@ -185,6 +194,8 @@ class Capture:
         """Decoder/source errors per (device name, net), summed over every link of that net."""
         out: dict = {}
         for link in self.links:
+            if not link["checks"].confirmed:
+                continue  # a replayed session: the gateway shows only its devices' confirmed links
             dev = self.cfg.device(link["checks"].device_id or 0)
             errs = Counter({k: v for k, v in link["checks"].errors.items() if k in ERROR_KEYS})
             if dev is not None:

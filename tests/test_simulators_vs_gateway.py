@@ -115,3 +115,38 @@ def test_killed_and_silenced_links_reconnect_and_counters_still_match():
         want = summary["expected"]["devices"][dev["name"]]
         assert {k: dev[k] for k in SENDER_KEYS} == {k: want[k] for k in SENDER_KEYS}, dev["name"]
         assert dev["sessions"] == 1  # the other net stayed up: the reconnect joined the session
+
+
+def test_replayed_sessions_are_refused_and_touch_no_genuine_link():
+    """ICD 1.1: the replay fault plays a recorded session (HELLO, SESSION_CONFIRM, frames) back on a new
+    connection. The gateway answers HELLO_ACK with a new nonce; the recording cannot confirm it (CI-1 has
+    a key: bad_mac under the new session key, then the confirm timeout; CI-2 has none: bad_session), so
+    the gateway closes it with CLOSE 2, applies nothing of it, and the devices' own links stay up."""
+    cfg = line_config()
+    with RunningGateway(cfg, admin=False) as gw:
+        plan = FaultPlan(6, {}, [parse_at(a) for a in ("1.5:replay:CI-1", "1.5:replay:CI-2")])
+        sim = Simulation(at_ports(cfg, gw.ports), Options(seed=6, duration_s=4.0, heartbeat_ms=250, plan=plan,
+                                                          devices=cfg.devices[:2], trains=()))
+        summary = SimThread(sim).start().join()
+        wait_processed(gw)
+        status = gw.status()
+        events = gw.line.events.snapshot(recent=10_000)["events"]
+        counters = dict(gw.ctx.counters)
+    assert summary["injected"]["replay"] == {"CI-1": 1, "CI-2": 1}
+    for name in ("CI-1", "CI-2"):
+        replays = {net: v for net, v in summary["links"][name].items() if net.startswith("replay-")}
+        assert sum(v.get("replayed", 0) for v in replays.values()) == 1, summary["links"][name]
+        assert sum(v.get("closed_by_gateway_2", 0) for v in replays.values()) == 1, summary["links"][name]
+        got = {net: v for net, v in summary["received"][name].items() if net.startswith("replay-")}
+        assert sum(v.get("HELLO_ACK", 0) for v in got.values()) == 1 and not any(
+            v.get("CLOSE", 0) > 1 for v in got.values())
+        for net in ("A", "B"):  # the genuine links: one connect each, never lost, never replaced
+            assert summary["links"][name][net] == {"connects": 1}, (name, net)
+            assert "CLOSE" not in summary["received"][name][net] or summary["received"][name][net]["CLOSE"] == 1
+    assert counters.get("confirm_timeouts", 0) >= 1  # CI-1's recording could not even be read as a confirm
+    for dev in (d for d in status["devices"] if d["name"] in ("CI-1", "CI-2")):
+        want = summary["expected"]["devices"][dev["name"]]
+        assert {k: dev[k] for k in SENDER_KEYS} == {k: want[k] for k in SENDER_KEYS}, dev["name"]
+        assert dev["sessions"] == 1
+    downs = [e for e in events if e["name"] == "LINK_DOWN"]
+    assert downs and all("peer sent CLOSE reason 0" in e["detail"] for e in downs), downs  # only at the end

@@ -136,7 +136,7 @@ class Gateway:
         if self._want_admin:  # its own loop thread; the routing table is gateway/app/admin_routes.py's
             from gateway.adapters.admin_http import AdminServer
             from gateway.app.admin_routes import gateway_routes
-            self.admin = AdminServer(s.admin.host, s.admin.port, gateway_routes(self))
+            self.admin = AdminServer(s.admin.host, s.admin.port, gateway_routes(self), **s.admin.server_limits())
             self.admin.start()
         ports = self.ports
         log.info("gateway %s up: net A %s, net B %s, udp %s, admin %s, %d IO threads", s.name, ports["A"],

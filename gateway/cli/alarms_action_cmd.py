@@ -24,7 +24,8 @@ import sys
 import urllib.error
 import urllib.request
 
-from gateway.cli.status_cmd import _OPENER, DEFAULT_URL, FETCH_TIMEOUT_S, admin_url, safe_text
+from gateway.cli.status_cmd import _OPENER, DEFAULT_URL, FETCH_TIMEOUT_S, admin_url
+from gateway.cli.terminal_text import safe_text
 
 
 def _parser(action: str | None) -> argparse.ArgumentParser:

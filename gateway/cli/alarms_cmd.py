@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gateway.cli.status_cmd import json_line, safe_text
+from gateway.cli.terminal_text import json_line, safe_text
 
 #: name -> ("module:function", help); each module is imported only when its subcommand runs
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 from alarms.history.store import MAX_LIMIT, HistoryError, HistoryRow, open_history
 
-from gateway.cli.status_cmd import json_line, safe_text
+from gateway.cli.terminal_text import json_line, safe_text
 
 _RELATIVE = re.compile(r"-(\d+)([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

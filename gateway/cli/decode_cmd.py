@@ -7,6 +7,12 @@ ICD's field names, an error as ``{"error": reason, "offset": N}``. With several
 inputs each line also carries ``"input"`` (0-based). Each input is one TCP
 byte stream, or with ``--udp`` one datagram.
 
+MACs: ``--mac-key`` is the link key (HELLO, HELLO_ACK, UDP datagrams). The
+frames of a session after its HELLO_ACK are signed with the session key (ICD
+1.1): give it with ``--session-key HEX``, or give the session's two nonces
+with ``--session DEVICE_NONCE:SESSION_NONCE`` (hex, as HELLO and HELLO_ACK
+carry them) together with ``--mac-key``, and it is derived.
+
 Exit status: 0 everything decoded, 1 any error found, 2 bad usage.
 Runs in the caller's thread; reads only what it is given.
 """
@@ -18,7 +24,7 @@ import string
 import sys
 
 from railcodecs import (ALL_TYPES, HEADER_LEN, MAC_LEN, UDP_TYPES, FrameError, MacPolicy, StreamDecoder,
-                        decode_datagram)
+                        decode_datagram, session_key)
 
 _HEX = set(string.hexdigits)
 
@@ -39,6 +45,35 @@ def parse_hex(text: str, where: str) -> bytes:
     if not cleaned:
         raise UsageError(f"{where}: empty")
     return bytes.fromhex(cleaned)
+
+
+def parse_nonces(text: str) -> tuple[int, int]:
+    """``DEVICE_NONCE:SESSION_NONCE``, each hex (0x optional) of at most 64 bits."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise UsageError(f"--session: expected DEVICE_NONCE:SESSION_NONCE (hex), got {text!r}")
+    out = []
+    for name, part in zip(("device nonce", "session nonce"), parts):
+        digits = part.strip()
+        digits = digits[2:] if digits[:2].lower() == "0x" else digits
+        if not digits or any(c not in _HEX for c in digits) or int(digits, 16) >> 64:
+            raise UsageError(f"--session: {name} {part!r} is not hex of at most 64 bits")
+        out.append(int(digits, 16))
+    return out[0], out[1]
+
+
+def session_key_of(args) -> bytes | None:
+    """The session key ``--session-key`` gives, or the one ``--session`` and ``--mac-key`` derive."""
+    if args.session_key is not None and args.session is not None:
+        raise UsageError("give --session or --session-key, not both")
+    if args.session_key is not None:
+        return parse_hex(args.session_key, "--session-key")
+    if args.session is not None:
+        if args.mac_key is None:
+            raise UsageError("--session needs --mac-key (the link key the session key is derived from)")
+        device_nonce, session_nonce = parse_nonces(args.session)
+        return session_key(parse_hex(args.mac_key, "--mac-key"), device_nonce, session_nonce)
+    return None
 
 
 def decode_input(data: bytes, *, udp: bool, policy: MacPolicy) -> list[dict]:
@@ -72,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", metavar="FILE", help="decode a binary file (one stream, or one datagram with --udp)")
     p.add_argument("--udp", action="store_true", help="each input is one UDP datagram (fixed sizes enforced)")
     p.add_argument("--mac-key", metavar="HEX", help="link key: verify MACs (without it a MAC is shown, unchecked)")
+    p.add_argument("--session", metavar="DEVICE_NONCE:SESSION_NONCE",
+                   help="the session's nonces (hex): with --mac-key, verify the frames after HELLO_ACK with its "
+                        "session key")
+    p.add_argument("--session-key", metavar="HEX",
+                   help="session key: verify every frame but HELLO and HELLO_ACK with it")
     p.add_argument("--require-mac", action="store_true", help="report frames without a MAC as missing_mac")
     return p
 
@@ -82,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inputs = _collect_inputs(args)
         key = parse_hex(args.mac_key, "--mac-key") if args.mac_key is not None else None
+        k_s = session_key_of(args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"gateway decode: error: {exc}", file=sys.stderr)
         return 2
-    policy = MacPolicy(key=key, required=args.require_mac, accept_unverified=key is None)
+    # without a link key, HELLO / HELLO_ACK MACs are shown unchecked; with a session key, the other frames' are checked
+    policy = MacPolicy(key=key, required=args.require_mac, accept_unverified=key is None).with_session(k_s)
     failed = False
     many = len(inputs) > 1
     for i, data in enumerate(inputs):

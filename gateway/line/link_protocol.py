@@ -1,13 +1,23 @@
-"""The device-link protocol without IO (ICD v1 sections 2-7): bytes and times in, actions out.
+"""The device-link protocol without IO (ICD v1 revision 1.1, sections 2-7): bytes and times in, actions out.
 
 A link is two objects. The connection (``gateway/net/connection.py``) owns the
 socket, the epoll registration, the output queue and the loop's timers; this
 protocol owns everything the ICD says: the state machine (the one table in
-``link_state.py``), the stream decoder over the link's receive ring, HELLO and
-HELLO_ACK, frame dispatch to the receiver's EN 50159 checks, error counting
-and the error-rate policy, heartbeats, the dead-after deadline and the
-partial-frame watchdog. It never reads a clock: every call is handed the
-loop's monotonic seconds (deadlines) and the gateway's wall ms (frames).
+``link_state.py``), the stream decoder over the link's receive ring, HELLO,
+HELLO_ACK and SESSION_CONFIRM, the session key, frame dispatch to the
+receiver's EN 50159 checks, error counting and the error-rate policy,
+heartbeats, the dead-after deadline and the partial-frame watchdog. It never
+reads a clock: every call is handed the loop's monotonic seconds (deadlines)
+and the gateway's wall ms (frames). Its one source of randomness, the session
+nonce, is injected (``nonce``; default: :mod:`secrets`).
+
+The session (ICD 1.1): a good HELLO is answered with HELLO_ACK carrying a
+fresh ``session_nonce`` (signed with the link key); from then on the link's
+decoder and our own frames use ``K_s`` (when the device has a key) and the
+link waits in AWAIT_CONFIRM, not alive and not registered, applying nothing
+(``no_session``). A SESSION_CONFIRM with both nonces makes it UP: only then is
+it registered (``ctx.link_up``, which replaces an older link of the device on
+that net) and does the HELLO's clock offset take effect.
 
 ::
 
@@ -31,6 +41,7 @@ one call are OR-ed, and the connection performs them in the order listed
 * ``ARM_HELLO``: arm a one-shot timer after ``hello_timeout_s`` → :meth:`hello_timeout`.
 * ``ARM_HEARTBEAT``: cancel the link's timers, arm a periodic one every
   ``heartbeat_s`` → :meth:`heartbeat_tick`.
+* ``ARM_CONFIRM``: arm a one-shot timer after ``confirm_timeout_s`` → :meth:`confirm_timeout`.
 * ``ARM_DEAD``: (re)arm the one-shot timer at ``dead_at`` → :meth:`dead_deadline`.
 * ``BEGIN_CLOSE``: the link entered CLOSING: queue :meth:`send_close` behind
   the sends already queued in the loop, and arm ``linger_s`` → :meth:`linger_timeout`.
@@ -40,9 +51,11 @@ one call are OR-ed, and the connection performs them in the order listed
   holds, then call the same method again with ``fresh=True``: a loop too busy
   to have read must neither call the peer silent nor give up on its partial frame.
 
-The liveness flag ``alive`` is True only while UP. It is stored here, at the
-moment of the move (one attribute store), so another thread's next
-``send()`` is refused at once, not after the rest of this call's frames.
+The liveness flag ``alive`` is True only while UP (never while AWAIT_CONFIRM).
+It is stored here, at the moment of the move (one attribute store), so another
+thread's next ``send()`` is refused at once, not after the rest of this call's
+frames. SESSION_CONFIRM is not answered: a device that confirms and then asks
+/status may find its link still in AWAIT_CONFIRM until the gateway has read it.
 
 Threading: every method runs in the loop thread of the link's connection.
 ``alive`` and the figures read by status (``state``, ``checks``, ``last_rx``,
@@ -51,11 +64,13 @@ snapshot, not a transaction.
 """
 from __future__ import annotations
 
-from railcodecs import (GATEWAY_RX_TYPES, Close, CommandResult, DeviceAlarm, FrameError, Heartbeat, Hello,
-                        HelloAck, Reason, StreamDecoder, encode)
+import secrets
 
-from gateway.base.link_actions import (ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY, READ_FIRST,
-                                       SHUTDOWN_WRITE)
+from railcodecs import (GATEWAY_RX_TYPES, Close, CommandResult, DeviceAlarm, FrameError, Heartbeat, Hello,
+                        HelloAck, Reason, SessionConfirm, StreamDecoder, encode, session_key)
+
+from gateway.base.link_actions import (ARM_CONFIRM, ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY,
+                                       READ_FIRST, SHUTDOWN_WRITE)
 from gateway.line.link_state import LinkEvent, LinkState, next_state
 
 NET_NAMES = ("A", "B")
@@ -64,6 +79,17 @@ LINGER_S = 2.0
 # duplicates are normal on dual nets and gaps are counted already: neither is a "hostile peer" signal
 _NOT_HOSTILE = {"duplicate", "gap"}
 _UP, _CLOSING, _CLOSED, _AWAIT_HELLO = LinkState.UP, LinkState.CLOSING, LinkState.CLOSED, LinkState.AWAIT_HELLO
+_AWAIT_CONFIRM = LinkState.AWAIT_CONFIRM
+#: states in which heartbeats run, from the HELLO_ACK on (silence is judged in UP only)
+_BEATING = (LinkState.AWAIT_CONFIRM, LinkState.UP)
+
+
+def random_nonce() -> int:
+    """A session nonce: 64 random bits from the OS, never 0 (0 marks a refused HELLO)."""
+    while True:
+        nonce = secrets.randbits(64)
+        if nonce:
+            return nonce
 
 
 class LinkProtocol:
@@ -71,11 +97,13 @@ class LinkProtocol:
 
     linger_s = LINGER_S
 
-    def __init__(self, ctx, net: str, source, peer: str | None = None) -> None:
+    def __init__(self, ctx, net: str, source, peer: str | None = None, *, nonce=random_nonce) -> None:
         """``ctx``: the link context (settings, receiver, config, callbacks); ``net``: "A" or "B";
-        ``source``: the byte source the connection receives into (the link's ring); ``peer``: for names.
+        ``source``: the byte source the connection receives into (the link's ring); ``peer``: for names;
+        ``nonce``: a callable giving each HELLO_ACK's session nonce (tests inject one).
         Any thread (the acceptor builds it; the connection's loop uses it)."""
         self.ctx, self.net, self.source = ctx, net, source
+        self._new_nonce = nonce
         #: what the rest of the gateway knows as this link (its connection sets itself here); handed to
         #: the ctx callbacks and the registry
         self.link = self
@@ -84,7 +112,9 @@ class LinkProtocol:
         self.checks = ctx.receiver.new_link(f"{net}:{peer}", NET_NAMES.index(net))
         self.decoder: StreamDecoder | None = None
         self.device_id: int | None = None
-        self._mac_key: bytes | None = None  # the device's key for what we send (set at HELLO)
+        self._mac_key: bytes | None = None  # the device's link key (set at HELLO): HELLO_ACK is signed with it
+        self._tx_key: bytes | None = None   # what signs our frames: the session key from the HELLO_ACK on
+        self.session_nonce: int | None = None
         self.heartbeat_ms = ctx.settings.heartbeat_ms
         self.outbox = bytearray()    # frames for the connection to write (it clears it)
         self._acts = 0               # action bits gathered during the current call
@@ -101,6 +131,11 @@ class LinkProtocol:
     # -- figures the connection reads --------------------------------------------------
     @property
     def hello_timeout_s(self) -> float:
+        return self.ctx.settings.hello_timeout_ms / 1000
+
+    @property
+    def confirm_timeout_s(self) -> float:
+        """How long after HELLO_ACK a SESSION_CONFIRM may take (the ICD's 5 s: the HELLO wait's setting)."""
         return self.ctx.settings.hello_timeout_ms / 1000
 
     @property
@@ -148,7 +183,7 @@ class LinkProtocol:
                 if ev.reason is Reason.MISSING_MAC and self.state is _AWAIT_HELLO:
                     # an unsigned HELLO from a device that must sign: say so (ICD result 3). Its src
                     # cannot be trusted, so the answer goes to node 0.
-                    self._emit(HelloAck(HelloAck.MAC_REQUIRED, self.heartbeat_ms, now_ms), now_ms, dst=0)
+                    self._emit(HelloAck(HelloAck.MAC_REQUIRED, self.heartbeat_ms, now_ms, 0), now_ms, dst=0)
                     self._move(LinkEvent.HELLO_REFUSED, "HELLO without the MAC the device requires")
             else:
                 self._on_frame(ev, now_ms)
@@ -202,15 +237,24 @@ class LinkProtocol:
             self._move(LinkEvent.HELLO_TIMEOUT, "no HELLO in time")
         return self._take()
 
+    def confirm_timeout(self) -> int:
+        if self.state is _AWAIT_CONFIRM:
+            self.ctx.counters["confirm_timeouts"] += 1
+            self._move(LinkEvent.CONFIRM_TIMEOUT, "no valid SESSION_CONFIRM in time")
+        return self._take()
+
     def linger_timeout(self) -> int:
         self._move(LinkEvent.LINGER_TIMEOUT)
         return self._take()
 
     def heartbeat_tick(self, now: float, now_ms: int, fresh: bool = False) -> int:
-        """Every heartbeat while UP: judge silence, watch the partial frame, send our HEARTBEAT.
+        """Every heartbeat from the HELLO_ACK on (AWAIT_CONFIRM and UP): judge silence (UP only),
+        watch the partial frame, send our HEARTBEAT.
 
+        Before the confirmation silence is not judged: the confirm deadline bounds that wait, so a link
+        that never confirms is closed with the ICD's CLOSE reason 2, whatever its heartbeat.
         ``fresh``: the connection has just read what the kernel held (after READ_FIRST)."""
-        if self.state is not _UP or self._judge_silence(now, fresh):
+        if self.state not in _BEATING or (self.state is _UP and self._judge_silence(now, fresh)):
             return self._take()
         hb_s = self.heartbeat_ms / 1000
         if self._partial_since is not None and now - self._partial_since > hb_s:
@@ -221,7 +265,7 @@ class LinkProtocol:
         # next tick, one timer at the deadline itself makes detection exact; only near-silent
         # links pay for it, and one handle per link is kept.
         deadline = self.last_rx + self.ctx.settings.dead_after * hb_s
-        if deadline < now + hb_s:
+        if deadline < now + hb_s and self.state is _UP:
             self.dead_at = deadline + 0.0005
             self._acts |= ARM_DEAD
         self._hb_counter = (self._hb_counter + 1) & 0xFFFF_FFFF
@@ -295,7 +339,7 @@ class LinkProtocol:
                 return
             self._on_hello(frame, now_ms)
             return
-        if self.state is not _UP:
+        if self.state not in _BEATING:
             return  # CLOSING: the peer's last frames are not applied
         if isinstance(msg, Close):
             self.checks.rx_frames += 1
@@ -305,8 +349,12 @@ class LinkProtocol:
             self.checks.count(Reason.UNKNOWN_SOURCE)
             self._move(LinkEvent.PROTOCOL_ERROR, "second HELLO on a link")
             return
+        if isinstance(msg, SessionConfirm):
+            self._on_confirm(frame, now_ms)
+            return
+        # before the confirmation the receiver applies nothing: HEARTBEAT passes, the rest is no_session
         if self.ctx.receiver.check(self.checks, frame, now_ms, apply=self.ctx.apply) is None:
-            if isinstance(msg, (DeviceAlarm, CommandResult)):
+            if self.state is _UP and isinstance(msg, (DeviceAlarm, CommandResult)):
                 self.ctx.device_message(self.link, frame, now_ms)
 
     def _on_hello(self, frame, now_ms: int) -> None:
@@ -316,25 +364,39 @@ class LinkProtocol:
             result = HelloAck.UNKNOWN_DEVICE
         if result != HelloAck.OK:
             self.device_id = None
-            self._mac_key = None
-            self._emit(HelloAck(result, self.ctx.settings.heartbeat_ms, now_ms), now_ms, dst=frame.src)
+            self._mac_key = self._tx_key = None
+            self._emit(HelloAck(result, self.ctx.settings.heartbeat_ms, now_ms, 0), now_ms, dst=frame.src)
             self._move(LinkEvent.HELLO_REFUSED, f"HELLO refused (result {result})")
             return
         hb = frame.message.heartbeat_ms
         self.heartbeat_ms = hb if 50 <= hb <= 60_000 else self.ctx.settings.heartbeat_ms
         self.device_id = frame.src
-        self._mac_key = dev.mac_key if dev is not None and dev.mac != "off" else None
+        self._mac_key = self._tx_key = dev.mac_key if dev is not None and dev.mac != "off" else None
+        nonce = self.session_nonce = self.checks.session_nonce = self._new_nonce()
         self._move(LinkEvent.HELLO_OK)
-        self.alive = True
-        self._acts |= ARM_HEARTBEAT
-        self.ctx.link_up(self.link, now_ms)
-        # acknowledged only once the device is registered reachable (the outbox is written after
-        # this call): a peer that reads HELLO_ACK and then asks /status must find its link up
-        self._emit(HelloAck(HelloAck.OK, self.heartbeat_ms, now_ms), now_ms)
+        # not alive and not registered yet: that waits for the SESSION_CONFIRM (rule 7)
+        self._acts |= ARM_HEARTBEAT | ARM_CONFIRM
+        self._emit(HelloAck(HelloAck.OK, self.heartbeat_ms, now_ms, nonce), now_ms)  # signed with the link key
+        if self._mac_key is not None:
+            # every later frame of this link, both ways, is signed with the session key
+            self._tx_key = session_key(self._mac_key, frame.message.device_nonce, nonce)
+            self.decoder.set_session_key(self._tx_key)
+
+    def _on_confirm(self, frame, now_ms: int) -> None:
+        verdict = self.ctx.receiver.confirm(self.checks, frame, now_ms)
+        if self.state is not _AWAIT_CONFIRM:
+            return  # a repeat on a confirmed link: counted (duplicate or bad_session), nothing else
+        if verdict is None:
+            self._move(LinkEvent.CONFIRMED)
+            self.alive = True
+            # registered only now: this is where an older link of the device on this net is replaced
+            self.ctx.link_up(self.link, now_ms)
+        elif verdict is Reason.BAD_SESSION:
+            self._move(LinkEvent.PROTOCOL_ERROR, "SESSION_CONFIRM with nonces that are not this link's")
 
     def _emit(self, message, now_ms: int, dst: int | None = None) -> None:
-        # the key is looked up once, at HELLO: cfg.device() scans the device list, and this runs
+        # the keys are looked up once, at HELLO: cfg.device() scans the device list, and this runs
         # for every heartbeat of every link
         self.outbox += encode(message, src=self.ctx.settings.id, dst=dst if dst is not None else (self.device_id or 0),
-                              seq=0, time_ms=now_ms, mac_key=self._mac_key)
+                              seq=0, time_ms=now_ms, mac_key=self._tx_key)
         self.tx_frames += 1

@@ -1,15 +1,19 @@
-"""The life of one device TCP link (ICD v1 section 7), as one transition table.
+"""The life of one device TCP link (ICD v1 revision 1.1, section 7), as one transition table.
 
 ::
 
-    AWAIT_HELLO ──hello_ok──▶ UP ──(timeout, error, close...)──▶ CLOSING ──peer EOF / linger──▶ CLOSED
-         │                     │                                   ▲
-         └──(timeout, error)───┼───────────────────────────────────┘
-                               └──(EOF, IO error, slow peer)──────────────────────────────▶ CLOSED
+    AWAIT_HELLO ──hello_ok──▶ AWAIT_CONFIRM ──confirmed──▶ UP ──(timeout, error, close...)──▶ CLOSING
+         │          (HELLO_ACK sent)   │      (SESSION_CONFIRM)                                 │  ▲
+         │                             └──(confirm timeout, bad session, error...)──────────────┼──┤
+         └──(timeout, error)────────────────────────────────────────────────────────────────────┼──┘
+                                                                                 peer EOF / linger
+    any state but CLOSED ──(EOF, IO error, slow peer)──▶ CLOSED ◀─────────────────────────────────┘
 
 Each entry maps ``(state, event)`` to ``(next state, CLOSE reason to send or
 None)``. A pair not in the table is a bug in the caller and raises
-:class:`IllegalTransition`. Leaving UP drops the link's liveness flag at once.
+:class:`IllegalTransition`. Only UP is alive and registered: a link waiting
+for its SESSION_CONFIRM is not reachable, replaces nothing (rule 7) and so
+cannot be REPLACED either. Leaving UP drops the link's liveness flag at once.
 
 Pure data; used by the link's loop thread only.
 """
@@ -22,6 +26,7 @@ from railcodecs import Close
 
 class LinkState(str, Enum):
     AWAIT_HELLO = "await_hello"
+    AWAIT_CONFIRM = "await_confirm"   # HELLO_ACK sent, waiting for the device's SESSION_CONFIRM
     UP = "up"
     CLOSING = "closing"
     CLOSED = "closed"
@@ -29,9 +34,11 @@ class LinkState(str, Enum):
 
 class LinkEvent(str, Enum):
     HELLO_OK = "hello_ok"                 # HELLO accepted, HELLO_ACK 0 sent
+    CONFIRMED = "confirmed"               # a SESSION_CONFIRM with this link's nonces
+    CONFIRM_TIMEOUT = "confirm_timeout"   # no valid SESSION_CONFIRM within the time after HELLO_ACK
     HELLO_REFUSED = "hello_refused"       # HELLO_ACK with an error result sent
     HELLO_TIMEOUT = "hello_timeout"       # no HELLO within hello_timeout_ms
-    PROTOCOL_ERROR = "protocol_error"     # e.g. a frame before HELLO
+    PROTOCOL_ERROR = "protocol_error"     # e.g. a frame before HELLO, a SESSION_CONFIRM with wrong nonces
     ERROR_RATE = "error_rate"             # decode/check errors over the configured rate
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
     PEER_CLOSE = "peer_close"             # CLOSE frame received
@@ -44,11 +51,11 @@ class LinkEvent(str, Enum):
 
 
 S, E = LinkState, LinkEvent
-_CLOSING_ANYWAY = {E.HELLO_TIMEOUT: None, E.HEARTBEAT_TIMEOUT: None, E.ERROR_RATE: None, E.PROTOCOL_ERROR: None,
-                   E.LOCAL_CLOSE: None, E.REPLACED: None, E.PEER_CLOSE: None}
+_CLOSING_ANYWAY = {E.HELLO_TIMEOUT: None, E.CONFIRM_TIMEOUT: None, E.HEARTBEAT_TIMEOUT: None, E.ERROR_RATE: None,
+                   E.PROTOCOL_ERROR: None, E.LOCAL_CLOSE: None, E.REPLACED: None, E.PEER_CLOSE: None}
 
 TRANSITIONS: dict[tuple[LinkState, LinkEvent], tuple[LinkState, int | None]] = {
-    (S.AWAIT_HELLO, E.HELLO_OK): (S.UP, None),
+    (S.AWAIT_HELLO, E.HELLO_OK): (S.AWAIT_CONFIRM, None),
     (S.AWAIT_HELLO, E.HELLO_REFUSED): (S.CLOSING, Close.PROTOCOL_ERROR),
     (S.AWAIT_HELLO, E.HELLO_TIMEOUT): (S.CLOSING, Close.PROTOCOL_ERROR),
     (S.AWAIT_HELLO, E.PROTOCOL_ERROR): (S.CLOSING, Close.PROTOCOL_ERROR),
@@ -58,6 +65,17 @@ TRANSITIONS: dict[tuple[LinkState, LinkEvent], tuple[LinkState, int | None]] = {
     (S.AWAIT_HELLO, E.SLOW_PEER): (S.CLOSED, None),
     (S.AWAIT_HELLO, E.EOF): (S.CLOSED, None),
     (S.AWAIT_HELLO, E.IO_ERROR): (S.CLOSED, None),
+    # heartbeats run from the HELLO_ACK on, but silence is judged only once UP: the confirm deadline
+    # bounds this wait (so its CLOSE reason is the ICD's 2)
+    (S.AWAIT_CONFIRM, E.CONFIRMED): (S.UP, None),
+    (S.AWAIT_CONFIRM, E.CONFIRM_TIMEOUT): (S.CLOSING, Close.PROTOCOL_ERROR),
+    (S.AWAIT_CONFIRM, E.PROTOCOL_ERROR): (S.CLOSING, Close.PROTOCOL_ERROR),
+    (S.AWAIT_CONFIRM, E.ERROR_RATE): (S.CLOSING, Close.PROTOCOL_ERROR),
+    (S.AWAIT_CONFIRM, E.PEER_CLOSE): (S.CLOSING, Close.NORMAL),
+    (S.AWAIT_CONFIRM, E.LOCAL_CLOSE): (S.CLOSING, Close.NORMAL),
+    (S.AWAIT_CONFIRM, E.SLOW_PEER): (S.CLOSED, None),
+    (S.AWAIT_CONFIRM, E.EOF): (S.CLOSED, None),
+    (S.AWAIT_CONFIRM, E.IO_ERROR): (S.CLOSED, None),
     (S.UP, E.HEARTBEAT_TIMEOUT): (S.CLOSING, Close.HEARTBEAT_TIMEOUT),
     (S.UP, E.PROTOCOL_ERROR): (S.CLOSING, Close.PROTOCOL_ERROR),
     (S.UP, E.ERROR_RATE): (S.CLOSING, Close.PROTOCOL_ERROR),

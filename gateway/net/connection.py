@@ -36,8 +36,8 @@ import select
 import socket
 import threading
 
-from gateway.base.link_actions import (ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY, READ_FIRST,
-                                       SHUTDOWN_WRITE)
+from gateway.base.link_actions import (ARM_CONFIRM, ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY,
+                                       READ_FIRST, SHUTDOWN_WRITE)
 
 EV_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 EV_WRITE = EV_READ | select.EPOLLOUT
@@ -160,6 +160,8 @@ class TcpConnection:
             for t in self._timers:
                 t.cancel()
             self._timers = [loop.call_every(p.heartbeat_s, self._on_heartbeat_tick)]
+        if acts & ARM_CONFIRM:
+            self._timers.append(loop.call_later(p.confirm_timeout_s, self._on_confirm_timeout))
         if acts & ARM_DEAD:
             if self._dead_timer is not None:
                 self._dead_timer.cancel()
@@ -210,6 +212,10 @@ class TcpConnection:
     def _on_hello_timeout(self) -> None:
         if not self._closed:
             self._perform(self.protocol.hello_timeout())
+
+    def _on_confirm_timeout(self) -> None:
+        if not self._closed:
+            self._perform(self.protocol.confirm_timeout())
 
     def _on_linger(self) -> None:
         if not self._closed:

@@ -26,6 +26,7 @@ import zlib
 
 from railcodecs import (ALL_TYPES, HEADER_LEN, MAC_LEN, MAX_PAYLOAD, Close, Command, CommandResult,
                         DeviceAlarm, Frame, FrameError, Heartbeat, Hello, HelloAck, MacPolicy, Reason, Receiver,
+                        SessionConfirm,
                         Signals, StreamDecoder, Switches, TrackSections, TrainDiag, TrainHeartbeat, TrainStatus,
                         compute_mac, decode_datagram, encode, seq_distance)
 from railcodecs.errors import DECODE_REASONS
@@ -50,7 +51,9 @@ def sample_messages() -> list:
     status = dict(section_id=104, offset_cm=12_345, speed_cm_s=-300, direction=1, mode=2, consist_id=9,
                   coupling=2, role=1, peer_train=1026, doors=0, fault_flags=0x81)
     return [
-        Hello(1, 0, 500, "CI-3.2.1"), Hello(2, 1, 65535, ""), HelloAck(0, 500, T0), HelloAck(3, 0, 0),
+        Hello(1, 0, 500, "CI-3.2.1", 0x0123456789ABCDEF), Hello(2, 1, 65535, "", 0xFFFF_FFFF_FFFF_FFFF),
+        HelloAck(0, 500, T0, 0xFEDCBA9876543210), HelloAck(3, 0, 0, 0),
+        SessionConfirm(0x0123456789ABCDEF, 0xFEDCBA9876543210), SessionConfirm(0, 0),
         Heartbeat(7), Heartbeat(0xFFFF_FFFF),
         TrackSections(((101, 0), (102, 1), (103, 2), (104, 3))), TrackSections(()),
         Signals(((201, 0), (202, 2), (203, 5))), Switches(((301, 0), (302, 1), (303, 3))),
@@ -85,7 +88,7 @@ def sample_frames() -> list[bytes]:
 
 
 def hello_frame(net: int = 0) -> bytes:
-    return frame_for(Hello(1, net, 500, "fuzz"), 0)
+    return frame_for(Hello(1, net, 500, "fuzz", 99), 0)
 
 
 # --- the CRC-fixing step ---------------------------------------------------------------
@@ -199,11 +202,18 @@ def datagram_target(data: bytes):
     return results
 
 
+#: the session nonce the receiver target's links answer every HELLO with
+SESSION_NONCE = 0xFEDCBA9876543210
+
+
 class ReceiverRun:
     """A receiver with a TCP link per net and a UDP endpoint, recording what it applies."""
 
-    def __init__(self, now_ms: int = T0) -> None:
+    def __init__(self, now_ms: int = T0, confirm_nets=(0, 1)) -> None:
+        """``confirm_nets``: the links whose valid HELLO is followed by a good SESSION_CONFIRM at once
+        (the others stay unconfirmed unless a matching SESSION_CONFIRM comes in the stream)."""
         self.rx = Receiver(GW, SENDERS)
+        self.confirm_nets = confirm_nets
         self.now = now_ms
         self.links = [self.rx.new_link("net-a", 0), self.rx.new_link("net-b", 1)]
         self.udp = self.rx.new_link("udp")
@@ -227,7 +237,16 @@ class ReceiverRun:
         if isinstance(ev.message, Hello):
             result = self.rx.hello(checks, ev, self.now)
             assert result in (HelloAck.OK, HelloAck.UNKNOWN_DEVICE), result
+            if result == HelloAck.OK and not checks.confirmed and link in self.confirm_nets:
+                # the gateway's HELLO_ACK and the device's SESSION_CONFIRM, so that frames reach the window
+                checks.session_nonce = SESSION_NONCE
+                confirm = Frame(ev.src, GW, 0, ev.time_ms, SessionConfirm(ev.message.device_nonce, SESSION_NONCE))
+                assert self.rx.confirm(checks, confirm, self.now) is None
             return result
+        if isinstance(ev.message, SessionConfirm):
+            verdict = self.rx.confirm(checks, ev, self.now)
+            assert verdict is None or isinstance(verdict, Reason), verdict
+            return verdict
         if ev.message.FIXED_PAYLOAD is not None:
             return self.datagram(ev)
         verdict = self.rx.check(checks, ev, self.now, self._apply)
