@@ -19,12 +19,11 @@ Each adapter takes an observation with its time and returns a list of
   section in ``fault`` raises ``TRACK_SECTION_FAULT`` at once. Any other value
   clears.
 
-REPETITION: every frame of a dual-net device arrives twice and the later copy
-is counted ``duplicate`` on whichever link lost the race, so on one link the
-expected copies are at most the frames the device's *other* links applied in
-the same window. REPETITION counts ``duplicate`` minus that (never below 0).
-Pass the link's applied count in ``errors["applied"]`` and its device name,
-e.g. ``sample(name, {**link.errors, "applied": link.applied}, now, device="CI-1")``.
+REPETITION counts the link's ``duplicate`` errors. The normal second copy of
+a dual-net frame is not one of them: the receiver counts it apart as a
+dual-net copy (``codecs/sequence.py``), so only repeats that dual nets do not
+explain (a second copy on the same net, a third copy) can raise it.
+Call ``sample(name, link.errors, now, device="CI-1")``.
 
 Threading: not thread-safe. The alarm service owns one :class:`Sources` and
 feeds it from the alarm thread (IO threads only submit the observations).
@@ -41,7 +40,10 @@ from alarms.model import SEVERITY_BY_ICD, AlarmInput, AlarmKey, ClearAlarm, Info
 #: EventLog condition -> severity
 SEVERITY = {"DEVICE_COMM_LOST": "critical", "LINK_REDUNDANCY_LOST": "major", "TRAIN_COMM_LOST": "major",
             "COUPLING_DOUBLE_MASTER": "critical", "COUPLING_DOUBLE_SLAVE": "major", "COUPLING_MISMATCH": "major",
-            "COUPLING_TIMEOUT": "minor"}
+            "COUPLING_TIMEOUT": "minor",
+            # an unexpected exception in a link's handler closed the link (gateway/net/connection.py);
+            # cleared at the device's next confirmed session (gateway/app/context.py)
+            "LINK_FAULT": "major"}
 #: clear-event name -> condition (EventLog names clears ``*_RESTORED`` or ``<name>_CLEARED``)
 _CLEARED_BY = {"LINK_REDUNDANCY_RESTORED": "LINK_REDUNDANCY_LOST", "DEVICE_COMM_RESTORED": "DEVICE_COMM_LOST",
                "TRAIN_COMM_RESTORED": "TRAIN_COMM_LOST", **{f"{c}_CLEARED": c for c in SEVERITY}}
@@ -93,7 +95,7 @@ class ThreatMonitor:
     def __init__(self, limits: ThreatLimits = ThreatLimits()) -> None:
         self.limits = limits
         self._window_ms = int(limits.window_s * 1000)
-        # link -> deque of (time_ms, totals per threat + "applied"); the first entry is the baseline
+        # link -> deque of (time_ms, totals per threat); the first entry is the baseline
         self._history: dict[str, deque[tuple[int, dict[str, int]]]] = {}
         self._device: dict[str, str] = {}
         self._active: set[tuple[str, str]] = set()
@@ -102,7 +104,6 @@ class ThreatMonitor:
                device: str | None = None) -> list[AlarmInput]:
         """Record the link's cumulative counters at ``now_ms``; raise/clear its threat alarms."""
         totals = {code: sum(int(errors.get(c, 0)) for c in counters) for code, (counters, _, _) in THREATS.items()}
-        totals["applied"] = int(errors.get("applied", 0))
         hist = self._history.setdefault(link_name, deque())
         if hist and any(totals[k] < hist[-1][1][k] for k in totals):
             hist.clear()                       # counters went back: a new LinkChecks under the same name
@@ -112,7 +113,6 @@ class ThreatMonitor:
         if device is not None:
             self._device[link_name] = device
         counts = self._window_counts(link_name)
-        counts["REPETITION"] = max(0, counts["REPETITION"] - self._peer_applied(link_name, now_ms))
         source = key_part(self._device.get(link_name, link_name))
         out: list[AlarmInput] = []
         for code, (_, setting, severity) in THREATS.items():
@@ -150,16 +150,6 @@ class ThreatMonitor:
         first, last = hist[0][1], hist[-1][1]
         return {k: last[k] - first[k] for k in last}
 
-    def _peer_applied(self, link_name: str, now_ms: int) -> int:
-        device = self._device.get(link_name)
-        if device is None:
-            return 0
-        total = 0
-        for other, dev in self._device.items():
-            hist = self._history.get(other)
-            if other != link_name and dev == device and hist and hist[-1][0] > now_ms - self._window_ms:
-                total += self._window_counts(other)["applied"]
-        return total
 
 
 def device_alarm_inputs(device: str, msg, time_ms: int) -> list[AlarmInput]:

@@ -6,7 +6,7 @@ is applied or dropped and why, and keeps the counters the status API shows.
 =============  ===========================================  ==========================
 EN 50159 threat what the receiver checks                     counter that moves
 =============  ===========================================  ==========================
-repetition     seq already seen (incl. the 2nd dual-net copy) ``duplicate``
+repetition     seq already seen (beyond a dual-net copy)      ``duplicate``
 deletion       seq newer by more than one                    ``gap`` (+ skipped count)
 insertion      src not configured / not the link's device    ``unknown_source``
 resequencing   seq older than the last applied, not seen     ``stale``
@@ -27,6 +27,11 @@ Decisions where the ICD is silent (also in docs/icd-decisions.md):
   datagram passes the age check (so an old recording cannot restart it).
 * A frame from the future by more than ``max_age_ms`` is ``stale`` too: a
   clock that jumped is not trusted.
+* Dual nets: the first copy of a number from the other net is dropped as
+  ``duplicate`` (ICD 6) but counted as a dual-net copy (``LinkChecks.copies``,
+  ``SenderState.dual_net_copies``), not in the link's ``duplicate`` errors: it
+  is the normal second copy. A second copy on the same net, or a third copy,
+  is a repetition (see sequence.py).
 * Per-link messages: a HEARTBEAT counter equal to the last is ``duplicate``,
   lower is ``stale``, higher by more than one adds the lost beats to ``gap``;
   their seq field is not checked (the ICD says 0; nothing depends on it).
@@ -55,7 +60,7 @@ from dataclasses import dataclass, field
 from .errors import Reason
 from .frame import Frame
 from .messages import Heartbeat, Hello, HelloAck, SessionConfirm
-from .sequence import APPLY, DUPLICATE, SequenceWindow
+from .sequence import APPLY, COPY, DUPLICATE, STALE, SequenceWindow
 
 TRAIN_KIND = 4
 
@@ -69,7 +74,8 @@ class SenderState:
     window: SequenceWindow
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     applied: int = 0
-    duplicates: int = 0
+    duplicates: int = 0          # every copy dropped as duplicate (ICD), dual-net copies included
+    dual_net_copies: int = 0     # of which: the other net's expected copy
     stale: int = 0
     gap: int = 0
     sessions: int = 0
@@ -77,8 +83,8 @@ class SenderState:
     last_applied_ms: int | None = None
 
     def counters(self) -> dict:
-        return {"applied": self.applied, "duplicates": self.duplicates, "stale": self.stale, "gap": self.gap,
-                "sessions": self.sessions}
+        return {"applied": self.applied, "duplicates": self.duplicates, "dual_net_copies": self.dual_net_copies,
+                "stale": self.stale, "gap": self.gap, "sessions": self.sessions}
 
 
 class LinkChecks:
@@ -90,7 +96,7 @@ class LinkChecks:
     """
 
     __slots__ = ("name", "net", "device_id", "kind", "offset_ms", "pending_offset_ms", "device_nonce",
-                 "session_nonce", "confirmed", "hb_last", "errors", "rx_frames", "applied", "closed")
+                 "session_nonce", "confirmed", "hb_last", "errors", "rx_frames", "applied", "copies", "closed")
 
     def __init__(self, name: str, net: int | None = None) -> None:
         self.name = name
@@ -106,6 +112,7 @@ class LinkChecks:
         self.errors: Counter = Counter()
         self.rx_frames = 0
         self.applied = 0
+        self.copies = 0              # dual-net copies dropped here: expected, so not in ``errors``
         self.closed = False
 
     def count(self, reason: Reason, n: int = 1) -> None:
@@ -263,22 +270,29 @@ class Receiver:
     def _sequence(self, link: LinkChecks, sender: SenderState, frame: Frame, now_ms: int,
                   apply) -> Reason | None:
         with sender.lock:
-            verdict, skipped = sender.window.check(frame.seq)
+            verdict, skipped = sender.window.check(frame.seq, link.net)
             if verdict == APPLY:
                 sender.applied += 1
                 sender.gap += skipped
                 sender.last_applied_ms = now_ms
                 if apply is not None:
                     apply(frame, now_ms)
-            elif verdict == DUPLICATE:
-                sender.duplicates += 1
-            else:
+            elif verdict == STALE:
                 sender.stale += 1
+            else:
+                sender.duplicates += 1
+                if verdict == COPY:
+                    sender.dual_net_copies += 1
         if verdict == APPLY:
             link.applied += 1
             if skipped:
                 link.count(Reason.GAP, skipped)
             return None
+        if verdict == COPY:
+            # dropped as duplicate (ICD 6), but the expected second copy of a dual-net device: counted
+            # apart, so that the link's `duplicate` errors and the REPETITION threat are repeats only
+            link.copies += 1
+            return Reason.DUPLICATE
         return self._drop(link, Reason.DUPLICATE if verdict == DUPLICATE else Reason.STALE)
 
     def _heartbeat(self, link: LinkChecks, counter: int) -> Reason | None:

@@ -35,6 +35,26 @@ def line_config(**gateway_overrides) -> config.Config:
     return config.parse(d, "test-line")
 
 
+class QuietRelay:
+    """Stands in for the Kafka relay process (``relay_factory=QuietRelay``): for tests about what
+    reaches the journal, the history or the admin API, not Kafka."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"delivered": 0}
+
+
 class RunningGateway:
     """``with RunningGateway(cfg) as gw:`` — the gateway runs in its own thread meanwhile."""
 

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 import jsonschema
 import pytest
 import yaml
-from gateway_harness import RunningGateway, line_config, wait_until
+from gateway_harness import QuietRelay, RunningGateway, line_config, wait_until
 from test_admin_http import SAMPLE_STATUS
 from test_history_fixtures import event, rows_of
 
@@ -43,17 +43,6 @@ SCHEMA = json.loads((ROOT / "docs" / "schema" / "alarm-message.schema.json").rea
 FORGED = "mallory\n2026-11-23T17:26:54.859+08:00  #99     critical ack  FORGED\x1b[2J\x1b]0;pwned\x07\u202e\x9b"
 
 
-class _QuietRelay:
-    """Stands in for the relay process: these tests are about the admin API and the journal."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    start = stop = wake = lambda self: None
-
-    def stats(self) -> dict:
-        return {}
-
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
@@ -62,7 +51,7 @@ def gateway(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("admin-security")
     raw = line_config(state_dir=str(tmp / "state"), hello_timeout_ms=60_000).raw   # no start-up check
     raw["kafka"] = {"bootstrap_servers": "127.0.0.1:9"}    # not embedded: no broker; the relay is quiet
-    with RunningGateway(config.parse(raw, "t"), admin=True, alarms=True, relay_factory=_QuietRelay) as gw:
+    with RunningGateway(config.parse(raw, "t"), admin=True, alarms=True, relay_factory=QuietRelay) as gw:
         raw["gateway"]["admin"] = {"host": "127.0.0.1", "port": gw.ports["admin"]}
         cfg_path = tmp / "line.yaml"
         cfg_path.write_text(yaml.safe_dump(raw))

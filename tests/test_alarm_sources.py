@@ -57,21 +57,38 @@ def test_reconcile_clears_only_owned_codes_that_nothing_holds():
     assert all(isinstance(c, ClearAlarm) and c.time_ms == T0 + 2000 for c in cleared)
 
 
-def test_repetition_discounts_dual_net_copies():
+def test_repetition_counts_the_links_duplicate_errors():
     m = ThreatMonitor(ThreatLimits(window_s=10, repetition=50))
-    for link in ("a", "b"):
-        m.sample(link, {"duplicate": 0, "applied": 0}, T0, device="CI-1")
-    # 1000 frames, each applied on one net and counted duplicate on the other: normal
-    m.sample("b", {"duplicate": 500, "applied": 500}, T0 + 5000, device="CI-1")
-    assert m.sample("a", {"duplicate": 500, "applied": 500}, T0 + 5000, device="CI-1") == []
-    # 60 repeats beyond the copies on net A
-    [r] = m.sample("a", {"duplicate": 560, "applied": 500}, T0 + 6000, device="CI-1")
-    assert r.key == AlarmKey("CI-1", "REPETITION", "a") and "60 in 10 s" in r.text
-    # a single-net link: every duplicate counts
-    single = ThreatMonitor()
-    assert single.sample("u", {"duplicate": 7}, T0) == []          # the first sample is the baseline
-    [s] = single.sample("u", {"duplicate": 57}, T0 + 1000)
-    assert s.key.code == "REPETITION"
+    assert m.sample("a", {"duplicate": 7}, T0, device="CI-1") == []          # the first sample is the baseline
+    assert m.sample("a", {"duplicate": 56}, T0 + 1000, device="CI-1") == []   # 49 in the window
+    [r] = m.sample("a", {"duplicate": 57}, T0 + 2000, device="CI-1")
+    assert r.key == AlarmKey("CI-1", "REPETITION", "a") and "50 in 10 s" in r.text
+
+
+def test_dual_net_copies_are_not_duplicate_errors_and_raise_no_repetition():
+    """Through the real receiver: every frame on net A and net B (the normal dual-net copy) leaves the
+    links' duplicate errors at 0; repeats on one net are duplicates, and 50 of them raise REPETITION."""
+    from railcodecs import Frame, Receiver, Signals
+    rx = Receiver(1, {258: 1})
+    links = {}
+    for net in (0, 1):
+        link = links[net] = rx.new_link(f"net {'AB'[net]}", net)
+        link.device_id, link.kind, link.confirmed = 258, 1, True
+    m = ThreatMonitor(ThreatLimits(window_s=10, repetition=50))
+    for net in (0, 1):
+        m.sample(links[net].name, links[net].errors, T0, device="CI-2")
+    for seq in range(1, 1001):
+        frame = Frame(258, 1, seq, T0, Signals(((201, Signals.GREEN),)))
+        for net in ((0, 1) if seq % 2 else (1, 0)):       # either net may win the race
+            rx.check(links[net], frame, T0)
+    assert rx.senders[258].applied == 1000 and rx.senders[258].dual_net_copies == 1000
+    assert all(links[n].errors.get("duplicate", 0) == 0 and links[n].copies == 500 for n in (0, 1))
+    assert [m.sample(links[n].name, links[n].errors, T0 + 5000, device="CI-2") for n in (0, 1)] == [[], []]
+    for _ in range(50):                                    # a third copy of seq 1000 on net A, 50 times
+        rx.check(links[0], Frame(258, 1, 1000, T0, Signals(((201, Signals.GREEN),))), T0)
+    assert links[0].errors["duplicate"] == 50
+    [r] = m.sample(links[0].name, links[0].errors, T0 + 6000, device="CI-2")
+    assert r.key == AlarmKey("CI-2", "REPETITION", "net A")
 
 
 def test_device_alarm_frames_and_object_state():

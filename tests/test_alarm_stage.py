@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import redis
 import yaml
-from gateway_harness import Device, RunningGateway, line_config, read_alarm_events, wait_until
+from gateway_harness import Device, QuietRelay, RunningGateway, line_config, read_alarm_events, wait_until
 
 from alarms.history.store import SqliteHistory
 from alarms.live.live_table import read_active
@@ -125,24 +125,6 @@ def test_only_changes_into_or_out_of_an_alarming_value_are_queued(tmp_path):
     assert all(isinstance(c, ObjectChange) and essential for c, essential in queued)
 
 
-class _QuietRelay:
-    """Stands in for the relay process: this test is about what reaches the journal."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def wake(self) -> None:
-        pass
-
-    def stats(self) -> dict:
-        return {}
-
 
 def test_a_full_queue_refuses_samples_but_never_conditions_or_device_alarms(tmp_path):
     """Through the gateway's own wiring (EventLog and ObjectState subscriptions, ``ctx.alarm_sink``):
@@ -158,7 +140,7 @@ def test_a_full_queue_refuses_samples_but_never_conditions_or_device_alarms(tmp_
     raw = line_config(state_dir=str(tmp_path / "state"), hello_timeout_ms=60_000).raw  # no start-up check
     raw["kafka"] = {"bootstrap_servers": "127.0.0.1:9"}   # not embedded: no broker; the relay is quiet
     cfg = config.parse(raw, "t")
-    with RunningGateway(cfg, alarms=True, relay_factory=_QuietRelay) as gw:
+    with RunningGateway(cfg, alarms=True, relay_factory=QuietRelay) as gw:
         ctx, svc = gw.ctx, gw.alarms.service
         svc.max_pending = 5
         held, hold = threading.Event(), threading.Event()

@@ -281,3 +281,23 @@ def test_an_unconfirmed_link_neither_starts_nor_holds_a_session():
     b = Link(rx, net=0)  # the device reconnects: a new session, window reset
     b.feed(b.frame(1))
     assert [x.seq for x in b.applied] == [1] and rx.senders[CI].sessions == 2
+
+
+def test_sequence_window_tells_the_dual_net_copy_from_a_repetition():
+    from railcodecs.sequence import APPLY, COPY, DUPLICATE, STALE
+    w = SequenceWindow(window=64)
+    assert w.check(10, net=0) == (APPLY, 0)
+    assert w.check(10, net=1) == (COPY, 0)          # the other net's copy: expected
+    assert w.check(10, net=1) == (DUPLICATE, 0)     # a third copy
+    assert w.check(10, net=0) == (DUPLICATE, 0)
+    assert w.check(11, net=1) == (APPLY, 0)
+    assert w.check(11, net=1) == (DUPLICATE, 0)     # a second copy on the same net is a repeat
+    assert w.check(11, net=0) == (COPY, 0)          # ...and the other net's copy still an expected one
+    assert w.check(14, net=0) == (APPLY, 2)         # 12 and 13 skipped
+    assert w.check(12, net=1) == (STALE, 0)         # late first copy, on net B
+    assert w.check(12, net=0) == (COPY, 0)          # its net A copy
+    assert w.check(12, net=1) == (DUPLICATE, 0)
+    assert w.check(14 + 64, net=0)[0] == APPLY      # the window moves past everything above
+    assert w.check(14, net=1) == (STALE, 0)         # out of the window: nothing to tell
+    trains = SequenceWindow()
+    assert trains.check(5) == (APPLY, 0) and trains.check(5) == (DUPLICATE, 0)   # no nets: no copies
