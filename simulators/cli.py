@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fault", action="append", default=[], metavar="NAME=RATE",
                    help="probability per sequenced frame: drop, duplicate, reorder, corrupt, delay, replay, "
                         "masquerade, wrong_key, garbage")
+    p.add_argument("--no-field-events", action="store_true",
+                   help="no spontaneous track circuit faults or door alarms (a line that should raise no alarm)")
     p.add_argument("--faults-for", type=float, metavar="S",
                    help="inject faults only in the first S seconds (then a clean tail, e.g. to read counters)")
     p.add_argument("--at", action="append", default=[], metavar="T:KIND:TARGET[:NET]",
@@ -91,7 +93,8 @@ def build(argv: list[str] | None) -> tuple[Simulation, str | None]:
     rates = dict(parse_rate(f) for f in args.fault)
     plan = FaultPlan(args.seed, rates, [parse_at(a) for a in args.at])
     opts = Options(seed=args.seed, duration_s=args.duration, rate_hz=args.rate, heartbeat_ms=args.heartbeat_ms,
-                   plan=plan, faults_for_s=args.faults_for, scenarios=[parse_scenario(s) for s in args.scenario],
+                   plan=plan, faults_for_s=args.faults_for, field_events=not args.no_field_events,
+                   scenarios=[parse_scenario(s) for s in args.scenario],
                    devices=_select(args.devices, list(cfg.devices), lambda d: d.name, "device", "--devices"),
                    trains=_select(args.trains, list(cfg.trains.ids), str, "train", "--trains"))
     return Simulation(cfg, opts), args.summary

@@ -88,8 +88,11 @@ class Changes:
 class LineModel:
     """The seeded state of the whole line; ``step(dt_s)`` advances it and says what changed."""
 
-    def __init__(self, line: Config, rng: random.Random) -> None:
+    def __init__(self, line: Config, rng: random.Random, field_events: bool = True) -> None:
+        """``field_events``: spontaneous track circuit faults and platform door alarms (true field
+        alarms, as a real line has them); off for a run that must raise no alarm at all."""
         self.rng, self.t = rng, 0.0
+        self.field_events = field_events
         order: dict[int, None] = {}
         for d in line.devices:
             order.update(dict.fromkeys(d.sections))
@@ -174,8 +177,9 @@ class LineModel:
         alarms: list = []
         self._move(dt)
         moved = self._switches(dt)
-        self._section_faults(dt, alarms)
-        self._doors(dt, alarms)
+        if self.field_events:
+            self._section_faults(dt, alarms)
+            self._doors(dt, alarms)
         state = self._section_states()
         sections = [s for s in self.sections if state[s] != self.state[s]]
         self.state = state

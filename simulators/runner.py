@@ -51,6 +51,7 @@ class Options:
     trains: tuple | None = None              # selected train ids (None: all)
     grace_s: float = 2.0
     faults_for_s: float | None = None        # rate faults only in the first S logical seconds
+    field_events: bool = True                # spontaneous track faults and door alarms of the line model
 
 
 class Simulation:
@@ -70,7 +71,7 @@ class Simulation:
         self.lag_ms = 0.0
         self.plan = opts.plan or FaultPlan(opts.seed)
         self.ledger = Ledger()
-        self.model = LineModel(cfg, random.Random(opts.seed))
+        self.model = LineModel(cfg, random.Random(opts.seed), opts.field_events)
         self.stranger_id = unconfigured_id(cfg)
         self.stopping = False
         self._wake: asyncio.Event | None = None

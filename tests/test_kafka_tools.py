@@ -1,24 +1,33 @@
-"""Topics, snapshot chunks and kcat against a real embedded broker (tansu)."""
+"""Topics, snapshot chunks, partitioning and kcat against a real embedded broker (tansu); docs/hmi-developer.md's
+examples (messages, partition table, kcat + jq) checked."""
 from __future__ import annotations
 
 import glob
 import json
 import os
+import pathlib
+import re
 import shutil
 import subprocess
+import sys
 import time
+import zlib
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from alarms.journal import Journal
 from alarms.kafka.consumer import AlarmTable
 from alarms.kafka.relay import KafkaRelay
 from alarms.kafka.snapshots import SnapshotAssembler, build_chunks
 from alarms.kafka.topics import TopicManager
 from zoneinfo import ZoneInfo
 
-from kafka_fixtures import TZ, EventSource, broker, wait_for  # noqa: F401 (fixture)
+from kafka_fixtures import TZ, EventSource, broker, schema_validator, wait_for  # noqa: F401 (fixture)
 
 KCAT = shutil.which("kcat")
+JQ = shutil.which("jq")
+HMI_DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "hmi-developer.md"
 
 
 def test_topic_manager_creates_once_and_notices_a_lost_topic(broker):
@@ -79,4 +88,153 @@ def test_kcat_reads_the_day_topic(broker, tmp_path):
     assert res.returncode == 0, res.stderr
     lines = [line.split(" ", 1) for line in res.stdout.splitlines()]
     assert sorted((k, json.loads(v)["event_id"]) for k, v in lines) == sorted((e.key, e.event_id) for e in evs)
+    src.close()
+
+
+# -- partitioning: the Java client's murmur2 ------------------------------------------------------------------
+
+def murmur2(data: bytes) -> int:
+    """Kafka's ``Utils.murmur2`` (the Java client's), as a signed 32-bit int like Java's."""
+    m, r, n = 0x5BD1E995, 24, len(data)
+    h = (0x9747B28C ^ n) & 0xFFFFFFFF
+    for i in range(0, n - n % 4, 4):
+        k = (int.from_bytes(data[i:i + 4], "little") * m) & 0xFFFFFFFF
+        k ^= k >> r                                   # Java's >>> on the unsigned value
+        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
+    tail, rest = n - n % 4, n % 4
+    if rest == 3:                                     # the Java switch falls through
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h = ((h ^ data[tail]) * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def java_partition(key: str, partitions: int) -> int:
+    """``Utils.toPositive(Utils.murmur2(keyBytes)) % numPartitions``: the Java client's keyed partition."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def test_murmur2_is_kafkas():
+    # org.apache.kafka.common.utils.UtilsTest#testMurmur2
+    cases = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-string": -985981536,
+             b"a-little-bit-longer-string": -1486304829, b"abc": 479470107,
+             b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971}
+    assert {k: murmur2(k) for k in cases} == cases
+
+
+def read_all_partitions(bootstrap: str, topic: str, partitions: int, timeout_s: float = 30) -> list:
+    """Every message of ``topic`` as ``(partition, key, decoded value)``, read partition by partition to EOF."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-partitions", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "allow.auto.create.topics": False, "log_level": 3})
+    out, eof = [], set()
+    try:
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        deadline = time.monotonic() + timeout_s
+        while len(eof) < partitions:
+            assert time.monotonic() < deadline, f"timed out reading {topic} (EOF on {sorted(eof)})"
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition())
+                continue
+            out.append((msg.partition(), msg.key().decode(), json.loads(msg.value())))
+    finally:
+        c.close()
+    return out
+
+
+@pytest.mark.parametrize("partitions", [3, 5])
+def test_relay_puts_each_key_where_the_java_client_would(broker, tmp_path, partitions):
+    """The relay's default partitioner is murmur2_random: every event is in murmur2(key) % partitions as the
+    broker reports it; the snapshot chunks in ``snapshot_partition``. With librdkafka's default (CRC-32) the
+    same keys land elsewhere, so this check tells the two apart."""
+    from alarms.kafka.topics import snapshot_partition
+    src = EventSource(str(tmp_path / "j.db"), start_ms=1_795_000_000_000, keys=60, seed=11)
+    evs = src.journal_events(300)
+    results = {}
+    for name, conf in (("default", None), ("librdkafka consistent", {"partitioner": "consistent"})):
+        prefix, path = f"part{partitions}{name[:3]}", tmp_path / f"{name[:3]}.db"
+        journal = Journal(str(path))             # the same events, undelivered, for each relay
+        journal.append(evs)
+        journal.close()
+        relay = KafkaRelay(str(path), broker.bootstrap, topic_prefix=prefix, tz=TZ, gateway_id=1,
+                           line="demo-line-1", partitions=partitions, producer_config=conf,
+                           snapshot_provider=src.snapshot, clock_ms=lambda: src.now_ms).start()
+        wait_for(lambda: relay.stats()["delivered"] == len(evs) and relay.stats()["snapshots"] >= 1, 20,
+                 "every delivery and a snapshot")
+        relay.stop()
+        (topic,) = relay.topics.known()
+        msgs = read_all_partitions(broker.bootstrap, topic, partitions)
+        results[name] = {(k, v["event_id"]): p for p, k, v in msgs if v["kind"] == "event"}
+        assert sorted(results[name]) == sorted((e.key, e.event_id) for e in evs)
+        snaps = [p for p, k, v in msgs if v["kind"] == "snapshot"]
+        assert snaps and set(snaps) == {snapshot_partition(1, partitions)}
+    keys = {e.key for e in evs}
+    assert len({java_partition(k, partitions) for k in keys}) == partitions     # the keys spread
+    assert all(p == java_partition(k, partitions) for (k, _), p in results["default"].items())
+    assert all(p == zlib.crc32(k.encode()) % partitions for (k, _), p in results["librdkafka consistent"].items())
+    assert any(java_partition(k, partitions) != zlib.crc32(k.encode()) % partitions for k in keys)
+    src.close()
+
+
+# -- docs/hmi-developer.md ------------------------------------------------------------------------------------
+
+def doc_blocks(lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```$", HMI_DOC.read_text(encoding="utf-8"), re.S | re.M)
+
+
+def test_hmi_doc_messages_follow_the_schema():
+    blocks = [json.loads(b) for b in doc_blocks("json")]
+    assert [b["kind"] for b in blocks] == ["event", "event", "snapshot"]
+    validator = schema_validator()
+    for b in blocks:
+        validator.validate(b)
+    assert blocks[0]["alarm"]["key"] == blocks[2]["alarms"][0]["alarm"]["key"]
+
+
+def test_hmi_doc_partition_table_is_murmur2():
+    rows = re.findall(r"^\| `([^`]+)` \| (-?\d+) \| (\d+) \|$", HMI_DOC.read_text(encoding="utf-8"), re.M)
+    assert len(rows) >= 4
+    for key, hashed, part in rows:
+        assert (murmur2(key.encode()), java_partition(key, 3)) == (int(hashed), int(part)), key
+    from alarms.kafka.topics import snapshot_partition
+    assert "for gateway 1 and 3\npartitions: 0" in HMI_DOC.read_text(encoding="utf-8")
+    assert snapshot_partition(1, 3) == 0
+
+
+@pytest.mark.skipif(KCAT is None or JQ is None, reason="kcat or jq is not installed (apt install kcat jq)")
+def test_hmi_doc_kcat_jq_rebuilds_the_table(broker, tmp_path):
+    """The doc's kcat + jq pipeline, run as written with a state dir of its own, gives the engine's table from a
+    snapshot and the events after it."""
+    (script,) = [b for b in doc_blocks("sh") if "jq" in b]
+    state = tmp_path / "hmi state"
+    state.mkdir()
+    (state / "kafka.bootstrap").write_text(broker.bootstrap)
+    # the first events are yesterday's (yesterday's topic): today's topic has them only in its snapshot
+    src = EventSource(str(tmp_path / "j.db"), start_ms=int(time.time() * 1000) - 86_400_000, keys=40, seed=21)
+    first = src.journal_events(150)
+    src.now_ms = int(time.time() * 1000)
+    relay = KafkaRelay(str(tmp_path / "j.db"), broker.bootstrap, topic_prefix="railgate.alarms", tz=TZ,
+                       gateway_id=1, line="demo-line-1", snapshot_provider=src.snapshot, snapshot_interval_s=3600,
+                       clock_ms=lambda: src.now_ms).start()
+    wait_for(lambda: relay.stats()["delivered"] == len(first) and relay.stats()["snapshots"] == 1, 20,
+             "the first events and a snapshot")
+    later = src.journal_events(40)
+    relay.wake()
+    wait_for(lambda: relay.stats()["delivered"] == len(first) + len(later), 20, "the later events")
+    relay.stop()
+    env = {**os.environ, "STATE_DIR": str(state), "TZ": "UTC",
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    res = subprocess.run(["bash", "-o", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    want = {k: e["state"] for k, e in src.true_table().items()}
+    assert want and json.loads(res.stdout) == want
     src.close()

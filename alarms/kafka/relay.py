@@ -51,9 +51,12 @@ from alarms.kafka.topics import (TopicError, TopicManager, day_start_ms, next_mi
 
 log = logging.getLogger("alarms.kafka.relay")
 
+#: ``partitioner``: murmur2 of the key, positive-masked, modulo the partition count: the Java client's
+#: default, so a Java or JS client agrees on which partition holds an alarm key (librdkafka's own default,
+#: ``consistent_random``, is CRC-32). ``kafka.config`` may override any of these. docs/hmi-developer.md
 PRODUCER_DEFAULTS = {"enable.idempotence": True, "acks": "all", "linger.ms": 1,
                      "message.timeout.ms": 30_000, "allow.auto.create.topics": False,
-                     "reconnect.backoff.max.ms": 1000}
+                     "reconnect.backoff.max.ms": 1000, "partitioner": "murmur2_random"}
 
 
 #: delivered seqs are marked in the journal at least this often (or per ``batch`` of them): one short
