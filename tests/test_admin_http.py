@@ -132,7 +132,7 @@ def parse_prometheus(text: str) -> tuple[dict, list]:
                 pos = lm.end()
             samples.append((name, labels, float(value)))
             assert name in families and "help" in families[name] and "type" in families[name], name
-            assert name.startswith("railgate_")
+            assert name.startswith(("railgate_", "process_"))
     for name, fam in families.items():
         assert "help" in fam and "type" in fam, f"{name} lacks HELP or TYPE"
     return families, samples
@@ -347,8 +347,8 @@ def test_the_server_has_no_routes_of_its_own():
 def test_the_admin_api_is_one_table(serve):
     """Every route the gateway serves is named in AdminRoutes.table(); anything else is 404, or 405
     with Allow for a known path."""
-    assert set(AdminRoutes(dict).table()) == {("GET", "/status"), ("GET", "/metrics"), ("GET", "/alarms"),
-                                              ("POST", "/alarms/action")}
+    assert set(AdminRoutes(dict).table()) == {("GET", "/status"), ("GET", "/metrics"), ("GET", "/healthz"),
+                                              ("GET", "/readyz"), ("GET", "/alarms"), ("POST", "/alarms/action")}
     srv = serve()
     status, _, body = get(srv.port, "/alarms/nowhere")
     assert status == 404 and json.loads(body)["path"] == "/alarms/nowhere"
@@ -420,23 +420,12 @@ def test_a_pending_future_past_its_deadline_is_503_and_its_late_answer_dropped(s
     assert status == 500 and json.loads(body) == {"error": "GET /f failed: RuntimeError: alarm thread gone"}
 
 
-class _QuietRelay:
-    """Stands in for the relay process."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    start = stop = wake = lambda self: None
-
-    def stats(self) -> dict:
-        return {"delivered": 0}
-
 
 def test_a_slow_operator_action_does_not_delay_status_on_another_connection(tmp_path):
     """Through the gateway's own table: an ack waits while the alarm thread is held busy; meanwhile
     GET /status on another connection answers in about ALARM_WAIT_S, with everything but the engine's
     part; once the thread runs again the ack completes, and /status has the engine again."""
-    from gateway_harness import RunningGateway, line_config
+    from gateway_harness import QuietRelay, RunningGateway, line_config
 
     from gateway.app import config
     from gateway.app.admin_routes import ALARM_WAIT_S
@@ -444,7 +433,7 @@ def test_a_slow_operator_action_does_not_delay_status_on_another_connection(tmp_
     raw = line_config(state_dir=str(tmp_path / "state"), hello_timeout_ms=60_000).raw  # no start-up check
     raw["kafka"] = {"bootstrap_servers": "127.0.0.1:9"}   # not embedded: no broker; the relay is quiet
     key = "CI-1/DEVICE_COMM_LOST/-"
-    with RunningGateway(config.parse(raw, "t"), admin=True, alarms=True, relay_factory=_QuietRelay) as gw:
+    with RunningGateway(config.parse(raw, "t"), admin=True, alarms=True, relay_factory=QuietRelay) as gw:
         port = gw.ports["admin"]
         auth = {"Authorization": f"Bearer {(tmp_path / 'state' / 'admin.token').read_text().strip()}"}
         gw.line.events.raise_condition("DEVICE_COMM_LOST", "CI-1", gw.line.now_ms(), "no link up")

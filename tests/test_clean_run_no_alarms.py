@@ -47,6 +47,6 @@ def test_a_fault_free_run_raises_no_alarm(tmp_path):
     assert raised == [] and table == []
     applied = sum(d["applied"] for d in status["devices"]) + sum(t["applied"] for t in status["trains"])
     copies = sum(d["dual_net_copies"] for d in status["devices"])
-    assert applied > 50 * SOAK_S and copies > 10 * SOAK_S             # the line really ran, on both nets
+    assert applied > 50 * SOAK_S and copies > 5 * SOAK_S              # the line really ran, on both nets
     assert all(not link["errors"].get("duplicate") for d in status["devices"] for link in d["links"])
     assert summary["expected"]["devices"]                              # the simulator's own account exists

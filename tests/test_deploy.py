@@ -366,7 +366,7 @@ def test_logrotate_snippet_rotates_by_copy_and_truncate(tmp_path):
 
 # -- the Grafana dashboard ---------------------------------------------------------------------
 DASHBOARD = json.loads((DEPLOY / "grafana-railgate.json").read_text())
-METRIC = re.compile(r"\brailgate_[a-z0-9_]+")
+METRIC = re.compile(r"\b(?:railgate|process)_[a-z0-9_]+")
 
 
 def _queries(dashboard: dict) -> list[str]:

@@ -130,13 +130,17 @@ def test_a_thousand_connect_disconnect_cycles_leave_fds_and_memory_flat(caplog):
         assert gw.link_pool.stats()["created"] <= 8
 
 
-def test_links_over_max_links_are_refused_and_counted():
+def test_links_over_max_links_are_refused_at_their_confirmation_and_counted():
+    """max_links counts device links: a third device is accepted (pre-session) and answered, and refused
+    with CLOSE reason 2 only when its confirmed session finds no link buffers free."""
     with RunningGateway(line_config(max_links=2)) as gw:
         a, b = Device(gw.ports["A"]), Device(gw.ports["B"], net=1)
         a.hello(), b.hello()
         c = Device(gw.ports["A"], dev_id=513, kind=2)
-        c.wait_for("EOF", 3)
+        c.hello()  # HELLO_ACK, then SESSION_CONFIRM
+        assert c.wait_for("CLOSE", 3).message.reason == Close.PROTOCOL_ERROR
         assert gw.ctx.counters["links_refused"] == 1 and gw.link_pool.stats()["refused"] == 1
+        assert gw.link_pool.stats()["created"] == 2
 
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from gateway.base.link_actions import (ARM_CONFIRM, ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY,
                                        READ_FIRST, SHUTDOWN_WRITE)
-from gateway.line.link_protocol import LinkProtocol
+from gateway.line.link_protocol import PRE_SESSION_MAX_FRAME, LinkProtocol
 from gateway.line.link_state import LinkEvent, LinkState
 from gateway.line.object_state import ObjectState
 from gateway_harness import KEY_257, line_config
@@ -58,6 +58,12 @@ class RecordingContext:
 
     def device_message(self, link, frame, now_ms):
         self.calls.append(("device_message", frame.message.NAME))
+
+    def link_fault(self, link, why):
+        self.calls.append(("fault", why))
+
+    def link_stalled(self, link, why):
+        self.calls.append(("stalled", why))
 
 
 class Driver:
@@ -473,3 +479,90 @@ def test_the_hellos_clock_offset_takes_effect_at_confirmation(split):
     assert d.p.checks.offset_ms == 30_000
     d.feed(d.status(TrackSections(((111, 1),))))
     assert d.ctx.objects.sections[(258, 111)][0] == 1 and not d.p.checks.errors
+
+
+# --- issue 12: buffers at confirmation, stalls, internal errors, the pre-session bound ------------------
+def test_the_confirmation_moves_decoding_to_the_session_source_with_the_bytes_after_the_confirm(split):
+    d = awaiting(split)
+    moved = []
+
+    def session_source():
+        old, ring = d.source, LinearBuffer()
+        ring.append(old.peek(old.readable()))  # what the connection does: the undecoded bytes move
+        old.consume(old.readable())
+        moved.append(old)
+        d.source = ring  # and it receives into the link's ring from now on
+        return ring
+
+    d.p.session_source = session_source
+    d.feed(d.confirm() + d.status(TrackSections(((111, 1),))))  # whole: both in one read
+    assert d.p.state is LinkState.UP and len(moved) == 1 and d.p.source is d.source
+    assert d.ctx.objects.sections[(258, 111)][0] == 1
+    d.feed(d.status(TrackSections(((112, 1),))))
+    assert d.ctx.objects.sections[(258, 112)][0] == 1 and not d.p.checks.errors and moved[0].readable() == 0
+
+
+def test_no_link_buffers_at_the_confirmation_refuses_with_reason_2():
+    d = awaiting("whole")
+    d.p.session_source = lambda: None
+    assert d.feed(d.confirm()) == BEGIN_CLOSE
+    assert d.p.state is LinkState.CLOSING and not d.p.alive and d.p.close_reason == Close.PROTOCOL_ERROR
+    assert d.ctx.counters["links_refused"] == 1 and "up" not in d.ctx.calls
+
+
+def test_a_frame_over_the_pre_session_bound_is_a_protocol_error(split):
+    d = awaiting(split)
+    big = d.status(TrackSections(tuple((111 + i % 10, 1) for i in range(60))))
+    assert len(big) > PRE_SESSION_MAX_FRAME
+    assert d.feed(big) & BEGIN_CLOSE and d.p.close_reason == Close.PROTOCOL_ERROR
+    assert d.ctx.counters["pre_session_oversize"] == 1
+
+
+def test_bytes_without_an_accepted_frame_are_a_stall_not_life(split):
+    d = Driver(split)
+    d.up()
+    for _ in range(4):
+        d.advance(HB_S)
+        d.feed(corrupted(d) + d.heartbeat()[:2])  # bytes arrive, no frame is accepted
+        acts = d.timer(d.p.heartbeat_tick)
+        if acts & BEGIN_CLOSE:
+            break
+        if acts & ARM_DEAD:
+            d.now = d.p.dead_at
+            acts = d.timer(d.p.dead_deadline)
+            break
+    assert acts == BEGIN_CLOSE and d.p.close_reason == Close.HEARTBEAT_TIMEOUT and not d.p.alive
+    assert d.ctx.counters["closed_stalled"] == 1 and d.ctx.counters["heartbeat_timeouts"] == 0
+    assert [c[0] for c in d.ctx.calls if isinstance(c, tuple)][:2] == ["stalled", "left_up"]
+
+
+def test_internal_error_closes_with_reason_2_and_keeps_the_bits_of_the_failed_call():
+    d = Driver("whole")
+    d.up()
+    assert d.call(d.p.internal_error("RuntimeError: boom")) == BEGIN_CLOSE
+    assert d.p.close_reason == Close.PROTOCOL_ERROR and d.p.checks.errors["internal_error"] == 1
+    assert d.ctx.counters["internal_errors"] == 1 and ("fault", "RuntimeError: boom") in d.ctx.calls
+    assert d.call(d.p.internal_error("again")) == 0 and d.p.state is LinkState.CLOSING  # closing stays closing
+
+
+def test_evict_aborts_only_an_unconfirmed_link():
+    d = Driver("whole")
+    assert d.call(d.p.evict("room")) == DESTROY and d.p.state is LinkState.CLOSED
+    up = Driver("whole")
+    up.up()
+    assert up.call(up.p.evict("room")) == 0 and up.p.alive
+
+
+def test_a_callback_raising_inside_a_move_leaves_the_close_decided():
+    """The connection catches the exception and calls internal_error: the failed call's close still happens."""
+    d = Driver("whole")
+    d.up()
+
+    def boom(link, why):
+        raise RuntimeError("registry")
+
+    d.ctx.link_left_up = boom
+    with pytest.raises(RuntimeError):
+        d.p.close()
+    assert d.call(d.p.internal_error("RuntimeError: registry")) == BEGIN_CLOSE
+    assert d.p.state is LinkState.CLOSING and d.p.close_reason == Close.NORMAL and not d.p.alive

@@ -1,6 +1,7 @@
 """`gateway status` against a real AdminServer serving a sample status dict."""
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 import socket
@@ -12,6 +13,7 @@ import yaml
 from gateway.adapters.admin_http import AdminServer
 from gateway.app.admin_routes import AdminRoutes
 from gateway.cli.status_cmd import CLEAR, main
+from gateway.cli.status_watch import rates, render_watch
 from test_admin_http import SAMPLE_STATUS
 
 DEMO_CONFIG = pathlib.Path(__file__).parent.parent / "config" / "demo-line.yaml"
@@ -109,3 +111,70 @@ def test_watch_json_prints_one_document_per_refresh(url, capsys, monkeypatch):
     assert main(["--url", url, "--watch", "--json", "--interval", "0.1"]) == 0
     docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(docs) >= 2 and all(d == SAMPLE_STATUS for d in docs)
+
+
+# -- the live view (--watch) ---------------------------------------------------------------------
+def _snapshots(devices: int = 1) -> tuple[dict, dict]:
+    """Two answers 2.0 s apart on the gateway's clock: +200 frames applied, +400 received on a link and
+    +10 datagrams, +4 errors (3 on the link, 1 UDP), +6 alarm events."""
+    first = copy.deepcopy(SAMPLE_STATUS)
+    first["devices"] = [dict(first["devices"][0], id=257 + i, name=f"CI-{i}") for i in range(devices)]
+    first["timezone"] = "Asia/Shanghai"
+    first["alarms"] = {"engine": {"event_seq": 40, "by_severity": {"critical": {"UNACK": 2},
+                                                                   "minor": {"UNACK": 1, "ACKED": 2}}}}
+    second = copy.deepcopy(first)
+    second["uptime_s"] = first["uptime_s"] + 2.0
+    second["devices"][0]["applied"] += 200
+    second["devices"][0]["links"][0]["rx_frames"] += 400
+    second["devices"][0]["links"][0]["errors"]["bad_crc"] += 3
+    second["udp"] = {**first["udp"], "rx_datagrams": first["udp"]["rx_datagrams"] + 10,
+                     "errors": {"bad_size": 3}}
+    second["alarms"]["engine"]["event_seq"] = 46
+    return first, second
+
+
+def test_watch_rates_come_from_the_deltas_over_the_gateway_uptime():
+    first, second = _snapshots()
+    assert rates(first, second, elapsed_s=99.0) == {"applied": 100.0, "received": 205.0, "errors": 2.0,
+                                                     "alarm_events": 3.0}
+    text = render_watch(second, first, 99.0, size=(120, 40))
+    assert "frames applied 620 (100.0/s)" in text and "received 5650 (205.0/s)" in text
+    assert "frame errors 7 (2.0/s)" in text and "alarm events 46 (3.0/s)" in text
+    assert "alarms active: 2 critical, 3 minor" in text
+    assert "devices reachable 1/1  links up 1/2  trains reachable 1/1" in text
+
+
+def test_watch_rates_without_uptime_use_the_client_interval_and_a_restart_gives_none():
+    first, second = _snapshots()
+    del first["uptime_s"]
+    assert rates(first, second, elapsed_s=4.0)["applied"] == 50.0
+    assert rates(None, second, None) == dict.fromkeys(("applied", "received", "errors", "alarm_events"))
+    assert rates(second, first, 2.0)["applied"] is None  # counters went back: not a negative rate
+    assert "frames applied 420 (-/s)" in render_watch(first, size=(120, 40))
+
+
+def test_watch_fits_a_small_terminal_summary_first_tables_cut_with_a_count():
+    first, second = _snapshots(devices=30)
+    lines = render_watch(second, first, 1.0, size=(70, 20)).splitlines()
+    assert len(lines) < 20 and all(len(line) < 70 for line in lines)
+    assert lines[2].startswith("gateway 1 demo-gw") and lines[3].startswith("devices reachable 30/30")
+    shown = [ln for ln in lines if ln.startswith("  2") and "CI-" in ln]
+    more = [ln for ln in lines if "more devices" in ln]
+    assert more == [f"  … and {30 - len(shown)} more devices"] and 0 < len(shown) < 30
+    assert any(ln.startswith("Trains (1)") for ln in lines)
+    tall = render_watch(second, first, 1.0, size=(200, 80))
+    assert "more devices" not in tall and tall.count("interlocking") == 30
+
+
+def test_watch_states_one_zone_once_and_shows_every_time_in_it():
+    first, second = _snapshots()
+    text = render_watch(second, first, 1.0, size=(120, 40))
+    assert text.count("Asia/Shanghai") == 1 and "all times in Asia/Shanghai (UTC+08:00)" in text
+    assert "+08:00" not in text.replace("(UTC+08:00)", "")  # no time repeats an offset
+    assert "since 2026-11-22 10:00:00" in text          # started_at in the line's zone
+    assert "2026-11-18 19:06:40.000" in text            # 1795000000000 ms, an event, in the line's zone
+    del second["timezone"]
+    assert "all times in UTC+08:00" in render_watch(second, size=(120, 40))  # started_at's offset
+    del second["started_at"]
+    assert "all times in UTC\n" in render_watch(second, size=(120, 40))
+    assert "2026-11-18 11:06:40.000" in render_watch(second, size=(120, 40))

@@ -27,6 +27,13 @@ broker answers: a memory broker may have lost its data and been refilled, so
 old positions would skip messages (dedupe drops the repeats; the relay
 republishes the day).
 
+librdkafka's own log lines (a "Connect to ... failed: Connection refused" per
+client per reconnect attempt: about 40 a second against a broker that is gone)
+go to the ``alarms.kafka.rdkafka`` logger at DEBUG, never to stderr; the
+consumer says the same once: ``reachable`` turns False when every broker is
+down or the metadata request fails, True when the broker answers again
+(``gateway alarms tail`` prints one line per change).
+
 Threading: one consumer per thread; every method runs in the caller's thread.
 """
 from __future__ import annotations
@@ -51,6 +58,19 @@ log = logging.getLogger("alarms.kafka.consumer")
 #: Not lower: every consumer then costs the embedded broker a fetch per FETCH_WAIT_MS while idle.
 FETCH_WAIT_MS = 50
 ENTRY_FIELDS = ("severity", "text", "state", "active", "chattering", "operator", "shelved_until_ms", "raised_ms")
+
+
+class _QuietLog:
+    """librdkafka's ``logger``: each line at DEBUG on ``alarms.kafka.rdkafka`` (confluent-kafka serves
+    them from poll(), in the caller's thread), whatever librdkafka's own level for it was."""
+
+    _log = logging.getLogger("alarms.kafka.rdkafka")
+
+    def log(self, level: int, fmt: str, *args) -> None:
+        self._log.debug(fmt, *args)
+
+
+RDKAFKA_LOGGER = _QuietLog()
 
 
 def _wall_ms() -> int:
@@ -141,11 +161,12 @@ class AlarmTableConsumer:
         conf = {"bootstrap.servers": bootstrap, "group.id": "railgate-hmi-unused", "enable.auto.commit": False,
                 "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 3,
                 "allow.auto.create.topics": False, "reconnect.backoff.max.ms": 1000,
-                "fetch.wait.max.ms": FETCH_WAIT_MS, "error_cb": self._on_error, **(consumer_config or {})}
+                "fetch.wait.max.ms": FETCH_WAIT_MS, "error_cb": self._on_error, "logger": RDKAFKA_LOGGER,
+                **(consumer_config or {})}
         self._conf = conf
         self._consumer = Consumer(conf)
         self._admin_conf = {"bootstrap.servers": bootstrap, "log_level": 3, "allow.auto.create.topics": False,
-                            "reconnect.backoff.max.ms": 1000}
+                            "reconnect.backoff.max.ms": 1000, "logger": RDKAFKA_LOGGER}
         self._admin = AdminClient(self._admin_conf)
         self.table = AlarmTable()
         self._chunks = SnapshotAssembler()
@@ -155,6 +176,7 @@ class AlarmTableConsumer:
         self._eof: set[tuple[str, int]] = set()
         self.loaded = False
         self._suspect = False
+        self.reachable = True        # False: every broker down / metadata failing (see the module doc)
         self._next_check = 0.0
         self.counters = {"messages": 0, "bad_messages": 0, "resets": 0, "rollovers": 0}
 
@@ -201,6 +223,7 @@ class AlarmTableConsumer:
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._suspect = True
+            self.reachable = False
 
     def _partitions(self, topic: str) -> int:
         """Partition count of ``topic`` (0: it does not exist); raises KafkaException if unreachable."""
@@ -226,7 +249,9 @@ class AlarmTableConsumer:
             parts = self._partitions(self.topic)
         except Exception:
             self._admin = AdminClient(self._admin_conf)   # a fresh client reconnects at once (see topics.py)
+            self.reachable = False
             return                                   # broker unreachable: look again shortly
+        self.reachable = True
         if self._suspect and self._parts:
             # all brokers were down, or a partition vanished: a memory broker may have lost everything
             # and been refilled since, so positions mean nothing now: read again from offset 0
@@ -247,7 +272,7 @@ class AlarmTableConsumer:
         """Offset of the first chunk of the newest complete snapshot of our gateway in ``partition``
         (OFFSET_BEGINNING when there is none). Reads the partition once with a separate consumer."""
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "railgate-hmi-scan", "log_level": 3,
-                      "enable.auto.commit": False, "enable.partition.eof": True})
+                      "enable.auto.commit": False, "enable.partition.eof": True, "logger": RDKAFKA_LOGGER})
         best, first_chunk, asm = OFFSET_BEGINNING, {}, SnapshotAssembler()
         try:
             c.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])

@@ -4,6 +4,8 @@
 
     GET  /status         open   the status document (gateway/app/status.py), JSON
     GET  /metrics        open   the same as Prometheus text (gateway/app/metrics.py)
+    GET  /healthz        open   live: 200 while the base loop turns, else 503
+    GET  /readyz         open   ready: 200 when listeners, journal and relay are up, else 503 naming them
     GET  /alarms         open   the alarm table (alarm thread)
     POST /alarms/action  token  an operator action: ack, shelve, ... (alarm thread)
 
@@ -42,9 +44,18 @@ alarm thread. Those futures are completed in the alarm thread; the mapping to
 a ``Response`` (``_then``) runs there too, so it stays small: a dict built,
 no JSON encoded (the server encodes in its loop). Nothing here waits for the
 alarm thread. An operator action gets the server's deadline (503); ``/status``
-waits for the engine's part at most ``alarm_wait_s`` (a timer in the admin
-loop) and then answers with the rest, so a busy alarm thread never holds
-back the status of the line.
+and ``/metrics`` wait for the engine's part at most ``alarm_wait_s`` (a timer
+in the admin loop) and then answer with the rest, so a busy alarm thread never
+holds back the status of the line.
+
+Health, for an orchestrator or a load balancer (both open GETs, no token):
+``/healthz`` is liveness: the base loop (acceptors, timers, signals) runs a
+timer every ``HEARTBEAT_S`` that stamps the time, and the answer is 503 when
+the stamp is older than ``STALE_S`` (a stuck base loop: restart the process).
+``/readyz`` is readiness: both device listeners listening, the journal
+writable (the alarm thread answers within ``alarm_wait_s``: a failing append
+retries in that thread, so it does not), the relay alive; 503 otherwise, with
+``{"ready": false, "not_ready": {part: why}}``.
 """
 from __future__ import annotations
 
@@ -55,6 +66,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import stat
 import time
 from concurrent.futures import Future, InvalidStateError
@@ -71,6 +83,8 @@ log = logging.getLogger("railgate.admin")
 
 #: how long /status waits for the alarm thread's part before answering without it
 ALARM_WAIT_S = 0.5
+HEARTBEAT_S = 1.0                   # the base loop stamps its liveness this often
+STALE_S = 5.0                       # /healthz: 503 once the stamp is older than this
 TOKEN_FILE = "admin.token"          # in state_dir, unless gateway.admin.token_file names another
 MAX_JSON_DEPTH = 8                  # nesting of a request body's JSON (an action needs 1)
 ACTION_FIELDS = frozenset({"action", "key", "operator", "minutes", "reason"})
@@ -135,19 +149,60 @@ def gateway_routes(gw, *, alarm_wait_s: float = ALARM_WAIT_S) -> RouteTable:
     def status() -> dict:  # the admin loop thread, which also owns the server's counters
         server = gw.admin.stats() if gw.admin is not None else {}
         return {**build_status(view), "admin": {**server, **routes.stats()}}
-    routes = AdminRoutes(status, gw.alarms, token=token, alarm_wait_s=alarm_wait_s)
+    routes = AdminRoutes(status, gw.alarms, token=token, alarm_wait_s=alarm_wait_s, probes=GatewayProbes(gw))
     return routes.table()
+
+
+class GatewayProbes:
+    """What /healthz and /readyz read of a running gateway, without waiting. Built in the base loop
+    thread (``gateway_routes``), which it then stamps every ``HEARTBEAT_S``; read in the admin thread."""
+
+    def __init__(self, gw) -> None:
+        self._gw = gw
+        self.last_beat = time.monotonic()  # one float store per beat: the admin thread reads it whole
+        gw.base.call_every(HEARTBEAT_S, self._beat)
+
+    def _beat(self) -> None:  # base loop
+        self.last_beat = time.monotonic()
+
+    def not_live(self) -> str | None:
+        """Why the gateway is not live (None: it is). Admin thread."""
+        age = time.monotonic() - self.last_beat
+        return f"base loop: no turn for {age:.1f} s (limit {STALE_S} s)" if age > STALE_S else None
+
+    def not_ready(self) -> dict[str, str]:
+        """{part: why} for the parts read without the alarm thread: base loop, listeners, relay."""
+        out = {}
+        if (why := self.not_live()) is not None:
+            out["base_loop"] = why
+        for acc in self._gw.acceptors:
+            if not _listening(acc.sock):
+                out[f"listener_{acc.net.lower()}"] = f"net {acc.net}: not listening"
+        alarms = self._gw.alarms
+        if alarms is not None and not alarms.relay_alive():
+            out["relay"] = "Kafka relay: not running (restarting, or stopped)"
+        return out
+
+
+def _listening(sock: socket.socket) -> bool:
+    try:
+        return sock.fileno() >= 0 and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+    except OSError:
+        return False
 
 
 class AdminRoutes:
     """The handlers, and the table that names them. Handlers: admin loop thread."""
 
     def __init__(self, status: Callable[[], dict], alarms=None, *, token: str | None = None,
-                 alarm_wait_s: float = ALARM_WAIT_S) -> None:
+                 alarm_wait_s: float = ALARM_WAIT_S, probes=None) -> None:
         """``status()``: the status document without the alarm thread's part (read without waiting);
         ``alarms``: the ``AlarmStage`` (``gateway/app/alarm_stage.py``), None without one;
-        ``token``: what state-changing requests must present (None: they are all refused)."""
+        ``token``: what state-changing requests must present (None: they are all refused);
+        ``probes``: ``not_live()`` and ``not_ready()`` (:class:`GatewayProbes`), None: only the
+        journal is checked (tests around a status function)."""
         self._status, self.alarms, self.alarm_wait_s = status, alarms, alarm_wait_s
+        self.probes = probes
         self._token = None if token is None else token.encode("ascii")
         self.unauthorized = 0        # 401 answers (admin thread writes)
         self._logged_unauthorized = (0, float("-inf"))  # (count, monotonic s) at the last warning
@@ -156,6 +211,8 @@ class AdminRoutes:
         """The whole admin API; every route not GET behind the token check. Any thread."""
         routes = {("GET", "/status"): self.get_status,
                   ("GET", "/metrics"): self.get_metrics,
+                  ("GET", "/healthz"): self.get_healthz,
+                  ("GET", "/readyz"): self.get_readyz,
                   ("GET", "/alarms"): self.get_alarms,
                   ("POST", "/alarms/action"): self.post_action}
         return {(method, path): handler if method in OPEN_METHODS else self._with_token(handler)
@@ -192,33 +249,67 @@ class AdminRoutes:
         return Response(401, {"error": text}, headers=_BEARER_CHALLENGE)
 
     def get_status(self, request: Request) -> Response | Future:
-        doc = self._document()
+        return self._with_engine(request, lambda doc, engine: Response(200, self._whole(doc, engine)))
+
+    def get_metrics(self, request: Request) -> Response | Future:
+        return self._with_engine(request, lambda doc, engine: Response(
+            200, body=render_metrics(self._whole(doc, engine)).encode(), content_type=PROMETHEUS_TYPE))
+
+    def get_healthz(self, request: Request) -> Response:
+        why = self.probes.not_live() if self.probes is not None else None
+        return Response(200, {"live": True}) if why is None else Response(503, {"live": False, "why": why})
+
+    def get_readyz(self, request: Request) -> Response | Future:
+        not_ready = dict(self.probes.not_ready()) if self.probes is not None else {}
+
+        def answer(doc, engine) -> Response:  # the alarm thread or the admin loop: its own dict
+            parts = dict(not_ready)
+            if engine is not None and "error" in engine:  # stopped, or stuck (an append retrying)
+                parts["journal"] = f"journal not writable: {engine['error']}"
+            if parts:
+                return Response(503, {"ready": False, "not_ready": parts})
+            return Response(200, {"ready": True})
+        return self._with_engine(request, answer, document=False)
+
+    def _whole(self, doc: dict, engine: dict | None) -> dict:
+        """The status document with the alarm stage's part (relay and writers are read here)."""
+        return doc if engine is None else {**doc, "alarms": self.alarms.status(engine)}
+
+    def _with_engine(self, request: Request, respond: Callable, *, document: bool = True) -> Response | Future:
+        """``respond(doc, engine)`` at once without the alarm stage (``engine`` None), else once the alarm
+        thread answers :meth:`AlarmStage.engine_status`, or after ``alarm_wait_s`` with ``engine`` an
+        ``{"error": ...}``. ``respond`` always runs in the admin loop: the answer is handed back to it
+        (``call_later(0, ...)``), so rendering /metrics for a large line never costs the alarm thread."""
+        doc = self._document() if document else None
         alarms = self.alarms
         if alarms is None:
-            return Response(200, doc)
+            return respond(doc, None)
         out: Future = Future()
 
-        def settle(engine: dict) -> None:  # the alarm thread (its answer) or the admin loop (the timer)
+        def settle(engine: dict) -> None:  # the admin loop: the answer handed over, or the timer
+            if out.done():
+                return  # the other one came first
             try:
-                out.set_result(Response(200, {**doc, "alarms": alarms.status(engine)}))
+                response = respond(doc, engine)
+            except Exception as exc:
+                response = exc
+            try:
+                out.set_exception(response) if isinstance(response, Exception) else out.set_result(response)
             except InvalidStateError:
                 pass  # the other one came first
 
-        def answered(fut: Future) -> None:
-            timer.cancel()
+        def answered(fut: Future) -> None:  # the alarm thread (or this one, when it is stopped)
             try:
                 engine = fut.result()
             except Exception as exc:  # a stopped alarm thread: say so, keep the rest of the status
                 engine = {"error": f"alarm thread: {type(exc).__name__}: {exc}"}
-            settle(engine)
+            timer.cancel()
+            request.call_later(0, settle, engine)
 
         timer = request.call_later(self.alarm_wait_s, settle,
                                    {"error": f"alarm thread busy: no answer within {self.alarm_wait_s} s"})
         alarms.engine_status().add_done_callback(answered)
         return out
-
-    def get_metrics(self, request: Request) -> Response:
-        return Response(200, body=render_metrics(self._document()).encode(), content_type=PROMETHEUS_TYPE)
 
     def get_alarms(self, request: Request) -> Response | Future:
         if self.alarms is None:

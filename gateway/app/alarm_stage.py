@@ -176,17 +176,37 @@ class AlarmStage:
             for net, link in registry.links_of(dev_id).items():
                 if link is not None:
                     checks = link.checks
-                    self.service.submit(ThreatSample(f"net {net}", {**checks.errors, "applied": checks.applied},
-                                                     now_ms, dl.device.name))
+                    self.service.submit(ThreatSample(f"net {net}", dict(checks.errors), now_ms, dl.device.name))
         udp = self.udp_checks
         if udp is not None:
-            self.service.submit(ThreatSample("udp", {**udp.errors, "applied": udp.applied}, now_ms, "trains"))
+            self.service.submit(ThreatSample("udp", dict(udp.errors), now_ms, "trains"))
 
     # -- status and operator actions (any thread; only status() without ``engine`` waits) ----------
     def engine_status(self) -> Future:
-        """Future of the engine's status and the service counters, completed by the alarm thread (at
-        once with ServiceStopped when it is not running). Any thread; never blocks."""
-        return self.service.status()
+        """Future of the engine's status and the service counters, plus ``by_severity`` ({severity:
+        {state: alarms}} of the alarms not NORMAL), completed by the alarm thread (at once with
+        ServiceStopped when it is not running). Any thread; never blocks."""
+        service = self.service
+
+        def figures(engine) -> dict:  # the alarm thread: one pass over the table's non-NORMAL rows
+            by_severity: dict[str, dict[str, int]] = {}
+            for row in engine.snapshot()[1]:
+                states = by_severity.setdefault(row["severity"], {})
+                states[row["state"]] = states.get(row["state"], 0) + 1
+            return {**engine.status(), "by_severity": by_severity, "service": dict(service.stats)}
+        return service.call(figures)
+
+    def relay_alive(self) -> bool:
+        """Whether the relay runs: its ``alive`` flag, else a child pid (the supervisor's), else True for a
+        stand-in that reports neither. Any thread; never blocks (the relay's last stats)."""
+        relay = self.relay
+        if relay is None:
+            return False
+        alive = getattr(relay, "alive", None)
+        if isinstance(alive, bool):
+            return alive
+        stats = relay.stats()
+        return stats["pid"] is not None if "pid" in stats else True
 
     def status(self, engine: dict | None = None) -> dict:
         """JSON-ready: engine status, relay and writer stats. Any thread.

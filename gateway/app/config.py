@@ -50,7 +50,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     TOP_LEVEL: ("gateway", "line", "devices", "trains", COUPLING_SECTION, *PIPELINE_SECTIONS),
     "gateway": ("id", "name", "listen", "admin", "io_threads", "heartbeat_ms", "dead_after_heartbeats",
                 "hello_timeout_ms", "max_age_ms", "max_links", "ring_bytes", "udp_slabs", "output_high_water_bytes",
-                "error_rate_limit", "log", "state_dir"),
+                "error_rate_limit", "log", "state_dir", "pre_session", "identity_lease_ms"),
     "gateway.listen": ("net_a", "net_b", "udp"),
     "gateway.listen.net_a": _ENDPOINT,
     "gateway.listen.net_b": _ENDPOINT,
@@ -58,6 +58,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "gateway.admin": (*_ENDPOINT, "token_file", "max_connections", "max_connections_per_client",
                       "reserved_connections", "token"),  # token: known only to be refused with a reason
     "gateway.log": ("level", "file", "format"),
+    "gateway.pre_session": ("max_connections", "max_connections_per_source"),
     "line": ("name", "timezone"),
     "devices[]": ("id", "name", "kind", "nets", "mac", "mac_key", "sections", "signals", "switches"),
     "trains": ("heartbeat_ms", "ids", "consists"),
@@ -108,6 +109,16 @@ class AdminSettings:
         return {"max_connections": self.max_connections, "max_per_client": self.max_connections_per_client,
                 "reserved": self.reserved_connections}
 
+
+
+@dataclass(frozen=True)
+class PreSessionSettings:
+    """``gateway.pre_session``: connections that have not confirmed a session (gateway/net/acceptor.py
+    ``PreSessionBudget``); they take no device link buffers, and wait at most ``hello_timeout_ms`` for
+    the HELLO and again for the SESSION_CONFIRM."""
+
+    max_connections: int = 64
+    max_connections_per_source: int = 8   # per source address
 
 
 def parse_key(value: object) -> tuple[bytes | None, str | None]:
@@ -173,6 +184,8 @@ class Settings:
     log_file: str | None
     state_dir: str
     log_format: str = "text"        # text | json: one record per line either way
+    pre_session: PreSessionSettings = field(default_factory=PreSessionSettings)
+    identity_lease_ms: int = 10_000  # TTL of the Redis identity lease (gateway/app/identity.py)
 
 
 @dataclass(frozen=True)
@@ -290,6 +303,9 @@ def parse(data: Any, source: str = "<config>") -> Config:
         log_file=log.get("file"),
         log_format=r.str(log, "format", "gateway.log.format", default="text", choices=LOG_FORMATS),
         state_dir=r.str(gw, "state_dir", "gateway.state_dir", default="state"),
+        pre_session=_pre_session(r, gw),
+        identity_lease_ms=r.int(gw, "identity_lease_ms", "gateway.identity_lease_ms", 500, 600_000,
+                                default=10_000),
     )
     line = r.section(data, "line", "line", required=False)
     line_name = r.str(line, "name", "line.name", default="line")
@@ -308,6 +324,14 @@ def parse(data: Any, source: str = "<config>") -> Config:
     if r.problems:
         raise ConfigError(source, r.problems)
     return Config(source, settings, line_name, tz, devices, trains, data, pipeline, coupling)
+
+
+def _pre_session(r: _Reader, gw: dict) -> PreSessionSettings:
+    sec = r.section(gw, "pre_session", "gateway.pre_session", required=False)
+    most = r.int(sec, "max_connections", "gateway.pre_session.max_connections", 1, 100_000, default=64)
+    per_source = r.int(sec, "max_connections_per_source", "gateway.pre_session.max_connections_per_source", 1,
+                       most, default=min(8, most))
+    return PreSessionSettings(most, per_source)
 
 
 def _admin(r: _Reader, gw: dict) -> AdminSettings:

@@ -19,6 +19,7 @@ from gateway.line.line import Line
 from gateway.line.link_protocol import LinkProtocol
 from gateway.line.link_state import LinkEvent
 from gateway.net.connection import TcpConnection, peer_address
+from gateway.net.ring_buffer import pre_session_ring
 
 log = logging.getLogger("railgate.gateway")
 
@@ -28,7 +29,8 @@ class Context:
     part it needs; nothing is attached afterwards. Methods say their thread."""
 
     def __init__(self, cfg: Config, line: Line, *, link_pool, alarm_sink=None, coupling=None) -> None:
-        """``line``: the line's no-IO state; ``link_pool``: the links' buffer pool (released on close);
+        """``line``: the line's no-IO state; ``link_pool``: the device links' buffer pool (each link takes
+        its buffers at its session's confirmation and gives them back when closed);
         ``alarm_sink``: the alarm stage (``observe_device_alarm``), None without one; ``coupling``:
         the coupling workers (``submit``), None without them."""
         self.cfg = cfg
@@ -56,20 +58,39 @@ class Context:
             self.links.add(link)
 
     def link_up(self, link, now_ms: int) -> None:
-        """The link completed HELLO. Loop thread of the link."""
+        """The link confirmed its session. Loop thread of the link."""
         old = self.registry.link_up(link.device_id, link.net, link, now_ms)
         if old is not None:
             old.close(LinkEvent.REPLACED, "replaced by a newer link")
+        # a link handler served a whole handshake again: the device's LINK_FAULT (and one raised before
+        # any device was known) clears
+        self.events.clear_condition("LINK_FAULT", self._source(link), now_ms, f"net {link.net}: session confirmed")
+        self.events.clear_condition("LINK_FAULT", self.settings.name, now_ms, f"net {link.net}: session confirmed")
+
+    def _source(self, link) -> str:
+        """The name events about this link carry: its device's, or the gateway's before a HELLO named one."""
+        dev = self.cfg.device(link.device_id) if link.device_id is not None else None
+        return dev.name if dev is not None else self.settings.name
+
+    def link_fault(self, link, why: str) -> None:
+        """An unexpected exception in the link's handler: raise the LINK_FAULT condition (an alarm via
+        alarms/sources.py SEVERITY), cleared at the device's next confirmed session. Loop thread."""
+        self.events.raise_condition("LINK_FAULT", self._source(link), self.now_ms(),
+                                    f"net {link.net} {getattr(link, 'peer', None)}: {why}")
+
+    def link_stalled(self, link, why: str) -> None:
+        """The link received bytes but accepted no frame for the dead-after time (it is closed as dead;
+        LINK_REDUNDANCY_LOST / DEVICE_COMM_LOST follow from link_left_up). Loop thread."""
+        self.events.emit("LINK_STALLED", self._source(link), self.now_ms(), f"net {link.net}: {why}")
 
     def link_left_up(self, link, why: str) -> None:
         """The link left UP (timeout, close, error). Loop thread of the link."""
         self.registry.link_down(link.device_id, link.net, link, self.now_ms(), why)
 
     def link_closed(self, link) -> None:
-        """The socket is closed; its buffers go back to the pool. Loop thread of the link."""
+        """The socket is closed (the connection gives its buffers back itself). Loop thread of the link."""
         with self._links_lock:
             self.links.discard(link)
-        self.link_pool.release(link.buffers)
 
     def device_message(self, link, frame, now_ms: int) -> None:
         """An accepted DEVICE_ALARM (an event, and to the alarm stage) or COMMAND_RESULT (an event). Loop thread."""
@@ -102,11 +123,15 @@ class Context:
         return live, restart
 
 
-def new_link(ctx: Context, loop, sock, net: str, buffers):
+def new_link(ctx: Context, loop, sock, net: str, admission):
     """One device link, as the acceptors build it: the ICD protocol (``gateway/line/link_protocol.py``)
-    decoding from the link's ring, and the connection doing its IO (``gateway/net/connection.py``),
-    which is what the registry, status and ``close``/``send`` callers know as the link. The wiring
-    hands it to each acceptor with ``ctx`` bound. Base loop thread."""
+    decoding from a small pre-session ring, and the connection doing its IO (``gateway/net/connection.py``),
+    which is what the registry, status and ``close``/``send`` callers know as the link; at the session's
+    confirmation the connection takes the link's ``LinkBuffers`` from ``ctx.link_pool``. ``admission``:
+    the connection's slot in the pre-session budget. The wiring hands it to each acceptor with ``ctx``
+    bound. Base loop thread."""
     peer = peer_address(sock)
-    protocol = LinkProtocol(ctx, net, buffers.ring, peer)
-    return TcpConnection(loop, sock, protocol, buffers, clock_ms=ctx.now_ms, peer=peer)
+    rx = pre_session_ring()
+    protocol = LinkProtocol(ctx, net, rx, peer)
+    return TcpConnection(loop, sock, protocol, rx, clock_ms=ctx.now_ms, peer=peer, link_pool=ctx.link_pool,
+                         admission=admission)

@@ -7,6 +7,15 @@ metric: the status dict's ``_ms`` ages become ``_seconds``, cm/s becomes
 ``meters_per_second``. Missing sections give families without samples and
 ``None`` values give no sample (absent is not zero).
 
+Why hand-written and not ``prometheus_client``: every figure already lives in the
+status document (one snapshot, ``/status`` and ``/metrics`` cannot disagree), so
+the work is the mapping below, not the exposition; prometheus_client would wrap
+it in a custom collector on a per-gateway ``CollectorRegistry`` (tests run many
+gateways in one process) and add a dependency to an offline rail-site install
+for a 30-line text writer. Its one extra, the ``process_*`` family, is read from
+``/proc`` in ``status.py`` (``process_stats``) under the same standard names.
+The tests parse the output with prometheus_client's parser when it is installed.
+
 Threading: pure functions; any thread (the admin loop's, in the gateway).
 """
 from __future__ import annotations
@@ -29,9 +38,11 @@ _LOOP_METRICS = (  # (status keys, first present wins; metric; type; help)
     (("timers_pending",), "railgate_loop_timers_pending", "gauge", "Timers waiting to fire."),
 )
 _LINK_COUNTERS = (("rx_frames", "Frames received on the link."), ("tx_frames", "Frames sent on the link."),
-                  ("rx_bytes", "Bytes received on the link."), ("tx_bytes", "Bytes sent on the link."))
+                  ("rx_bytes", "Bytes received on the link."), ("tx_bytes", "Bytes sent on the link."),
+                  ("dual_net_copies", "Second copies of dual-net frames dropped here (expected, not errors)."))
 _RECEIVER_COUNTERS = (("applied", "applied", "Frames applied (new sequence numbers)."),
-                      ("duplicates", "duplicate", "Frames dropped as duplicates (normal on dual nets)."),
+                      ("duplicates", "duplicate", "Frames dropped as duplicates (dual-net copies included)."),
+                      ("dual_net_copies", "dual_net_copy", "Of the duplicates: the other net's expected copy."),
                       ("stale", "stale", "Frames dropped as stale (too old or out of order)."),
                       ("gap", "lost", "Frames never received (sequence gaps)."))
 
@@ -136,9 +147,142 @@ def render_metrics(status: dict) -> str:
     f.add("railgate_gateway_counter_total", "counter", "Gateway-wide counters (reloads, ...), by name.", None)
     for name, n in sorted((status.get("counters") or {}).items()):
         f.add("railgate_gateway_counter_total", "counter", "", n, counter=name)
+    _alarm_pipeline(f, status.get("alarms") or {})
+    _coupling(f, status.get("coupling") or {})
+    _admin(f, status.get("admin") or {})
+    _process(f, status.get("process") or {})
     return f.render()
 
 
 def _receiver(f: _Families, kind: str, obj: dict, **labels) -> None:
     for key, outcome, help_ in _RECEIVER_COUNTERS:
         f.add(f"railgate_{kind}_frames_{outcome}_total", "counter", help_, obj.get(key), **labels)
+
+
+# -- the alarm pipeline: engine and service (the alarm thread's answer), relay, writers -------------------
+_ENGINE_COUNTERS = (  # (engine status key, metric, help)
+    ("events", "railgate_alarm_events_total", "Alarm events the engine produced (each journaled)."),
+    ("dropped_over_bound", "railgate_alarm_dropped_over_bound_total",
+     "Alarms not raised: the alarm table was full (max_active)."),
+    ("suppressed_chatter", "railgate_alarm_suppressed_chatter_total", "Annunciations held back as chatter."),
+    ("chatter_episodes", "railgate_alarm_chatter_episodes_total", "Times an alarm started chattering."),
+    ("floods", "railgate_alarm_floods_total", "Alarm floods begun (ISA-18.2 rate over the flood threshold)."),
+    ("ignored_inputs", "railgate_alarm_ignored_inputs_total", "Inputs that changed nothing (e.g. a clear of "
+     "an alarm not raised)."),
+)
+_SERVICE_COUNTERS = (  # (service stats key, metric, help)
+    ("inputs", "railgate_alarm_inputs_total", "Observations the alarm thread took in."),
+    ("dropped_queue_full", "railgate_alarm_inputs_refused_total",
+     "Observations refused: the alarm thread's queue was full."),
+    ("input_errors", "railgate_alarm_input_errors_total", "Observations the sources could not turn into inputs."),
+    ("appends", "railgate_journal_appends_total", "Group commits to the alarm journal."),
+    ("events", "railgate_journal_events_total", "Alarm events appended to the journal since the start."),
+    ("append_retries", "railgate_journal_append_retries_total", "Journal appends that failed and were retried."),
+)
+_RELAY_COUNTERS = (  # (relay stats key, metric, help)
+    ("produced", "railgate_relay_produced_total", "Journal events handed to the Kafka producer."),
+    ("delivered", "railgate_relay_delivered_total", "Journal events Kafka acknowledged (marked delivered)."),
+    ("failed", "railgate_relay_failed_total", "Deliveries Kafka reported failed (retried from the journal)."),
+    ("republished", "railgate_relay_republished_total", "Events sent again (today's journal after a start)."),
+    ("snapshot_failures", "railgate_relay_snapshot_failures_total", "Alarm table snapshots not delivered."),
+    ("restarts", "railgate_relay_restarts_total", "Times the relay child process was restarted."),
+)
+_WRITER_COUNTERS = (("written", "Journal events the writer stored."),
+                    ("failures", "Writes that failed (retried with a back-off)."))
+
+
+def _alarm_pipeline(f: _Families, alarms: dict) -> None:
+    """``status["alarms"]``: None or {} without the alarm stage (families, no samples)."""
+    engine = alarms.get("engine") or {}
+    service = engine.get("service") or {}
+    f.add("railgate_alarm_engine_answered", "gauge", "1 if the alarm thread answered this scrape in time "
+          "(the alarm_* figures below are then present).", (1 if "error" not in engine else 0) if alarms else None)
+    f.add("railgate_alarms", "gauge", "Alarms in the table, by ISA-18.2 state.", None)
+    for state, n in sorted((engine.get("by_state") or {}).items()):
+        f.add("railgate_alarms", "gauge", "", n, state=state)
+    f.add("railgate_alarms_active", "gauge", "Alarms not NORMAL, by severity and state.", None)
+    for severity, states in sorted((engine.get("by_severity") or {}).items()):
+        for state, n in sorted(states.items()):
+            f.add("railgate_alarms_active", "gauge", "", n, severity=severity, state=state)
+    f.add("railgate_alarms_max", "gauge", "Size of the alarm table (max_active).", engine.get("max_active"))
+    f.add("railgate_alarms_chattering", "gauge", "Alarms chattering now.", engine.get("chattering"))
+    f.add("railgate_alarm_flood", "gauge", "1 while an alarm flood is on.", engine.get("flood"))
+    f.add("railgate_alarm_flood_window_new", "gauge", "New alarms in the flood window now.",
+          engine.get("new_alarms_in_flood_window"))
+    f.add("railgate_alarm_event_seq", "gauge", "Sequence number of the last journaled alarm event (kept "
+          "across restarts).", engine.get("event_seq"))
+    for key, name, help_ in _ENGINE_COUNTERS:
+        f.add(name, "counter", help_, engine.get(key))
+    for key, name, help_ in _SERVICE_COUNTERS:
+        f.add(name, "counter", help_, service.get(key))
+    f.add("railgate_journal_last_append_seconds", "gauge", "Duration of the last journal group commit.",
+          _scaled(service.get("last_append_ms"), 1000))
+    relay = alarms.get("relay") or {}
+    for key, name, help_ in _RELAY_COUNTERS:
+        f.add(name, "counter", help_, relay.get(key))
+    f.add("railgate_relay_backlog_events", "gauge", "Journaled events not yet delivered to Kafka.",
+          relay.get("pending"))
+    f.add("railgate_relay_in_flight_events", "gauge", "Events produced, delivery report not yet in.",
+          relay.get("in_flight"))
+    alive = relay.get("alive", (relay["pid"] is not None) if "pid" in relay else None)
+    f.add("railgate_relay_up", "gauge", "1 if the relay (child process) is running.", alive)
+    writers = sorted((alarms.get("writers") or {}).items())  # history, and live with Redis
+    f.add("railgate_alarm_writer_up", "gauge", "1 if the writer is running (not backing off, not stopped).",
+          None)
+    for writer, st in writers:
+        f.add("railgate_alarm_writer_up", "gauge", "", st.get("state") == "running", writer=writer)
+    for key, help_ in _WRITER_COUNTERS:
+        f.add(f"railgate_alarm_writer_{key}_total", "counter", help_, None)
+        for writer, st in writers:
+            f.add(f"railgate_alarm_writer_{key}_total", "counter", help_, st.get(key), writer=writer)
+    f.add("railgate_alarm_writer_lag_events", "gauge", "Journaled events the writer has not stored yet.", None)
+    for writer, st in writers:
+        f.add("railgate_alarm_writer_lag_events", "gauge", "", st.get("lag_events"), writer=writer)
+
+
+def _coupling(f: _Families, coupling: dict) -> None:
+    f.add("railgate_coupling_evaluations_total", "counter", "Coupling evaluations of a consist.",
+          coupling.get("evaluations"))
+    f.add("railgate_coupling_unconfigured_reports_total", "counter", "Train reports naming no configured "
+          "consist.", coupling.get("unconfigured_reports"))
+    f.add("railgate_coupling_abnormal_evaluations_total", "counter", "Evaluations that found a fault, by kind.",
+          None)
+    for kind, n in sorted((coupling.get("abnormal_evaluations") or {}).items()):
+        f.add("railgate_coupling_abnormal_evaluations_total", "counter", "", n, kind=kind)
+    for what in ("raised", "cleared"):
+        name = f"railgate_coupling_conditions_{what}_total"
+        f.add(name, "counter", f"Coupling conditions {what}, by name.", None)
+        for cond, n in sorted((coupling.get(what) or {}).items()):
+            f.add(name, "counter", "", n, condition=cond)
+    for key, kind, help_ in (("queue_depth", "gauge", "Reports waiting for the coupling worker."),
+                             ("reports", "counter", "Reports the coupling worker took."),
+                             ("evaluations", "counter", "Evaluations the coupling worker ran."),
+                             ("dropped", "counter", "Reports dropped: the worker's queue was full."),
+                             ("errors", "counter", "Evaluations that raised.")):
+        name = f"railgate_coupling_worker_{key}" + ("_total" if kind == "counter" else "")
+        f.add(name, kind, help_, None)
+        for w in coupling.get("workers") or ():
+            f.add(name, kind, help_, w.get(key), worker=w.get("worker"))
+
+
+def _admin(f: _Families, admin: dict) -> None:
+    f.add("railgate_admin_connections", "gauge", "Open admin API connections.", admin.get("connections"))
+    for key, help_ in (("refused", "Admin connections refused: too many open."),
+                       ("refused_per_client", "Admin connections refused: too many from one client."),
+                       ("evicted", "Idle admin connections closed to make room."),
+                       ("timed_out", "Admin requests answered 408/503 at a deadline."),
+                       ("unauthorized", "Admin requests refused without a valid token (401).")):
+        f.add(f"railgate_admin_{key}_total", "counter", help_, admin.get(key))
+
+
+def _process(f: _Families, proc: dict) -> None:
+    """The standard ``process_*`` names (as prometheus_client's ProcessCollector), from ``status["process"]``."""
+    f.add("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+          proc.get("cpu_s"))
+    f.add("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", proc.get("rss_bytes"))
+    f.add("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", proc.get("vms_bytes"))
+    f.add("process_open_fds", "gauge", "Number of open file descriptors.", proc.get("open_fds"))
+    f.add("process_max_fds", "gauge", "Maximum number of open file descriptors.", proc.get("max_fds"))
+    f.add("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
+          proc.get("start_time_s"))
+    f.add("railgate_threads", "gauge", "Python threads alive in the gateway process.", proc.get("threads"))

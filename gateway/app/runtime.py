@@ -23,13 +23,14 @@ import time
 from gateway.app.alarm_stage import AlarmStage
 from gateway.app.config import Config, load
 from gateway.app.context import Context, new_link
+from gateway.app.identity import identity_lease
 from gateway.app.status import build_status
 from gateway.base import sd_notify
 from gateway.coupling.engine import CouplingEngine
 from gateway.coupling.workers import CouplingWorkers
 from gateway.line.line import Line
 from gateway.line.link_state import LinkEvent
-from gateway.net.acceptor import Acceptor, listen_socket
+from gateway.net.acceptor import Acceptor, PreSessionBudget, listen_socket
 from gateway.net.event_loop import EventLoop
 from gateway.net.loop_pool import EventLoopThreadPool
 from gateway.net.ring_buffer import LinkBuffers
@@ -55,11 +56,19 @@ class Gateway:
         calls into, then the IO side); nothing is attached to a part after it is built."""
         self.cfg = cfg
         s = cfg.gateway
+        # one gateway per identity (gateway/app/identity.py): IdentityHeld here, before anything binds or
+        # journals; renewed from start(), given back in _shutdown(); lost to another holder: stop
+        self.identity = identity_lease(cfg, on_lost=lambda why: self.stop()) if alarms else None
+        if self.identity is not None:
+            self.identity.acquire()
         self.line = Line(cfg, clock_ms)
         self.started_ms = self.line.now_ms()
         self.started_mono = time.monotonic()
         self.udp_checks = self.line.receiver.new_link("udp")
+        # device links only: a connection takes its buffers at its session's confirmation; before it, it
+        # lives in the small pre-session budget (gateway/net/acceptor.py)
         self.link_pool = ObjectPool(lambda: LinkBuffers(s.ring_bytes), s.max_links)
+        self.pre_session = PreSessionBudget(s.pre_session.max_connections, s.pre_session.max_connections_per_source)
         slab_count = max(1, s.udp_slabs)
         self.slabs = SlabPool({size: (slab_count if size == max(UDP_CLASSES) else 1) for size in UDP_CLASSES})
         self.alarms = AlarmStage(cfg, self.line, udp_checks=self.udp_checks,
@@ -80,8 +89,10 @@ class Gateway:
         except OSError:
             for sock in bound:
                 sock.close()
+            if self.identity is not None:
+                self.identity.release()
             raise
-        self.acceptors = [Acceptor(self.ctx, self.base, self.pool, sock, net, self.link_pool,
+        self.acceptors = [Acceptor(self.ctx, self.base, self.pool, sock, net, self.pre_session,
                                    lambda *args: new_link(self.ctx, *args))
                           for net, sock in zip(("A", "B"), bound)]
         self.udp: UdpEndpoint | None = None
@@ -114,6 +125,8 @@ class Gateway:
         starting, e.g. a `gateway stop` right after the pidfile appears, is a graceful stop that
         run() carries out, not the default action that kills the process."""
         self._config_path = config_path
+        if self.identity is not None:  # renewal thread, and this pid in the locks (a daemon forked since)
+            self.identity.start()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
@@ -225,5 +238,7 @@ class Gateway:
         if self.admin is not None:
             self.admin.stop()
         self.base.close()
+        if self.identity is not None:  # after the writers: nothing of this gateway writes any more
+            self.identity.release()
         self._stopped.set()
         log.info("gateway stopped")

@@ -8,6 +8,9 @@ Threading: any thread (the admin loop thread serves it).
 """
 from __future__ import annotations
 
+import os
+import resource
+import threading
 import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -24,17 +27,21 @@ def build_status(gw) -> dict:
     return {
         "gateway_id": gw.cfg.gateway.id, "name": gw.cfg.gateway.name, "line": gw.cfg.line_name, "version": version(),
         "uptime_s": round(time.monotonic() - gw.started_mono, 3),
+        "timezone": gw.cfg.timezone,  # the line's zone: started_at's offset, and every time a client shows
         "started_at": datetime.fromtimestamp(gw.started_ms / 1000, ZoneInfo(gw.cfg.timezone)).isoformat(
             timespec="seconds"),
         "devices": device_status(line), "trains": train_status(line, gw.cfg.trains.ids, now_ms),
         "udp": gw.udp.stats() if gw.udp is not None else {},
         "loops": [lp.stats() for lp in gw.pool.all_loops()],
-        "pools": {"slabs": _slab_totals(gw.slabs.stats()), "links": gw.link_pool.stats()},
+        "pools": {"slabs": _slab_totals(gw.slabs.stats()), "links": gw.link_pool.stats(),
+                  "pre_session": gw.pre_session.stats()},
         "counters": dict(gw.ctx.counters),
         "consists": gw.coupling.snapshot(now_ms),
         "coupling": {**gw.coupling.totals(), "workers": gw.coupling_workers.stats()},
         "alarms": gw.alarms.status() if gw.alarms is not None else None,
+        "identity": gw.identity.stats() if gw.identity is not None else None,
         **line.events.snapshot(),
+        "process": process_stats(),
     }
 
 
@@ -74,3 +81,30 @@ def _down_link(net: str) -> dict:
 def _slab_totals(stats: dict) -> dict:
     total = stats["total"]
     return {k: total.get(k) for k in ("in_use", "free", "high_water", "exhausted")}
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_stats() -> dict:
+    """This process from ``/proc/self`` (Linux), as prometheus_client's ProcessCollector reads it:
+    CPU seconds, memory bytes, open and allowed fds, start time (Unix s), Python threads. A figure
+    that cannot be read is None. Any thread; a few small reads of /proc, no locks."""
+    cpu = os.times()
+    out = {"cpu_s": round(cpu.user + cpu.system, 3), "rss_bytes": None, "vms_bytes": None, "open_fds": None,
+           "max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "start_time_s": None,
+           "threads": threading.active_count()}
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            vms, rss = f.read().split()[:2]
+        out["vms_bytes"], out["rss_bytes"] = int(vms) * _PAGE, int(rss) * _PAGE
+        out["open_fds"] = len(os.listdir("/proc/self/fd"))
+        with open("/proc/self/stat", "rb") as f:  # field 22, after the ")" that ends the command name
+            start_ticks = int(f.read().rpartition(b")")[2].split()[19])
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(ln.split()[1]) for ln in f if ln.startswith(b"btime "))
+        out["start_time_s"] = round(btime + start_ticks / _TICKS, 2)
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass  # not Linux, or /proc not mounted: those figures stay None (absent, not zero)
+    return out

@@ -16,7 +16,10 @@ on stderr (a daemon that dies without a word: 1, "see the log").
 Operator errors are one line on stderr, never a traceback: an invalid config
 (exit 2), and with exit 1 a busy or forbidden address ("cannot listen on
 127.0.0.1:7001: Address already in use"), a state dir, log file or pid file
-that cannot be created, a pid file naming a running gateway.
+that cannot be created, a pid file naming a running gateway, and an identity
+another live gateway holds ("another gateway holds this identity: gateway id 1
+is held by host:4242 since ..., expires in 8 s unless renewed (redis key
+railgate:gateway:1:lease)"; see gateway/app/identity.py).
 
 Logs: one line per record (``gateway.log.format``: text or json) stamped with
 ISO-8601 time and the line's UTC offset (``line.timezone``; the host's zone if
@@ -255,9 +258,12 @@ def run_main(argv: list[str] | None = None) -> int:
         if old is not None and _pid_alive(old):
             return _fail(f"{args.pidfile} names a running process ({old}); stop it first")
     install(cfg)
+    from gateway.app.identity import IdentityHeld
     from gateway.app.runtime import Gateway  # after the config check: a bad file fails fast
     try:
         gw = Gateway(cfg)             # binds the listeners: a busy port is refused here, before any fork
+    except IdentityHeld as exc:       # another live gateway with this state dir, Redis prefix or id
+        return _fail(f"another gateway holds this identity: {async_log.one_line(str(exc))}")
     except OSError as exc:
         return _fail(reason(exc))
     told = _daemonize(log_file) if args.daemon else None

@@ -9,6 +9,9 @@ frames, bytes, evaluations). ``--watch`` redraws every ``--interval`` seconds (A
 clear) until Ctrl-C, or for ``$WATCH_SECONDS`` seconds when that is set; with
 ``--json`` it prints one JSON document per line instead of redrawing.
 
+The live view is ``gateway/cli/status_watch.py``: it fits the terminal, rates
+next to totals, every time in the line's zone.
+
 Exit status: 0 shown, 1 the gateway could not be reached or answered with an
 error (with --watch: the last refresh failed), 2 bad usage or config.
 Runs in the caller's thread; only reads the admin API.
@@ -26,12 +29,12 @@ import http.client
 import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from gateway.cli.terminal_text import json_line, safe_text
+from gateway.cli.terminal_text import safe_text
 from railcodecs.train_messages import TrainStatus
 
 DEFAULT_URL = "http://127.0.0.1:17080"
@@ -120,12 +123,29 @@ def _when(time_ms, tz) -> str:
     return datetime.fromtimestamp(time_ms / 1000, tz).isoformat(timespec="milliseconds")
 
 
+def line_zone(status: dict) -> tuple[tzinfo, str]:
+    """The zone every time is shown in, and its name: the status's ``timezone``, else the offset
+    ``started_at`` carries, else UTC."""
+    try:
+        zone = ZoneInfo(status["timezone"])
+        return zone, f"{status['timezone']} ({_offset_name(zone)})"
+    except (KeyError, TypeError, ValueError, ZoneInfoNotFoundError):
+        pass
+    try:
+        tz = datetime.fromisoformat(status["started_at"]).tzinfo
+    except (KeyError, TypeError, ValueError):
+        tz = None
+    return (tz, _offset_name(tz)) if tz is not None else (timezone.utc, "UTC")
+
+
+def _offset_name(tz: tzinfo) -> str:
+    offset = datetime.now(tz).strftime("%z")  # +0800
+    return f"UTC{offset[:3]}:{offset[3:]}"
+
+
 def render_text(status: dict) -> str:
     """The readable view of a status dict, every line through :func:`safe_text`. Pure function."""
-    try:  # show event times in the line's zone, which started_at carries
-        tz = datetime.fromisoformat(status["started_at"]).tzinfo or timezone.utc
-    except (KeyError, TypeError, ValueError):
-        tz = timezone.utc
+    tz = line_zone(status)[0]  # show event times in the line's zone
     out = [f"gateway {_cell(status.get('gateway_id'))} {_cell(status.get('name'))}"
            f"  version {_cell(status.get('version'))}  up {_cell(status.get('uptime_s'))} s"
            f"  started {_cell(status.get('started_at'))}", ""]
@@ -261,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.cli.status_watch import watch  # the live view: only for --watch
     try:
         args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse has printed the usage problem (2) or --help (0)
@@ -286,27 +307,4 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         sys.stderr.write(f"gateway status: WATCH_SECONDS: expected seconds, got {seconds!r}\n")
         return 2
-    return _watch(url, show, args.interval, limit_s, redraw=not args.json)
-
-
-def _watch(url: str, show, interval_s: float, limit_s: float | None, *, redraw: bool) -> int:
-    """Refresh until Ctrl-C (exit 0) or limit_s elapses (exit 1 if the last refresh failed)."""
-    end = None if limit_s is None else time.monotonic() + limit_s
-    ok = True
-    try:
-        while True:
-            try:
-                text, ok = show(fetch_status(url)), True
-            except StatusError as exc:  # keep watching: a restarting gateway comes back
-                text, ok = f"{exc}\n", False
-            if redraw:
-                stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-                text = f"{CLEAR}{url}  every {interval_s:g} s  {stamp}  (Ctrl-C to stop)\n\n{text}"
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            now = time.monotonic()
-            if end is not None and now >= end:
-                return 0 if ok else 1
-            time.sleep(interval_s if end is None else min(interval_s, end - now))
-    except KeyboardInterrupt:
-        return 0
+    return watch(url, show, args.interval, limit_s, redraw=not args.json)

@@ -19,6 +19,21 @@ link waits in AWAIT_CONFIRM, not alive and not registered, applying nothing
 it registered (``ctx.link_up``, which replaces an older link of the device on
 that net) and does the HELLO's clock offset take effect.
 
+Buffers (issue 12): until its confirmation a link decodes from the small
+pre-session ring its connection reads into, and a frame over
+``PRE_SESSION_MAX_FRAME`` bytes is a protocol error. At a valid
+SESSION_CONFIRM the protocol calls ``session_source()`` (set by the
+connection): the connection takes the device link's buffers from the pool and
+moves the bytes not yet decoded into their ring, and decoding goes on there in
+the same call (a status frame in the confirm's TCP segment is applied); None
+(no buffers free) refuses the link with CLOSE reason 2.
+
+Liveness (ICD 7.3): "nothing has arrived" counts accepted frames
+(``last_frame``), not bytes (``last_rx``): bytes that yield no accepted frame
+for the dead-after time close the link as stalled. An exception out of any
+entry point is the connection's to catch: it calls :meth:`internal_error`,
+which closes the link with CLOSE reason 2 (docs/icd-decisions.md 31-35).
+
 ::
 
     TcpConnection (gateway/net: IO)               LinkProtocol (gateway/line: no IO)
@@ -82,6 +97,11 @@ _UP, _CLOSING, _CLOSED, _AWAIT_HELLO = LinkState.UP, LinkState.CLOSING, LinkStat
 _AWAIT_CONFIRM = LinkState.AWAIT_CONFIRM
 #: states in which heartbeats run, from the HELLO_ACK on (silence is judged in UP only)
 _BEATING = (LinkState.AWAIT_CONFIRM, LinkState.UP)
+_PRE_SESSION = (LinkState.AWAIT_HELLO, LinkState.AWAIT_CONFIRM)
+#: the longest frame a link may send before its session is confirmed (HELLO is 72 bytes, SESSION_CONFIRM
+#: 60, HEARTBEAT 48 with their MACs): more undecoded bytes than this before the confirmation is a
+#: protocol error (CLOSE reason 2), so an unconfirmed link is read into a small buffer (docs/icd-decisions.md)
+PRE_SESSION_MAX_FRAME = 128
 
 
 def random_nonce() -> int:
@@ -124,6 +144,11 @@ class LinkProtocol:
         self._err_window_start = 0.0
         self._err_in_window = 0
         self.dead_at = 0.0           # with ARM_DEAD: when the dead-deadline timer fires (monotonic s)
+        self.last_frame = 0.0        # monotonic s of the last frame accepted (liveness, ICD 7.3)
+        #: set by the connection: called at a valid SESSION_CONFIRM, returns the byte source the link
+        #: decodes from from then on (its ring, holding the bytes not yet decoded), or None when no
+        #: link buffers are free (the link is refused). None here: the source never changes (tests).
+        self.session_source = None
         self.close_reason: int | None = None
         self.why = ""
         self.tx_frames = 0           # frames this protocol produced (the connection counts send()'s)
@@ -154,7 +179,7 @@ class LinkProtocol:
     # -- the connection's events ---------------------------------------------------------
     def connection_made(self, now: float) -> int:
         """The socket is registered on the loop; ``now``: monotonic s."""
-        self.last_rx = self._err_window_start = now
+        self.last_rx = self.last_frame = self._err_window_start = now
         self.ctx.link_started(self.link)
         return ARM_HELLO
 
@@ -174,19 +199,27 @@ class LinkProtocol:
         if dec is None:
             dec = self.decoder = StreamDecoder(types=GATEWAY_RX_TYPES, mac=self.ctx.mac_policy, source=self.source)
         progressed = False
-        for ev in dec.events():
-            progressed = True
-            if self.state is _CLOSED:
+        while True:
+            for ev in dec.events():
+                progressed = True
+                if self.state is _CLOSED:
+                    break
+                if isinstance(ev, FrameError):
+                    self._count_error(ev.reason, now)
+                    if ev.reason is Reason.MISSING_MAC and self.state is _AWAIT_HELLO:
+                        # an unsigned HELLO from a device that must sign: say so (ICD result 3). Its src
+                        # cannot be trusted, so the answer goes to node 0.
+                        self._emit(HelloAck(HelloAck.MAC_REQUIRED, self.heartbeat_ms, now_ms, 0), now_ms, dst=0)
+                        self._move(LinkEvent.HELLO_REFUSED, "HELLO without the MAC the device requires")
+                else:
+                    self._on_frame(ev, now, now_ms)
+                    if self.decoder is not dec:
+                        break  # the session was confirmed and moved to its ring: go on decoding there
+            if self.decoder is dec or self.state is _CLOSED:
                 break
-            if isinstance(ev, FrameError):
-                self._count_error(ev.reason, now)
-                if ev.reason is Reason.MISSING_MAC and self.state is _AWAIT_HELLO:
-                    # an unsigned HELLO from a device that must sign: say so (ICD result 3). Its src
-                    # cannot be trusted, so the answer goes to node 0.
-                    self._emit(HelloAck(HelloAck.MAC_REQUIRED, self.heartbeat_ms, now_ms, 0), now_ms, dst=0)
-                    self._move(LinkEvent.HELLO_REFUSED, "HELLO without the MAC the device requires")
-            else:
-                self._on_frame(ev, now_ms)
+            dec = self.decoder
+        if self.state in _PRE_SESSION and dec.buffered > PRE_SESSION_MAX_FRAME:
+            self._oversize()  # (a frame that cannot complete in the connection's small pre-session ring)
         # A partial frame is overdue when the decoder has made no progress for a while (a corrupted
         # length holding it up), not merely when every read of a busy stream ends mid-frame.
         if not dec.buffered:
@@ -210,6 +243,26 @@ class LinkProtocol:
         if self.state is not _CLOSED:
             self.ctx.counters["closed_slow"] += 1
             self._move(LinkEvent.SLOW_PEER, "output over the high-water mark: peer not reading")
+        return self._take()
+
+    def internal_error(self, why: str) -> int:
+        """The connection caught an unexpected exception in one of this protocol's calls (our bug, or a
+        ctx callback's such as ``apply``): counted (``internal_error`` on the link, ``internal_errors``
+        in the gateway's counters), reported (``ctx.link_fault``: the LINK_FAULT alarm) and the link is
+        closed with CLOSE reason 2 instead of being left half alive. Bits the failed call had gathered
+        are kept (a close it had begun still needs its CLOSE)."""
+        self.checks.errors["internal_error"] += 1
+        self.ctx.counters["internal_errors"] += 1
+        if self.state is not _CLOSED:
+            self.ctx.link_fault(self.link, why)
+        self._move(LinkEvent.INTERNAL_ERROR, why)
+        return self._take()
+
+    def evict(self, why: str) -> int:
+        """The pre-session budget gave this unconfirmed link's place to a source holding fewer: abort it
+        (no CLOSE). A link confirmed meanwhile is left alone."""
+        if self.state in _PRE_SESSION or (self.state is _CLOSING and not self.checks.confirmed):
+            self._move(LinkEvent.EVICTED, why)
         return self._take()
 
     def close(self, event: LinkEvent | None = None, why: str = "closed by the gateway") -> int:
@@ -264,7 +317,7 @@ class LinkProtocol:
         # late (dead after 3 x heartbeat, seen at the 4th tick). When the deadline falls before the
         # next tick, one timer at the deadline itself makes detection exact; only near-silent
         # links pay for it, and one handle per link is kept.
-        deadline = self.last_rx + self.ctx.settings.dead_after * hb_s
+        deadline = self.last_frame + self.ctx.settings.dead_after * hb_s
         if deadline < now + hb_s and self.state is _UP:
             self.dead_at = deadline + 0.0005
             self._acts |= ARM_DEAD
@@ -279,9 +332,13 @@ class LinkProtocol:
         return self._take()
 
     def _judge_silence(self, now: float, fresh: bool) -> bool:
-        """Close the link if nothing has arrived for dead_after x heartbeat; True if it did (or if
-        the connection must read first: READ_FIRST is then gathered)."""
-        silent_ms = (now - self.last_rx) * 1000
+        """Close the link if no frame was accepted for dead_after x heartbeat; True if it did (or if
+        the connection must read first: READ_FIRST is then gathered).
+
+        "Nothing has arrived" (ICD 7.3) counts accepted frames, not bytes: a link whose bytes keep
+        coming but yield no accepted frame (garbage, frames failing their checks) is dead too, closed
+        as stalled (``closed_stalled``, event LINK_STALLED) with the same CLOSE reason 1."""
+        silent_ms = (now - self.last_frame) * 1000
         dead_ms = self.ctx.settings.dead_after * self.heartbeat_ms
         if not fresh:
             overdue = self._partial_since is not None and now - self._partial_since > self.heartbeat_ms / 1000
@@ -292,8 +349,14 @@ class LinkProtocol:
                 return True
         if silent_ms > dead_ms:
             self.alive = False  # flagged dead at once; the close follows through the table
-            self.ctx.counters["heartbeat_timeouts"] += 1
-            self._move(LinkEvent.HEARTBEAT_TIMEOUT, f"nothing received for {silent_ms:.0f} ms")
+            if (now - self.last_rx) * 1000 <= dead_ms:
+                why = f"bytes received but no frame accepted for {silent_ms:.0f} ms"
+                self.ctx.counters["closed_stalled"] += 1
+                self.ctx.link_stalled(self.link, why)
+                self._move(LinkEvent.STALLED, why)
+            else:
+                self.ctx.counters["heartbeat_timeouts"] += 1
+                self._move(LinkEvent.HEARTBEAT_TIMEOUT, f"nothing received for {silent_ms:.0f} ms")
             return True
         return False
 
@@ -309,13 +372,14 @@ class LinkProtocol:
             self.alive = False  # at once: other threads' next send() is refused
         if why and not self.why:
             self.why = why
-        if old is _UP and new is not _UP:
-            self.ctx.link_left_up(self.link, why or event.value)
         if new is _CLOSED:
             self._acts |= DESTROY
         elif new is _CLOSING and old is not _CLOSING:
             self.close_reason = reason
             self._acts |= BEGIN_CLOSE
+        # last: should the callback raise, the close is already decided and its bits gathered
+        if old is _UP and new is not _UP:
+            self.ctx.link_left_up(self.link, why or event.value)
 
     # -- frames ---------------------------------------------------------------------------
     def _count_error(self, reason: Reason, now: float) -> None:
@@ -330,8 +394,16 @@ class LinkProtocol:
             self.ctx.counters["closed_error_rate"] += 1
             self._move(LinkEvent.ERROR_RATE, f"more than {limit} errors/s")
 
-    def _on_frame(self, frame, now_ms: int) -> None:
+    def _oversize(self) -> None:
+        self.ctx.counters["pre_session_oversize"] += 1
+        self._move(LinkEvent.PROTOCOL_ERROR,
+                   f"a frame of more than {PRE_SESSION_MAX_FRAME} bytes before the session is confirmed")
+
+    def _on_frame(self, frame, now: float, now_ms: int) -> None:
         msg = frame.message
+        if self.state in _PRE_SESSION and 28 + len(msg.pack()) + 16 * frame.mac > PRE_SESSION_MAX_FRAME:
+            self._oversize()  # the same verdict whether or not the frame came in one read
+            return
         if self.state is _AWAIT_HELLO:
             if not isinstance(msg, Hello):
                 self.checks.count(Reason.UNKNOWN_SOURCE)
@@ -350,12 +422,16 @@ class LinkProtocol:
             self._move(LinkEvent.PROTOCOL_ERROR, "second HELLO on a link")
             return
         if isinstance(msg, SessionConfirm):
-            self._on_confirm(frame, now_ms)
+            self._on_confirm(frame, now, now_ms)
             return
         # before the confirmation the receiver applies nothing: HEARTBEAT passes, the rest is no_session
+        copies = self.checks.copies
         if self.ctx.receiver.check(self.checks, frame, now_ms, apply=self.ctx.apply) is None:
+            self.last_frame = now
             if self.state is _UP and isinstance(msg, (DeviceAlarm, CommandResult)):
                 self.ctx.device_message(self.link, frame, now_ms)
+        elif self.checks.copies != copies:
+            self.last_frame = now  # the expected dual-net copy: the link carries its device's frames
 
     def _on_hello(self, frame, now_ms: int) -> None:
         dev = self.ctx.cfg.device(frame.src)
@@ -382,11 +458,23 @@ class LinkProtocol:
             self._tx_key = session_key(self._mac_key, frame.message.device_nonce, nonce)
             self.decoder.set_session_key(self._tx_key)
 
-    def _on_confirm(self, frame, now_ms: int) -> None:
+    def _on_confirm(self, frame, now: float, now_ms: int) -> None:
         verdict = self.ctx.receiver.confirm(self.checks, frame, now_ms)
         if self.state is not _AWAIT_CONFIRM:
             return  # a repeat on a confirmed link: counted (duplicate or bad_session), nothing else
         if verdict is None:
+            if self.session_source is not None:
+                # a device link's buffers are taken now, not at accept: the bytes after this frame move
+                # with the link into its ring and decoding goes on there (in _decode)
+                source = self.session_source()
+                if source is None:
+                    self.ctx.counters["links_refused"] += 1
+                    self._move(LinkEvent.LINKS_FULL, "session confirmed, but every device link is taken (max_links)")
+                    return
+                old = self.decoder
+                self.source = source
+                self.decoder = StreamDecoder(types=old.types, mac=old.mac, source=source)
+            self.last_frame = now
             self._move(LinkEvent.CONFIRMED)
             self.alive = True
             # registered only now: this is where an older link of the device on this net is replaced

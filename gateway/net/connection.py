@@ -20,18 +20,28 @@ written (``send()``'s frames and the protocol's own: HELLO_ACK, HEARTBEAT,
 CLOSE) is counted in ``_queued`` when it is queued and uncounted when the
 kernel takes it, so the bound holds for all of them.
 
+Until its session is confirmed the connection receives into a small
+pre-session ring and holds a place in the acceptor's pre-session budget; at
+the confirmation (the protocol's ``session_source`` call) it takes the device
+link's ``LinkBuffers`` from the pool, moves the undecoded bytes into their
+ring and leaves the budget; the buffers go back when the socket is closed.
+Every call into the protocol is guarded: an unexpected exception is logged
+once per link with its traceback and handed to ``protocol.internal_error``,
+which closes the link (CLOSE reason 2) instead of leaving it half alive.
+
 This object is what the rest of the gateway knows as "a link" (registry,
 status, ``close``, ``send``); protocol figures (``alive``, ``state``,
 ``checks``, ``device_id``) are read through to its protocol.
 
-Threading: a connection belongs to one IO loop. ``send``, ``close``, ``alive``
-and ``stats`` are safe from any thread; everything else runs in the loop
+Threading: a connection belongs to one IO loop. ``send``, ``close``, ``evict``,
+``alive`` and ``stats`` are safe from any thread; everything else runs in the loop
 thread. Connections are never reused (a thread holding an old link must never
 send to a new connection); only their buffers come from a bounded pool.
 """
 from __future__ import annotations
 
 import errno
+import logging
 import select
 import socket
 import threading
@@ -39,6 +49,7 @@ import threading
 from gateway.base.link_actions import (ARM_CONFIRM, ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY,
                                        READ_FIRST, SHUTDOWN_WRITE)
 
+log = logging.getLogger("railgate.link")
 EV_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 EV_WRITE = EV_READ | select.EPOLLOUT
 #: bytes read per turn before the link yields the loop to the others (see _read): about a
@@ -58,11 +69,22 @@ def peer_address(sock: socket.socket) -> str | None:
 class TcpConnection:
     """A device link's socket on one loop. Create in any thread, then ``loop.run_in_loop(conn.start)``."""
 
-    def __init__(self, loop, sock: socket.socket, protocol, buffers, *, clock_ms, peer: str | None = None) -> None:
-        """``protocol``: this link's protocol (it decodes from ``buffers.ring``); ``clock_ms``: the
-        gateway's wall clock in epoch ms (frames carry it); monotonic time is the loop's clock."""
-        self.loop, self.sock, self.protocol, self.buffers = loop, sock, protocol, buffers
+    def __init__(self, loop, sock: socket.socket, protocol, rx, *, clock_ms, peer: str | None = None,
+                 link_pool=None, admission=None) -> None:
+        """``protocol``: this link's protocol (it decodes from ``rx``, the small pre-session ring the
+        connection receives into until the session is confirmed); ``clock_ms``: the gateway's wall clock
+        in epoch ms (frames carry it); monotonic time is the loop's clock. ``link_pool``: the bounded
+        pool of device links' buffers (``LinkBuffers``), taken at the session's confirmation and given
+        back at the close; ``admission``: this connection's pre-session slot (``leave()`` at the
+        confirmation or the close), None without a budget."""
+        self.loop, self.sock, self.protocol = loop, sock, protocol
+        self._rx = rx                 # what recv_into fills: the pre-session ring, then the link's ring
+        self.buffers = None           # the LinkBuffers, from the confirmation on
+        self._link_pool, self._admission = link_pool, admission
+        self._fault_logged = False
         protocol.link = self
+        if link_pool is not None:
+            protocol.session_source = self._session_source
         self.net = protocol.net
         self.peer = peer if peer is not None else peer_address(sock)
         self.fd = sock.fileno()
@@ -140,7 +162,7 @@ class TcpConnection:
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.loop.register(self.fd, EV_READ, self._on_events)
-        self._perform(self.protocol.connection_made(self._mono()))
+        self._perform(self._guarded(self.protocol.connection_made, self._mono()))
 
     def _perform(self, acts: int) -> None:
         """Write the protocol's output, then do what the bits ask, in the order of link_actions.py."""
@@ -178,11 +200,11 @@ class TcpConnection:
 
     def _close_in_loop(self, event, why: str) -> None:
         if not self._closed:
-            self._perform(self.protocol.close(event, why))
+            self._perform(self._guarded(self.protocol.close, event, why))
 
     def _send_close(self) -> None:
         if not self._closed:
-            self._perform(self.protocol.send_close(self._clock_ms()))
+            self._perform(self._guarded(self.protocol.send_close, self._clock_ms()))
 
     def _shutdown_write_when_flushed(self) -> None:
         if self._out_pos < len(self._out) or self._write_shut or self._closed:
@@ -191,7 +213,7 @@ class TcpConnection:
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            self._perform(self.protocol.io_error("shutdown failed"))
+            self._perform(self._guarded(self.protocol.io_error, "shutdown failed"))
 
     def _destroy(self) -> None:
         self._closed = True
@@ -206,20 +228,28 @@ class TcpConnection:
         except (KeyError, OSError, ValueError):
             pass
         self.sock.close()
-        self.protocol.connection_lost()
+        try:
+            self.protocol.connection_lost()
+        except Exception as exc:
+            self._log_fault(exc)
+        finally:
+            self._leave_pre_session()
+            buffers, self.buffers = self.buffers, None
+            if buffers is not None:
+                self._link_pool.release(buffers)
 
     # -- loop thread: timers ------------------------------------------------------------------
     def _on_hello_timeout(self) -> None:
         if not self._closed:
-            self._perform(self.protocol.hello_timeout())
+            self._perform(self._guarded(self.protocol.hello_timeout))
 
     def _on_confirm_timeout(self) -> None:
         if not self._closed:
-            self._perform(self.protocol.confirm_timeout())
+            self._perform(self._guarded(self.protocol.confirm_timeout))
 
     def _on_linger(self) -> None:
         if not self._closed:
-            self._perform(self.protocol.linger_timeout())
+            self._perform(self._guarded(self.protocol.linger_timeout))
 
     def _on_heartbeat_tick(self) -> None:
         if not self._closed:
@@ -232,13 +262,67 @@ class TcpConnection:
 
     def _judge(self, timer_method) -> None:
         """Run a liveness timer of the protocol; if it asks, read what the kernel holds and ask again."""
-        acts = timer_method(self._mono(), self._clock_ms(), False)
+        acts = self._guarded(timer_method, self._mono(), self._clock_ms(), False)
         if acts & READ_FIRST:
             self._read()
             if self._closed:
                 return
-            acts = timer_method(self._mono(), self._clock_ms(), True)
+            acts = self._guarded(timer_method, self._mono(), self._clock_ms(), True)
         self._perform(acts)
+
+    # -- loop thread: the session's buffers, and faults ------------------------------------------
+    def evict(self, why: str = "made room for a source holding fewer unconfirmed connections") -> None:
+        """Abort this link if it is still unconfirmed (the pre-session budget's fair share). Any thread."""
+        self.loop.run_in_loop(self._evict_in_loop, why)
+
+    def _evict_in_loop(self, why: str) -> None:
+        if not self._closed:
+            self._perform(self._guarded(self.protocol.evict, why))
+
+    def _session_source(self):
+        """The protocol's call at a valid SESSION_CONFIRM: take the device link's buffers from the pool,
+        move the bytes received and not yet decoded (those after the SESSION_CONFIRM) into its ring,
+        receive there from now on, and give the pre-session slot back. None: the pool is empty."""
+        buffers = self._link_pool.acquire()
+        if buffers is None:
+            return None
+        ring, small = buffers.ring, self._rx
+        while small.readable():
+            seg = small.first_segment()
+            n = len(seg)
+            ring.write(seg)  # a few hundred bytes into an empty ring of >= 8 KiB: always fits
+            seg.release()
+            small.consume(n)
+        self.buffers, self._rx = buffers, ring
+        self._leave_pre_session()
+        return ring
+
+    def _leave_pre_session(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission.leave()
+
+    def _guarded(self, method, *args) -> int:
+        """Call into the protocol; an unexpected exception closes the link (CLOSE reason 2) instead of
+        leaving it half alive, counted and reported by the protocol's ``internal_error``."""
+        try:
+            return method(*args)
+        except Exception as exc:
+            self._log_fault(exc)
+            try:
+                return self.protocol.internal_error(f"{type(exc).__name__}: {exc}")
+            except Exception as again:  # the protocol cannot even close: drop the socket ourselves
+                self._log_fault(again)
+                if not self._closed:
+                    self._destroy()
+                return 0
+
+    def _log_fault(self, exc: BaseException) -> None:
+        """Log a link's unexpected exception with its traceback, once per link (then counted only)."""
+        if not self._fault_logged:
+            self._fault_logged = True
+            log.error("link %s net %s (device %s): unexpected %s in the link handler; closing the link",
+                      self.peer, self.net, self.protocol.device_id, type(exc).__name__, exc_info=exc)
 
     # -- loop thread: input -------------------------------------------------------------------
     def _on_events(self, mask: int) -> None:
@@ -248,7 +332,7 @@ class TcpConnection:
             self._flush()
 
     def _read(self) -> None:
-        ring, recv_into, p = self.buffers.ring, self.sock.recv_into, self.protocol
+        recv_into, p, guarded = self.sock.recv_into, self.protocol, self._guarded
         self._read_queued = False
         budget = READ_BUDGET
         while not self._closed:
@@ -259,11 +343,14 @@ class TcpConnection:
                 self._read_queued = True
                 self.loop.queue_in_loop(self._read_more)
                 return
+            ring = self._rx  # changes at the session's confirmation (inside data_received)
             view = ring.writable_view()
             want = len(view)
             if not want:
                 # ring full: decode to make room (backpressure is the kernel's buffer meanwhile)
-                self._perform(p.decode_buffered(self._mono(), self._clock_ms()))
+                self._perform(guarded(p.decode_buffered, self._mono(), self._clock_ms()))
+                if not self._rx.free_space():
+                    return  # nothing decodable (a closing pre-session link's oversized frame): stop reading
                 continue
             try:
                 n = recv_into(view, want)
@@ -272,17 +359,17 @@ class TcpConnection:
             except InterruptedError:
                 continue
             except OSError as exc:
-                self._perform(p.io_error(f"recv: {exc.strerror or exc}"))
+                self._perform(guarded(p.io_error, f"recv: {exc.strerror or exc}"))
                 return
             finally:
                 view.release()
             if n == 0:
-                self._perform(p.eof_received(self._mono(), self._clock_ms()))
+                self._perform(guarded(p.eof_received, self._mono(), self._clock_ms()))
                 return
             ring.commit(n)
             budget -= n
             self.rx_bytes += n
-            acts = p.data_received(self._mono(), self._clock_ms())
+            acts = guarded(p.data_received, self._mono(), self._clock_ms())
             if acts or p.outbox:
                 self._perform(acts)
             if n < want:
@@ -307,7 +394,7 @@ class TcpConnection:
 
     def _over_high_water(self) -> None:
         if not self._closed:
-            self._perform(self.protocol.slow_peer())
+            self._perform(self._guarded(self.protocol.slow_peer))
 
     def _write(self, data: bytes, counted: bool = False) -> None:
         """Write or queue output. ``counted``: send() already added it to ``_queued``; the
@@ -322,7 +409,7 @@ class TcpConnection:
                 n = 0
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EINTR):
-                    self._perform(self.protocol.io_error(f"send: {exc.strerror or exc}"))
+                    self._perform(self._guarded(self.protocol.io_error, f"send: {exc.strerror or exc}"))
                     return
                 n = 0
             self.tx_bytes += n
@@ -344,7 +431,7 @@ class TcpConnection:
         except BlockingIOError:
             return
         except OSError as exc:
-            self._perform(self.protocol.io_error(f"send: {exc.strerror or exc}"))
+            self._perform(self._guarded(self.protocol.io_error, f"send: {exc.strerror or exc}"))
             return
         finally:
             view.release()
@@ -366,5 +453,7 @@ class TcpConnection:
                 "loop": getattr(self.loop, "name", None), "rx_frames": p.checks.rx_frames,
                 "tx_frames": self.tx_frames + p.tx_frames, "rx_bytes": self.rx_bytes, "tx_bytes": self.tx_bytes,
                 "last_rx_age_ms": round((self._mono() - p.last_rx) * 1000),
-                "errors": dict(p.checks.errors), "refused_sends": self.refused_sends,
+                "last_frame_age_ms": round((self._mono() - p.last_frame) * 1000),
+                "errors": dict(p.checks.errors), "dual_net_copies": p.checks.copies,
+                "refused_sends": self.refused_sends,
                 "output_queued_bytes": self._queued, "output_high_water_bytes": self.queued_high_water}

@@ -209,8 +209,20 @@ class SpscRing:
         return f"SpscRing(capacity={self.capacity}, slack={self.slack}, readable={self._write - self._read})"
 
 
+#: the receive ring of a connection that has not confirmed its session: room for a few of the small frames
+#: allowed then (the protocol closes a link holding more than 128 undecoded bytes before its confirmation)
+PRE_SESSION_BYTES = 256
+
+
+def pre_session_ring() -> SpscRing:
+    """A connection's small ring until its session is confirmed (then its ``LinkBuffers`` ring takes over).
+    The slack equals the capacity, so any peek of what it holds is contiguous. Any thread."""
+    return SpscRing(PRE_SESSION_BYTES, slack=PRE_SESSION_BYTES)
+
+
 class LinkBuffers:
-    """The heavy, reusable part of a link (its ring); pooled (``ObjectPool``), bounded by max_links."""
+    """The heavy, reusable part of a device link (its ring); pooled (``ObjectPool``), bounded by max_links.
+    Taken at the session's confirmation (not at accept), given back when the link is closed."""
 
     def __init__(self, ring_bytes: int) -> None:
         self.ring = SpscRing(ring_bytes)
