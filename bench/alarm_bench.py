@@ -274,7 +274,6 @@ def throughput(smoke: bool, tmp: str) -> list[dict]:
     from alarms.kafka.broker import EmbeddedBroker
     n, rounds = (1000, 1) if smoke else (N_EVENTS, ROUNDS)
     timeout = 30 if smoke else 120
-    have_process = (ROOT / "alarms" / "relay_process.py").exists()
     events = make_events(n)
     records = [(e.key.encode(), e.encode()) for e in events]
     res: dict[str, list] = {"raw": [], "thread": [], "process": [], "engine": []}
@@ -286,10 +285,9 @@ def throughput(smoke: bool, tmp: str) -> list[dict]:
             t = journal_to_kafka(broker.bootstrap, f"bench.thread{r}", events, "thread", tmp, timeout)
             res["thread"].append(t["eps"])
             extra["append_ms"].append(t["append_ms_p50"])
-            if have_process:
-                t = journal_to_kafka(broker.bootstrap, f"bench.proc{r}", events, "process", tmp, timeout)
-                res["process"].append(t["eps"])
-                extra["append_ms_proc"].append(t["append_ms_p50"])
+            t = journal_to_kafka(broker.bootstrap, f"bench.proc{r}", events, "process", tmp, timeout)
+            res["process"].append(t["eps"])
+            extra["append_ms_proc"].append(t["append_ms_p50"])
             res["engine"].append(engine_journal(n, tmp, timeout)["eps"])
             for f in os.listdir(tmp):
                 if f.startswith("journal-"):
@@ -309,17 +307,13 @@ def throughput(smoke: bool, tmp: str) -> list[dict]:
                  "KafkaRelay in this process; first append -> last delivery marked"),
         row("Alarm path: journal -> Kafka / raw, relay thread", round(thr / raw, 3), "x", ">= 0.5", thr / raw >= 0.5),
     ]
-    if have_process:
-        prc = median(res["process"])
-        rows += [
-            row("Alarm path: journal -> Kafka, relay child process", round(prc), "events/s", ">= 50,000",
-                prc >= 50_000, note="RelaySupervisor (alarms/kafka/relay_process.py), wake pipe; snapshots off"),
-            row("Alarm path: journal -> Kafka / raw, relay child process", round(prc / raw, 3), "x", ">= 0.5",
-                prc / raw >= 0.5),
-        ]
-    else:
-        rows.append(row("Alarm path: journal -> Kafka, relay child process", 0, "events/s",
-                        note="not measured: alarms/kafka/relay_process.py does not exist yet"))
+    prc = median(res["process"])
+    rows += [
+        row("Alarm path: journal -> Kafka, relay child process", round(prc), "events/s", ">= 50,000",
+            prc >= 50_000, note="RelaySupervisor (alarms/kafka/relay_process.py), wake pipe; snapshots off"),
+        row("Alarm path: journal -> Kafka / raw, relay child process", round(prc / raw, 3), "x", ">= 0.5",
+            prc / raw >= 0.5),
+    ]
     rows += [
         row("Alarm path: engine + journal (AlarmService)", round(median(res["engine"])), "events/s",
             note="DeviceAlarmFrame raise/clear submitted -> journaled (alarm thread, group commit)"),

@@ -88,6 +88,10 @@ def line_config(devices: int, trains: int = 0, *, io_threads: int | None = None,
                     "admin": {"host": "127.0.0.1", "port": free_port()},
                     "heartbeat_ms": heartbeat_ms, "max_age_ms": max_age_ms,
                     "max_links": max(4096, 2 * devices + 64), "udp_slabs": 1024, "log": {"level": "WARNING"},
+                    # every simulated device connects from this one host; in a station each has an address
+                    # of its own, and the default per-source cap (8) is meant for that
+                    "pre_session": {"max_connections": max(64, 2 * devices + 64),
+                                    "max_connections_per_source": max(8, 2 * devices + 64)},
                     "state_dir": "/tmp/railgate-bench-state",
                     **({} if io_threads is None else {"io_threads": io_threads})},
         "line": {"name": "bench-line", "timezone": "UTC"},
