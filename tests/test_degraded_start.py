@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 import redis
-from gateway_harness import Device, RunningGateway, line_config, wait_until
+from gateway_harness import Device, QuietRelay, RunningGateway, line_config, wait_until
 from test_history_fixtures import MYSQL, TcpForwarder, mysql_db, mysql_store  # noqa: F401
 
 from alarms.journal import Journal
@@ -26,24 +26,6 @@ from railcodecs import DeviceAlarm
 
 KEY = "CI-2/DEVICE_ALARM_17/301"
 
-
-class QuietRelay:
-    """Stands in for the Kafka relay where the test is about the history or the live table."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def wake(self) -> None:
-        pass
-
-    def stats(self) -> dict:
-        return {}
 
 
 def _cfg(tmp_path, **sections) -> config.Config:
