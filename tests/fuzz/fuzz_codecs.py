@@ -131,7 +131,7 @@ def fuzz(target: str, libfuzzer_args: list[str], argv0: str) -> None:
     run = targets.TARGETS[target]
     head = 0 if target == "datagram" else 1  # the stream and receiver targets start with a selector byte
 
-    def test_one_input(data: bytes) -> None:
+    def one_input(data: bytes) -> None:
         run(data)
 
     def mutate(data: bytes, max_size: int, seed: int) -> bytes:
@@ -142,7 +142,7 @@ def fuzz(target: str, libfuzzer_args: list[str], argv0: str) -> None:
         fixed = targets.fix_frames(buf[head:], key=targets.KEY if seed & 1 else None)
         return bytes(buf[:head] + fixed)[:max_size]
 
-    atheris.Setup([argv0, *libfuzzer_args], test_one_input, custom_mutator=mutate)
+    atheris.Setup([argv0, *libfuzzer_args], one_input, custom_mutator=mutate)
     atheris.Fuzz()
 
 
