@@ -35,6 +35,27 @@ def line_config(**gateway_overrides) -> config.Config:
     return config.parse(d, "test-line")
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a gateway in another process, which cannot bind 0)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def process_line(state_dir: str, **gateway_overrides) -> tuple[dict, dict]:
+    """``(raw line dict, ports)`` for a `gateway run` subprocess: the demo line with its state in
+    ``state_dir`` on fixed free loopback ports; ``ports`` has keys A, B, udp and admin."""
+    raw = line_config(state_dir=state_dir, **gateway_overrides).raw
+    ports = {k: free_port() for k in ("A", "B", "udp", "admin")}
+    raw["gateway"]["listen"] = {"net_a": {"host": "127.0.0.1", "port": ports["A"]},
+                                "net_b": {"host": "127.0.0.1", "port": ports["B"]},
+                                "udp": {"host": "127.0.0.1", "port": ports["udp"]}}
+    raw["gateway"]["admin"] = {"host": "127.0.0.1", "port": ports["admin"]}
+    return raw, ports
+
+
 class QuietRelay:
     """Stands in for the Kafka relay process (``relay_factory=QuietRelay``): for tests about what
     reaches the journal, the history or the admin API, not Kafka."""

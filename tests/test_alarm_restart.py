@@ -15,8 +15,7 @@ import time
 import urllib.request
 
 import yaml
-from gateway_harness import Device, line_config, read_alarm_events, wait_until
-from test_gateway_process import free_port
+from gateway_harness import Device, process_line, read_alarm_events, wait_until
 
 from gateway.app import config
 from alarms.history.store import SqliteHistory
@@ -59,13 +58,7 @@ def _flood(port: int, first: int, last: int, stop: threading.Event) -> None:
 
 
 def test_sigkill_mid_flood_then_restart_loses_nothing(tmp_path):
-    raw = line_config(state_dir=str(tmp_path / "state")).raw
-    ports = {k: free_port() for k in ("a", "b", "udp", "admin")}
-    raw["gateway"]["listen"] = {"net_a": {"host": "127.0.0.1", "port": ports["a"]},
-                                "net_b": {"host": "127.0.0.1", "port": ports["b"]},
-                                "udp": {"host": "127.0.0.1", "port": ports["udp"]}}
-    raw["gateway"]["admin"] = {"host": "127.0.0.1", "port": ports["admin"]}
-    raw["gateway"]["heartbeat_ms"] = 1000
+    raw, ports = process_line(str(tmp_path / "state"), heartbeat_ms=1000)
     raw["alarms"] = {"snapshot_interval_s": 2, "flood": {"alarms": 100000, "window_s": 60},
                      "max_active": 20000}
     path = tmp_path / "line.yaml"
@@ -76,7 +69,7 @@ def test_sigkill_mid_flood_then_restart_loses_nothing(tmp_path):
     try:
         wait_until(lambda: _up(ports["admin"]), timeout=30, what="gateway up")
         stop = threading.Event()
-        sender = threading.Thread(target=_flood, args=(ports["a"], 1, FLOOD, stop), daemon=True)
+        sender = threading.Thread(target=_flood, args=(ports["A"], 1, FLOOD, stop), daemon=True)
         sender.start()
         wait_until(lambda: _get(ports["admin"], "/alarms")["event_seq"] > 500, timeout=30,
                    what="the flood half-way journaled")
@@ -101,7 +94,7 @@ def test_sigkill_mid_flood_then_restart_loses_nothing(tmp_path):
         restored_keys = {a["alarm"]["key"] for a in restored["alarms"]}
         assert {str(k) for k in before} <= restored_keys  # the engine came back with its table
         # the device reconnects (a new session) and raises the rest
-        _flood(ports["a"], killed_at + 1, FLOOD + 200, threading.Event())
+        _flood(ports["A"], killed_at + 1, FLOOD + 200, threading.Event())
         wait_until(lambda: _get(ports["admin"], "/alarms")["event_seq"] >= killed_at + 100, timeout=30,
                    what="new events after the restart")
 

@@ -16,8 +16,7 @@ import sys
 import urllib.request
 
 import yaml
-from gateway_harness import Device, line_config, wait_until
-from test_gateway_process import free_port
+from gateway_harness import Device, process_line, wait_until
 
 from alarms.journal import Journal
 from alarms.model import AlarmEvent
@@ -58,13 +57,7 @@ def _connect(ports: dict, nets: str) -> list[Device]:
 
 
 def test_restored_alarms_are_reconciled_and_a_planned_stop_raises_none(tmp_path):
-    raw = line_config(state_dir=str(tmp_path / "state")).raw
-    ports = {k: free_port() for k in ("A", "B", "udp", "admin")}
-    raw["gateway"]["listen"] = {"net_a": {"host": "127.0.0.1", "port": ports["A"]},
-                                "net_b": {"host": "127.0.0.1", "port": ports["B"]},
-                                "udp": {"host": "127.0.0.1", "port": ports["udp"]}}
-    raw["gateway"]["admin"] = {"host": "127.0.0.1", "port": ports["admin"]}
-    raw["gateway"]["heartbeat_ms"] = 200          # start-up grace: hello 1,000 ms + 3 x 200 ms
+    raw, ports = process_line(str(tmp_path / "state"), heartbeat_ms=200)  # grace: hello 1,000 + 3 x 200 ms
     path = tmp_path / "line.yaml"
     path.write_text(yaml.safe_dump(raw))
     journal_path = str(tmp_path / "state" / "journal.db")

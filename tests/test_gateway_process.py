@@ -13,24 +13,16 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import yaml
 
 from gateway.cli import run_cmd
-from gateway_harness import DEMO, Device, wait_until
+from gateway_harness import DEMO, Device, free_port, wait_until
 from railcodecs import Close
 
 GATEWAY = os.path.join(os.path.dirname(sys.executable), "gateway")
 
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def write_config(tmp_path, **gateway):

@@ -16,8 +16,8 @@ import time
 import pytest
 import redis
 import yaml
-from gateway_harness import DEMO, QuietRelay, RunningGateway, line_config, wait_until
-from test_gateway_process import fetch_status, free_port
+from gateway_harness import DEMO, QuietRelay, RunningGateway, free_port, line_config, wait_until
+from test_gateway_process import fetch_status
 
 from gateway.app import config
 from gateway.app.identity import IdentityHeld
