@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
 # The gateway image used by docker-compose.yml (gateway and simulators services).
 #
-#   build    compilers and headers; builds the railgate wheel (and wheels of its dependencies).
-#            Pure Python today; the compiled fast path (issue 14) will be built here, and only
-#            its wheel reaches the runtime stage.
+#   build    gcc and the Python headers; builds the railgate wheel with its compiled fast path
+#            (Cython, a build requirement only; RAILGATE_REQUIRE_EXT=1 makes a failed compile fail
+#            the build instead of falling back to the pure-Python path) and the dependencies' wheels.
+#            Only the wheels reach the runtime stage.
 #   runtime  python:3.11-slim with the wheels installed and no compiler, run as the unprivileged
 #            user railgate (uid/gid 10001), its state in the /var/lib/railgate volume.
 #
@@ -20,12 +21,14 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY gateway gateway
 COPY codecs codecs
 COPY alarms alarms
 COPY simulators simulators
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN RAILGATE_REQUIRE_EXT=1 pip wheel --no-cache-dir --wheel-dir /wheels . \
+ && python -c "import sys, zipfile, glob; names = zipfile.ZipFile(glob.glob('/wheels/railgate-*.whl')[0]).namelist(); \
+sys.exit(0 if any(n.startswith('railcodecs/_core') and n.endswith('.so') for n in names) else 'no compiled core in the wheel')"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -7,7 +7,9 @@ The decoder never owns the memory it parses. It asks a source for:
   one maximum frame plus two bytes of look-ahead);
 * ``find(sub, limit)``: offset of ``sub`` among the next ``limit`` readable
   bytes, or -1;
-* ``consume(n)``: drop ``n`` bytes.
+* ``consume(n)``: drop ``n`` bytes;
+* ``first_segment()``: the readable bytes up to the source's wrap point (if any), without
+  copying (the compiled fast path scans frames there).
 
 Two sources implement it: :class:`LinearBuffer` here (a growable bytearray, for
 ``StreamDecoder.feed``) and the gateway's SPSC ring (``gateway/net/ring_buffer.py``),
@@ -53,6 +55,10 @@ class LinearBuffer:
         if n > len(self._buf) - self._pos:
             raise ValueError(f"peek({n}) with only {len(self._buf) - self._pos} bytes readable")
         return memoryview(self._buf)[self._pos:self._pos + n]
+
+    def first_segment(self) -> memoryview:
+        """Every readable byte, as one view (the buffer never wraps)."""
+        return memoryview(self._buf)[self._pos:]
 
     def find(self, sub: bytes, limit: int) -> int:
         idx = self._buf.find(sub, self._pos, self._pos + limit)

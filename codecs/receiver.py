@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from .errors import Reason
 from .frame import Frame
 from .messages import Heartbeat, Hello, HelloAck, SessionConfirm
+from . import speedups
 from .sequence import APPLY, COPY, DUPLICATE, STALE, SequenceWindow
 
 TRAIN_KIND = 4
@@ -132,7 +133,7 @@ class Receiver:
         self.train_reset_ms = train_reset_ms
         self._window = window
         self.senders: dict[int, SenderState] = {
-            sid: SenderState(sid, kind, SequenceWindow(window)) for sid, kind in senders.items()}
+            sid: SenderState(sid, kind, speedups.new_window(window)) for sid, kind in senders.items()}
 
     # -- links ----------------------------------------------------------------
     def new_link(self, name: str, net: int | None = None) -> LinkChecks:

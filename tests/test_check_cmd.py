@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gateway import cli
+from railcodecs import speedups
 from gateway.app import config
 from gateway.app.metrics import render_metrics
 from gateway.base import version as version_module
@@ -172,10 +173,12 @@ def test_version_in_status_status_view_and_metrics():
     with RunningGateway(line_config()) as gw:
         status = gw.status()
     assert status["version"] == VERSION
-    assert render_text(status).splitlines()[0].startswith(f"gateway 1 demo-gw  version {VERSION}  up ")
+    assert render_text(status).splitlines()[0].startswith(
+        f"gateway 1 demo-gw  version {VERSION} ({speedups.implementation()})  up ")
     metrics = render_metrics(status)
     assert (f'railgate_build_info{{version="{VERSION}",python="{platform.python_version()}",'
-            'implementation="python"} 1') in metrics.splitlines()
+            f'implementation="{speedups.implementation()}"}} 1') in metrics.splitlines()
+    assert status["implementation"] == speedups.implementation()
     assert f'railgate_info{{gateway_id="1",name="demo-gw",version="{VERSION}"}} 1' in metrics.splitlines()
     assert "# TYPE railgate_build_info gauge" in metrics
     # a status without a version (an older gateway's) still gives this build's labels

@@ -441,6 +441,9 @@ def test_dockerfile_builds_a_wheel_in_a_build_stage_and_installs_only_that():
     stages = _stages()
     assert list(stages) == ["build", "runtime"]
     assert "build-essential" in stages["build"] and "pip wheel" in stages["build"]
+    # the compiled fast path is built there, and its absence fails the build (no silent pure fallback)
+    assert re.search(r"^COPY .*\bsetup\.py\b", stages["build"], re.M)
+    assert "RAILGATE_REQUIRE_EXT=1 pip wheel" in stages["build"] and "railcodecs/_core" in stages["build"]
     runtime = stages["runtime"]
     assert "build-essential" not in runtime and "gcc" not in runtime
     assert re.search(r"from=build\b", runtime) and "--no-index" in runtime

@@ -86,7 +86,8 @@ def render_metrics(status: dict) -> str:
     """
     f = _Families()
     # the status's version is the serving gateway's; a status without one (older, or a test's) gets ours
-    build = {**build_info(), **({"version": status["version"]} if status.get("version") else {})}
+    build = {**build_info(status.get("implementation")),
+             **({"version": status["version"]} if status.get("version") else {})}
     f.add("railgate_info", "gauge", "Gateway identity in labels; always 1.", 1, gateway_id=status.get("gateway_id", ""),
           name=status.get("name", ""), version=build["version"])
     f.add("railgate_build_info", "gauge", "The running build in labels (version, Python version, hot-path "

@@ -36,6 +36,7 @@ from gateway.net.loop_pool import EventLoopThreadPool
 from gateway.net.ring_buffer import LinkBuffers
 from gateway.net.slab_pool import ObjectPool, SlabPool
 from gateway.net.udp_endpoint import UdpEndpoint, udp_socket
+from railcodecs import speedups
 
 log = logging.getLogger("railgate.gateway")
 
@@ -64,6 +65,8 @@ class Gateway:
         self.line = Line(cfg, clock_ms)
         self.started_ms = self.line.now_ms()
         self.started_mono = time.monotonic()
+        #: the per-frame path's implementation, fixed when the line's objects are built (railcodecs.speedups)
+        self.implementation = speedups.implementation()
         self.udp_checks = self.line.receiver.new_link("udp")
         # device links only: a connection takes its buffers at its session's confirmation; before it, it
         # lives in the small pre-session budget (gateway/net/acceptor.py)

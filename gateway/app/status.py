@@ -26,6 +26,7 @@ def build_status(gw) -> dict:
     now_ms = line.now_ms()
     return {
         "gateway_id": gw.cfg.gateway.id, "name": gw.cfg.gateway.name, "line": gw.cfg.line_name, "version": version(),
+        "implementation": gw.implementation,
         "uptime_s": round(time.monotonic() - gw.started_mono, 3),
         "timezone": gw.cfg.timezone,  # the line's zone: started_at's offset, and every time a client shows
         "started_at": datetime.fromtimestamp(gw.started_ms / 1000, ZoneInfo(gw.cfg.timezone)).isoformat(

@@ -19,9 +19,9 @@ from importlib import metadata
 
 DISTRIBUTION = "railgate"
 UNKNOWN = "unknown"
-#: which implementation of the hot path runs: the pure-Python reference (a compiled fast path,
-#: STYLE.md "Compiled hot paths", would report its own name here)
-IMPLEMENTATION = "python"
+#: the hot path's implementation label when the caller does not know it (the running gateway's status
+#: says ``compiled`` or ``pure``: railcodecs.speedups, which this layer does not import)
+IMPLEMENTATION = "unknown"
 _PYPROJECT = pathlib.Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
@@ -46,6 +46,8 @@ def version_line() -> str:
     return f"{DISTRIBUTION} {version()}"
 
 
-def build_info() -> dict[str, str]:
-    """The labels of ``railgate_build_info``: our version, the interpreter's, and the hot path's implementation."""
-    return {"version": version(), "python": platform.python_version(), "implementation": IMPLEMENTATION}
+def build_info(implementation: str | None = None) -> dict[str, str]:
+    """The labels of ``railgate_build_info``: our version, the interpreter's, and the hot path's implementation
+    (``compiled`` or ``pure``, as the running gateway reports it)."""
+    return {"version": version(), "python": platform.python_version(),
+            "implementation": implementation or IMPLEMENTATION}

@@ -147,7 +147,7 @@ def render_text(status: dict) -> str:
     """The readable view of a status dict, every line through :func:`safe_text`. Pure function."""
     tz = line_zone(status)[0]  # show event times in the line's zone
     out = [f"gateway {_cell(status.get('gateway_id'))} {_cell(status.get('name'))}"
-           f"  version {_cell(status.get('version'))}  up {_cell(status.get('uptime_s'))} s"
+           f"  version {_cell(status.get('version'))} ({_cell(status.get('implementation'))})  up {_cell(status.get('uptime_s'))} s"
            f"  started {_cell(status.get('started_at'))}", ""]
 
     devices = status.get("devices") or []

@@ -81,8 +81,8 @@ from __future__ import annotations
 
 import secrets
 
-from railcodecs import (GATEWAY_RX_TYPES, Close, CommandResult, DeviceAlarm, FrameError, Heartbeat, Hello,
-                        HelloAck, Reason, SessionConfirm, StreamDecoder, encode, session_key)
+from railcodecs import (GATEWAY_RX_TYPES, NEED_DATA, Close, CommandResult, DeviceAlarm, FrameError, Heartbeat,
+                        Hello, HelloAck, Reason, SessionConfirm, StreamDecoder, encode, session_key, speedups)
 
 from gateway.base.link_actions import (ARM_CONFIRM, ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY,
                                        READ_FIRST, SHUTDOWN_WRITE)
@@ -131,6 +131,8 @@ class LinkProtocol:
         self.alive = False           # the liveness flag: True only while UP
         self.checks = ctx.receiver.new_link(f"{net}:{peer}", NET_NAMES.index(net))
         self.decoder: StreamDecoder | None = None
+        #: the compiled steady path (railcodecs.speedups), set at the session's confirmation; None: pure
+        self.fast = None
         self.device_id: int | None = None
         self._mac_key: bytes | None = None  # the device's link key (set at HELLO): HELLO_ACK is signed with it
         self._tx_key: bytes | None = None   # what signs our frames: the session key from the HELLO_ACK on
@@ -200,24 +202,31 @@ class LinkProtocol:
             dec = self.decoder = StreamDecoder(types=GATEWAY_RX_TYPES, mac=self.ctx.mac_policy, source=self.source)
         progressed = False
         while True:
-            for ev in dec.events():
+            fast = self.fast
+            if fast is not None and self.state is _UP and fast.run(now_ms):
+                # the compiled path took a run of good frames; the next one (if any) is the Python path's
                 progressed = True
-                if self.state is _CLOSED:
+                if fast.accepted:
+                    self.last_frame = now
+                if fast.drained:
                     break
-                if isinstance(ev, FrameError):
-                    self._count_error(ev.reason, now)
-                    if ev.reason is Reason.MISSING_MAC and self.state is _AWAIT_HELLO:
-                        # an unsigned HELLO from a device that must sign: say so (ICD result 3). Its src
-                        # cannot be trusted, so the answer goes to node 0.
-                        self._emit(HelloAck(HelloAck.MAC_REQUIRED, self.heartbeat_ms, now_ms, 0), now_ms, dst=0)
-                        self._move(LinkEvent.HELLO_REFUSED, "HELLO without the MAC the device requires")
-                else:
-                    self._on_frame(ev, now, now_ms)
-                    if self.decoder is not dec:
-                        break  # the session was confirmed and moved to its ring: go on decoding there
-            if self.decoder is dec or self.state is _CLOSED:
+            ev = dec.next_event()
+            if ev is NEED_DATA:
                 break
-            dec = self.decoder
+            progressed = True
+            if self.state is _CLOSED:
+                break
+            if isinstance(ev, FrameError):
+                self._count_error(ev.reason, now)
+                if ev.reason is Reason.MISSING_MAC and self.state is _AWAIT_HELLO:
+                    # an unsigned HELLO from a device that must sign: say so (ICD result 3). Its src
+                    # cannot be trusted, so the answer goes to node 0.
+                    self._emit(HelloAck(HelloAck.MAC_REQUIRED, self.heartbeat_ms, now_ms, 0), now_ms, dst=0)
+                    self._move(LinkEvent.HELLO_REFUSED, "HELLO without the MAC the device requires")
+            else:
+                self._on_frame(ev, now, now_ms)
+                # the session may have been confirmed and moved to its ring: go on decoding there
+                dec = self.decoder
         if self.state in _PRE_SESSION and dec.buffered > PRE_SESSION_MAX_FRAME:
             self._oversize()  # (a frame that cannot complete in the connection's small pre-session ring)
         # A partial frame is overdue when the decoder has made no progress for a while (a corrupted
@@ -474,6 +483,10 @@ class LinkProtocol:
                 old = self.decoder
                 self.source = source
                 self.decoder = StreamDecoder(types=old.types, mac=old.mac, source=source)
+            objects = getattr(self.ctx, "objects", None)
+            if objects is not None and self.ctx.apply == objects.apply:  # (tests may apply elsewhere)
+                self.fast = speedups.fast_link(self.decoder, self.checks, self.ctx.receiver.senders[frame.src],
+                                               self.ctx.receiver, self.ctx.objects, self.decoder.mac.session_key)
             self.last_frame = now
             self._move(LinkEvent.CONFIRMED)
             self.alive = True

@@ -6,16 +6,20 @@ applied. The receiver calls :meth:`ObjectState.apply` under the sender's lock,
 so two IO loops applying consecutive frames of one device (net A on one loop,
 net B on the other) cannot write an older value over a newer one.
 
+The compiled fast path (``railcodecs._core.FastLink``) applies status lists to
+the same tables without this method, with the same rule: every item stored,
+listeners called for a new or changed value, in the frame's order.
+
 Threading: ``apply`` from IO loop threads (serialised per sender by the
 receiver); readers (status, alarm sources) from any thread: every stored value
-is an immutable tuple replaced by a single dict store, and ``snapshot`` copies
-under the GIL with ``dict.copy``.
+is an immutable tuple replaced by a single dict store (or two C fields changed
+with the GIL held), and ``snapshot`` copies under the GIL with ``copy()``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from railcodecs import Frame, Signals, Switches, TrackSections, TrainStatus
+from railcodecs import Frame, Signals, Switches, TrackSections, TrainStatus, speedups
 
 SECTION_STATES = ("free", "occupied", "fault", "locked")
 ASPECTS = ("red", "yellow", "green", "double_yellow", "shunt_white", "dark")
@@ -42,10 +46,11 @@ class ObjectState:
     """The line's live picture, as the gateway last applied it."""
 
     def __init__(self) -> None:
-        # (device_id, object_id) -> (value, applied_ms)
-        self.sections: dict[tuple[int, int], tuple[int, int]] = {}
-        self.signals: dict[tuple[int, int], tuple[int, int]] = {}
-        self.switches: dict[tuple[int, int], tuple[int, int]] = {}
+        # (device_id, object_id) -> (value, applied_ms): dicts (pure) or the compiled core's ObjectTable,
+        # which stores an unchanged value without allocating (railcodecs.speedups)
+        self.sections = speedups.new_table()
+        self.signals = speedups.new_table()
+        self.switches = speedups.new_table()
         self.trains: dict[int, TrainState] = {}
         self._tables = {TrackSections.TYPE: self.sections, Signals.TYPE: self.signals,
                         Switches.TYPE: self.switches}

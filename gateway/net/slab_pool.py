@@ -3,8 +3,9 @@
 Who calls it, and from which thread:
 
 * :class:`SlabPool`: the UDP endpoint's IO loop thread acquires a slab per
-  datagram (:meth:`SlabPool.acquire_for_recv`) and releases it once the
-  datagram is decoded, checked and applied; the admin thread reads
+  datagram (:meth:`SlabPool.acquire_for_recv`), or a batch of them for one
+  ``recvmmsg`` (:meth:`SlabPool.acquire_many_for_recv`), and releases them
+  once the datagrams are decoded, checked and applied; the admin thread reads
   :meth:`SlabPool.stats`. ``release`` may also come from another thread (a
   slab handed on to a worker): the free lists are safe for that.
 * :class:`ObjectPool`: the base loop's acceptor acquires a link's buffers,
@@ -119,6 +120,44 @@ class SlabPool:
             c.high_water = in_use
         return c.triples[i]
 
+    def recv_layout(self) -> tuple[int, bytearray, list[memoryview]]:
+        """The LARGEST class's ``(slab size, arena, views)``, for a batch receiver. Any thread.
+
+        A compiled receiver (``recvmmsg``) writes into slabs by index: slab i
+        is ``arena[i*size:(i+1)*size]``, also ``views[i]``. The one-owner
+        contract still holds: it writes only into slabs acquired with
+        :meth:`acquire_many_for_recv` (or :meth:`acquire_for_recv`). The list
+        is the pool's own; do not modify it.
+        """
+        c = self._largest
+        return c.size, c.arena, c.views
+
+    def acquire_many_for_recv(self, out: list) -> int:
+        """Up to ``len(out)`` slabs of the LARGEST class: their indices in ``out[:k]``; returns k.
+
+        Loop thread only. ``out`` is the caller's preallocated list, written in
+        place (no list is built per call). k == 0 when none is free: counted
+        once in ``exhausted``, as a refused :meth:`acquire_for_recv`. Every
+        slab handed out counts in ``in_use`` and ``high_water`` until
+        released, filled or not.
+        """
+        c = self._largest
+        free, mark = c.free, c.out
+        k, want = 0, len(out)
+        while k < want and free:
+            i = free.pop()
+            mark[i] = 1
+            out[k] = i
+            k += 1
+        if k == 0:
+            if want:
+                c.exhausted += 1
+            return 0
+        in_use = c.count - len(free)
+        if in_use > c.high_water:
+            c.high_water = in_use
+        return k
+
     def release(self, size_class: int, index: int) -> None:
         """Give a slab back. Safe to call from any thread (by the slab's one owner).
 
@@ -130,6 +169,20 @@ class SlabPool:
             raise ValueError(f"slab {size_class}/{index} released but not acquired")
         c.out[index] = 0  # before the append: once on the stack, another thread may take it
         c.free.append(index)
+
+    def release_many(self, size_class: int, indices: list, count: int) -> None:
+        """Give back slabs ``indices[:count]``, as :meth:`release` each. Any thread (their one owner).
+
+        ValueError at the first slab that is not out (the ones before it are back).
+        """
+        c = self._classes[size_class]
+        free, mark = c.free, c.out
+        for k in range(count):
+            i = indices[k]
+            if not mark[i]:
+                raise ValueError(f"slab {size_class}/{i} released but not acquired")
+            mark[i] = 0
+            free.append(i)
 
     def stats(self) -> dict:
         """``{"classes": {size: {...}}, "total": {...}}`` with in_use, free, high_water, exhausted.

@@ -1,41 +1,87 @@
-"""The trains' UDP endpoint: datagrams from a slab pool, checked, applied.
+"""The trains' UDP endpoint: datagrams into a slab pool, checked, applied.
 
-Each readiness event drains the socket (edge-triggered: until EAGAIN). A
-datagram is received with ``recv_into`` straight into a free slab of the
-largest size class (its size is unknown before reading); the slab goes back
-to the pool as soon as the datagram is decoded, checked and applied. With no
-free slab the datagram is still read, into one scratch buffer, so the
-edge-triggered socket is drained, and dropped and counted: the pool never
-grows. ``recv_into`` and not ``recvfrom_into``: the sender is named by the
-frame's ``src`` and checked against the configuration, and not building an
-address tuple per datagram keeps the hot path free of allocations that
-outlive it.
+Each readiness event drains the socket (edge-triggered: until EAGAIN) by one
+of two receive paths, both feeding the same per-datagram step
+(:meth:`UdpEndpoint._datagram`: count, decode, check, apply):
 
-Threading: runs in one IO loop thread; ``stats`` from any thread.
+* ``recvmmsg``, the compiled ``gateway.net._udp_batch`` (Linux), used when it
+  is built and ``RAILGATE_PURE`` is not ``1``: up to ``batch`` free slabs of
+  the largest size class are taken from the pool at once, one system call
+  (GIL released) fills as many as there are datagrams waiting, each goes
+  through the per-datagram step, then every slab goes back, filled or not.
+  A batch that comes back short means the kernel queue was empty: drained.
+* ``recv_into``, pure Python, the reference and the fallback: one slab, one
+  system call, one datagram.
+
+A datagram is received straight into a slab of the largest size class (its
+size is unknown before reading); the slab goes back to the pool as soon as
+the datagram is decoded, checked and applied. Both paths learn a datagram's
+real length (``MSG_TRUNC``), so one longer than ``MAX_DATAGRAM`` is counted
+oversize (bad_size) rather than decoded from its head. With no free slab the
+datagram is still read, into one scratch buffer, so the edge-triggered socket
+is drained, and dropped and counted: the pool never grows. No sender address
+is received: the sender is named by the frame's ``src`` and checked against
+the configuration, and not building an address tuple per datagram keeps the
+hot path free of allocations that outlive it.
+
+Threading: ``start``, ``stop`` and the receive paths run in one IO loop
+thread, which is the slabs' one owner while a datagram (or a batch) is being
+handled; ``stats`` from any thread.
 """
 from __future__ import annotations
 
 import select
 import socket
-from railcodecs import UDP_TYPES, FrameError, Reason, decode_datagram
+from railcodecs import UDP_TYPES, FrameError, Reason, decode_datagram, speedups
+
+try:
+    from gateway.net._udp_batch import BatchReceiver
+except ImportError:  # not built: the recv_into path runs
+    BatchReceiver = None
 
 EV_READ = select.EPOLLIN | select.EPOLLET
 MAX_DATAGRAM = 144  # 128-byte TRAIN_DIAG + 16-byte MAC: the largest ICD datagram
+RECV_BATCH = 64     # datagrams per recvmmsg: 9 KiB of slabs held at most per call
 _HEADER_FAULTS = frozenset((Reason.BAD_SYNC, Reason.BAD_VERSION, Reason.BAD_FLAGS, Reason.OVERSIZE))
+
+
+def batch_available() -> bool:
+    """True when the recvmmsg path is the default: built, and the compiled implementation is the one
+    in use (``railcodecs.speedups``: not forced pure by ``RAILGATE_PURE=1``)."""
+    return BatchReceiver is not None and speedups.implementation() == "compiled"
 
 
 class UdpEndpoint:
     """One UDP socket for every train, served by one loop."""
 
-    def __init__(self, ctx, loop, sock: socket.socket, slabs, checks) -> None:
-        """``checks``: the receiver's counters for this endpoint (``receiver.new_link("udp")``)."""
+    def __init__(self, ctx, loop, sock: socket.socket, slabs, checks, *, batch: bool | None = None,
+                 batch_size: int = RECV_BATCH) -> None:
+        """``checks``: the receiver's counters for this endpoint (``receiver.new_link("udp")``).
+
+        ``batch``: True for the recvmmsg path (ImportError when not built),
+        False for recv_into, None (default) for :func:`batch_available`.
+        Create in any thread; then use from the loop thread only.
+        """
         self.ctx, self.loop, self.sock, self.slabs = ctx, loop, sock, slabs
         self.fd = sock.fileno()
         self.checks = checks
         self._scratch = bytearray(65536)
         self.rx_datagrams = 0
+        self.rx_batches = 0
         self.dropped_no_slab = 0
         self.oversize = 0
+        if batch is None:
+            batch = batch_available()
+        self._batch = None
+        if batch:
+            if BatchReceiver is None:
+                raise ImportError("gateway.net._udp_batch is not built: no recvmmsg path")
+            size, arena, self._views = slabs.recv_layout()
+            self._batch = BatchReceiver(arena, size, batch_size)
+            self._indices = [0] * self._batch.batch   # written in place by acquire_many_for_recv
+            self._lengths = self._batch.lengths        # written in place by each recv
+            self._size_class = size
+        self.recv_path = "recvmmsg" if self._batch is not None else "recv_into"
 
     def start(self) -> None:
         """Loop thread: register for reads."""
@@ -51,49 +97,93 @@ class UdpEndpoint:
         self.sock.close()
 
     def _on_events(self, mask: int) -> None:
-        sock, slabs, ctx = self.sock, self.slabs, self.ctx
-        receiver, checks, mac = ctx.receiver, self.checks, ctx.mac_policy
+        """Loop thread: drain the socket to EAGAIN by the path chosen at construction."""
+        if self._batch is not None:
+            self._drain_batches()
+        else:
+            self._drain_each()
+
+    def _drop_one(self) -> bool:
+        """No free slab: read one datagram into the scratch buffer and count it; False at EAGAIN."""
+        try:
+            self.sock.recv_into(self._scratch)
+        except BlockingIOError:
+            return False
+        self.dropped_no_slab += 1
+        return True
+
+    def _drain_batches(self) -> None:
+        fd, slabs, rx, size_class = self.fd, self.slabs, self._batch, self._size_class
+        indices, lengths, views, datagram = self._indices, self._lengths, self._views, self._datagram
+        while True:
+            k = slabs.acquire_many_for_recv(indices)
+            if k == 0:
+                if self._drop_one():
+                    continue
+                return
+            try:
+                got = rx.recv(fd, indices, k)  # 0 at EAGAIN
+            except OSError:  # as recv_into: the socket failed
+                slabs.release_many(size_class, indices, k)
+                return
+            try:
+                if got:
+                    self.rx_batches += 1
+                # a handler that raises (a bug: the codecs never do) loses the rest of its batch
+                for j in range(got):
+                    datagram(views[indices[j]], lengths[j])
+            finally:
+                slabs.release_many(size_class, indices, k)  # filled or not
+            if got < k:
+                return  # recvmmsg stopped short: the kernel queue was empty (EAGAIN)
+
+    def _drain_each(self) -> None:
+        sock, slabs = self.sock, self.slabs
         while True:
             slab = slabs.acquire_for_recv()
             if slab is None:
-                try:
-                    sock.recv_into(self._scratch)
-                except BlockingIOError:
-                    return
-                self.dropped_no_slab += 1
-                continue
+                if self._drop_one():
+                    continue
+                return
             size_class, index, view = slab
             try:
                 # MSG_TRUNC: n is the datagram's real length, so one longer than any ICD type (cut
                 # short by the slab) is counted bad_size instead of being decoded from its head
                 n = sock.recv_into(view, 0, socket.MSG_TRUNC)
-            except BlockingIOError:
-                slabs.release(size_class, index)
-                return
-            except OSError:
+            except OSError:  # BlockingIOError (drained) included
                 slabs.release(size_class, index)
                 return
             try:
-                self.rx_datagrams += 1
-                if n > MAX_DATAGRAM:
-                    # judged like any datagram of a wrong size: its header's faults first, else bad_size
-                    self.oversize += 1
-                    ev = decode_datagram(view, types=UDP_TYPES, mac=mac)
-                    checks.count(ev.reason if isinstance(ev, FrameError) and ev.reason in _HEADER_FAULTS
-                                 else Reason.BAD_SIZE)
-                    continue
-                now_ms = ctx.now_ms()
-                ev = decode_datagram(view[:n], types=UDP_TYPES, mac=mac)
-                if isinstance(ev, FrameError):
-                    checks.count(ev.reason)
-                elif receiver.check_datagram(checks, ev, now_ms, apply=ctx.apply) is None:
-                    ctx.train_applied(ev, now_ms)
+                self._datagram(view, n)
             finally:
                 slabs.release(size_class, index)
 
+    def _datagram(self, view: memoryview, n: int) -> None:
+        """Loop thread: one datagram, ``n`` bytes long (its real length), at the head of slab ``view``."""
+        ctx, checks = self.ctx, self.checks
+        self.rx_datagrams += 1
+        if n > MAX_DATAGRAM:
+            # judged like any datagram of a wrong size: its header's faults first, else bad_size
+            self.oversize += 1
+            ev = decode_datagram(view, types=UDP_TYPES, mac=ctx.mac_policy)
+            checks.count(ev.reason if isinstance(ev, FrameError) and ev.reason in _HEADER_FAULTS
+                         else Reason.BAD_SIZE)
+            return
+        now_ms = ctx.now_ms()
+        ev = decode_datagram(view[:n], types=UDP_TYPES, mac=ctx.mac_policy)
+        if isinstance(ev, FrameError):
+            checks.count(ev.reason)
+        elif ctx.receiver.check_datagram(checks, ev, now_ms, apply=ctx.apply) is None:
+            ctx.train_applied(ev, now_ms)
+
     def stats(self) -> dict:
-        return {"rx_datagrams": self.rx_datagrams, "dropped_no_slab": self.dropped_no_slab,
-                "oversize": self.oversize, "errors": dict(self.checks.errors)}
+        """Counters and the receive path ("recvmmsg" or "recv_into"). Safe to call from any thread.
+
+        ``rx_batches``: recvmmsg calls that brought at least one datagram (0 on recv_into).
+        """
+        return {"recv": self.recv_path, "rx_datagrams": self.rx_datagrams, "rx_batches": self.rx_batches,
+                "dropped_no_slab": self.dropped_no_slab, "oversize": self.oversize,
+                "errors": dict(self.checks.errors)}
 
 
 def udp_socket(host: str, port: int) -> socket.socket:

@@ -1,0 +1,75 @@
+"""Which implementation of the per-frame path runs: the compiled core or the pure-Python reference.
+
+The compiled core (``railcodecs._core``, built from ``codecs/_core.pyx`` by ``pip install``)
+gives a compiled :class:`SequenceWindow` and object table, and a link's steady path in C
+(:class:`FastLink`). The pure-Python modules (``sequence.py``, ``stream.py``, ``receiver.py``,
+``gateway/line/object_state.py``) are the reference and the fallback: they run when the
+extension is missing (no compiler at install time) or when ``RAILGATE_PURE=1`` is set in the
+environment. :func:`implementation` names the one in use (``gateway status`` and ``/metrics``
+show it).
+
+Objects are built for the implementation active at their construction: :func:`use` switches it
+for objects built afterwards (the tests run the codec, receiver and link suites once per
+implementation this way; a gateway never switches).
+
+Threading: read from any thread; :func:`use` only before the objects it concerns are built.
+"""
+from __future__ import annotations
+
+import os
+
+from .sequence import SequenceWindow as PureSequenceWindow
+
+try:
+    if os.environ.get("RAILGATE_PURE") == "1":
+        raise ImportError("RAILGATE_PURE=1 is set")
+    from . import _core
+    UNAVAILABLE = ""
+except ImportError as exc:  # not built (no compiler at install time) or forced off
+    _core = None
+    UNAVAILABLE = str(exc)
+
+_active = _core
+
+
+def implementation() -> str:
+    """``"compiled"`` or ``"pure"``: what objects built now use."""
+    return "compiled" if _active is not None else "pure"
+
+
+def available() -> bool:
+    """Whether the compiled core was built and is not forced off by RAILGATE_PURE=1."""
+    return _core is not None
+
+
+def use(name: str) -> None:
+    """Build the next objects with ``"compiled"`` or ``"pure"`` (ValueError for an unknown name,
+    RuntimeError when the compiled core is not available)."""
+    global _active
+    if name == "pure":
+        _active = None
+    elif name == "compiled":
+        if _core is None:
+            raise RuntimeError(f"the compiled core is not available: {UNAVAILABLE}")
+        _active = _core
+    else:
+        raise ValueError(f"implementation must be 'compiled' or 'pure', got {name!r}")
+
+
+def new_window(window: int = 1024):
+    """A sender's sequence window in the active implementation."""
+    return _active.SequenceWindow(window) if _active is not None else PureSequenceWindow(window)
+
+
+def new_table():
+    """An empty object table, ``(device, object) -> (value, applied_ms)``: a dict when pure."""
+    return _active.ObjectTable() if _active is not None else {}
+
+
+def fast_link(decoder, checks, sender, receiver, objects, session_key):
+    """The compiled steady path for one confirmed link, or None (pure, or a part built pure)."""
+    core = _active
+    if core is None or not isinstance(sender.window, core.SequenceWindow) or \
+            not isinstance(objects.sections, core.ObjectTable):
+        return None
+    return core.FastLink(decoder, checks, sender, receiver, objects, session_key)
