@@ -4,7 +4,9 @@
 
 * ``railcodecs._core``: CRC-32, HMAC-SHA256, the frame scanner, the sequence window, the object
   table and the per-link drain (decode + receiver checks + apply) of the steady path;
-* ``gateway.net._udp_batch``: ``recvmmsg`` of train datagrams straight into the slab pool.
+* ``gateway.net._udp_batch``: ``recvmmsg`` of train datagrams straight into the slab pool;
+* ``gateway.net._reactor``: ``epoll_wait`` + dispatch, and a device link's read into its ring
+  followed by the FastLink, without a Python frame per read.
 
 Cython and a C compiler are build requirements only (``[build-system] requires``). When the
 build fails (no compiler), the install goes on without the extensions and warns: the pure-Python
@@ -22,6 +24,7 @@ EXTENSIONS = [
     Extension("railcodecs._core", ["codecs/_core.pyx"], include_dirs=["codecs/include"],
               extra_compile_args=["-O2"]),
     Extension("gateway.net._udp_batch", ["gateway/net/_udp_batch.pyx"], extra_compile_args=["-O2"]),
+    Extension("gateway.net._reactor", ["gateway/net/_reactor.pyx"], extra_compile_args=["-O2"]),
 ]
 
 

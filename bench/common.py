@@ -130,9 +130,12 @@ def rss_bytes(pid: int) -> int:
 class Child:
     """A child speaking JSON lines: it prints ``{"ready": ...}``, then answers one line per command."""
 
-    def __init__(self, script: str, *args: str, name: str = "", ready_timeout: float = 60.0) -> None:
+    def __init__(self, script: str, *args: str, name: str = "", ready_timeout: float = 60.0,
+                 env: dict | None = None) -> None:
+        """``env``: variables added to the child's environment (LD_PRELOAD, RAILGATE_PURE...)."""
         self.name = name or script
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, **(env or {}),
+                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen([PY, str(ROOT / "bench" / script), *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
                                      env=env, cwd=str(ROOT))
@@ -214,9 +217,9 @@ def read_arg(arg: str) -> dict:
     return obj
 
 
-def server(kind: str, cfg: dict, **extra) -> Child:
-    """Start ``bench/servers.py KIND`` on the line ``cfg``."""
-    return Child("servers.py", kind, _arg_file({"cfg": cfg, **extra}), name=f"server {kind}")
+def server(kind: str, cfg: dict, env: dict | None = None, **extra) -> Child:
+    """Start ``bench/servers.py KIND`` on the line ``cfg`` (``env``: added to its environment)."""
+    return Child("servers.py", kind, _arg_file({"cfg": cfg, **extra}), name=f"server {kind}", env=env)
 
 
 def load(mode: str, **params) -> Child:

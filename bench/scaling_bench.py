@@ -26,6 +26,9 @@ def run(smoke: bool = False) -> list[dict]:
         m = median(fps[t])
         rows.append(row(f"TCP ingest, gateway io_threads={t}", round(m), "frames/s",
                         note=f"{m / base:.2f} x io_threads=1; {2 * devices} links, median of {rounds}"))
+    if 2 in fps:
+        r2 = median(fps[2]) / base
+        rows.append(row("TCP ingest ratio io_threads 2 / 1", round(r2, 3), "x", ">= 1.6", r2 >= 1.6))
     return rows
 
 

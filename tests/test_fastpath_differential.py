@@ -87,3 +87,4 @@ def test_the_fast_path_really_runs():
     rx = sum(p.checks.rx_frames for p in line.links.values())
     assert taken > rx // 2, (taken, rx)
     speedups.use("compiled")
+

@@ -48,6 +48,7 @@ import threading
 
 from gateway.base.link_actions import (ARM_CONFIRM, ARM_DEAD, ARM_HEARTBEAT, ARM_HELLO, BEGIN_CLOSE, DESTROY,
                                        READ_FIRST, SHUTDOWN_WRITE)
+from gateway.net import compiled
 
 log = logging.getLogger("railgate.link")
 EV_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
@@ -161,7 +162,10 @@ class TcpConnection:
     def start(self) -> None:
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.loop.register(self.fd, EV_READ, self._on_events)
+        # the compiled reader (gateway/net/_reactor.pyx) when built: it takes an UP link's plain reads
+        # and hands everything else to _on_events
+        core = compiled.reactor()
+        self.loop.register(self.fd, EV_READ, core.FastReader(self, READ_BUDGET) if core else self._on_events)
         self._perform(self._guarded(self.protocol.connection_made, self._mono()))
 
     def _perform(self, acts: int) -> None:
@@ -308,14 +312,21 @@ class TcpConnection:
         try:
             return method(*args)
         except Exception as exc:
-            self._log_fault(exc)
-            try:
-                return self.protocol.internal_error(f"{type(exc).__name__}: {exc}")
-            except Exception as again:  # the protocol cannot even close: drop the socket ourselves
-                self._log_fault(again)
-                if not self._closed:
-                    self._destroy()
-                return 0
+            return self._fault_acts(exc)
+
+    def _fault_acts(self, exc: Exception) -> int:
+        self._log_fault(exc)
+        try:
+            return self.protocol.internal_error(f"{type(exc).__name__}: {exc}")
+        except Exception as again:  # the protocol cannot even close: drop the socket ourselves
+            self._log_fault(again)
+            if not self._closed:
+                self._destroy()
+            return 0
+
+    def _fault(self, exc: Exception) -> None:
+        """An exception out of the protocol's compiled path (the reader's): as from ``_guarded``."""
+        self._perform(self._fault_acts(exc))
 
     def _log_fault(self, exc: BaseException) -> None:
         """Log a link's unexpected exception with its traceback, once per link (then counted only)."""
@@ -340,8 +351,7 @@ class TcpConnection:
                 # Fairness: a peer that keeps the socket full would otherwise hold the loop in this
                 # while (ET: read until EAGAIN) and starve every other link and timer of the loop.
                 # No new edge comes for bytes already waiting, so continue in the next pass.
-                self._read_queued = True
-                self.loop.queue_in_loop(self._read_more)
+                self._queue_read_more()
                 return
             ring = self._rx  # changes at the session's confirmation (inside data_received)
             view = ring.writable_view()
@@ -359,7 +369,7 @@ class TcpConnection:
             except InterruptedError:
                 continue
             except OSError as exc:
-                self._perform(guarded(p.io_error, f"recv: {exc.strerror or exc}"))
+                self._recv_failed(exc)
                 return
             finally:
                 view.release()
@@ -369,11 +379,24 @@ class TcpConnection:
             ring.commit(n)
             budget -= n
             self.rx_bytes += n
-            acts = guarded(p.data_received, self._mono(), self._clock_ms())
-            if acts or p.outbox:
-                self._perform(acts)
+            self._decode_rest(self._mono(), self._clock_ms())
             if n < want:
                 break  # short read: the kernel buffer is drained (no extra EAGAIN read)
+
+    def _decode_rest(self, now: float, now_ms: int) -> None:
+        """The protocol decodes what the ring holds (the compiled reader calls this for what its
+        FastLink left); its output and actions are performed."""
+        p = self.protocol
+        acts = self._guarded(p.data_received, now, now_ms)
+        if acts or p.outbox:
+            self._perform(acts)
+
+    def _recv_failed(self, exc: OSError) -> None:
+        self._perform(self._guarded(self.protocol.io_error, f"recv: {exc.strerror or exc}"))
+
+    def _queue_read_more(self) -> None:
+        self._read_queued = True
+        self.loop.queue_in_loop(self._read_more)
 
     def _read_more(self) -> None:
         if self._read_queued and not self._closed:

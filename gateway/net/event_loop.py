@@ -61,6 +61,7 @@ import select
 import threading
 import time
 
+from gateway.net import compiled
 from gateway.net.timer_queue import TimerHandle, TimerQueue
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,9 @@ class EventLoop:
         self.clock = clock
         self.thread_id = threading.get_ident()
         self._epoll = select.epoll()  # CPython opens it with EPOLL_CLOEXEC
+        core = compiled.reactor()
+        #: epoll_wait + dispatch in C when built (same semantics as _dispatch); registration stays here
+        self._poller = core.Poller(self._epoll.fileno()) if core is not None else None
         self._wakeup_fd = -1
         try:
             self._wakeup_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -289,14 +293,19 @@ class EventLoop:
             if nxt is not None and nxt < timeout:
                 timeout = nxt
         self._polling = True
+        poller = self._poller
         try:
-            ready = self._epoll.poll(timeout)
+            ready = self._epoll.poll(timeout) if poller is None else poller.poll(timeout)
         finally:
             self._polling = False
         self._polls += 1
         self.iterations += 1
-        self.events += len(ready)
-        self._dispatch(ready)
+        if poller is None:
+            self.events += len(ready)
+            self._dispatch(ready)
+        else:  # the compiled poller (gateway/net/_reactor.pyx): the same dispatch, no list of tuples
+            self.events += ready
+            poller.dispatch(self)
         self._timers.run_due(self.clock())
         self._do_pending_functors()
 
