@@ -31,6 +31,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING
 
 cdef extern from "icd_hash.h" nogil:
     ctypedef struct rg_sha256_ctx:
@@ -462,6 +463,8 @@ cdef class FastLink:
     ``ObjectState`` (whose tables must be :class:`ObjectTable`). Loop thread of the link only."""
 
     cdef object decoder, source, checks, sender, receiver, objects
+    cdef object ring_buf          # the SpscRing's bytearray (ring mode), else None
+    cdef Py_ssize_t cap
     cdef object acquire, release
     cdef SequenceWindow window
     cdef ObjectTable sections, signals, switches
@@ -478,6 +481,13 @@ cdef class FastLink:
         self.decoder, self.checks, self.sender, self.receiver, self.objects = (
             decoder, checks, sender, receiver, objects)
         self.source = decoder._src
+        # ring mode: the gateway's SpscRing (gateway/net/ring_buffer.py) is read through its two
+        # indices and its fixed bytearray (its documented single-consumer contract), not its methods
+        buf = getattr(self.source, "_buf", None)
+        if type(buf) is bytearray and hasattr(self.source, "capacity") and hasattr(self.source, "_write"):
+            self.ring_buf, self.cap = buf, self.source.capacity
+        else:
+            self.ring_buf, self.cap = None, 0
         self.window = <SequenceWindow?>sender.window
         self.acquire, self.release = sender.lock.acquire, sender.lock.release
         self.sections = <ObjectTable?>objects.sections
@@ -504,7 +514,7 @@ cdef class FastLink:
         from the Python path."""
         cdef const uint8_t[::1] seg
         cdef const uint8_t *base
-        cdef Py_ssize_t avail, pos = 0, took = 0, scanned = 0, k, nscan, total, i
+        cdef Py_ssize_t avail, pos = 0, took = 0, scanned = 0, k, nscan, total, i, readable, r = 0, at
         cdef int64_t offset_ms, max_age, hb_last, age, skipped
         cdef int64_t rx = 0, applied = 0, copies = 0, accepted = 0
         cdef uint64_t time_ms
@@ -518,11 +528,21 @@ cdef class FastLink:
         self.drained = False
         if dec._garbage_start is not None or dec._events:
             return 0
-        seg = self.source.first_segment()
-        avail = seg.shape[0]
-        if avail < HEADER_LEN:
-            return 0
-        base = &seg[0]
+        if self.ring_buf is not None:
+            r = self.source._read
+            readable = self.source._write - r
+            at = r % self.cap
+            avail = readable if readable < self.cap - at else self.cap - at
+            if avail < HEADER_LEN:
+                return 0
+            base = <const uint8_t *>PyByteArray_AS_STRING(self.ring_buf) + at
+        else:
+            seg = self.source.first_segment()
+            avail = seg.shape[0]
+            if avail < HEADER_LEN:
+                return 0
+            base = &seg[0]
+            readable = -1
         checks, sender = self.checks, self.sender
         offset_ms = checks.offset_ms
         max_age = self.receiver.max_age_ms
@@ -601,10 +621,11 @@ cdef class FastLink:
                         checks.count(_reason("duplicate" if verdict == V_DUPLICATE else "stale"))
                 # the frames of a stopped batch not yet judged are left for the Python path
         finally:
-            self._write_back(base, took, rx, applied, copies, hb_last)
+            self._write_back(base, took, rx, applied, copies, hb_last, r)
         self.accepted = accepted
         self.frames += took
-        if took and took == scanned and pos == avail and self.source.readable() == 0:
+        if took and took == scanned and pos == avail and \
+                (avail == readable if readable >= 0 else self.source.readable() == 0):
             # nothing left: what the Python decoder would now say is NEED_DATA (which also ends an
             # abandon request, as there)
             self.drained = True
@@ -625,7 +646,7 @@ cdef class FastLink:
         return n
 
     cdef void _write_back(self, const uint8_t *base, Py_ssize_t took, int64_t rx, int64_t applied,
-                          int64_t copies, int64_t hb_last) except *:
+                          int64_t copies, int64_t hb_last, Py_ssize_t r) except *:
         """Publish what the run did: counters on the link, the decoder's offset, the bytes consumed."""
         cdef Py_ssize_t consumed
         if not took:
@@ -638,7 +659,10 @@ cdef class FastLink:
         checks.copies += copies
         checks.hb_last = None if hb_last < 0 else hb_last
         dec = self.decoder
-        self.source.consume(consumed)
+        if self.ring_buf is not None:
+            self.source._read = r + consumed  # the consumer's publish (ring_buffer.py)
+        else:
+            self.source.consume(consumed)
         dec._offset += consumed
         dec._silent_until = 0
 

@@ -21,6 +21,7 @@ import zlib
 
 from gateway.line.link_protocol import LinkProtocol
 from gateway.line.link_state import LinkState
+from gateway.net.ring_buffer import SpscRing
 from gateway_harness import KEY_257, line_config
 from railcodecs import (DEVICE_RX_TYPES, DeviceAlarm, Heartbeat, Hello, HelloAck, MacPolicy, SessionConfirm,
                         Signals, StreamDecoder, Switches, TrackSections, encode, session_key, speedups)
@@ -32,12 +33,17 @@ DEVICE_NONCE = 0x0123456789ABCDEF
 #: (link name, device id, net, link key): 258 is on both nets without a MAC, 257 signs (net A)
 LINKS = (("A258", 258, "A", None), ("B258", 258, "B", None), ("A257", 257, "A", KEY_257))
 STATUS = (TrackSections, Signals, Switches)
+#: the ring of ring-mode lines: a burst and a partial frame fit; frames straddle its end often
+RING_BYTES = 24 * 1024
 
 
 class DualLine:
-    """Three links of one gateway context in one implementation; plays their connections."""
+    """Three links of one gateway context in one implementation; plays their connections.
 
-    def __init__(self, implementation: str) -> None:
+    ``ring``: the links read from the gateway's SpscRing (small, so frames often straddle its wrap
+    point) instead of a LinearBuffer; the compiled path reads each through its own route."""
+
+    def __init__(self, implementation: str, ring: bool = False) -> None:
         speedups.use(implementation)
         self.ctx = RecordingContext(line_config())
         self.changes: list = []
@@ -48,7 +54,8 @@ class DualLine:
         self.keys: dict = {}
         nonces = iter(range(0x1000, 0x2000))
         for name, dev, net, key in LINKS:
-            p = LinkProtocol(self.ctx, net, LinearBuffer(), name, nonce=lambda: next(nonces))
+            source = SpscRing(RING_BYTES) if ring else LinearBuffer()
+            p = LinkProtocol(self.ctx, net, source, name, nonce=lambda: next(nonces))
             self.links[name] = p
             self.acts[name] = p.connection_made(self.now)
             self._handshake(name, dev, key)
@@ -75,8 +82,18 @@ class DualLine:
         self.now_ms += advance_ms
         p = self.links[name]
         for chunk in chunks:
-            p.source.append(chunk)
-            self.acts[name] |= p.data_received(self.now, self.now_ms)
+            if not isinstance(p.source, SpscRing):
+                p.source.append(chunk)
+                self.acts[name] |= p.data_received(self.now, self.now_ms)
+                continue
+            while chunk:  # as the connection reads: what fits, decode, the rest
+                n = p.source.write(chunk)
+                chunk = chunk[n:]
+                self.acts[name] |= p.data_received(self.now, self.now_ms)
+                if chunk and not p.source.free_space():
+                    self.acts[name] |= p.decode_buffered(self.now, self.now_ms)
+                    if not p.source.free_space():
+                        break  # nothing decodable: the connection would stop reading too
 
     def digest(self) -> dict:
         out = {"counters": dict(self.ctx.counters), "calls": list(self.ctx.calls), "changes": list(self.changes),
@@ -224,10 +241,12 @@ class Feeder:
         return chunks
 
 
-def compare(seed: int, frames: int) -> int:
+def compare(seed: int, frames: int, ring: bool | None = None) -> int:
     """Run ``frames`` events through both implementations; raise AssertionError at the first event
-    after which their states differ. Returns the frames fed (bursts count their frames)."""
-    lines = {impl: DualLine(impl) for impl in ("compiled", "pure")}
+    after which their states differ. Returns the frames fed (bursts count their frames). ``ring``:
+    the links' byte source (default: the ring for odd seeds, a LinearBuffer for even ones)."""
+    ring = bool(seed % 2) if ring is None else ring  # odd seeds read from the gateway's ring
+    lines = {impl: DualLine(impl, ring) for impl in ("compiled", "pure")}
     feeders = {impl: Feeder(line, seed) for impl, line in lines.items()}
     try:
         assert lines["compiled"].digest() == lines["pure"].digest()
