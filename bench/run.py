@@ -43,7 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, raise_nofile  # noqa: E402
 
-ORDER = ["tcp_ingest", "line_load", "udp", "liveness", "scaling", "micro", "log", "coupling", "simulator",
+ORDER = ["tcp_ingest", "line_load", "udp", "liveness", "scaling", "micro", "fastpath", "log", "coupling", "simulator",
          "alarm"]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "BENCHMARKS.md"
