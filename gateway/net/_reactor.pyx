@@ -8,16 +8,17 @@
   Registration stays in Python (``select.epoll.register`` on the same descriptor).
 * :class:`FastReader`: the epoll handler of one TCP connection. While its link is UP with the
   compiled steady path (``protocol.fast``, a ``railcodecs._core.FastLink``) and the event is a
-  plain read, it ``recv``\\ s straight into the link's SPSC ring (the GIL released during the
-  system call), publishes the bytes (``ring._write``), runs the FastLink and, when the FastLink
-  took every byte, records on the protocol what ``LinkProtocol.data_received`` would have
-  (``last_rx``, ``last_frame``, ``_partial_since``): no Python frame runs for that read. Anything
+  plain read, it ``recv``\\ s straight into the link's SPSC ring (non-blocking, with the GIL
+  held: docs/architecture.md, "The GIL"), publishes the bytes (``ring._write``), runs the
+  FastLink and, when the FastLink took every byte, records on the protocol what
+  ``LinkProtocol.data_received`` would have (``last_rx``, ``last_frame``, ``_partial_since``):
+  no Python frame runs for that read. Anything
   else (a frame the FastLink leaves, EOF, an error, a full ring, the read budget, a link not UP,
   EPOLLOUT/HUP) goes to the connection's Python methods, which stay the reference
   (``TcpConnection._read``). So the compiled reader changes no outcome, only the cost.
 
 Threading: both run in the loop thread that owns the epoll and the connection (the GIL is
-released only around ``epoll_wait`` and ``recv``, which touch no Python object).
+released only around ``epoll_wait``, which can wait; a non-blocking ``recv`` keeps it).
 """
 from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdint cimport uint32_t, int64_t
@@ -43,6 +44,8 @@ cdef extern from "<sys/epoll.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+    enum:
+        MSG_DONTWAIT
 
 log = logging.getLogger("railgate.net")
 
@@ -147,9 +150,8 @@ cdef class FastReader:
                 conn._read()  # a full ring: the Python path decodes to make room
                 return
             buf = PyByteArray_AS_STRING(ring._buf) + pos
-            with nogil:
-                n = recv(self.fd, buf, want, 0)
-                err = errno
+            n = recv(self.fd, buf, want, MSG_DONTWAIT)  # never waits, whatever the socket's mode
+            err = errno
             if n < 0:
                 if err == EAGAIN:  # (EWOULDBLOCK is EAGAIN on Linux)
                     return

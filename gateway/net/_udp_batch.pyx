@@ -5,8 +5,8 @@ Who calls it: :class:`gateway.net.udp_endpoint.UdpEndpoint`, in its IO loop
 thread, when this module is built and ``RAILGATE_PURE`` is not ``1``. The
 endpoint's per-datagram ``recv_into`` path is the reference and the fallback.
 
-One :meth:`BatchReceiver.recv` is one ``recvmmsg`` system call, with the GIL
-released, filling up to ``batch`` slabs that the caller has acquired from the
+One :meth:`BatchReceiver.recv` is one non-blocking ``recvmmsg`` system call,
+with the GIL held (it never waits: see docs/architecture.md, "The GIL"), filling up to ``batch`` slabs that the caller has acquired from the
 pool (the pool's one-owner contract is the caller's: only the slabs it names
 are written)::
 
@@ -148,7 +148,7 @@ cdef class BatchReceiver:
         ``lengths[j]`` (over ``slab_size``: it was cut short, see the module
         docstring). 0 when nothing is waiting (EAGAIN); EINTR is retried;
         any other error raises OSError. Non-blocking whatever the socket's
-        mode (``MSG_DONTWAIT``); the GIL is released around the call.
+        mode (``MSG_DONTWAIT``); the GIL is held (the call never waits).
         Caller's thread only (see the class docstring).
         """
         cdef Py_ssize_t j, idx
@@ -168,15 +168,14 @@ cdef class BatchReceiver:
                 raise ValueError(f"slab index {idx} not in 0..{self._count - 1}")
             self._iovs[j].iov_base = self._base + idx * self._slab_size
         vlen = <unsigned int>count
-        with nogil:
-            while True:
-                # MSG_TRUNC in flags: msg_len is a datagram's real length even when cut short (UDP)
-                got = recvmmsg(fd, self._msgs, vlen, MSG_DONTWAIT | MSG_TRUNC, NULL)
-                if got >= 0:
-                    break
-                err = errno
-                if err != EINTR:
-                    break
+        while True:  # EINTR is retried
+            # MSG_TRUNC in flags: msg_len is a datagram's real length even when cut short (UDP)
+            got = recvmmsg(fd, self._msgs, vlen, MSG_DONTWAIT | MSG_TRUNC, NULL)
+            if got >= 0:
+                break
+            err = errno
+            if err != EINTR:
+                break
         if got < 0:
             if err == EAGAIN or err == would_block:
                 return 0

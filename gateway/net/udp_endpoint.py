@@ -7,7 +7,7 @@ of two receive paths, both feeding the same per-datagram step
 * ``recvmmsg``, the compiled ``gateway.net._udp_batch`` (Linux), used when it
   is built and ``RAILGATE_PURE`` is not ``1``: up to ``batch`` free slabs of
   the largest size class are taken from the pool at once, one system call
-  (GIL released) fills as many as there are datagrams waiting, each goes
+  fills as many as there are datagrams waiting, each goes
   through the per-datagram step, then every slab goes back, filled or not.
   A batch that comes back short means the kernel queue was empty: drained.
 * ``recv_into``, pure Python, the reference and the fallback: one slab, one
