@@ -29,6 +29,27 @@ def close_reason(dev: Device, timeout: float = 5.0) -> int:
     return dev.wait_for("CLOSE", timeout).message.reason
 
 
+def test_the_implementation_in_use_is_the_one_that_takes_the_frames(implementation):
+    """Compiled: the loops poll through the C poller, the link's reads go to the C reader and the
+    FastLink takes the status frames; pure: none of them exists. (The outcomes being equal, only
+    this tells which path produced them.)"""
+    with RunningGateway(line_config()) as gw:
+        dev = Device(gw.ports["A"])
+        dev.hello()
+        for seq in range(1, 21):
+            dev.send(TrackSections(((111, seq % 2),)), seq=seq)
+        wait_until(lambda: gw.ctx.receiver.senders[258].applied == 20, what="20 frames applied")
+        (link,) = [lk for lk in gw.ctx.links if lk.alive]
+        handler = link.loop._channels[link.fd].handler
+        fast = link.protocol.fast
+        if implementation == "compiled":
+            assert type(link.loop._poller).__name__ == "Poller" and type(handler).__name__ == "FastReader"
+            assert fast is not None and fast.frames >= 19  # (the first may share the confirm's read)
+        else:
+            assert link.loop._poller is None and handler == link._on_events and fast is None
+        dev.close()
+
+
 def test_dual_net_on_two_loops_first_copy_wins():
     with RunningGateway(line_config(io_threads=2)) as gw:
         a, b = Device(gw.ports["A"], net=0), Device(gw.ports["B"], net=1)
