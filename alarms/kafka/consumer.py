@@ -13,10 +13,24 @@ docs/alarm-pipeline.md, applied in whatever order messages arrive:
   not list whose last seq is not newer. Because of this, snapshot and events
   give the same table in any arrival order.
 
-With a ``gateway_id`` the snapshot partition is scanned first and reading it
-starts at the newest complete snapshot; the other partitions are read from
-the beginning (tansu answers ListOffsets with wrong high watermarks, so there
-is no offset-by-time shortcut). ``replay=True`` also reports every event read
+At start, with a ``gateway_id`` (and not ``replay``), the snapshot partition
+of today's topic is scanned first and reading it starts at the newest complete
+snapshot of that gateway; the other partitions are read from the beginning
+(tansu answers ListOffsets with wrong high watermarks, so there is no
+offset-by-time shortcut). A day topic starts empty, and alarms raised on an
+earlier day and still active are only in snapshots: when today's topic has no
+complete snapshot of the gateway yet (started just after midnight, before the
+relay's first snapshot of the day, or before it created the topic) yesterday's
+topic (the previous *local* date: DST days are 23 or 25 hours) is read the same
+way, from its newest complete snapshot, and today's from the beginning; the
+rules above give the right table, and today's first snapshot wins when it
+comes. Yesterday's topic then stays assigned as after a midnight (below):
+until ``grace_s`` after midnight, and at least until loaded. ``rebuilt_from``
+says which it was: ``"today"``, ``"yesterday"`` (counted in
+``counters["yesterday_loads"]``) or ``"none"`` (neither topic has such a
+snapshot: today's is read from the beginning once it exists). ``loaded``: every
+partition assigned at start read to its end. ``replay=True`` reads every
+partition of today's topic from the beginning and also reports every event read
 while loading.
 
 At the line's local midnight (``clock_ms``, injectable) the next day's topic
@@ -43,13 +57,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from alarms.kafka.snapshots import SnapshotAssembler
-from alarms.kafka.topics import snapshot_partition, topic_for
+from alarms.kafka.topics import day_start_ms, snapshot_partition, topic_for
 
 log = logging.getLogger("alarms.kafka.consumer")
 #: librdkafka's default is 500 ms. A Kafka broker answers a fetch as soon as data arrives, so this only
@@ -75,6 +90,13 @@ RDKAFKA_LOGGER = _QuietLog()
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def previous_day_topic(prefix: str, time_ms: int, tz: ZoneInfo) -> str:
+    """The topic of the local day before that of ``time_ms``: by the local date, not ``time_ms - 24 h``
+    (00:30 after a 23-hour day is 23:30 two dates back, 24 hours earlier)."""
+    day = datetime.fromtimestamp(time_ms / 1000, tz).date() - timedelta(days=1)
+    return f"{prefix}.{day:%Y%m%d}"
 
 
 @dataclass
@@ -174,11 +196,14 @@ class AlarmTableConsumer:
         self._parts: dict[str, int] = {}                # assigned topic -> partition count
         self._old: tuple[str, float] | None = None      # previous day's topic, drop at monotonic time
         self._eof: set[tuple[str, int]] = set()
+        self._loading: set[str] = set()                 # topics to read to their end before ``loaded``
+        self._started = gateway_id is None or replay    # the start-up choice of snapshot is made
+        self.rebuilt_from: str | None = None            # "today" | "yesterday" | "none" (module doc)
         self.loaded = False
         self._suspect = False
         self.reachable = True        # False: every broker down / metadata failing (see the module doc)
         self._next_check = 0.0
-        self.counters = {"messages": 0, "bad_messages": 0, "resets": 0, "rollovers": 0}
+        self.counters = {"messages": 0, "bad_messages": 0, "resets": 0, "rollovers": 0, "yesterday_loads": 0}
 
     # -- public, caller's thread ------------------------------------------------------------------
     def poll(self, timeout_s: float = 0.2) -> list[Change]:
@@ -193,8 +218,8 @@ class AlarmTableConsumer:
         if first is not None:
             for msg in [first, *self._consumer.consume(1000, 0)]:
                 self._handle(msg, out)
-        if not self.loaded and all((self.topic, p) in self._eof for p in range(self._parts.get(self.topic, 0))) \
-                and self.topic in self._parts:
+        if not self.loaded and self._loading and all((t, p) in self._eof for t in self._loading
+                                                     for p in range(self._parts.get(t, 0))):
             self.loaded = True
             out.append(Change("loaded", self.topic))
         return self._emit(out)
@@ -209,6 +234,11 @@ class AlarmTableConsumer:
         while not self.loaded and time.monotonic() < deadline:
             self.poll(0.1)
         return self.loaded
+
+    @property
+    def assigned(self) -> list[str]:
+        """The topics assigned now (today's, and the previous day's during its grace period)."""
+        return list(self._parts)
 
     def close(self) -> None:
         self._consumer.close()
@@ -232,7 +262,7 @@ class AlarmTableConsumer:
 
     def _housekeeping(self, out: list[Change]) -> None:
         now = time.monotonic()
-        if self._old and now >= self._old[1]:
+        if self._old and now >= self._old[1] and self.loaded:
             self._drop(self._old[0])
             self._old = None
         due_day = topic_for(self.prefix, self.clock_ms(), self.tz)
@@ -257,23 +287,58 @@ class AlarmTableConsumer:
             # and been refilled since, so positions mean nothing now: read again from offset 0
             self._reset(out)
         self._suspect = False
-        if parts and self.topic not in self._parts:
-            self._assign(self.topic, parts)
+        if not self._started:
+            self._start(parts)
+        elif parts and self.topic not in self._parts:
+            self._assign(self.topic, parts, self._scan(self.topic, parts))
 
-    def _assign(self, topic: str, partitions: int) -> None:
+    def _start(self, parts: int) -> None:
+        """The start-up choice (module doc): today's newest snapshot of our gateway, else yesterday's."""
+        today = self._scan(self.topic, parts) if parts else None
+        if today is not None:
+            self._assign(self.topic, parts, today)
+            self._started, self.rebuilt_from = True, "today"
+            return
+        now_ms = self.clock_ms()
+        old = previous_day_topic(self.prefix, now_ms, self.tz)
+        try:
+            old_parts = self._partitions(old)
+        except Exception:
+            self._admin = AdminClient(self._admin_conf)
+            return                                   # unreachable again: decide at the next answer
+        snap = self._scan(old, old_parts) if old_parts else None
+        if snap is not None:
+            self._assign(old, old_parts, snap)
+            grace_left_s = (day_start_ms(now_ms, self.tz) - now_ms) / 1000 + self.grace_s
+            self._old = (old, time.monotonic() + max(0.0, grace_left_s))
+            self.counters["yesterday_loads"] += 1
+        if parts:
+            self._assign(self.topic, parts, None)   # scanned above: no snapshot of ours, read it all
+        self._started, self.rebuilt_from = True, "yesterday" if snap is not None else "none"
+
+    def _scan(self, topic: str, partitions: int) -> int | None:
+        """With a gateway_id and not replay: the offset of its newest complete snapshot in its snapshot
+        partition of ``topic`` (None: there is none). Otherwise None."""
+        if self.gateway_id is None or self.replay:
+            return None
+        return self._newest_snapshot_offset(topic, snapshot_partition(self.gateway_id, partitions))
+
+    def _assign(self, topic: str, partitions: int, snapshot_offset: int | None) -> None:
+        """Assign every partition from the beginning; our snapshot partition from ``snapshot_offset``."""
         start = {p: OFFSET_BEGINNING for p in range(partitions)}
-        if self.gateway_id is not None and not self.replay:
-            sp = snapshot_partition(self.gateway_id, partitions)
-            start[sp] = self._newest_snapshot_offset(topic, sp)
+        if snapshot_offset is not None:
+            start[snapshot_partition(self.gateway_id, partitions)] = snapshot_offset
         self._consumer.incremental_assign([TopicPartition(topic, p, o) for p, o in start.items()])
         self._parts[topic] = partitions
+        if not self.loaded:
+            self._loading.add(topic)
 
-    def _newest_snapshot_offset(self, topic: str, partition: int) -> int:
+    def _newest_snapshot_offset(self, topic: str, partition: int) -> int | None:
         """Offset of the first chunk of the newest complete snapshot of our gateway in ``partition``
-        (OFFSET_BEGINNING when there is none). Reads the partition once with a separate consumer."""
+        (None when there is none). Reads the partition once with a separate consumer."""
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "railgate-hmi-scan", "log_level": 3,
                       "enable.auto.commit": False, "enable.partition.eof": True, "logger": RDKAFKA_LOGGER})
-        best, first_chunk, asm = OFFSET_BEGINNING, {}, SnapshotAssembler()
+        best, first_chunk, asm = None, {}, SnapshotAssembler()
         try:
             c.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
             deadline = time.monotonic() + 30
@@ -308,6 +373,9 @@ class AlarmTableConsumer:
         self._parts.clear()
         self._eof.clear()
         self._old = None
+        self._loading.clear()
+        if not self.loaded and self.gateway_id is not None and not self.replay:
+            self._started = False        # interrupted start-up: choose the snapshot again
         self.counters["resets"] += 1
         out.append(Change("reset", self.topic))
 
