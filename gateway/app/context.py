@@ -88,9 +88,13 @@ class Context:
         self.registry.link_down(link.device_id, link.net, link, self.now_ms(), why)
 
     def link_closed(self, link) -> None:
-        """The socket is closed (the connection gives its buffers back itself). Loop thread of the link."""
-        with self._links_lock:
-            self.links.discard(link)
+        """The socket is closed (the connection gives its buffers back itself); a link that was registered
+        leaves its final counters in the registry (before it leaves ``links``). Loop thread of the link."""
+        try:
+            self.registry.link_closed(link, self.now_ms())
+        finally:
+            with self._links_lock:
+                self.links.discard(link)
 
     def device_message(self, link, frame, now_ms: int) -> None:
         """An accepted DEVICE_ALARM (an event, and to the alarm stage) or COMMAND_RESULT (an event). Loop thread."""

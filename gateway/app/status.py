@@ -31,7 +31,7 @@ def build_status(gw) -> dict:
         "timezone": gw.cfg.timezone,  # the line's zone: started_at's offset, and every time a client shows
         "started_at": datetime.fromtimestamp(gw.started_ms / 1000, ZoneInfo(gw.cfg.timezone)).isoformat(
             timespec="seconds"),
-        "devices": device_status(line), "trains": train_status(line, gw.cfg.trains.ids, now_ms),
+        "devices": device_status(line, now_ms), "trains": train_status(line, gw.cfg.trains.ids, now_ms),
         "udp": gw.udp.stats() if gw.udp is not None else {},
         "loops": [lp.stats() for lp in gw.pool.all_loops()],
         "pools": {"slabs": _slab_totals(gw.slabs.stats()), "links": gw.link_pool.stats(),
@@ -46,13 +46,17 @@ def build_status(gw) -> dict:
     }
 
 
-def device_status(line) -> list[dict]:
-    """Each configured device: reachability, receiver counters, its links (down ones too), objects."""
+def device_status(line, now_ms: int) -> list[dict]:
+    """Each configured device: reachability, receiver counters, its links (down ones too), objects.
+
+    A net whose link is down shows the last link's counters, frozen as it closed (``closed_ms``,
+    ``closed_reason``; ages at ``now_ms``, the gateway's wall ms); every net adds totals over all its
+    links since the start (``links_opened``, ``rx_frames_total``, ``errors_total``)."""
     out = []
     for dev_id, dl in line.registry.devices.items():
         d = dl.device
-        current = line.registry.links_of(dev_id)
-        links = [current[net].stats() if current.get(net) is not None else _down_link(net) for net in d.nets]
+        nets = line.registry.nets_of(dev_id)
+        links = [_link_status(net, nets[net], now_ms) for net in d.nets]
         out.append({"id": dev_id, "name": d.name, "kind": KIND_NAMES[d.kind], "reachable": dl.reachable,
                     **line.receiver.senders[dev_id].counters(), "links": links,
                     "objects": line.objects.device_snapshot(dev_id)})
@@ -74,9 +78,24 @@ def train_status(line, train_ids, now_ms: int) -> list[dict]:
     return out
 
 
+def _link_status(net: str, rec, now_ms: int) -> dict:
+    """One net's entry: the registered link's live ``stats()``, else the last link's frozen counters,
+    else (never up) zeros; then the totals over every link of the net (the live one's counts added)."""
+    if rec.link is not None:
+        entry = rec.link.stats()
+        rx, errors = rec.rx_frames + entry["rx_frames"], rec.errors + sum(entry["errors"].values())
+    else:
+        entry = rec.last.status(now_ms) if rec.last is not None else _down_link(net)
+        rx, errors = rec.rx_frames, rec.errors
+    entry.update(links_opened=rec.links_opened, rx_frames_total=rx, errors_total=errors)
+    return entry
+
+
 def _down_link(net: str) -> dict:
+    """A net no link has come up on since the start."""
     return {"net": net, "alive": False, "state": "down", "peer": None, "loop": None, "rx_frames": 0,
-            "tx_frames": 0, "rx_bytes": 0, "tx_bytes": 0, "last_rx_age_ms": None, "errors": {}}
+            "tx_frames": 0, "rx_bytes": 0, "tx_bytes": 0, "last_rx_age_ms": None, "errors": {},
+            "closed_ms": None, "closed_age_ms": None, "closed_reason": None}
 
 
 def _slab_totals(stats: dict) -> dict:
