@@ -27,8 +27,20 @@ indexes it there. ``latest`` points at the key's last event instead of
 holding a second copy of it: half the bytes per alarm, and one B-tree (no
 rowid) for the upsert that runs for every alarm. A journal written by an
 older version (a ``delivered`` column and its partial index; a ``latest``
-with a copy of the value) is migrated once when opened. Nothing prunes
-``events``; anything that ever does must keep the rows ``latest`` points at.
+with a copy of the value) is migrated once when opened.
+
+Retention: :meth:`Journal.prune` deletes old events, run hourly by the
+retention thread (``alarms/retention.py``), never by the alarm thread. It
+keeps every row still needed: the rows ``latest`` points at (engine restore,
+live-table snapshot), undelivered rows (the relay), rows above the history
+writers' lowest watermark (``keep_after_seq``) and always the newest row, so
+``last_seq()``, from which the engine numbers on, survives any prune (no
+separate high-water table: one row is cheaper than a second write per
+append). ``delivered_ahead`` rows of pruned seqs stay: each waits for the
+undelivered hole below it (kept), and the watermark can only move over it
+while it is there; ``mark_delivered`` removes it then. Deleted pages are
+reused by later appends; the file does not shrink (no VACUUM), so
+:meth:`Journal.disk_bytes` levels off at the retention's working set.
 
 Checkpoints: SQLite copies the WAL back into the database file when a
 commit finds the WAL over ``wal_autocheckpoint`` pages, in the connection that
@@ -52,8 +64,9 @@ threads that use it at the same time.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -83,6 +96,12 @@ CREATE TABLE IF NOT EXISTS delivered_ahead (
 #: undelivered rows: above the watermark and not delivered ahead of it
 _UNDELIVERED = ("event_seq > (SELECT through_seq FROM delivery) "
                 "AND event_seq NOT IN (SELECT event_seq FROM delivered_ahead)")
+
+
+#: rows prune may delete (the caller adds the time and seq bounds): delivered, not an alarm's last event
+_PRUNABLE = ("(event_seq <= (SELECT through_seq FROM delivery) "
+             "OR event_seq IN (SELECT event_seq FROM delivered_ahead)) "
+             "AND event_seq NOT IN (SELECT event_seq FROM latest)")
 
 
 #: the alarm thread's wal_autocheckpoint (4 KiB pages: 64 MiB of WAL before it checkpoints itself)
@@ -161,6 +180,26 @@ class Journal:
                          "ORDER BY l.event_seq")
         return [AlarmEvent.decode(r[0]) for r in rows]
 
+    def recent(self, since_ms: int, limit: int = 200_000, slack_ms: int = 60_000) -> list[AlarmEvent]:
+        """The events with ``time_ms >= since_ms``, seq order (the engine's chattering history at start).
+
+        ``time_ms`` is not indexed: the rows are read newest first by seq and
+        the walk stops at the first one older than ``since_ms - slack_ms`` (a
+        wall clock stepped back by up to the slack does not cut it short), or
+        after ``limit`` rows."""
+        out: list[AlarmEvent] = []
+        try:
+            cur = self._db.execute("SELECT time_ms, value FROM events ORDER BY event_seq DESC LIMIT ?", (limit,))
+            for time_ms, value in cur:
+                if time_ms < since_ms - slack_ms:
+                    break
+                if time_ms >= since_ms:
+                    out.append(AlarmEvent.decode(value))
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: read failed: {exc}") from None
+        out.reverse()
+        return out
+
     def pending(self, limit: int = 1000, after: int = 0) -> list[JournalRow]:
         """Events not yet marked delivered to Kafka, oldest first (only seqs above ``after``)."""
         return self._rows(f"WHERE event_seq > ? AND {_UNDELIVERED} ORDER BY event_seq LIMIT ?", (after, limit))
@@ -205,6 +244,51 @@ class Journal:
         """``{"events": n, "undelivered": n, "not_normal": n}`` for status."""
         return {"events": self._one("SELECT COUNT(*) FROM events")[0], "undelivered": self.undelivered(),
                 "not_normal": self._one("SELECT COUNT(*) FROM latest")[0]}
+
+    def prune(self, before_ms: int, keep_after_seq: int | None = None, batch: int = 5000,
+              between_batches: Callable[[], bool] | None = None) -> int:
+        """Delete events with ``time_ms < before_ms`` that nothing needs any more; return how many.
+
+        Kept whatever their age: the rows ``latest`` points at, undelivered rows, rows with
+        ``event_seq > keep_after_seq`` (not yet in every history sink; None: no such bound) and the
+        newest row (``last_seq()`` is unchanged). Each round looks for the next ``batch`` rows to
+        delete in a read (no lock: WAL readers do not block the writer), then deletes that seq range,
+        the conditions checked again, in one short write transaction. ``between_batches`` is called
+        after each committed batch that may have more behind it; it should sleep a little (so the
+        alarm thread's append, waiting on the busy lock, gets in) and return True to stop there.
+        Each condition can only turn from "keep" to "may go" while the journal is in use (latest
+        moves to new rows, delivery only advances), so a row found deletable stays so. A prune lost
+        in a power cut only runs again. Raises JournalError (earlier batches stay deleted).
+        """
+        if batch < 1:
+            raise ValueError(f"{self.path}: prune batch must be >= 1, got {batch}")
+        newest = self.last_seq()
+        hi = newest - 1 if keep_after_seq is None else min(newest - 1, keep_after_seq)
+        find = (f"SELECT event_seq FROM events WHERE event_seq > ? AND event_seq <= ? AND time_ms < ? "
+                f"AND {_PRUNABLE} ORDER BY event_seq LIMIT ?")
+        delete = f"DELETE FROM events WHERE event_seq > ? AND event_seq <= ? AND time_ms < ? AND {_PRUNABLE}"
+        deleted, cursor = 0, 0
+        while cursor < hi:
+            found = self._all(find, (cursor, hi, before_ms, batch))
+            if not found:
+                break
+            end = found[-1][0]
+            try:
+                with self._write() as db:
+                    deleted += db.execute(delete, (cursor, end, before_ms)).rowcount
+            except sqlite3.Error as exc:
+                raise JournalError(f"{self.path}: prune of seqs {cursor + 1}..{end} failed: {exc} "
+                                   f"({deleted} rows deleted before)") from None
+            cursor = end
+            if len(found) < batch:
+                break
+            if between_batches is not None and between_batches():
+                break
+        return deleted
+
+    def disk_bytes(self) -> int:
+        """Bytes on disk: the database file, its -wal and -shm (a missing file counts 0). Any thread."""
+        return disk_bytes(self.path)
 
     def close(self) -> None:
         self._db.close()
@@ -275,3 +359,15 @@ class Journal:
 
     def _one(self, sql: str) -> tuple:
         return self._all(sql)[0]
+
+
+def disk_bytes(path: str) -> int:
+    """Bytes of the journal at ``path``: the file, its -wal and -shm; 0 for each that is missing.
+    Opens nothing (the retention thread's status reads it from any thread)."""
+    total = 0
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            total += os.stat(name).st_size
+        except FileNotFoundError:
+            pass
+    return total

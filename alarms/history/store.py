@@ -22,6 +22,17 @@ nobody in its constructor and migrates on first use (:meth:`HistoryStore.ensure_
 from the writer thread): a MySQL server that is down when the gateway starts
 only delays the history, it never stops the start.
 
+Retention: :meth:`HistoryStore.prune` deletes rows older than a cutoff in
+batches (one short transaction each, walking the ``idx_time`` index that
+version 1 of both schemas already has, so no migration), always keeping each
+gateway's row of the highest ``event_seq``: it is the writer's watermark, and
+without it a restarted writer would copy the journal again from further back.
+The retention thread (``alarms/retention.py``) calls it with the
+``history.retention_days`` cutoff. :meth:`HistoryStore.disk_bytes` reports the
+space used (SQLite: the files; MySQL: the table's data and index length, an
+InnoDB estimate). Deleted space is reused by later inserts; nothing shrinks
+the files.
+
 Threading: a store may be shared by threads. SQLite serialises calls on one
 connection with a lock; MySQL gives each call its own pooled connection.
 """
@@ -35,7 +46,7 @@ import weakref
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pymysql
 from dbutils.pooled_db import PooledDB
@@ -204,6 +215,53 @@ class HistoryStore(ABC):
             got = cur.fetchone()
         return int(got[0] or 0)
 
+    def prune(self, before_ms: int, gateway_id: int | None = None, batch: int = 5000,
+              between_batches: Callable[[], bool] | None = None) -> int:
+        """Delete rows with ``time_ms < before_ms`` (of one gateway, or all), ``batch`` rows per
+        transaction; return how many. Each gateway's row of the highest event_seq stays (the writer's
+        watermark, see the module doc). ``between_batches``: called after each full batch, returns
+        True to stop there (as ``Journal.prune``). Raises HistoryUnavailable / HistoryError; batches
+        already committed stay deleted."""
+        if batch < 1:
+            raise ValueError(f"history prune: batch must be >= 1, got {batch}")
+        deleted = 0
+        while True:
+            with self._cursor() as cur:
+                where, args = [f"time_ms < {self._ph}"], [before_ms]
+                if gateway_id is not None:  # "+ 0": no index on it, so idx_time is walked, not idx_gateway_seq
+                    where.append(f"gateway_id + 0 = {self._ph}")
+                    args.append(gateway_id)
+                keep = self._watermark_ids(cur, gateway_id)
+                if keep:
+                    where.append(f"id NOT IN ({', '.join([self._ph] * len(keep))})")
+                    args.extend(keep)
+                n = self._delete_oldest(cur, " AND ".join(where), args, batch)
+            deleted += n
+            if n < batch or (between_batches is not None and between_batches()):
+                return deleted
+
+    def _watermark_ids(self, cur: Any, gateway_id: int | None) -> list[int]:
+        """Ids of each gateway's rows of its highest event_seq (idx_gateway_seq answers both queries)."""
+        ph = self._ph
+        if gateway_id is None:
+            cur.execute("SELECT gateway_id, MAX(event_seq) FROM alarm_history GROUP BY gateway_id")
+        else:
+            cur.execute(f"SELECT gateway_id, MAX(event_seq) FROM alarm_history WHERE gateway_id = {ph} "
+                        "GROUP BY gateway_id", (gateway_id,))
+        ids: list[int] = []
+        for gw, seq in cur.fetchall():
+            cur.execute(f"SELECT id FROM alarm_history WHERE gateway_id = {ph} AND event_seq = {ph}", (gw, seq))
+            ids.extend(int(r[0]) for r in cur.fetchall())
+        return ids
+
+    @abstractmethod
+    def _delete_oldest(self, cur: Any, where: str, args: list, limit: int) -> int:
+        """Delete at most ``limit`` rows matching ``where``, oldest ``time_ms`` first; return how many."""
+
+    @abstractmethod
+    def disk_bytes(self) -> int:
+        """Bytes the history takes on disk (see the module doc). Any thread; raises like a query."""
+
     def count(self) -> int:
         with self._cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM alarm_history")
@@ -291,6 +349,21 @@ class SqliteHistory(HistoryStore):
         cur.executemany(f"INSERT INTO alarm_history ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
                         " ON CONFLICT(event_id) DO NOTHING", cols)
         return cur.connection.total_changes - before
+
+    def _delete_oldest(self, cur: sqlite3.Cursor, where: str, args: list, limit: int) -> int:
+        # SQLite has no DELETE ... LIMIT (unless built with it): pick the ids through idx_time first
+        cur.execute(f"DELETE FROM alarm_history WHERE id IN (SELECT id FROM alarm_history WHERE {where} "
+                    f"ORDER BY time_ms LIMIT {int(limit)})", tuple(args))
+        return cur.rowcount
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for path in (self.path, self.path + "-wal", self.path + "-shm"):
+            try:
+                total += os.stat(path).st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     def close(self) -> None:
         with self._lock:
@@ -420,6 +493,16 @@ class MysqlHistory(HistoryStore):
         return cur.executemany(
             f"INSERT INTO alarm_history ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
             " ON DUPLICATE KEY UPDATE event_id = event_id", cols) or 0
+
+    def _delete_oldest(self, cur: Any, where: str, args: list, limit: int) -> int:
+        return cur.execute(f"DELETE FROM alarm_history WHERE {where} ORDER BY time_ms LIMIT {int(limit)}",
+                           tuple(args))
+
+    def disk_bytes(self) -> int:
+        with self._cursor() as cur:
+            cur.execute("SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables "
+                        "WHERE table_schema = DATABASE() AND table_name = 'alarm_history'")
+            return int(cur.fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
