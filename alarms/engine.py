@@ -7,32 +7,44 @@ with a per-gateway ``event_seq`` that strictly increases and continues from
 :func:`alarms.lifecycle.step` (the one table). Nothing here reads a clock,
 touches the journal or a socket.
 
-Rules where the brief left room (also in the README section):
+**Nothing is refused.** Every raise enters the table or its flood group;
+the table's bound is kept by policy (ISA-18.2, EEMUA 191):
 
-* **Chattering.** A *cycle* is a raise of the condition followed by its clear.
-  When a clear completes a cycle and at least ``chatter_cycles`` cycles whose
-  raise lies within the last ``chatter_window_s`` seconds have completed, the
-  alarm becomes *chattering*: that clear is published with
-  ``chattering: true`` and further raise/clear inputs of the alarm only update
-  the condition underneath (counted ``suppressed_chatter``, no events).
-  Operator actions still work and publish. When no raise/clear input has
-  arrived for ``chatter_window_s`` (checked by ``tick`` and before every
-  input), the flag drops; if the condition then differs from the published
-  one, one catch-up ``raise`` or ``clear`` event is published
-  (``chattering: false``); otherwise the next event carries the flag.
-* **Flood.** Every raise that annunciates (enters UNACK) is a *new alarm*; more
-  than ``flood_alarms`` of them within ``flood_window_s`` sets the flood flag
-  of :meth:`status` (``floods`` counts how often it was entered).
-* **Bound.** At most ``max_active`` alarms are in the table (alarms held in
-  NORMAL while chattering count). A raise of a new key beyond that is
-  refused and counted ``dropped_over_bound``, and the one gateway alarm
-  ``gateway/ALARM_TABLE_FULL/-`` (critical, exempt from the bound) is raised;
-  it clears when the table is back to 90 % of ``max_active``. Raises of keys
-  already in the table are never refused.
+* **Bound.** At most ``max_active`` alarms count against the bound (every
+  row of the table except the gateway's own ALARM_TABLE_FULL and
+  ALARM_FLOOD). A raise of a new key into a full table first makes room, in
+  this order: (a) the oldest RTN_UNACK alarm of the lowest priority is
+  *evicted* (``evict``, RTN_UNACK -> NORMAL, cause ``table_full``); (b) when no
+  RTN_UNACK alarm is left, the lowest-priority source/code pair with the most
+  alarms (at least two) is *grouped*: one alarm ``<source>/FLOOD_<code>/-``
+  stands for them (its ``group`` field: member count, active members, first
+  and last member) and each member leaves the table with a ``group`` event
+  (cause ``table_full``); (c) a new alarm of a pair that already has a group
+  joins it, and (d) a new alarm whose pair has alarms of its own in the table
+  groups them with it. Critical alarms and DEVICE_ALARM_* are *exempt*:
+  never evicted or grouped; when nothing else can make room they enter over
+  the bound. ``gateway/ALARM_TABLE_FULL/-`` (critical) is raised when room
+  had to be made and clears at 90 % of ``max_active``. A grouped member's
+  later raises and clears are journaled as ``group`` events (NORMAL ->
+  NORMAL with its ``active``); the group alarm clears when its last member
+  clears, and when it leaves the table its members are released.
+* **Chattering.** A *cycle* is a raise followed by its clear. When a clear
+  completes ``chatter_cycles`` cycles whose raise lies within the last
+  ``chatter_window_s``, the alarm is *chattering*: the clear is published with
+  ``chattering: true`` and the alarm is *shelved by rule* (``auto_shelve``,
+  cause ``chattering``, no end time) unless an operator already shelved it or
+  took it out of service. While chattering, its raise/clear inputs only update
+  the condition underneath (counted ``suppressed_chatter``). After
+  ``chatter_quiet_s`` without a raise or clear, ``auto_unshelve`` lands it in
+  UNACK or NORMAL by the condition (like an operator's unshelve). The shelve is
+  journaled like any state, and ``restore`` rebuilds the chattering rows and
+  the cycle history from the journal: chattering survives a restart.
+* **Flood.** Every raise that annunciates (enters UNACK) is a new alarm of its
+  source's operator area (``alarms/floods.py``); more than ``flood_alarms``
+  within ``flood_window_s`` raises ``gateway/ALARM_FLOOD/<area>`` (major, with
+  the rate), cleared when the count is back to half the limit.
 * A raise of an alarm already active, or a clear of one not active or not
   known, is no transition: ignored, counted ``ignored_inputs``.
-* ``restore`` after a restart takes the journal's last event per key; the
-  chattering history is not journaled, so every alarm restarts unflagged.
 
 Threading: not thread-safe; owned by the alarm thread (``alarms.service``).
 """
@@ -41,30 +53,64 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections import deque
+from collections.abc import Iterable, Mapping
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
 from alarms import lifecycle
-from alarms.lifecycle import NORMAL, SHELVED, UNACK, IllegalTransition
+from alarms.floods import AreaFloods
+from alarms.lifecycle import ACKED, NORMAL, RTN_UNACK, SHELVED, UNACK, IllegalTransition
 from alarms.model import (SEVERITIES, AlarmEvent, AlarmInput, AlarmKey, ClearAlarm, InfoEvent, OperatorAction, RaiseAlarm,
-                    iso_time)
+                          iso_time)
 
 TABLE_FULL = AlarmKey("gateway", "ALARM_TABLE_FULL")
+FLOOD_CODE = "ALARM_FLOOD"
+GROUP_PREFIX = "FLOOD_"
 ALARM_SEVERITIES = SEVERITIES[:-1]       # info is for info events only
+#: the engine's own alarm-management alarms: exempt, and not counted against the bound
+_MANAGEMENT = frozenset({"ALARM_TABLE_FULL", FLOOD_CODE})
+#: lowest priority first: the order in which RTN_UNACK alarms are evicted (critical never is)
+_EVICT_ORDER = ("warning", "minor", "major")
+_RANK = {s: i for i, s in enumerate(ALARM_SEVERITIES)}
+#: cycle histories kept per slot of the table: alarms evicted or grouped in a storm still chatter
+CYCLE_KEYS_PER_SLOT = 4
 
 
 class UnknownAlarm(KeyError):
-    """An operator action named an alarm that is not in the table (never raised, or back to NORMAL)."""
+    """An operator action named an alarm that is not in the table (never raised, back to NORMAL, or grouped)."""
 
     def __str__(self) -> str:
-        return f"alarm {self.args[0]}: not in the alarm table (NORMAL or never raised)"
+        return f"alarm {self.args[0]}: not in the alarm table (NORMAL, never raised, or in a flood group)"
+
+
+def is_management(key: AlarmKey) -> bool:
+    return key.source == "gateway" and key.code in _MANAGEMENT
+
+
+def is_exempt(key: AlarmKey, severity: str) -> bool:
+    """Never evicted or grouped: critical alarms, the devices' own alarms, the engine's own."""
+    return severity == "critical" or key.code.startswith("DEVICE_ALARM") or is_management(key)
+
+
+class _Group:
+    """What a flood group alarm stands for."""
+
+    __slots__ = ("members", "active", "first", "last")
+
+    def __init__(self) -> None:
+        self.members: set[AlarmKey] = set()
+        self.active = 0
+        self.first: str | None = None
+        self.last: str | None = None
 
 
 class _Alarm:
-    """One row of the table. ``active`` is the published condition, ``cond`` the latest input."""
+    """One row. ``active`` is the published condition, ``cond`` the latest input; ``group`` is the key of
+    the flood group a member belongs to, ``grp`` what a group alarm stands for."""
 
     __slots__ = ("key", "severity", "text", "state", "active", "cond", "chattering", "operator",
-                 "shelved_until_ms", "raised_ms", "updated_ms", "event_seq", "last_flip_ms")
+                 "shelved_until_ms", "raised_ms", "updated_ms", "event_seq", "last_flip_ms", "shelved_by",
+                 "cause", "group", "grp")
 
     def __init__(self, key: AlarmKey, severity: str, text: str, now_ms: int) -> None:
         self.key, self.severity, self.text = key, severity, text
@@ -73,12 +119,28 @@ class _Alarm:
         self.shelved_until_ms: int | None = None
         self.raised_ms = self.updated_ms = self.last_flip_ms = now_ms
         self.event_seq = 0
+        self.shelved_by: str | None = None     # "operator" or "rule" while SHELVED
+        self.cause: str | None = None
+        self.group: AlarmKey | None = None
+        self.grp: _Group | None = None
+
+    def group_json(self) -> dict | None:
+        if self.grp is not None:
+            g = self.grp
+            return {"key": str(self.key), "members": len(g.members), "active": g.active, "first": g.first,
+                    "last": g.last}
+        return {"key": str(self.group)} if self.group is not None else None
 
     def to_json(self) -> dict:
-        return {"alarm": self.key.to_json(), "severity": self.severity, "text": self.text, "state": self.state,
-                "active": self.active, "chattering": self.chattering, "operator": self.operator,
-                "shelved_until_ms": self.shelved_until_ms, "raised_ms": self.raised_ms,
-                "updated_ms": self.updated_ms, "event_seq": self.event_seq}
+        out = {"alarm": self.key.to_json(), "severity": self.severity, "text": self.text, "state": self.state,
+               "active": self.active, "chattering": self.chattering, "operator": self.operator,
+               "shelved_until_ms": self.shelved_until_ms, "raised_ms": self.raised_ms,
+               "updated_ms": self.updated_ms, "event_seq": self.event_seq}
+        if self.cause is not None:
+            out["cause"] = self.cause
+        if self.grp is not None:
+            out["group"] = self.group_json()
+        return out
 
 
 def _as_key(key: AlarmKey | str) -> AlarmKey:
@@ -86,11 +148,15 @@ def _as_key(key: AlarmKey | str) -> AlarmKey:
 
 
 class AlarmEngine:
-    """The alarm table of one gateway (see the module doc for the rules)."""
+    """The alarm table of one gateway (see the module doc for the rules).
+
+    ``areas`` maps device names (alarm sources) to operator areas.
+    """
 
     def __init__(self, gateway_id: int, line: str, tz: tzinfo | str = "UTC", *, start_seq: int = 0,
                  max_active: int = 10_000, chatter_cycles: int = 3, chatter_window_s: float = 60,
-                 flood_alarms: int = 10, flood_window_s: float = 600, max_shelve_minutes: float = 1440) -> None:
+                 chatter_quiet_s: float | None = None, flood_alarms: int = 10, flood_window_s: float = 600,
+                 max_shelve_minutes: float = 1440, areas: Mapping[str, str] | None = None) -> None:
         if max_active < 1 or chatter_cycles < 1 or flood_alarms < 1:
             raise ValueError(f"max_active, chatter_cycles, flood_alarms: expected >= 1, got "
                              f"{max_active}, {chatter_cycles}, {flood_alarms}")
@@ -98,7 +164,8 @@ class AlarmEngine:
         self.tz = ZoneInfo(tz) if isinstance(tz, str) else tz
         self.max_active, self.low_water = max_active, max_active * 9 // 10
         self.chatter_cycles, self.chatter_ms = chatter_cycles, int(chatter_window_s * 1000)
-        self.flood_alarms, self.flood_ms = flood_alarms, int(flood_window_s * 1000)
+        self.quiet_ms = int((chatter_window_s if chatter_quiet_s is None else chatter_quiet_s) * 1000)
+        self.floods = AreaFloods(areas or {}, flood_alarms, int(flood_window_s * 1000))
         self.max_shelve_minutes = max_shelve_minutes
         self._seq = start_seq
         self._alarms: dict[AlarmKey, _Alarm] = {}
@@ -107,10 +174,13 @@ class AlarmEngine:
         # that clears leaves the table, and its next cycle must still count
         self._cycles: dict[AlarmKey, deque[int]] = {}
         self._shelf: list[tuple[int, str, AlarmKey]] = []     # (until_ms, str key, key), lazy cancel
-        self._annunciations: deque[int] = deque()
-        self.flood = False
-        self.counters = {"dropped_over_bound": 0, "suppressed_chatter": 0, "ignored_inputs": 0, "floods": 0,
-                         "chatter_episodes": 0, "events": 0}
+        self._rtn: dict[str, dict[AlarmKey, None]] = {s: {} for s in _EVICT_ORDER}  # evictable, oldest first
+        self._groups: dict[tuple[str, str], AlarmKey] = {}    # (source, code) -> its group alarm
+        self._grouped = 0                                     # member rows (not in the visible table)
+        self._management = 0                                  # rows of the engine's own alarms
+        self._admitting = False                               # making room for a new row: no low-water clear
+        self.counters = {"suppressed_chatter": 0, "ignored_inputs": 0, "floods": 0, "chatter_episodes": 0,
+                         "auto_shelved": 0, "evicted": 0, "grouped": 0, "over_bound_inserts": 0, "events": 0}
 
     def apply(self, inp: AlarmInput) -> list[AlarmEvent]:
         """Run one input (the service's queue item) through the engine."""
@@ -130,7 +200,7 @@ class AlarmEngine:
     # -- process inputs ------------------------------------------------------------------------------------
 
     def raise_(self, key: AlarmKey | str, severity: str, text: str, now_ms: int) -> list[AlarmEvent]:
-        """The condition of ``key`` is active (idempotent while it stays active)."""
+        """The condition of ``key`` is active (idempotent while it stays active). Never refused."""
         key = _as_key(key)
         if severity not in ALARM_SEVERITIES:
             raise ValueError(f"alarm {key}: severity expected one of {', '.join(ALARM_SEVERITIES)}, "
@@ -139,20 +209,18 @@ class AlarmEngine:
         self._end_chatter_if_quiet(key, now_ms, out)
         a = self._alarms.get(key)
         if a is None:
-            if key != TABLE_FULL and len(self._alarms) - (TABLE_FULL in self._alarms) >= self.max_active:
-                self.counters["dropped_over_bound"] += 1
-                self._raise_full(now_ms, out)
-                return out
-            a = self._alarms[key] = _Alarm(key, severity, text, now_ms)
+            a = self._admit(key, severity, text, now_ms, out)
         if a.cond:
             self.counters["ignored_inputs"] += 1
             return out
         a.cond, a.last_flip_ms = True, now_ms
-        if a.chattering:
+        if a.group is not None:
+            self._member_flip(a, now_ms, out)
+        elif a.chattering:
             self.counters["suppressed_chatter"] += 1
-            return out
-        a.severity, a.text, a.raised_ms = severity, text, now_ms
-        self._move(a, "raise", now_ms, out)
+        else:
+            a.severity, a.text, a.raised_ms = severity, text, now_ms
+            self._move(a, "raise", now_ms, out)
         return out
 
     def clear(self, key: AlarmKey | str, now_ms: int) -> list[AlarmEvent]:
@@ -161,31 +229,182 @@ class AlarmEngine:
         out: list[AlarmEvent] = []
         self._end_chatter_if_quiet(key, now_ms, out)
         a = self._alarms.get(key)
-        if a is None or not a.cond:
+        if a is None or not a.cond or a.grp is not None:    # a group's condition follows its members only
             self.counters["ignored_inputs"] += 1
             return out
         a.cond, a.last_flip_ms = False, now_ms
         if a.chattering:
-            self.counters["suppressed_chatter"] += 1
+            if a.group is not None:
+                self._member_flip(a, now_ms, out)
+            else:
+                self.counters["suppressed_chatter"] += 1
             return out
-        cycles = self._cycles.pop(key, None) or deque()
-        self._cycles[key] = cycles            # re-inserted: the dict stays ordered by last cycle
-        cycles.append(a.raised_ms)
-        while cycles and cycles[0] < now_ms - self.chatter_ms:
-            cycles.popleft()
-        if len(self._cycles) > self.max_active:
-            del self._cycles[next(iter(self._cycles))]
-        if len(cycles) >= self.chatter_cycles:
-            a.chattering = True
-            self._chattering.add(key)
-            self.counters["chatter_episodes"] += 1
+        began = self._count_cycle(a, now_ms)
+        if a.group is not None:
+            self._member_flip(a, now_ms, out)
+            return out
         self._move(a, "clear", now_ms, out)
+        if began and a.state != SHELVED and a.state != lifecycle.OUT_OF_SERVICE:
+            a.shelved_by = "rule"
+            self.counters["auto_shelved"] += 1
+            self._move(a, "auto_shelve", now_ms, out, cause="chattering")
         return out
 
     def info(self, key: AlarmKey | str, text: str, now_ms: int) -> list[AlarmEvent]:
         """A one-off information event (never enters the table)."""
         key = _as_key(key)
         return [self._event(key, "info", text, "info", NORMAL, NORMAL, False, False, None, None, now_ms, now_ms)]
+
+    def _count_cycle(self, a: _Alarm, now_ms: int) -> bool:
+        """A clear completed a cycle: True when the alarm has just become chattering."""
+        key = a.key
+        cycles = self._cycles.pop(key, None) or deque()
+        self._cycles[key] = cycles            # re-inserted: the dict stays ordered by last cycle
+        cycles.append(a.raised_ms)
+        while cycles and cycles[0] < now_ms - self.chatter_ms:
+            cycles.popleft()
+        if len(self._cycles) > CYCLE_KEYS_PER_SLOT * self.max_active:   # memory bound: oldest history goes
+            del self._cycles[next(iter(self._cycles))]
+        if len(cycles) < self.chatter_cycles:
+            return False
+        a.chattering = True
+        self._chattering.add(key)
+        self.counters["chatter_episodes"] += 1
+        return True
+
+    # -- the bound: admit a new key ----------------------------------------------------------------------
+
+    def _counted(self) -> int:
+        return len(self._alarms) - self._grouped - self._management
+
+    def _admit(self, key: AlarmKey, severity: str, text: str, now_ms: int, out: list) -> _Alarm:
+        """The row of a new key: in the table, in its pair's flood group, or over the bound (exempt)."""
+        exempt = is_exempt(key, severity)
+        pair = (key.source, key.code)
+        if not is_management(key) and (exempt or pair not in self._groups) and self._counted() >= self.max_active:
+            self._admitting = True
+            try:
+                self._make_room(None if exempt else pair, now_ms, out)
+            finally:
+                self._admitting = False
+        a = self._alarms[key] = _Alarm(key, severity, text, now_ms)
+        if is_management(key):
+            self._management += 1
+        gkey = None if exempt else self._groups.get(pair)
+        if gkey is not None:
+            a.group = gkey
+            self._grouped += 1
+            self._alarms[gkey].grp.members.add(key)
+        elif not exempt and self._counted() > self.max_active:
+            self.counters["over_bound_inserts"] += 1     # nothing could make room (see the module doc)
+        return a
+
+    def _make_room(self, pair: tuple[str, str] | None, now_ms: int, out: list) -> None:
+        """Free one slot for a new alarm of ``pair`` (None: an exempt one), in the module doc's order."""
+        self._raise_full(now_ms, out)
+        for sev in _EVICT_ORDER:
+            oldest = next(iter(self._rtn[sev]), None)
+            if oldest is not None:
+                self.counters["evicted"] += 1
+                self._move(self._alarms[oldest], "evict", now_ms, out, cause="table_full")
+                return
+        best = self._group_candidate()
+        if best is not None:
+            self._group(best, now_ms, out)
+        elif pair is not None and any(self._groupable(a) and (a.key.source, a.key.code) == pair
+                                      for a in self._alarms.values()):
+            self._group(pair, now_ms, out)
+
+    def _groupable(self, a: _Alarm) -> bool:
+        return (a.group is None and a.grp is None and not is_exempt(a.key, a.severity)
+                and (a.state in (UNACK, ACKED) or (a.state == SHELVED and a.shelved_by == "rule")))
+
+    def _group_candidate(self) -> tuple[str, str] | None:
+        """The lowest-priority pair with the most groupable alarms (at least two), or None."""
+        count: dict[tuple[str, str], int] = {}
+        rank: dict[tuple[str, str], int] = {}
+        for a in self._alarms.values():
+            if self._groupable(a):
+                pair = (a.key.source, a.key.code)
+                count[pair] = count.get(pair, 0) + 1
+                rank[pair] = min(rank.get(pair, 9), _RANK[a.severity])
+        pairs = [p for p, n in count.items() if n >= 2]
+        return max(pairs, key=lambda p: (rank[p], count[p]), default=None)
+
+    def _group(self, pair: tuple[str, str], now_ms: int, out: list) -> None:
+        source, code = pair
+        members = sorted((a for a in self._alarms.values()
+                          if self._groupable(a) and (a.key.source, a.key.code) == pair), key=lambda a: a.raised_ms)
+        gkey = AlarmKey(source, GROUP_PREFIX + code)
+        g = self._alarms.get(gkey)
+        if g is None:
+            g = self._alarms[gkey] = _Alarm(gkey, members[0].severity, "", now_ms)
+        if g.grp is None:
+            g.grp = _Group()
+        self._groups[pair] = gkey
+        for a in members:
+            g.grp.members.add(a.key)
+            g.grp.active += a.cond
+            g.grp.first = g.grp.first or a.key.object
+            g.grp.last = a.key.object
+            g.severity = min(g.severity, a.severity, key=_RANK.__getitem__)
+        self._group_condition(g, now_ms, out, force=True)
+        for a in members:
+            self.counters["grouped"] += 1
+            a.group, a.shelved_by, a.operator = gkey, None, None
+            self._grouped += 1
+            a.active = a.cond
+            self._move(a, "group", now_ms, out, cause="table_full")
+        self._check_low_water(now_ms, out)
+
+    def _member_flip(self, a: _Alarm, now_ms: int, out: list) -> None:
+        """A grouped member's condition changed: journal it, and the group follows its members."""
+        g = self._alarms[a.group]
+        g.grp.active += 1 if a.cond else -1
+        if a.cond:
+            g.grp.last = a.key.object
+        if a.chattering:
+            self.counters["suppressed_chatter"] += 1
+        else:
+            a.active = a.cond
+            self._move(a, "group", now_ms, out, cause="table_full")
+        self._group_condition(g, now_ms, out)
+
+    def _group_condition(self, g: _Alarm, now_ms: int, out: list, force: bool = False) -> None:
+        """Raise or clear a group alarm when whether any member is active changed (``force``: the text
+        changed too, publish the raise of a new group even if it starts with no active member)."""
+        grp = g.grp
+        g.text = (f"flood of {g.key.code[len(GROUP_PREFIX):]} on {g.key.source}: {grp.active} of "
+                  f"{len(grp.members)} alarms active (first {grp.first}, last {grp.last})")
+        want = grp.active > 0 or (force and not g.cond)
+        if want and not g.cond:
+            g.cond = True
+            g.raised_ms = now_ms
+            self._move(g, "raise", now_ms, out)
+        if grp.active == 0 and g.cond:
+            g.cond = False
+            self._move(g, "clear", now_ms, out)
+
+    def _release(self, g: _Alarm) -> None:
+        """A group alarm left the table: its members (all inactive) go with it."""
+        self._groups.pop((g.key.source, g.key.code[len(GROUP_PREFIX):]), None)
+        for k in g.grp.members:
+            m = self._alarms.pop(k, None)
+            if m is not None:
+                self._grouped -= 1
+                self._chattering.discard(k)
+
+    def _raise_full(self, now_ms: int, out: list) -> None:
+        full = self._alarms.get(TABLE_FULL)
+        if full is None or not full.cond:
+            out.extend(self.raise_(TABLE_FULL, "critical",
+                                   f"alarm table full ({self.max_active} alarms): returned alarms evicted, floods "
+                                   "grouped, critical and device alarms over the bound; nothing is refused", now_ms))
+
+    def _check_low_water(self, now_ms: int, out: list) -> None:
+        full = self._alarms.get(TABLE_FULL)
+        if full is not None and full.cond and not self._admitting and self._counted() <= self.low_water:
+            out.extend(self.clear(TABLE_FULL, now_ms))
 
     # -- operator actions (audited: operator required) ------------------------------------------------------
 
@@ -219,13 +438,17 @@ class AlarmEngine:
             raise ValueError(f"{transition} of alarm {key}: operator expected the operator's name, got {operator!r}")
         key = _as_key(key)
         a = self._alarms.get(key)
-        if a is None:
+        if a is None or a.group is not None:
             raise UnknownAlarm(str(key))
         lifecycle.step(a.state, a.active, transition, str(key))      # raises IllegalTransition
         a.operator = operator.strip()
         a.shelved_until_ms = until
         if until is not None:
             heapq.heappush(self._shelf, (until, str(key), key))
+            a.shelved_by = "operator"
+        if transition in ("unshelve", "return_to_service") and a.chattering:
+            self._stop_chatter(a)                  # the operator takes it back: it lands by the condition
+            a.active = a.cond
         out: list[AlarmEvent] = []
         self._move(a, transition, now_ms, out, a.operator, client=client, reason=reason)
         return out
@@ -233,7 +456,7 @@ class AlarmEngine:
     # -- time ----------------------------------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> list[AlarmEvent]:
-        """Expire shelves, end quiet chattering, update the flood flag. Call about once a second."""
+        """Expire shelves, end quiet chattering, update the floods. Call about once a second."""
         out: list[AlarmEvent] = []
         while self._shelf and self._shelf[0][0] <= now_ms:
             until, _, key = heapq.heappop(self._shelf)
@@ -249,19 +472,30 @@ class AlarmEngine:
             if cycles and cycles[-1] >= horizon:
                 break
             del self._cycles[key]
-        self._update_flood(now_ms)
+        self._update_floods(now_ms, out)
         return out
+
+    def _stop_chatter(self, a: _Alarm) -> None:
+        a.chattering = False
+        self._cycles.pop(a.key, None)
+        self._chattering.discard(a.key)
 
     def _end_chatter_if_quiet(self, key: AlarmKey, now_ms: int, out: list) -> None:
         a = self._alarms.get(key)
-        if a is None or not a.chattering or now_ms - a.last_flip_ms < self.chatter_ms:
+        if a is None or not a.chattering or now_ms - a.last_flip_ms < self.quiet_ms:
             return
-        a.chattering = False
-        self._cycles.pop(key, None)
-        self._chattering.discard(key)
-        if a.cond != a.active:
-            if a.cond:
-                a.raised_ms = a.last_flip_ms
+        self._stop_chatter(a)
+        if a.group is not None:
+            if a.cond != a.active:
+                a.active = a.cond
+                self._move(a, "group", now_ms, out, cause="chattering")
+            return
+        if a.cond != a.active and a.cond:
+            a.raised_ms = a.last_flip_ms
+        if a.state == SHELVED and a.shelved_by == "rule":
+            a.active = a.cond
+            self._move(a, "auto_unshelve", now_ms, out, cause="chattering")
+        elif a.cond != a.active:
             self._move(a, "raise" if a.cond else "clear", now_ms, out)
         elif a.state == NORMAL:
             self._forget(a, now_ms, out)
@@ -269,69 +503,112 @@ class AlarmEngine:
     # -- the one place state changes and events are made ----------------------------------------------------
 
     def _move(self, a: _Alarm, transition: str, now_ms: int, out: list, operator: str | None = None, *,
-              client: str | None = None, reason: str | None = None) -> None:
+              client: str | None = None, reason: str | None = None, cause: str | None = None) -> None:
         prev = a.state
         a.state, a.active = lifecycle.step(a.state, a.active, transition, str(a.key))
         if a.state != SHELVED:
             a.shelved_until_ms = None
+            a.shelved_by = None
+        a.cause = cause
         ev = self._event(a.key, a.severity, a.text, transition, prev, a.state, a.active, a.chattering, operator,
-                         a.shelved_until_ms, a.raised_ms, now_ms, client=client, reason=reason)
+                         a.shelved_until_ms, a.raised_ms, now_ms, client=client, reason=reason, cause=cause,
+                         group=a.group_json())
         a.event_seq, a.updated_ms = ev.event_seq, now_ms
         out.append(ev)
-        if a.state == UNACK and prev != UNACK:
-            self._annunciations.append(now_ms)
-            self._update_flood(now_ms)
-        if a.state == NORMAL and not a.chattering:
+        if prev == RTN_UNACK:
+            for rtn in self._rtn.values():
+                rtn.pop(a.key, None)
+        if a.state == RTN_UNACK and a.severity in self._rtn and not is_exempt(a.key, a.severity) \
+                and a.group is None:
+            self._rtn[a.severity][a.key] = None
+        if a.state == UNACK and prev != UNACK and not is_management(a.key):
+            self.floods.annunciated(a.key.source, now_ms)
+            self._update_floods(now_ms, out)
+        if transition == "evict":          # leaves the table; its cycle history stays (it may chatter on)
+            a.chattering = False
+            self._chattering.discard(a.key)
+        if a.state == NORMAL and not a.chattering and a.group is None:
             self._forget(a, now_ms, out)
 
     def _forget(self, a: _Alarm, now_ms: int, out: list) -> None:
-        del self._alarms[a.key]
-        full = self._alarms.get(TABLE_FULL)
-        if full is not None and full.cond and a.key != TABLE_FULL and len(self._alarms) - 1 <= self.low_water:
-            out.extend(self.clear(TABLE_FULL, now_ms))
-
-    def _raise_full(self, now_ms: int, out: list) -> None:
-        full = self._alarms.get(TABLE_FULL)
-        if full is None or not full.cond:
-            out.extend(self.raise_(TABLE_FULL, "critical", f"alarm table full ({self.max_active} alarms): "
-                                   "new alarms are refused", now_ms))
+        if self._alarms.pop(a.key, None) is None:
+            return
+        if is_management(a.key):
+            self._management -= 1
+        if a.grp is not None:
+            self._release(a)
+        self._check_low_water(now_ms, out)
 
     def _event(self, key, severity, text, transition, prev, state, active, chattering, operator, shelved_until,
-               raised_ms, now_ms, *, client=None, reason=None) -> AlarmEvent:
+               raised_ms, now_ms, *, client=None, reason=None, cause=None, group=None) -> AlarmEvent:
         self._seq += 1
         self.counters["events"] += 1
         return AlarmEvent(uuid.uuid4().hex, self._seq, self.gateway_id, self.line, key, severity, text,
                           transition, prev, state, active, chattering, operator, shelved_until, raised_ms,
-                          now_ms, iso_time(now_ms, self.tz), client, reason)
+                          now_ms, iso_time(now_ms, self.tz), client, reason, cause, group)
 
-    def _update_flood(self, now_ms: int) -> None:
-        q = self._annunciations
-        while q and q[0] <= now_ms - self.flood_ms:
-            q.popleft()
-        flood = len(q) > self.flood_alarms
-        if flood and not self.flood:
-            self.counters["floods"] += 1
-        self.flood = flood
+    def _update_floods(self, now_ms: int, out: list) -> None:
+        for area, flooding in self.floods.update(now_ms):
+            key = AlarmKey("gateway", FLOOD_CODE, area)
+            if flooding:
+                self.counters["floods"] += 1
+                out.extend(self.raise_(key, "major", self.floods.describe(area), now_ms))
+            else:
+                out.extend(self.clear(key, now_ms))
 
     # -- restart and views ----------------------------------------------------------------------------------
 
-    def restore(self, latest: list[AlarmEvent]) -> None:
-        """Rebuild the table from the journal's ``latest_states()`` (before any input)."""
+    def restore(self, latest: list[AlarmEvent], recent: Iterable[AlarmEvent] = (), now_ms: int | None = None) -> None:
+        """Rebuild the table from the journal before any input: ``latest`` (``latest_states()``, the last
+        event of every alarm not NORMAL) and ``recent`` (the events of the last chatter window, seq order:
+        the cycle history). A chattering alarm's quiet period starts again at ``now_ms``. A flood group
+        comes back with no members: they join again as their raises come in (``settle_groups`` clears a
+        group none joined)."""
         for ev in latest:
             if ev.state == NORMAL or ev.transition == "info":
                 continue
             a = self._alarms[ev.alarm] = _Alarm(ev.alarm, ev.severity, ev.text, ev.raised_ms)
             a.state, a.active, a.cond = ev.state, ev.active, ev.active
-            a.operator, a.shelved_until_ms = ev.operator, ev.shelved_until_ms
+            a.operator, a.shelved_until_ms, a.cause = ev.operator, ev.shelved_until_ms, ev.cause
             a.updated_ms, a.event_seq = ev.time_ms, ev.event_seq
+            if is_management(a.key):
+                self._management += 1
+            if ev.state == SHELVED:
+                a.shelved_by = "operator" if ev.shelved_until_ms is not None else "rule"
+            if ev.chattering:
+                a.chattering, a.last_flip_ms = True, ev.time_ms if now_ms is None else now_ms
+                self._chattering.add(a.key)
+            if ev.alarm.code.startswith(GROUP_PREFIX) and ev.group is not None and "members" in ev.group:
+                a.grp = _Group()
+                a.grp.first, a.grp.last = ev.group.get("first"), ev.group.get("last")
+                self._groups[(ev.alarm.source, ev.alarm.code[len(GROUP_PREFIX):])] = ev.alarm
+            if ev.state == RTN_UNACK and ev.severity in self._rtn and not is_exempt(ev.alarm, ev.severity):
+                self._rtn[ev.severity][ev.alarm] = None
             if ev.shelved_until_ms is not None:
                 heapq.heappush(self._shelf, (ev.shelved_until_ms, str(ev.alarm), ev.alarm))
             self._seq = max(self._seq, ev.event_seq)
+        for ev in recent:
+            if ev.transition == "clear" or (ev.transition == "group" and not ev.active and ev.previous_state == NORMAL):
+                cycles = self._cycles.pop(ev.alarm, None) or deque()
+                self._cycles[ev.alarm] = cycles
+                cycles.append(ev.raised_ms)
+
+    def settle_groups(self, now_ms: int) -> list[AlarmEvent]:
+        """Clear the flood groups no member has joined since a restart (after the start-up grace)."""
+        out: list[AlarmEvent] = []
+        for a in [a for a in self._alarms.values() if a.grp is not None and not a.grp.members and a.cond]:
+            self._group_condition(a, now_ms, out)
+        return out
 
     @property
     def event_seq(self) -> int:
         """The last event_seq issued."""
         return self._seq
+
+    @property
+    def flood(self) -> bool:
+        """Whether any area is in flood."""
+        return bool(self.floods.flooding)
 
     def snapshot(self) -> tuple[int, list[dict]]:
         """``(event_seq, entries)``: every alarm not NORMAL as the snapshot message's entries, seq order."""
@@ -339,21 +616,43 @@ class AlarmEngine:
         return self._seq, [a.to_json() for a in rows]
 
     def condition_keys(self) -> list[AlarmKey]:
-        """Keys whose condition is held active (``cond``: the latest raise/clear input), in table order."""
-        return [a.key for a in self._alarms.values() if a.cond]
+        """Keys whose condition is held active (``cond``: the latest raise/clear input), in table order;
+        grouped members included, group alarms not (their condition is their members')."""
+        return [a.key for a in self._alarms.values() if a.cond and a.grp is None]
 
     def state_of(self, key: AlarmKey | str) -> str:
         a = self._alarms.get(_as_key(key))
         return NORMAL if a is None else a.state
 
     def status(self) -> dict:
-        """JSON-ready counts for the status API (counts are of alarms; no units)."""
+        """JSON-ready counts for the status API (counts are of alarms; no units).
+
+        ``alarms``: rows of the table (grouped members not included); ``over_bound``: alarms counted
+        against ``max_active`` beyond it, never more than ``exempt`` (critical and device alarms);
+        ``areas``: per operator area, flood state, new alarms in the flood window, chattering and shelved."""
         by_state: dict[str, int] = {}
+        areas = {area: {"flood": area in self.floods.flooding, "new_alarms_in_window": self.floods.count(area),
+                        "alarms": 0, "chattering": 0, "shelved": 0} for area in self.floods.areas()}
+        exempt = 0
         for a in self._alarms.values():
+            if a.group is not None:
+                continue
             by_state[a.state] = by_state.get(a.state, 0) + 1
-        return {"alarms": len(self._alarms), "max_active": self.max_active, "by_state": by_state,
-                "chattering": len(self._chattering), "flood": self.flood,
-                "new_alarms_in_flood_window": len(self._annunciations), "event_seq": self._seq, **self.counters}
+            if not is_management(a.key) and is_exempt(a.key, a.severity):
+                exempt += 1
+            area = areas.setdefault(self.floods.area_of(a.key.source),
+                                    {"flood": False, "new_alarms_in_window": 0, "alarms": 0, "chattering": 0,
+                                     "shelved": 0})
+            area["alarms"] += 1
+            area["chattering"] += a.chattering
+            area["shelved"] += a.state == SHELVED
+        counted = self._counted()
+        return {"alarms": len(self._alarms) - self._grouped, "max_active": self.max_active, "counted": counted,
+                "over_bound": max(0, counted - self.max_active), "exempt": exempt, "by_state": by_state,
+                "chattering": len(self._chattering), "flood": self.flood, "groups": len(self._groups),
+                "grouped_members": self._grouped, "areas": areas,
+                "new_alarms_in_flood_window": sum(self.floods.count(a) for a in self.floods.areas()),
+                "event_seq": self._seq, **self.counters}
 
 
-__all__ = ["AlarmEngine", "IllegalTransition", "TABLE_FULL", "UnknownAlarm"]
+__all__ = ["AlarmEngine", "IllegalTransition", "TABLE_FULL", "UnknownAlarm", "is_exempt"]

@@ -17,6 +17,18 @@ is not.
                     RTN_UNACK --ack--> NORMAL
                         \\--raise--> UNACK
 
+System transitions (the engine's, never an operator's; ``cause`` in the event says why):
+
+* ``evict`` (cause ``table_full``): a returned-unacknowledged alarm leaves a
+  full table (RTN_UNACK -> NORMAL); the oldest of the lowest priority goes first.
+* ``group`` (cause ``table_full``): the alarm is represented by its source's
+  flood group alarm ``<source>/FLOOD_<code>/-`` and leaves the table (-> NORMAL,
+  ``active`` still the condition's); while grouped, each raise and clear of it
+  is journaled as a ``group`` event NORMAL -> NORMAL with its ``active``.
+* ``auto_shelve`` (cause ``chattering``): shelved by rule (ISA-18.2 "shelved";
+  no end time: it ends after a quiet period); ``auto_unshelve`` ends it and,
+  like ``unshelve``, lands in UNACK or NORMAL by the condition underneath.
+
 Decisions where ISA-18.2 leaves room:
 
 * NORMAL accepts only ``raise``: an alarm in NORMAL is not in the engine's
@@ -38,27 +50,35 @@ from alarms.model import STATES
 NORMAL, UNACK, ACKED, RTN_UNACK, SHELVED, OUT_OF_SERVICE = STATES
 #: the table's transitions (``info`` events never enter the table)
 MOVES = ("raise", "clear", "ack", "shelve", "unshelve", "shelve_expired", "remove_from_service",
-         "return_to_service")
+         "return_to_service", "evict", "group", "auto_shelve", "auto_unshelve")
 #: the state an unshelve / return lands in, by the condition underneath
 _BACK = (UNACK, NORMAL)
 
 #: (state, transition) -> next state, or (next if the condition is active, next if not)
 TABLE: dict[tuple[str, str], str | tuple[str, str]] = {
     (NORMAL, "raise"): UNACK,
+    (NORMAL, "group"): NORMAL,              # a grouped member's raise or clear (journaled, not in the table)
+    (NORMAL, "auto_shelve"): SHELVED,       # an acked alarm that chattered back to NORMAL stays, shelved
 
     (UNACK, "clear"): RTN_UNACK,
     (UNACK, "ack"): ACKED,
     (UNACK, "shelve"): SHELVED,
     (UNACK, "remove_from_service"): OUT_OF_SERVICE,
+    (UNACK, "group"): NORMAL,
+    (UNACK, "auto_shelve"): SHELVED,
 
     (ACKED, "clear"): NORMAL,
     (ACKED, "shelve"): SHELVED,
     (ACKED, "remove_from_service"): OUT_OF_SERVICE,
+    (ACKED, "group"): NORMAL,
+    (ACKED, "auto_shelve"): SHELVED,
 
     (RTN_UNACK, "raise"): UNACK,
     (RTN_UNACK, "ack"): NORMAL,
     (RTN_UNACK, "shelve"): SHELVED,
     (RTN_UNACK, "remove_from_service"): OUT_OF_SERVICE,
+    (RTN_UNACK, "evict"): NORMAL,
+    (RTN_UNACK, "auto_shelve"): SHELVED,
 
     (SHELVED, "raise"): SHELVED,
     (SHELVED, "clear"): SHELVED,
@@ -66,6 +86,8 @@ TABLE: dict[tuple[str, str], str | tuple[str, str]] = {
     (SHELVED, "unshelve"): _BACK,
     (SHELVED, "shelve_expired"): _BACK,
     (SHELVED, "remove_from_service"): OUT_OF_SERVICE,
+    (SHELVED, "group"): NORMAL,             # only a shelve by rule (chattering) is grouped
+    (SHELVED, "auto_unshelve"): _BACK,
 
     (OUT_OF_SERVICE, "raise"): OUT_OF_SERVICE,
     (OUT_OF_SERVICE, "clear"): OUT_OF_SERVICE,

@@ -21,7 +21,9 @@ import orjson
 SCHEMA_VERSION = 1
 STATES = ("NORMAL", "UNACK", "ACKED", "RTN_UNACK", "SHELVED", "OUT_OF_SERVICE")
 TRANSITIONS = ("raise", "clear", "ack", "shelve", "unshelve", "shelve_expired", "remove_from_service",
-               "return_to_service", "info")
+               "return_to_service", "evict", "group", "auto_shelve", "auto_unshelve", "info")
+#: why the engine made a system transition (``cause``): the table's bound, or chattering
+CAUSES = ("table_full", "chattering")
 #: transitions an operator makes; their events carry the operator's name (audit)
 OPERATOR_TRANSITIONS = frozenset({"ack", "shelve", "unshelve", "remove_from_service", "return_to_service"})
 #: ICD severity codes 1-4 by name; ``info`` only for info events
@@ -35,8 +37,9 @@ _EVENT_ID = re.compile(r"[0-9a-f]{32}")
 MAX_OPERATOR_CHARS = 64
 MAX_REASON_CHARS = 500
 MAX_CLIENT_CHARS = 64
-#: optional event fields, present only on operator actions that carry them (older messages lack them)
-OPTIONAL_EVENT_FIELDS = ("client", "reason")
+#: optional event fields, present only when set (older messages lack them): an operator action's client and
+#: reason; a system transition's cause; a flood group's members (on the group) or the group (on a member)
+OPTIONAL_EVENT_FIELDS = ("client", "reason", "cause", "group")
 
 
 class ModelError(ValueError):
@@ -142,6 +145,11 @@ class AlarmEvent:
     #: operator actions through the admin API: the client's address (``ip:port``) and the reason given
     client: str | None = None
     reason: str | None = None
+    #: ``table_full`` (evict, group) or ``chattering`` (auto_shelve, auto_unshelve, and the group events of a
+    #: chattering member); None otherwise
+    cause: str | None = None
+    #: a flood group alarm's ``{"key", "members", "active", "first", "last"}``; a grouped member's ``{"key"}``
+    group: dict | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.event_id, str) and _EVENT_ID.fullmatch(self.event_id) is not None, "event_id",
@@ -175,6 +183,13 @@ class AlarmEvent:
                    self.client if self.client is not None else self.reason)
             _check_text(self.client, "client", MAX_CLIENT_CHARS, required=False)
             _check_text(self.reason, "reason", MAX_REASON_CHARS, required=False)
+        _check(self.cause is None or self.cause in CAUSES, "cause", f"null or one of {', '.join(CAUSES)}", self.cause)
+        _check(self.transition not in ("evict", "group", "auto_shelve", "auto_unshelve") or self.cause is not None,
+               "cause", f"the cause of the system transition {self.transition}", self.cause)
+        _check(self.group is None or (isinstance(self.group, dict) and isinstance(self.group.get("key"), str)),
+               "group", "null or a mapping with the group alarm's key", self.group)
+        _check((self.transition == "group") <= (self.group is not None), "group",
+               "the group alarm of a group event", self.group)
 
     @property
     def key(self) -> str:
@@ -193,6 +208,10 @@ class AlarmEvent:
             out["client"] = self.client
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.cause is not None:
+            out["cause"] = self.cause
+        if self.group is not None:
+            out["group"] = self.group
         return out
 
     def encode(self) -> bytes:

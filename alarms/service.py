@@ -11,12 +11,24 @@
 
 A batch is what is queued when the thread wakes (the list is swapped under
 the lock, as muduo's ``doPendingFunctors``), so under load many inputs share
-one transaction and one fsync (group commit). Two lanes: ``priority`` inputs
-(device alarm frames, operator actions) are all taken on every pass and go
-first; the others at most ``max_batch`` per pass, so a backlog of object
-changes in a flood delays a device alarm by one pass, not by the backlog.
-Order is kept within each lane; across lanes the keys differ, except an
-operator action, which applies to the alarm as its journal has it then.
+one transaction and one fsync (group commit). Three lanes, taken in this
+order on every pass:
+
+* ``priority`` (device alarm frames, critical conditions, operator actions):
+  all of it, first; a backlog of object changes in a flood delays a device
+  alarm by one pass, not by the backlog;
+* essential (every other condition and object change: facts that are not
+  sent again): at most ``max_batch`` per pass, never refused;
+* sheddable (threat samples, info events): the only inputs that may be
+  *sampled away* under load, and each one that is is counted in
+  ``sampled_away`` by kind. A threat sample is cumulative, so a newer sample
+  of the same link replaces a queued one (the window loses a point, not a
+  count); info events beyond ``max_pending`` queued are dropped. At most
+  ``max_batch`` per pass.
+
+Order is kept within each lane, and every key's inputs stay in one lane (a
+condition's raise and clear have the same lane); an operator action applies
+to the alarm as its journal has it then.
 Operator futures are resolved only after their events are durable. A journal write that fails is retried
 every ``retry_s`` until it succeeds or the service stops (the engine has
 already moved; dropping the events would lose them).
@@ -35,7 +47,8 @@ from concurrent.futures import Future
 from alarms.engine import AlarmEngine
 from alarms.journal import Journal
 from alarms.model import AlarmEvent, OperatorAction
-from alarms.sources import Sources
+from alarms.observations import ThreatSample
+from alarms.sources import Sources, lane_of
 
 log = logging.getLogger("railgate.alarms")
 
@@ -74,6 +87,8 @@ class AlarmService:
         self._wakeup = threading.Event()
         self._pending: list = []
         self._priority: list = []               # taken whole on every pass, before _pending
+        self._shed: list = []                   # sheddable info events, after _pending
+        self._threats: dict = {}                # link name -> its newest queued ThreatSample
         self._wake: list[Callable[[], None]] = []
         self._running = False
         self._thread: threading.Thread | None = None
@@ -81,7 +96,7 @@ class AlarmService:
         self._start_error: BaseException | None = None
         self.stats = {"batches": 0, "appends": 0, "inputs": 0, "events": 0, "max_batch_inputs": 0,
                       "max_batch_events": 0, "dropped_queue_full": 0, "input_errors": 0, "append_retries": 0,
-                      "last_append_ms": 0.0}
+                      "last_append_ms": 0.0, "sampled_away": {}}
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -114,32 +129,45 @@ class AlarmService:
 
     # -- input -------------------------------------------------------------------------------------------------
 
-    def submit(self, item, *, essential: bool = False, priority: bool = False) -> bool:
+    def submit(self, item, *, priority: bool = False) -> bool:
         """Queue an AlarmInput or an observation (GatewayEvent, ObjectChange, ThreatSample, DeviceAlarmFrame).
 
-        Any thread; never blocks on the engine or the disk. False if refused
-        (service stopped, or ``max_pending`` items already queued: counted
-        ``dropped_queue_full``). ``essential`` inputs (conditions, device
-        alarms: facts that are not sent again) are never refused for a full
-        queue; their rate is bounded by the links and devices that produce them.
-        ``priority`` (implies essential): the lane taken first (see the module doc).
+        Any thread; never blocks on the engine or the disk. False only when the
+        service is stopped. The lane is :func:`alarms.sources.lane_of` the item
+        (``priority=True`` forces the priority lane): essential inputs are never
+        refused, their rate bounded by the links and devices that produce them;
+        sheddable ones (threat samples, info events) are sampled away under load
+        as the module doc says, counted in ``sampled_away``.
         """
+        lane = "priority" if priority else lane_of(item)
         with self._lock:
             if not self._running:
                 return False
-            idle = not self._pending and not self._priority
-            if priority:
+            idle = not self._pending and not self._priority and not self._shed and not self._threats
+            if lane == "priority":
                 self._priority.append(item)
-            elif not essential and len(self._pending) >= self.max_pending:
-                self.stats["dropped_queue_full"] += 1
-                return False
-            else:
+            elif lane == "essential":
                 self._pending.append(item)
+            elif isinstance(item, ThreatSample):
+                if self._threats.pop(item.link_name, None) is not None:
+                    self._sampled_away("threat_sample")
+                self._threats[item.link_name] = item
+            elif len(self._shed) >= self.max_pending:
+                self.stats["dropped_queue_full"] += 1
+                self._sampled_away("info_event")
+                return True
+            else:
+                self._shed.append(item)
         if idle:
             # a non-empty queue has had its set() since the alarm thread's last clear(): once per batch
             # (Event.set takes a Condition, ~2 µs, and a flood submits tens of thousands a second)
             self._wakeup.set()
         return True
+
+    def _sampled_away(self, kind: str) -> None:
+        """Count one sheddable input not taken (under ``_lock``)."""
+        away = self.stats["sampled_away"]
+        away[kind] = away.get(kind, 0) + 1
 
     def call(self, fn: Callable[[AlarmEngine], object]) -> Future:
         """Run ``fn(engine)`` in the alarm thread; its events (a list of AlarmEvent, if it returns one) are
@@ -149,7 +177,7 @@ class AlarmService:
             if not self._running:
                 fut.set_exception(ServiceStopped(f"alarm service stopped (journal {self.journal_path})"))
                 return fut
-            idle = not self._pending and not self._priority
+            idle = not self._pending and not self._priority and not self._shed and not self._threats
             self._priority.append(_Call(fn, fut))
         if idle:
             self._wakeup.set()
@@ -168,7 +196,7 @@ class AlarmService:
             events: list[AlarmEvent] = []
             for inp in self.sources.reconcile(engine.condition_keys(), conditions, now_ms):
                 events += engine.apply(inp)
-            return events
+            return events + engine.settle_groups(now_ms)
         return self.call(run)
 
     def snapshot(self) -> Future:
@@ -177,7 +205,13 @@ class AlarmService:
 
     def status(self) -> Future:
         """Future of the engine's status plus the service counters. Any thread."""
-        return self.call(lambda engine: {**engine.status(), "service": dict(self.stats)})
+        def run(engine: AlarmEngine) -> dict:
+            with self._lock:                  # sampled_away is counted by submitting threads
+                service = {**self.stats, "sampled_away": dict(self.stats["sampled_away"]),
+                           "queued": {"priority": len(self._priority), "essential": len(self._pending),
+                                      "sheddable": len(self._shed) + len(self._threats)}}
+            return {**engine.status(), "service": service}
+        return self.call(run)
 
     # -- the alarm thread --------------------------------------------------------------------------------------
 
@@ -185,7 +219,9 @@ class AlarmService:
         try:
             journal = Journal(self.journal_path, writer=True)
             engine = self.engine = AlarmEngine(start_seq=journal.last_seq(), **self._engine_args)
-            engine.restore(journal.latest_states())
+            now = self.clock()
+            # the table, and the raise/clear history of the last chatter window: chattering survives a restart
+            engine.restore(journal.latest_states(), journal.recent(now - engine.chatter_ms), now_ms=now)
         except BaseException as exc:  # reported to start()'s caller
             self._start_error = exc
             with self._lock:
@@ -200,12 +236,12 @@ class AlarmService:
                 self._wakeup.clear()
                 with self._lock:
                     batch, self._priority = self._priority, []
-                    if len(self._pending) <= self.max_batch:
-                        batch += self._pending
-                        self._pending = []
-                    else:
-                        batch += self._pending[:self.max_batch]
-                        del self._pending[:self.max_batch]
+                    more = self._take(batch, self._pending)
+                    if self._threats:
+                        batch += self._threats.values()
+                        self._threats = {}
+                    more |= self._take(batch, self._shed)
+                    if more:
                         self._wakeup.set()          # the rest in the next pass
                     running = self._running
                 tick = time.monotonic() >= next_tick
@@ -215,10 +251,20 @@ class AlarmService:
                     self._process(engine, journal, batch, tick)
                 if not running:
                     with self._lock:
-                        if not self._pending and not self._priority:
+                        if not self._pending and not self._priority and not self._shed and not self._threats:
                             break
         finally:
             journal.close()
+
+    def _take(self, batch: list, lane: list) -> bool:
+        """Move at most ``max_batch`` items of ``lane`` to ``batch`` (under ``_lock``); True if some are left."""
+        if len(lane) <= self.max_batch:
+            batch += lane
+            lane.clear()
+            return False
+        batch += lane[:self.max_batch]
+        del lane[:self.max_batch]
+        return True
 
     def _process(self, engine: AlarmEngine, journal: Journal, batch: list, tick: bool) -> None:
         events: list[AlarmEvent] = []

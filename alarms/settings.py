@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from alarms.sources import ThreatLimits
+from alarms.sources import ThreatLimits, key_part
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _HOSTPORT = re.compile(r"[A-Za-z0-9._-]+:\d{1,5}")
@@ -37,6 +37,8 @@ def _unknown_key(path: str, key: Any, known: tuple[str, ...]) -> str:
 class Chatter:
     cycles: int = 3
     window_s: float = 60
+    #: an auto-shelved (chattering) alarm is unshelved after this long without a raise or clear
+    quiet_s: float = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +58,17 @@ class AlarmSettings:
     flood: Flood = Flood()
     switch_lost_s: float = 5
     threat_rates: ThreatLimits = ThreatLimits()
+    #: operator areas (EEMUA 191): area name -> device names; a device in none is in area ``line``
+    areas: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the journal keeps events this long (rows still needed are kept longer)
+    journal_retention_days: float = 7
 
     def engine_options(self) -> dict:
         """Keyword arguments of AlarmEngine / AlarmService(engine_options=...)."""
         return {"max_active": self.max_active, "chatter_cycles": self.chatter.cycles,
-                "chatter_window_s": self.chatter.window_s, "flood_alarms": self.flood.alarms,
-                "flood_window_s": self.flood.window_s}
+                "chatter_window_s": self.chatter.window_s, "chatter_quiet_s": self.chatter.quiet_s,
+                "flood_alarms": self.flood.alarms, "flood_window_s": self.flood.window_s,
+                "areas": {key_part(dev): area for area, devs in self.areas.items() for dev in devs}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,8 @@ class HistorySettings:
 
     kind: str = "sqlite"
     mysql: MysqlSettings | None = None
+    #: history rows older than this are deleted
+    retention_days: float = 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +147,13 @@ class _Reader:
             return default
         return value
 
+    def days(self, obj: dict, key: str, path: str, default: float) -> float:
+        value = obj.get(key, default)
+        if type(value) not in (int, float) or not 0 < value <= 36_500:
+            self.bad(f"{path}.{key}", "a number of days > 0 (at most 36500)", value)
+            return default
+        return value
+
     def text(self, obj: dict, key: str, path: str, default: Any = _MISSING, pattern: re.Pattern | None = None,
              what: str = "a non-empty string") -> str:
         value = obj.get(key, default)
@@ -153,7 +169,7 @@ class _Reader:
 def _alarms(r: _Reader, raw: Any) -> AlarmSettings:
     d = AlarmSettings()
     sec = r.mapping(raw, "alarms", tuple(AlarmSettings.__dataclass_fields__))
-    ch = r.mapping(sec.get("chatter"), "alarms.chatter", ("cycles", "window_s"))
+    ch = r.mapping(sec.get("chatter"), "alarms.chatter", ("cycles", "window_s", "quiet_s"))
     fl = r.mapping(sec.get("flood"), "alarms.flood", ("alarms", "window_s"))
     tr = r.mapping(sec.get("threat_rates"), "alarms.threat_rates", tuple(ThreatLimits.__dataclass_fields__))
     limits = ThreatLimits(r.seconds(tr, "window_s", "alarms.threat_rates", d.threat_rates.window_s),
@@ -167,11 +183,42 @@ def _alarms(r: _Reader, raw: Any) -> AlarmSettings:
         snapshot_interval_s=r.seconds(sec, "snapshot_interval_s", "alarms", d.snapshot_interval_s),
         max_active=r.int(sec, "max_active", "alarms", d.max_active, 1, 10_000_000),
         chatter=Chatter(r.int(ch, "cycles", "alarms.chatter", d.chatter.cycles, 1, 1000),
-                        r.seconds(ch, "window_s", "alarms.chatter", d.chatter.window_s)),
+                        r.seconds(ch, "window_s", "alarms.chatter", d.chatter.window_s),
+                        r.seconds(ch, "quiet_s", "alarms.chatter", d.chatter.quiet_s)),
         flood=Flood(r.int(fl, "alarms", "alarms.flood", d.flood.alarms, 1, 1_000_000),
                     r.seconds(fl, "window_s", "alarms.flood", d.flood.window_s)),
         switch_lost_s=r.seconds(sec, "switch_lost_s", "alarms", d.switch_lost_s),
-        threat_rates=limits)
+        threat_rates=limits, areas=_areas(r, sec.get("areas")),
+        journal_retention_days=r.days(sec, "journal_retention_days", "alarms", d.journal_retention_days))
+
+
+_AREA = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _areas(r: _Reader, raw: Any) -> dict[str, tuple[str, ...]]:
+    """``{area: [device, ...]}``; a device in two areas is a problem (its alarms count in one area).
+    Device names are checked against the line's devices by the gateway's config (it knows them)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        r.bad("alarms.areas", "a mapping of area name -> list of device names", raw)
+        return {}
+    out: dict[str, tuple[str, ...]] = {}
+    seen: dict[str, str] = {}
+    for area, devs in raw.items():
+        path = f"alarms.areas.{area}"
+        if not isinstance(area, str) or not _AREA.fullmatch(area):
+            r.bad("alarms.areas", "area names of 1..64 letters, digits, '.', '_', '-'", area)
+            continue
+        if not isinstance(devs, list) or not devs or not all(isinstance(d, str) and d for d in devs):
+            r.bad(path, "a non-empty list of device names", devs)
+            continue
+        for d in devs:
+            if d in seen:
+                r.problems.append(f"{path}: device {d!r} is already in area {seen[d]!r} (a device is in one area)")
+            seen[d] = area
+        out[area] = tuple(devs)
+    return out
 
 
 def _kafka(r: _Reader, raw: Any) -> KafkaSettings:
@@ -196,17 +243,19 @@ def _kafka(r: _Reader, raw: Any) -> KafkaSettings:
 
 
 def _history(r: _Reader, raw: Any) -> HistorySettings:
+    """``sqlite`` (the default), or a mapping: ``{mysql: {...}}`` and/or ``{retention_days: N}``."""
     if raw is None or raw == "sqlite":
         return HistorySettings()
     if not isinstance(raw, dict) or not raw:
-        r.bad("history", "'sqlite' or a mapping {mysql: {...}}", raw)
+        r.bad("history", "'sqlite' or a mapping {mysql: {...}, retention_days: N}", raw)
         return HistorySettings()
-    r.mapping(raw, "history", ("mysql",))
-    if "mysql" not in raw:  # only unknown keys, each a problem already
-        return HistorySettings()
+    r.mapping(raw, "history", ("mysql", "retention_days"))
+    days = r.days(raw, "retention_days", "history", HistorySettings().retention_days)
+    if "mysql" not in raw:  # sqlite with a retention (unknown keys are each a problem already)
+        return HistorySettings(retention_days=days)
     if not isinstance(raw["mysql"], dict):
         r.bad("history.mysql", "a mapping {host, port, user, password, database, pool_size}", raw["mysql"])
-        return HistorySettings()
+        return HistorySettings(retention_days=days)
     p, sec = "history.mysql", r.mapping(raw["mysql"], "history.mysql",
                                        ("host", "port", "user", "password", "database", "pool_size"))
     password = sec.get("password", "")
@@ -215,7 +264,7 @@ def _history(r: _Reader, raw: Any) -> HistorySettings:
         password = ""
     return HistorySettings("mysql", MysqlSettings(
         r.text(sec, "host", p), r.int(sec, "port", p, 3306, 1, 65535), r.text(sec, "user", p), password,
-        r.text(sec, "database", p), r.int(sec, "pool_size", p, 4, 1, 256)))
+        r.text(sec, "database", p), r.int(sec, "pool_size", p, 4, 1, 256)), days)
 
 
 def _redis(r: _Reader, raw: Any) -> RedisSettings | None:

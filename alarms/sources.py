@@ -58,6 +58,26 @@ THREATS = {"CORRUPTION": (("bad_crc", "bad_payload"), "corruption", "major"),
                                     "masquerade", "critical")}
 
 
+#: conditions whose raise and clear take the service's priority lane (with device alarms, operator actions)
+CRITICAL_CONDITIONS = frozenset(c for c, sev in SEVERITY.items() if sev == "critical")
+
+
+def lane_of(item) -> str:
+    """The alarm service's lane for an observation or input (``alarms/service.py``): ``priority`` for
+    device alarm frames and critical conditions (raise and clear alike, so a key keeps one lane);
+    ``sheddable`` for threat samples and info events, the only inputs that may be sampled away;
+    ``essential`` for everything else (conditions and object changes are facts not sent again)."""
+    if isinstance(item, DeviceAlarmFrame):
+        return "priority"
+    if isinstance(item, GatewayEvent):
+        if item.active is None:
+            return "sheddable"
+        return "priority" if _CLEARED_BY.get(item.name, item.name) in CRITICAL_CONDITIONS else "essential"
+    if isinstance(item, (ThreatSample, InfoEvent)):
+        return "sheddable"
+    return "essential"
+
+
 def key_part(text: str) -> str:
     """A name as a key part: '/' would split the key string."""
     return str(text).strip().replace("/", "_") or "-"

@@ -97,23 +97,52 @@ def test_reshelve_extends_and_out_of_service_tracks():
     assert (back.state, back.active) == ("NORMAL", False)
 
 
-def test_chattering_marks_suppresses_and_catches_up():
+def test_chattering_shelves_by_rule_suppresses_and_unshelves_after_quiet():
     e = engine(chatter_cycles=3, chatter_window_s=60)
     out = []
     for i in range(3):                                        # 3 raise/clear cycles in 30 s
         out += e.raise_(K, "critical", "x", T0 + i * 10_000)
         out += e.clear(K, T0 + i * 10_000 + 5_000)
-    assert out[-1].transition == "clear" and out[-1].chattering is True
-    assert [x.chattering for x in out[:-1]] == [False] * 5
+    clear, shelve = out[-2:]
+    assert clear.transition == "clear" and clear.chattering is True
+    assert (shelve.transition, shelve.previous_state, shelve.state, shelve.cause, shelve.operator,
+            shelve.shelved_until_ms) == ("auto_shelve", "RTN_UNACK", "SHELVED", "chattering", None, None)
+    assert [x.chattering for x in out[:-2]] == [False] * 5
+    assert e.snapshot()[1][0]["state"] == "SHELVED" and e.snapshot()[1][0]["cause"] == "chattering"
     assert e.raise_(K, "critical", "x", T0 + 40_000) == []   # suppressed
     assert e.clear(K, T0 + 41_000) == []
     assert e.raise_(K, "critical", "x", T0 + 42_000) == []
-    assert e.counters["suppressed_chatter"] == 3
+    assert e.counters["suppressed_chatter"] == 3 and e.counters["auto_shelved"] == 1
     assert e.status()["chattering"] == 1
-    assert e.tick(T0 + 42_000 + 59_999) == []                 # not quiet for the whole window yet
-    [catch] = e.tick(T0 + 42_000 + 60_000)
-    assert (catch.transition, catch.state, catch.active, catch.chattering) == ("raise", "UNACK", True, False)
+    assert e.tick(T0 + 42_000 + 59_999) == []                 # not quiet for the whole period yet
+    [back] = e.tick(T0 + 42_000 + 60_000)
+    assert (back.transition, back.previous_state, back.state, back.active, back.chattering, back.cause) == (
+        "auto_unshelve", "SHELVED", "UNACK", True, False, "chattering")
+    assert back.raised_ms == T0 + 42_000
     assert e.status()["chattering"] == 0
+
+
+def test_quiet_period_is_its_own_setting():
+    e = engine(chatter_cycles=2, chatter_window_s=60, chatter_quiet_s=5)
+    for i in range(2):
+        e.raise_(K, "major", "x", T0 + i * 1000)
+        e.clear(K, T0 + i * 1000 + 500)
+    assert e.state_of(K) == "SHELVED"
+    assert e.tick(T0 + 1500 + 4_999) == []
+    [back] = e.tick(T0 + 1500 + 5_000)
+    assert (back.transition, back.state) == ("auto_unshelve", "NORMAL")
+
+
+def test_operator_shelve_is_not_replaced_by_the_rule():
+    e = engine(chatter_cycles=2, chatter_window_s=60)
+    e.raise_(K, "major", "x", T0)
+    e.shelve(K, "op", 30, T0 + 1)
+    out = []
+    for i in range(2):
+        out += e.clear(K, T0 + 10 + i * 10)
+        out += e.raise_(K, "major", "x", T0 + 15 + i * 10)
+    assert "auto_shelve" not in [x.transition for x in out]
+    assert e.status()["chattering"] == 1 and e.state_of(K) == "SHELVED"
 
 
 def test_cycles_spread_wider_than_window_do_not_chatter():
@@ -124,46 +153,33 @@ def test_cycles_spread_wider_than_window_do_not_chatter():
         assert evs and not evs[0].chattering
 
 
-def test_chatter_quiet_without_change_leaves_no_event_and_drops_row():
+def test_an_acked_alarm_that_chatters_back_to_normal_is_shelved_then_leaves():
     e = engine(chatter_cycles=2, chatter_window_s=10)
     for i in range(2):
         e.raise_(K, "critical", "x", T0 + i * 1000)
         e.ack(K, "op", T0 + i * 1000 + 100)
-        e.clear(K, T0 + i * 1000 + 500)
-    assert e.status()["alarms"] == 1 and e.snapshot()[1] == []   # held in NORMAL while chattering
-    assert e.tick(T0 + 20_000) == []
+        out = e.clear(K, T0 + i * 1000 + 500)
+    assert [(x.transition, x.state) for x in out] == [("clear", "NORMAL"), ("auto_shelve", "SHELVED")]
+    assert e.status()["alarms"] == 1 and e.snapshot()[1][0]["state"] == "SHELVED"
+    [back] = e.tick(T0 + 20_000)
+    assert (back.transition, back.state, back.active) == ("auto_unshelve", "NORMAL", False)
     assert e.status()["alarms"] == 0
 
 
-def test_flood_flag():
+def test_flood_raises_the_area_alarm_with_the_rate_and_clears_at_half():
     e = engine(flood_alarms=10, flood_window_s=600)
     for i in range(10):
-        e.raise_(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0 + i)
+        assert all(x.alarm.code != "ALARM_FLOOD" for x in e.raise_(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0 + i))
     assert e.status()["flood"] is False
-    e.raise_(AlarmKey("CI-1", "X", "10"), "minor", "t", T0 + 10)
+    out = e.raise_(AlarmKey("CI-1", "X", "10"), "minor", "t", T0 + 10)
+    flood = [x for x in out if x.alarm.code == "ALARM_FLOOD"]
+    assert [(str(x.alarm), x.transition, x.severity) for x in flood] == [("gateway/ALARM_FLOOD/line", "raise", "major")]
+    assert "11 new alarms in 10 min (1.1/min" in flood[0].text
     assert e.status()["flood"] is True and e.counters["floods"] == 1
-    e.tick(T0 + 600_000 + 5)
+    assert e.status()["areas"]["line"]["flood"] is True
+    [clear] = e.tick(T0 + 600_000 + 5)
+    assert (str(clear.alarm), clear.transition) == ("gateway/ALARM_FLOOD/line", "clear")
     assert e.status()["flood"] is False
-
-
-def test_bound_refuses_counts_and_raises_one_gateway_alarm():
-    e = engine(max_active=10)
-    for i in range(10):
-        e.raise_(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0)
-    over = []
-    for i in range(10, 15):
-        over += e.raise_(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0)
-    assert [str(x.alarm) for x in over] == [str(TABLE_FULL)]
-    assert over[0].severity == "critical"
-    assert e.counters["dropped_over_bound"] == 5
-    assert e.raise_(AlarmKey("CI-1", "X", "3"), "minor", "t", T0) == []     # known key: never refused
-    out = []
-    for i in range(10):                                                     # ack then clear: rows leave
-        out += e.ack(AlarmKey("CI-1", "X", str(i)), "op", T0 + 1)
-        out += e.clear(AlarmKey("CI-1", "X", str(i)), T0 + 1)
-    full = [x for x in out if x.alarm == TABLE_FULL]
-    assert [x.transition for x in full] == ["clear"]                        # at 9 of 10 (90 %)
-    assert e.status()["alarms"] == 1                                        # the RTN_UNACK gateway alarm
 
 
 def test_apply_dispatches_inputs():

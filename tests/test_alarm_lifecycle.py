@@ -29,6 +29,17 @@ EXPECTED = {
     ("OUT_OF_SERVICE", "raise"): ("OUT_OF_SERVICE", "OUT_OF_SERVICE"),
     ("OUT_OF_SERVICE", "clear"): ("OUT_OF_SERVICE", "OUT_OF_SERVICE"),
     ("OUT_OF_SERVICE", "return_to_service"): ("UNACK", "NORMAL"),
+    # system transitions (issue 15): eviction from a full table, flood groups, shelving by rule
+    ("RTN_UNACK", "evict"): ("NORMAL", "NORMAL"),
+    ("NORMAL", "group"): ("NORMAL", "NORMAL"),
+    ("UNACK", "group"): ("NORMAL", "NORMAL"),
+    ("ACKED", "group"): ("NORMAL", "NORMAL"),
+    ("SHELVED", "group"): ("NORMAL", "NORMAL"),
+    ("NORMAL", "auto_shelve"): ("SHELVED", "SHELVED"),
+    ("UNACK", "auto_shelve"): ("SHELVED", "SHELVED"),
+    ("ACKED", "auto_shelve"): ("SHELVED", "SHELVED"),
+    ("RTN_UNACK", "auto_shelve"): ("SHELVED", "SHELVED"),
+    ("SHELVED", "auto_unshelve"): ("UNACK", "NORMAL"),
 }
 # the condition underneath a state before the move (SHELVED / OUT_OF_SERVICE: both are possible)
 CONDITIONS = {"NORMAL": (False,), "UNACK": (True,), "ACKED": (True,), "RTN_UNACK": (False,),
@@ -37,7 +48,7 @@ CONDITIONS = {"NORMAL": (False,), "UNACK": (True,), "ACKED": (True,), "RTN_UNACK
 
 def test_table_is_the_spec():
     assert set(TABLE) == set(EXPECTED)
-    assert len(STATES) * len(MOVES) == 48
+    assert len(STATES) * len(MOVES) == 6 * 12
 
 
 @pytest.mark.parametrize("state,transition", list(itertools.product(STATES, MOVES)))

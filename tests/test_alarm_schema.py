@@ -44,8 +44,12 @@ def every_kind_of_event():
     for i in range(2):
         out += e.raise_("CI-9/CHAT/-", "minor", "c", T0 + 100 + i)
         out += e.clear("CI-9/CHAT/-", T0 + 100 + i)
-    for i in range(5):
-        out += e.raise_(f"CI-2/X/{i}", "minor", "fill", T0 + 200)
+    out += e.raise_("CI-3/Y/-", "warning", "returns", T0 + 150)
+    out += e.clear("CI-3/Y/-", T0 + 151)                    # RTN_UNACK: the first to be evicted
+    for i in range(9):                                      # full: evict, then group CI-2/X
+        out += e.raise_(f"CI-2/X/{i}", "minor", "fill", T0 + 202)
+    out += e.clear("CI-2/X/6", T0 + 203)                    # a grouped member clears
+    out += e.tick(T0 + 100 + 60_000)                        # CI-9/CHAT quiet: auto_unshelve
     chunks += snapshot_chunks(e)
     return out, chunks
 
@@ -54,7 +58,8 @@ def test_engine_messages_validate():
     events, chunks = every_kind_of_event()
     transitions = {ev.transition for ev in events}
     assert transitions == {"raise", "clear", "ack", "shelve", "unshelve", "shelve_expired", "remove_from_service",
-                           "return_to_service", "info"}
+                           "return_to_service", "evict", "group", "auto_shelve", "auto_unshelve", "info"}
+    assert any(ev.group is not None and "members" in ev.group for ev in events)
     assert any(ev.chattering for ev in events)
     assert any(ev.alarm.code == "ALARM_TABLE_FULL" for ev in events)
     for ev in events:

@@ -14,6 +14,8 @@ T0 = 1_795_425_974_859
 
 
 def service(path, **kw):
+    """Thousands of alarms in these tests: no area flood alarm (tests/test_alarm_floods.py has those)."""
+    kw.setdefault("engine_options", {"flood_alarms": 1_000_000})
     return AlarmService(str(path), gateway_id=1, line="demo-line-1", tz="Asia/Shanghai", tick_s=0.05,
                         clock=lambda: T0, **kw)
 
@@ -64,8 +66,8 @@ def test_many_threads_exact_events(tmp_path):
         t.join()
     svc.stop()
     rows = all_rows(path)
-    assert len(rows) == threads * per * 2
     assert [r.event_seq for r in rows] == list(range(1, len(rows) + 1))
+    assert len(rows) == threads * per * 2
     per_key = {}
     for r in rows:
         per_key.setdefault(r.key, []).append(r.transition)
@@ -97,7 +99,7 @@ def test_priority_lane_overtakes_a_backlog_and_passes_are_bounded(tmp_path):
     path = tmp_path / "j.db"
     svc, gate = held_service(path, max_batch=2_000)
     for i in range(6_000):
-        assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0), essential=True)
+        assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0))
     assert svc.submit(RaiseAlarm(AlarmKey("CI-2", "DEVICE_ALARM_7", "3"), "major", "t", T0), priority=True)
     gate.set()
     svc.stop()

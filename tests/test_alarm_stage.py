@@ -109,12 +109,13 @@ def test_device_alarm_to_kafka_history_redis_and_operator_ack(tmp_path, redis_pr
 
 def test_only_changes_into_or_out_of_an_alarming_value_are_queued(tmp_path):
     from alarms.observations import ObjectChange
+    from alarms.sources import lane_of
     from gateway.app.alarm_stage import AlarmStage
     from gateway.line.line import Line
     cfg = config.parse(line_config(state_dir=str(tmp_path / "state")).raw, "t")
     stage = AlarmStage(cfg, Line(cfg))
     queued: list = []
-    stage.service.submit = lambda item, essential=False: queued.append((item, essential)) or True
+    stage.service.submit = lambda item, priority=False: queued.append((item, lane_of(item))) or True
     changes = [("SIGNALS", 257, 201, 0), ("TRACK_SECTIONS", 257, 101, 1), ("TRACK_SECTIONS", 257, 101, 2),
                ("TRACK_SECTIONS", 257, 101, 0), ("TRACK_SECTIONS", 257, 101, 1), ("SWITCHES", 257, 301, 2),
                ("SWITCHES", 257, 301, 3), ("SWITCHES", 257, 301, 0), ("SWITCHES", 257, 301, 1)]
@@ -122,19 +123,20 @@ def test_only_changes_into_or_out_of_an_alarming_value_are_queued(tmp_path):
         stage.observe_object(kind, dev, obj, value, 1000 + i)
     assert [(c.kind, c.object_id, c.value) for c, _ in queued] == \
         [("TRACK_SECTIONS", 101, 2), ("TRACK_SECTIONS", 101, 0), ("SWITCHES", 301, 3), ("SWITCHES", 301, 0)]
-    assert all(isinstance(c, ObjectChange) and essential for c, essential in queued)
+    assert all(isinstance(c, ObjectChange) and lane == "essential" for c, lane in queued)
 
 
 
-def test_a_full_queue_refuses_samples_but_never_conditions_or_device_alarms(tmp_path):
+def test_under_load_only_samples_are_sampled_away_never_conditions_or_device_alarms(tmp_path):
     """Through the gateway's own wiring (EventLog and ObjectState subscriptions, ``ctx.alarm_sink``):
-    with the alarm thread held and its queue full, a condition, a section fault and a DEVICE_ALARM
-    frame are still taken, and the device alarm goes first once the thread runs again."""
+    with the alarm thread held, threat samples of one link coalesce (counted as sampled away), info
+    events beyond the queue's bound are dropped (counted), and a condition, a section fault and a
+    DEVICE_ALARM frame are still taken; the device alarm goes first once the thread runs again."""
     import threading
 
     from alarms.journal import Journal
     from alarms.model import AlarmEvent
-    from alarms.observations import ThreatSample
+    from alarms.observations import GatewayEvent, ThreatSample
     from railcodecs import Frame, TrackSections
 
     raw = line_config(state_dir=str(tmp_path / "state"), hello_timeout_ms=60_000).raw  # no start-up check
@@ -147,9 +149,11 @@ def test_a_full_queue_refuses_samples_but_never_conditions_or_device_alarms(tmp_
         svc.call(lambda engine: held.set() or hold.wait(10))    # keeps the alarm thread busy meanwhile
         try:
             assert held.wait(5)
-            results = [svc.submit(ThreatSample("net A", {}, 1000, "CI-1")) for _ in range(10)]
-            assert results.count(False) >= 5 and svc.stats["dropped_queue_full"] >= results.count(False)
-            assert svc.submit(ThreatSample("net A", {}, 1000, "CI-1")) is False   # full
+            assert all(svc.submit(ThreatSample("net A", {"bad_crc": i}, 1000 + i, "CI-1")) for i in range(10))
+            assert svc.stats["sampled_away"]["threat_sample"] == 9            # the newest one stays queued
+            for i in range(8):
+                assert svc.submit(GatewayEvent(1000 + i, "CONSIST_COUPLED", "consist 9", "x"))
+            assert svc.stats["sampled_away"]["info_event"] == 3 and svc.stats["dropped_queue_full"] == 3
 
             now = ctx.now_ms()
             assert ctx.events.raise_condition("DEVICE_COMM_LOST", "CI-1", now, "no link up")
@@ -173,5 +177,6 @@ def test_a_full_queue_refuses_samples_but_never_conditions_or_device_alarms(tmp_
         raised = [AlarmEvent.decode(r.value).key for r in journal.read_after(0, limit=1000)]
     finally:
         journal.close()
-    # the device alarm was submitted last but rides the priority lane (trains may have gone quiet meanwhile)
-    assert [k for k in raised if k in keys] == [KEY, "CI-1/DEVICE_COMM_LOST/-", "CI-2/TRACK_SECTION_FAULT/111"]
+    # the critical condition and the device alarm ride the priority lane (in their order), the section
+    # fault, submitted before the device alarm, comes after them
+    assert [k for k in raised if k in keys] == ["CI-1/DEVICE_COMM_LOST/-", KEY, "CI-2/TRACK_SECTION_FAULT/111"]

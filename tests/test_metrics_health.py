@@ -82,7 +82,7 @@ def test_alarm_engine_and_journal_families_match_the_alarm_thread(cfg):
     assert value_of(samples, "railgate_alarm_flood") == 0 and value_of(samples, "railgate_alarms_chattering") == 0
     assert value_of(samples, "railgate_alarms_max") == engine["max_active"]
     assert value_of(samples, "railgate_alarm_inputs_refused_total") == 0
-    assert value_of(samples, "railgate_alarm_dropped_over_bound_total") == 0
+    assert value_of(samples, "railgate_alarm_evicted_total") == 0
     assert value_of(samples, "railgate_journal_events_total") == service["events"] >= 4
     assert value_of(samples, "railgate_journal_appends_total") >= 1
     assert value_of(samples, "railgate_journal_append_retries_total") == 0
@@ -141,14 +141,31 @@ def test_coupling_admin_and_process_families(cfg):
 def test_pipeline_figures_from_a_status_document_flood_chatter_and_errors():
     doc = {**SAMPLE_STATUS,
            "alarms": {"engine": {"by_state": {"UNACK": 2, "ACKED": 1}, "chattering": 1, "flood": True,
-                                 "event_seq": 99, "dropped_over_bound": 3, "suppressed_chatter": 4,
+                                 "event_seq": 99, "evicted": 3, "suppressed_chatter": 4, "groups": 2,
+                                 "over_bound": 1, "grouped": 7,
+                                 "areas": {"north": {"flood": True, "new_alarms_in_window": 12, "alarms": 5,
+                                                     "chattering": 2, "shelved": 3}},
                                  "by_severity": {"major": {"UNACK": 2}, "minor": {"ACKED": 1}},
-                                 "service": {"dropped_queue_full": 5, "append_retries": 6, "last_append_ms": 2.5}},
-                      "relay": {"alive": False}, "writers": {"live": {"state": "backoff", "lag_events": 8}}}}
+                                 "service": {"dropped_queue_full": 5, "append_retries": 6, "last_append_ms": 2.5,
+                                             "sampled_away": {"threat_sample": 9}}},
+                      "relay": {"alive": False}, "writers": {"live": {"state": "backoff", "lag_events": 8}},
+                      "retention": {"journal_bytes": 4096, "history_bytes": 8192, "deleted": 11,
+                                    "history_deleted": 12}}}
     _, samples = parse_prometheus(render_metrics(doc))
     assert value_of(samples, "railgate_alarm_flood") == 1 and value_of(samples, "railgate_alarms_chattering") == 1
     assert value_of(samples, "railgate_alarms_active", severity="major", state="UNACK") == 2
-    assert value_of(samples, "railgate_alarm_dropped_over_bound_total") == 3
+    assert value_of(samples, "railgate_alarm_evicted_total") == 3
+    assert value_of(samples, "railgate_journal_disk_bytes") == 4096
+    assert value_of(samples, "railgate_history_disk_bytes") == 8192
+    assert value_of(samples, "railgate_journal_pruned_total") == 11
+    assert value_of(samples, "railgate_history_pruned_total") == 12
+    assert value_of(samples, "railgate_alarm_grouped_total") == 7 and value_of(samples, "railgate_alarm_groups") == 2
+    assert value_of(samples, "railgate_alarms_over_bound") == 1
+    assert value_of(samples, "railgate_alarm_area_flood", area="north") == 1
+    assert value_of(samples, "railgate_alarm_area_new", area="north") == 12
+    assert value_of(samples, "railgate_alarm_area_chattering", area="north") == 2
+    assert value_of(samples, "railgate_alarm_area_shelved", area="north") == 3
+    assert value_of(samples, "railgate_alarm_inputs_sampled_away_total", kind="threat_sample") == 9
     assert value_of(samples, "railgate_alarm_suppressed_chatter_total") == 4
     assert value_of(samples, "railgate_alarm_inputs_refused_total") == 5
     assert value_of(samples, "railgate_journal_append_retries_total") == 6

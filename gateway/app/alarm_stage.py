@@ -31,6 +31,7 @@ from alarms.history_writer import HistorySink, HistoryWriter
 from alarms.journal import Journal
 from alarms.model import AlarmKey, OperatorAction
 from alarms.observations import DeviceAlarmFrame, ObjectChange, ThreatSample
+from alarms.retention import RetentionPruner, writers_floor
 from alarms.service import AlarmService
 from alarms.sources import SECTION_FAULT, SWITCH_LOST, Sources, key_part
 
@@ -62,6 +63,7 @@ class AlarmStage:
         self.broker = None
         self.relay = None
         self.writers: list[HistoryWriter] = []
+        self.pruner: RetentionPruner | None = None
         self._relay_factory = relay_factory
         # (kind, device, object) last seen abnormal: the only objects whose next change is forwarded.
         # set.add/discard are single operations under the GIL; each object is written by one IO loop
@@ -70,7 +72,7 @@ class AlarmStage:
 
     # -- life (base loop thread) ------------------------------------------------------------
     def start(self) -> None:
-        """Start the alarm thread, the broker (embedded), the relay and the writers.
+        """Start the alarm thread, the broker (embedded), the relay, the writers and the retention thread.
 
         No outside service has to answer: the relay child, the history writer and the live-table
         writer each retry theirs (Kafka, MySQL, Redis) with a back-off and catch up from the
@@ -99,7 +101,13 @@ class AlarmStage:
         for writer in self.writers:
             writer.start()
             self.service.subscribe(writer.wake)
-        self.line.events.subscribe(lambda ev: self.service.submit(ev, essential=True))
+        # journal rows above the lowest writer watermark stay; the live table resyncs from `latest`
+        self.pruner = RetentionPruner(
+            self.journal_path, lambda: writers_floor(self.writers, resyncing=("live",)), history=store,
+            gateway_id=self.cfg.gateway.id, journal_retention_days=p.alarms.journal_retention_days,
+            history_retention_days=p.history.retention_days, clock_ms=self.line.now_ms)
+        self.pruner.start()
+        self.line.events.subscribe(self.service.submit)   # lanes by kind: alarms.sources.lane_of
         self.line.objects.subscribe(self.observe_object)
         log.info("alarm stage up: journal %s, kafka %s, history %s%s", self.journal_path, bootstrap,
                  p.history.kind, f", redis {p.redis.url}" if p.redis else "")
@@ -107,6 +115,8 @@ class AlarmStage:
     def stop(self) -> None:
         """Drain the alarm thread into the journal, then flush the relay and writers; stop the broker."""
         self.service.stop()
+        if self.pruner is not None:
+            self.pruner.stop()
         for writer in self.writers:
             writer.wake()
             writer.stop()
@@ -157,10 +167,10 @@ class AlarmStage:
             self._abnormal.discard(ident)
         else:
             return
-        self.service.submit(ObjectChange(kind, device_id, object_id, value, applied_ms), essential=True)
+        self.service.submit(ObjectChange(kind, device_id, object_id, value, applied_ms))
 
     def observe_device_alarm(self, device_name: str, message, time_ms: int) -> None:
-        self.service.submit(DeviceAlarmFrame(device_name, message, time_ms), priority=True)
+        self.service.submit(DeviceAlarmFrame(device_name, message, time_ms))
 
     def reconcile(self) -> None:
         """After the start-up grace: clear restored alarms that what the links show no longer holds
@@ -209,7 +219,7 @@ class AlarmStage:
         return stats["pid"] is not None if "pid" in stats else True
 
     def status(self, engine: dict | None = None) -> dict:
-        """JSON-ready: engine status, relay and writer stats. Any thread.
+        """JSON-ready: engine status, relay, writer and retention stats. Any thread.
 
         ``engine``: the alarm thread's answer to :meth:`engine_status` (or an ``{"error": ...}``
         standing for it), so nothing waits. Without it this waits up to ``ACTION_TIMEOUT_S`` for the
@@ -221,7 +231,8 @@ class AlarmStage:
             except Exception as exc:  # a stopped or busy alarm thread must not break the status
                 engine = {"error": str(exc) or type(exc).__name__}
         out = {"engine": engine, "relay": self.relay.stats() if self.relay else {},
-               "writers": {w.name: w.stats() for w in self.writers}}
+               "writers": {w.name: w.stats() for w in self.writers},
+               "retention": self.pruner.stats() if self.pruner else {}}
         if self.broker is not None:
             out["embedded_broker"] = {"bootstrap": self.broker.bootstrap, "pid": self.broker.pid}
         return out

@@ -319,6 +319,11 @@ def parse(data: Any, source: str = "<config>") -> Config:
     _cross_checks(r, settings, devices, trains)
     pipeline, problems = parse_pipeline(data, unknown=unknown_key)
     r.problems += problems
+    names = {d.name for d in devices}
+    for area, members in pipeline.alarms.areas.items():
+        r.problems += [f"alarms.areas.{area}: {m!r} is not a configured device"
+                       + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(m, names, 1)) else "")
+                       for m in members if m not in names]
     coupling, problems = parse_coupling(data.get(COUPLING_SECTION), unknown=unknown_key)
     r.problems += problems
     if r.problems:

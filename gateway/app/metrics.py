@@ -163,8 +163,12 @@ def _receiver(f: _Families, kind: str, obj: dict, **labels) -> None:
 # -- the alarm pipeline: engine and service (the alarm thread's answer), relay, writers -------------------
 _ENGINE_COUNTERS = (  # (engine status key, metric, help)
     ("events", "railgate_alarm_events_total", "Alarm events the engine produced (each journaled)."),
-    ("dropped_over_bound", "railgate_alarm_dropped_over_bound_total",
-     "Alarms not raised: the alarm table was full (max_active)."),
+    ("evicted", "railgate_alarm_evicted_total",
+     "RTN_UNACK alarms evicted from a full table (RTN_UNACK -> NORMAL, cause table_full)."),
+    ("grouped", "railgate_alarm_grouped_total", "Alarms grouped into a flood group alarm (<source>/FLOOD_<code>/-)."),
+    ("auto_shelved", "railgate_alarm_auto_shelved_total", "Chattering alarms shelved by rule."),
+    ("over_bound_inserts", "railgate_alarm_over_bound_inserts_total",
+     "Non-exempt alarms that entered a full table because nothing could make room."),
     ("suppressed_chatter", "railgate_alarm_suppressed_chatter_total", "Annunciations held back as chatter."),
     ("chatter_episodes", "railgate_alarm_chatter_episodes_total", "Times an alarm started chattering."),
     ("floods", "railgate_alarm_floods_total", "Alarm floods begun (ISA-18.2 rate over the flood threshold)."),
@@ -174,7 +178,7 @@ _ENGINE_COUNTERS = (  # (engine status key, metric, help)
 _SERVICE_COUNTERS = (  # (service stats key, metric, help)
     ("inputs", "railgate_alarm_inputs_total", "Observations the alarm thread took in."),
     ("dropped_queue_full", "railgate_alarm_inputs_refused_total",
-     "Observations refused: the alarm thread's queue was full."),
+     "Info events dropped under load (the sheddable lane was full); see railgate_alarm_inputs_sampled_away_total."),
     ("input_errors", "railgate_alarm_input_errors_total", "Observations the sources could not turn into inputs."),
     ("appends", "railgate_journal_appends_total", "Group commits to the alarm journal."),
     ("events", "railgate_journal_events_total", "Alarm events appended to the journal since the start."),
@@ -210,6 +214,22 @@ def _alarm_pipeline(f: _Families, alarms: dict) -> None:
     f.add("railgate_alarm_flood", "gauge", "1 while an alarm flood is on.", engine.get("flood"))
     f.add("railgate_alarm_flood_window_new", "gauge", "New alarms in the flood window now.",
           engine.get("new_alarms_in_flood_window"))
+    f.add("railgate_alarms_over_bound", "gauge", "Alarms beyond max_active (only exempt: critical and device "
+          "alarms).", engine.get("over_bound"))
+    f.add("railgate_alarm_groups", "gauge", "Flood group alarms in the table.", engine.get("groups"))
+    f.add("railgate_alarm_area_flood", "gauge", "1 while the operator area is in flood (EEMUA 191).", None)
+    f.add("railgate_alarm_area_new", "gauge", "New alarms of the operator area in the flood window.", None)
+    f.add("railgate_alarm_area_chattering", "gauge", "Chattering alarms of the operator area.", None)
+    f.add("railgate_alarm_area_shelved", "gauge", "Shelved alarms of the operator area.", None)
+    for area, a in sorted((engine.get("areas") or {}).items()):
+        f.add("railgate_alarm_area_flood", "gauge", "", a.get("flood"), area=area)
+        f.add("railgate_alarm_area_new", "gauge", "", a.get("new_alarms_in_window"), area=area)
+        f.add("railgate_alarm_area_chattering", "gauge", "", a.get("chattering"), area=area)
+        f.add("railgate_alarm_area_shelved", "gauge", "", a.get("shelved"), area=area)
+    f.add("railgate_alarm_inputs_sampled_away_total", "counter", "Sheddable inputs (threat samples, info "
+          "events) not taken under load, by kind.", None)
+    for kind, n in sorted((service.get("sampled_away") or {}).items()):
+        f.add("railgate_alarm_inputs_sampled_away_total", "counter", "", n, kind=kind)
     f.add("railgate_alarm_event_seq", "gauge", "Sequence number of the last journaled alarm event (kept "
           "across restarts).", engine.get("event_seq"))
     for key, name, help_ in _ENGINE_COUNTERS:
@@ -218,6 +238,14 @@ def _alarm_pipeline(f: _Families, alarms: dict) -> None:
         f.add(name, "counter", help_, service.get(key))
     f.add("railgate_journal_last_append_seconds", "gauge", "Duration of the last journal group commit.",
           _scaled(service.get("last_append_ms"), 1000))
+    ret = alarms.get("retention") or {}
+    f.add("railgate_journal_disk_bytes", "gauge", "Alarm journal on disk (database, WAL, shared memory).",
+          ret.get("journal_bytes"))
+    f.add("railgate_history_disk_bytes", "gauge", "Alarm history on disk (SQLite files; MySQL data + index).",
+          ret.get("history_bytes"))
+    f.add("railgate_journal_pruned_total", "counter", "Journal rows deleted by retention.", ret.get("deleted"))
+    f.add("railgate_history_pruned_total", "counter", "History rows deleted by retention.",
+          ret.get("history_deleted"))
     relay = alarms.get("relay") or {}
     for key, name, help_ in _RELAY_COUNTERS:
         f.add(name, "counter", help_, relay.get(key))

@@ -113,6 +113,14 @@ def _errors(errors: dict | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted((errors or {}).items())) or "-"
 
 
+def _closed(link: dict) -> str | None:
+    """When and why a down link's last link closed: "1520 ms ago: peer closed the connection"."""
+    age, why = link.get("closed_age_ms"), link.get("closed_reason")
+    if age is None and not why:
+        return None
+    return ("-" if age is None else f"{age} ms ago") + (f": {why}" if why else "")
+
+
 def _code(names: dict, value) -> str | None:
     return None if value is None else f"{names.get(value, '?')} ({value})"
 
@@ -160,11 +168,13 @@ def render_text(status: dict) -> str:
     out += dev_lines[:1] if devices else ["  (none configured)"]
     for d, line in zip(devices, dev_lines[1:]):
         out.append(line)
+        # a link that is down shows its last link's counters (frozen as it closed), then since when and why
         out += _table(["NET", "ALIVE", "STATE", "PEER", "LOOP", "LAST RX (ms)", "RX (frames)", "TX (frames)",
-                       "RX (bytes)", "TX (bytes)", "ERRORS (frames by reason)"],
+                       "RX (bytes)", "TX (bytes)", "ERRORS (frames by reason)", "CLOSED"],
                       [[k.get("net"), k.get("alive"), k.get("state"), k.get("peer"), k.get("loop"),
                         k.get("last_rx_age_ms"), k.get("rx_frames"), k.get("tx_frames"), k.get("rx_bytes"),
-                        k.get("tx_bytes"), _errors(k.get("errors"))] for k in d.get("links") or []], indent="      ")
+                        k.get("tx_bytes"), _errors(k.get("errors")), _closed(k)] for k in d.get("links") or []],
+                      indent="      ")
 
     trains = status.get("trains") or []
     out += ["", f"Trains ({len(trains)})"]
@@ -242,13 +252,41 @@ def _alarm_lines(alarms: dict | None) -> list[str]:
     lines = ["", f"Alarms: {_cell(eng.get('alarms'))} in the table of {_cell(eng.get('max_active'))} ({by_state}), "
                  f"chattering {_cell(eng.get('chattering'))}, flood {'YES' if eng.get('flood') else 'no'}, "
                  f"event_seq {_cell(eng.get('event_seq'))}",
+             *_bound_lines(eng),
              f"  Kafka relay: {_cell(relay.get('delivered'))} events delivered, {_cell(relay.get('pending'))} pending, "
              f"{_cell(relay.get('snapshots'))} snapshots, producer recreated {_cell(relay.get('recreated'))} times"
              + (f", relay restarts {_cell(relay['restarts'])}" if "restarts" in relay else "")]
+    ret = alarms.get("retention")
+    if ret:
+        lines.append(f"  disk: journal {_mib(ret.get('journal_bytes'))}, history {_mib(ret.get('history_bytes'))}; "
+                     f"retention {_cell(ret.get('retention_days'))} d journal, "
+                     f"{_cell(ret.get('history_retention_days'))} d history; pruned {_cell(ret.get('deleted'))} "
+                     f"journal and {_cell(ret.get('history_deleted'))} history rows")
     for name, w in (alarms.get("writers") or {}).items():
         lines.append(f"  {name} writer: {_cell(w.get('written'))} events written, lag {_cell(w.get('lag_events'))}"
                      f" events, {_cell(w.get('failures'))} failures ({w.get('state')})"
                      + (f", last error: {w['last_error']}" if w.get("last_error") else ""))
+    return lines
+
+
+def _mib(n) -> str:
+    return "-" if n is None else f"{n / 1048576:.1f} MiB"
+
+
+def _bound_lines(eng: dict) -> list[str]:
+    """How the bound was kept (nothing is refused), what was sampled away, and each operator area."""
+    svc = eng.get("service") or {}
+    away = ", ".join(f"{n} {k}" for k, n in sorted((svc.get("sampled_away") or {}).items())) or "none"
+    lines = [f"  bound: {_cell(eng.get('evicted'))} evicted, {_cell(eng.get('grouped'))} grouped into "
+             f"{_cell(eng.get('groups'))} flood groups, {_cell(eng.get('auto_shelved'))} shelved by rule, "
+             f"{_cell(eng.get('over_bound'))} over the bound (exempt {_cell(eng.get('exempt'))}); "
+             f"sampled away under load: {away}"]
+    areas = eng.get("areas") or {}
+    if areas:
+        lines.append("  areas: " + "; ".join(
+            f"{name} {'FLOOD' if a.get('flood') else 'ok'} ({_cell(a.get('new_alarms_in_window'))} new in window, "
+            f"{_cell(a.get('chattering'))} chattering, {_cell(a.get('shelved'))} shelved)"
+            for name, a in sorted(areas.items())))
     return lines
 
 
