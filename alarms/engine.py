@@ -66,6 +66,8 @@ from alarms.model import (SEVERITIES, AlarmEvent, AlarmInput, AlarmKey, ClearAla
 TABLE_FULL = AlarmKey("gateway", "ALARM_TABLE_FULL")
 FLOOD_CODE = "ALARM_FLOOD"
 GROUP_PREFIX = "FLOOD_"
+#: the source of an area-level flood group alarm: ``area <name>/FLOOD_<code>/-``
+AREA_SOURCE = "area "
 ALARM_SEVERITIES = SEVERITIES[:-1]       # info is for info events only
 #: the engine's own alarm-management alarms: exempt, and not counted against the bound
 _MANAGEMENT = frozenset({"ALARM_TABLE_FULL", FLOOD_CODE})
@@ -175,7 +177,10 @@ class AlarmEngine:
         self._cycles: dict[AlarmKey, deque[int]] = {}
         self._shelf: list[tuple[int, str, AlarmKey]] = []     # (until_ms, str key, key), lazy cancel
         self._rtn: dict[str, dict[AlarmKey, None]] = {s: {} for s in _EVICT_ORDER}  # evictable, oldest first
-        self._groups: dict[tuple[str, str], AlarmKey] = {}    # (source, code) -> its group alarm
+        self._groups: dict[tuple[str, str], AlarmKey] = {}    # scope (source, code) -> its group alarm
+        # grouping scopes -> their visible non-exempt rows (any state; groupable is checked on use)
+        self._by_scope: dict[tuple[str, str], set[AlarmKey]] = {}
+        self._no_room = False                                 # the last search found nothing to group
         self._grouped = 0                                     # member rows (not in the visible table)
         self._management = 0                                  # rows of the engine's own alarms
         self._admitting = False                               # making room for a new row: no low-water clear
@@ -277,30 +282,59 @@ class AlarmEngine:
     def _counted(self) -> int:
         return len(self._alarms) - self._grouped - self._management
 
+    def _scopes(self, key: AlarmKey) -> tuple[tuple[str, str], tuple[str, str]]:
+        """The two flood-group scopes of a key: its device's ``(source, code)`` and its area's
+        ``("area <name>", code)`` (used when no device has two alarms of one code to group)."""
+        return (key.source, key.code), (AREA_SOURCE + self.floods.area_of(key.source), key.code)
+
+    def _group_of(self, key: AlarmKey) -> AlarmKey | None:
+        device, area = self._scopes(key)
+        return self._groups.get(device) or self._groups.get(area)
+
     def _admit(self, key: AlarmKey, severity: str, text: str, now_ms: int, out: list) -> _Alarm:
-        """The row of a new key: in the table, in its pair's flood group, or over the bound (exempt)."""
+        """The row of a new key: in the table, in its flood group, or over the bound (exempt)."""
         exempt = is_exempt(key, severity)
-        pair = (key.source, key.code)
-        if not is_management(key) and (exempt or pair not in self._groups) and self._counted() >= self.max_active:
+        gkey = None if exempt else self._group_of(key)
+        if not is_management(key) and gkey is None and self._counted() >= self.max_active:
             self._admitting = True
             try:
-                self._make_room(None if exempt else pair, now_ms, out)
+                self._make_room(None if exempt else key, now_ms, out)
             finally:
                 self._admitting = False
+            gkey = None if exempt else self._group_of(key)
         a = self._alarms[key] = _Alarm(key, severity, text, now_ms)
         if is_management(key):
             self._management += 1
-        gkey = None if exempt else self._groups.get(pair)
-        if gkey is not None:
+        elif gkey is not None:
             a.group = gkey
             self._grouped += 1
             self._alarms[gkey].grp.members.add(key)
-        elif not exempt and self._counted() > self.max_active:
-            self.counters["over_bound_inserts"] += 1     # nothing could make room (see the module doc)
+        elif not exempt:
+            self._index(a)
+            if self._counted() > self.max_active:
+                self.counters["over_bound_inserts"] += 1     # nothing could make room (see the module doc)
         return a
 
-    def _make_room(self, pair: tuple[str, str] | None, now_ms: int, out: list) -> None:
-        """Free one slot for a new alarm of ``pair`` (None: an exempt one), in the module doc's order."""
+    def _index(self, a: _Alarm) -> None:
+        """A visible, non-exempt row (an alarm or a device-level group) enters its grouping scopes."""
+        device, area = self._scopes(a.key if a.grp is None else AlarmKey(a.key.source, a.key.code[len(GROUP_PREFIX):]))
+        if a.grp is None:
+            self._by_scope.setdefault(device, set()).add(a.key)
+        if not a.key.source.startswith(AREA_SOURCE):
+            self._by_scope.setdefault(area, set()).add(a.key)
+        self._no_room = False
+
+    def _unindex(self, a: _Alarm) -> None:
+        code = a.key.code if a.grp is None else a.key.code[len(GROUP_PREFIX):]
+        for scope in self._scopes(AlarmKey(a.key.source, code)):
+            keys = self._by_scope.get(scope)
+            if keys is not None:
+                keys.discard(a.key)
+                if not keys:
+                    del self._by_scope[scope]
+
+    def _make_room(self, new: AlarmKey | None, now_ms: int, out: list) -> None:
+        """Free one slot for the new alarm ``new`` (None: an exempt one), in the module doc's order."""
         self._raise_full(now_ms, out)
         for sev in _EVICT_ORDER:
             oldest = next(iter(self._rtn[sev]), None)
@@ -308,49 +342,79 @@ class AlarmEngine:
                 self.counters["evicted"] += 1
                 self._move(self._alarms[oldest], "evict", now_ms, out, cause="table_full")
                 return
-        best = self._group_candidate()
-        if best is not None:
-            self._group(best, now_ms, out)
-        elif pair is not None and any(self._groupable(a) and (a.key.source, a.key.code) == pair
-                                      for a in self._alarms.values()):
-            self._group(pair, now_ms, out)
+        if not self._no_room:
+            best = self._group_candidate(2)
+            if best is not None:
+                self._group(*best, now_ms, out)
+                return
+            self._no_room = True          # until a non-exempt row moves or enters (_move, _index)
+        if new is not None:               # (d): its own scope's alarms, grouped with it
+            for scope in self._scopes(new):
+                members = self._groupable_in(scope)
+                if members:
+                    self._group(scope, members, now_ms, out)
+                    return
 
     def _groupable(self, a: _Alarm) -> bool:
-        return (a.group is None and a.grp is None and not is_exempt(a.key, a.severity)
+        return (a.group is None and not is_exempt(a.key, a.severity)
                 and (a.state in (UNACK, ACKED) or (a.state == SHELVED and a.shelved_by == "rule")))
 
-    def _group_candidate(self) -> tuple[str, str] | None:
-        """The lowest-priority pair with the most groupable alarms (at least two), or None."""
-        count: dict[tuple[str, str], int] = {}
-        rank: dict[tuple[str, str], int] = {}
-        for a in self._alarms.values():
-            if self._groupable(a):
-                pair = (a.key.source, a.key.code)
-                count[pair] = count.get(pair, 0) + 1
-                rank[pair] = min(rank.get(pair, 9), _RANK[a.severity])
-        pairs = [p for p, n in count.items() if n >= 2]
-        return max(pairs, key=lambda p: (rank[p], count[p]), default=None)
+    def _groupable_in(self, scope: tuple[str, str]) -> list[_Alarm]:
+        rows = (self._alarms[k] for k in self._by_scope.get(scope, ()))
+        return [a for a in rows if self._groupable(a)]
 
-    def _group(self, pair: tuple[str, str], now_ms: int, out: list) -> None:
-        source, code = pair
-        members = sorted((a for a in self._alarms.values()
-                          if self._groupable(a) and (a.key.source, a.key.code) == pair), key=lambda a: a.raised_ms)
+    def _group_candidate(self, least: int) -> tuple[tuple[str, str], list[_Alarm]] | None:
+        """The scope to group: the lowest-priority device scope with the most groupable alarms (at least
+        ``least``), else the same among area scopes; None when there is none."""
+        for area_level in (False, True):
+            best, best_key = None, None
+            for scope in self._by_scope:
+                if scope[0].startswith(AREA_SOURCE) != area_level or len(self._by_scope[scope]) < least:
+                    continue
+                members = self._groupable_in(scope)
+                if len(members) >= least:
+                    rank = min(_RANK[a.severity] for a in members)
+                    if best_key is None or (rank, len(members)) > best_key:
+                        best, best_key = (scope, members), (rank, len(members))
+            if best is not None:
+                return best
+        return None
+
+    def _group(self, scope: tuple[str, str], members: list[_Alarm], now_ms: int, out: list) -> None:
+        """One group alarm ``<scope source>/FLOOD_<code>/-`` stands for ``members`` (rows, or device-level
+        groups merged into an area group: their members move over and the old group row leaves)."""
+        source, code = scope
+        members.sort(key=lambda a: (a.raised_ms, a.event_seq))
         gkey = AlarmKey(source, GROUP_PREFIX + code)
         g = self._alarms.get(gkey)
         if g is None:
             g = self._alarms[gkey] = _Alarm(gkey, members[0].severity, "", now_ms)
         if g.grp is None:
             g.grp = _Group()
-        self._groups[pair] = gkey
+            if not source.startswith(AREA_SOURCE):
+                self._index(g)
+        self._groups[scope] = gkey
         for a in members:
-            g.grp.members.add(a.key)
-            g.grp.active += a.cond
-            g.grp.first = g.grp.first or a.key.object
-            g.grp.last = a.key.object
+            moved = [self._alarms[k] for k in a.grp.members] if a.grp is not None else [a]
+            for m in moved:
+                g.grp.members.add(m.key)
+                g.grp.active += m.cond
+                g.grp.first = g.grp.first or m.key.object
+                g.grp.last = m.key.object
             g.severity = min(g.severity, a.severity, key=_RANK.__getitem__)
         self._group_condition(g, now_ms, out, force=True)
         for a in members:
             self.counters["grouped"] += 1
+            self._unindex(a)
+            if a.grp is not None:                   # a device group merged into an area group
+                for k in a.grp.members:
+                    self._alarms[k].group = gkey
+                self._groups.pop((a.key.source, a.key.code[len(GROUP_PREFIX):]), None)
+                a.grp, a.group = None, gkey
+                a.active = a.cond
+                self._move(a, "group", now_ms, out, cause="table_full")
+                del self._alarms[a.key]
+                continue
             a.group, a.shelved_by, a.operator = gkey, None, None
             self._grouped += 1
             a.active = a.cond
@@ -524,6 +588,8 @@ class AlarmEngine:
         if a.state == UNACK and prev != UNACK and not is_management(a.key):
             self.floods.annunciated(a.key.source, now_ms)
             self._update_floods(now_ms, out)
+        if a.group is None and a.state in (UNACK, ACKED, SHELVED) and not is_exempt(a.key, a.severity):
+            self._no_room = False          # it may be groupable now: the next full table searches again
         if transition == "evict":          # leaves the table; its cycle history stays (it may chatter on)
             a.chattering = False
             self._chattering.discard(a.key)
@@ -533,6 +599,7 @@ class AlarmEngine:
     def _forget(self, a: _Alarm, now_ms: int, out: list) -> None:
         if self._alarms.pop(a.key, None) is None:
             return
+        self._unindex(a)
         if is_management(a.key):
             self._management -= 1
         if a.grp is not None:
@@ -582,6 +649,8 @@ class AlarmEngine:
                 a.grp = _Group()
                 a.grp.first, a.grp.last = ev.group.get("first"), ev.group.get("last")
                 self._groups[(ev.alarm.source, ev.alarm.code[len(GROUP_PREFIX):])] = ev.alarm
+            if not is_exempt(a.key, a.severity):
+                self._index(a)
             if ev.state == RTN_UNACK and ev.severity in self._rtn and not is_exempt(ev.alarm, ev.severity):
                 self._rtn[ev.severity][ev.alarm] = None
             if ev.shelved_until_ms is not None:

@@ -31,6 +31,9 @@ class AreaFloods:
         self.flooding: set[str] = set()
 
     def area_of(self, source: str) -> str:
+        """The area of an alarm source: a device's configured area, an area group's own (``area <name>``)."""
+        if source.startswith("area "):
+            return source[5:]
         return self._area_of.get(source, DEFAULT_AREA)
 
     def areas(self) -> list[str]:

@@ -68,6 +68,7 @@ N_EVENTS, ROUNDS, BATCH = 60_000, 3, 1000
 DEVICES, TRAINS, RATE_HZ, SECONDS, WARMUP = 1000, 500, 20, 30, 8
 LIGHT_DEVICES, LIGHT_TRAINS, LIGHT_SECONDS, LIGHT_WARMUP = 5, 5, 15, 3   # the light-load latency run
 DRAIN_S = 10                    # after the last frame, how long alarms may still arrive (bounded)
+LOAD_TAIL_S = 10                # the line load goes on this long after the last DEVICE_ALARM frame
 STORM_RAISES = 200              # DEVICE_ALARM raises (and as many clears) sent under the storm (issue 15)
 CHURN_SECONDS, CHURN_DRAIN_S = 2 * STORM_RAISES // RATE_HZ, 30
 #: the storm run's alarms.max_active (shipped: 10,000): 1,000 interlockings x 10 sections fill it within the
@@ -556,6 +557,7 @@ def _journaled(path: str, prefix: str) -> dict | None:
                           "WHERE key = 'gateway/ALARM_TABLE_FULL/-' ORDER BY event_seq DESC LIMIT 1").fetchone()
         out["table_full"] = full
         alarms = counted = exempt = 0
+        codes: dict[str, int] = {}
         for key, severity in db.execute("SELECT l.key, json_extract(CAST(e.value AS TEXT), '$.severity') "
                                         "FROM latest l JOIN events e ON e.event_seq = l.event_seq"):
             source, code = key.split("/")[:2]
@@ -564,7 +566,8 @@ def _journaled(path: str, prefix: str) -> dict | None:
                 continue
             counted += 1
             exempt += severity == "critical" or code.startswith("DEVICE_ALARM")
-        out["table_at_stop"] = {"alarms": alarms, "counted": counted, "exempt": exempt}
+            codes[code] = codes.get(code, 0) + 1
+        out["table_at_stop"] = {"alarms": alarms, "counted": counted, "exempt": exempt, "codes": codes}
         return out
     finally:
         db.close()
@@ -613,7 +616,7 @@ def latency(smoke: bool, tmp: str, churn: bool = False, light: bool = False) -> 
     samples: list[dict] = []        # the table's figures from /status, every STATUS_SAMPLE_S (churn only)
     try:
         bootstrap = gw.wait_ready(60)
-        params = dict(ports=ports(cfg), devices=devices, trains=trains, seconds=seconds + warmup + 10)
+        params = dict(ports=ports(cfg), devices=devices, trains=trains, seconds=seconds + warmup + LOAD_TAIL_S)
         ld = load("line", faults=True, **params) if churn else _steady_load(**params)
         dev = Device(ports(cfg)["A"], dev_id=alarm_dev, hb_ms=10_000)   # dead only after 30 s of silence
         dev.hello()
@@ -857,7 +860,9 @@ def _bound_row(c: dict) -> dict:
     n_status = len(figs) - (stop is not None)
     in_journal = "" if stop is None else (
         f"; the journal's table at the gateway's stop (its `latest` rows): {stop['alarms']:,} alarms, "
-        f"{stop['counted']:,} counted, {stop['exempt']:,} exempt")
+        f"{stop['counted']:,} counted, {stop['exempt']:,} exempt; most: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(stop["codes"].items(), key=lambda kv: -kv[1])[:6])
+        + f" (the load stops {LOAD_TAIL_S} s after the last DEVICE_ALARM frame: silent links raise comm losses)")
     trs_full = trs.get("evict", 0) + trs.get("group", 0)
     note = (f"max_active {figs[-1]['max_active']:,} (bench setting); {n_status} /status readings with the engine "
             f"part ({len(readings) - n_status} without: the alarm thread did not answer within /status's wait), "

@@ -350,3 +350,47 @@ def test_journal_recent_reads_back_the_window_in_seq_order(tmp_path):
         assert [x.alarm.object for x in j.recent(T0 + 50_000, limit=3, slack_ms=0)] == ["7", "8", "9"]
     finally:
         j.close()
+
+
+def test_one_alarm_per_device_is_grouped_by_area_and_code():
+    """No device has two alarms of one code (say LINK_REDUNDANCY_LOST of many devices): the area's
+    alarms of the code are grouped into ``area <area>/FLOOD_<code>/-``; the bound holds."""
+    e = engine(max_active=4, areas={"D1": "north", "D2": "north", "D3": "north", "D4": "north"})
+    for i in range(1, 5):
+        e.raise_(f"D{i}/LINK_REDUNDANCY_LOST/-", "major", "t", T0 + i)
+    out = e.raise_("D9/LINK_REDUNDANCY_LOST/-", "major", "t", T0 + 10)     # D9 is in area line
+    assert "area north/FLOOD_LINK_REDUNDANCY_LOST/-" in keys_of(out, "raise")
+    assert keys_of(out, "group") == [f"D{i}/LINK_REDUNDANCY_LOST/-" for i in range(1, 5)]
+    assert keys_of(out, "raise")[-1] == "D9/LINK_REDUNDANCY_LOST/-"
+    out = e.raise_("D2/LINK_REDUNDANCY_LOST/y", "major", "t", T0 + 12)     # joins the area group
+    assert [(str(x.alarm), x.transition) for x in out] == [("D2/LINK_REDUNDANCY_LOST/y", "group")]
+    st = e.status()
+    assert st["over_bound_inserts"] == 0 and st["counted"] == 2
+    assert e.status()["areas"]["north"]["alarms"] == 1
+
+
+def test_device_groups_merge_into_an_area_group_and_the_bound_holds():
+    e = engine(max_active=3)
+    for i in range(4):
+        e.raise_(f"IXL-1/F/{i}", "minor", "t", T0 + i)                    # IXL-1/FLOOD_F/-
+    e.raise_("IXL-2/F/0", "minor", "t", T0 + 10)
+    e.raise_("IXL-2/F/1", "minor", "t", T0 + 11)
+    e.raise_("IXL-3/F/0", "minor", "t", T0 + 12)                            # groups IXL-2
+    assert {x["alarm"]["key"] for x in e.snapshot()[1]} >= {"IXL-1/FLOOD_F/-", "IXL-2/FLOOD_F/-"}
+    out = e.raise_("IXL-4/F/0", "minor", "t", T0 + 13)                     # area level: merges both groups
+    [area] = [x for x in out if str(x.alarm) == "area line/FLOOD_F/-" and x.transition == "raise"]
+    assert area.group["members"] == 4 + 2 + 1
+    merged = [(str(x.alarm), x.state, x.group) for x in out if x.transition == "group"]
+    assert ("IXL-1/FLOOD_F/-", "NORMAL", {"key": "area line/FLOOD_F/-"}) in merged
+    assert ("IXL-2/FLOOD_F/-", "NORMAL", {"key": "area line/FLOOD_F/-"}) in merged
+    assert [k for k, _, _ in merged][-1] == "IXL-4/F/0"
+    st = e.status()
+    assert st["counted"] == 1 and st["grouped_members"] == 8 and st["over_bound_inserts"] == 0
+    out = []
+    for obj in ["IXL-1/F/0", "IXL-1/F/1", "IXL-1/F/2", "IXL-1/F/3", "IXL-2/F/0", "IXL-2/F/1", "IXL-3/F/0",
+                "IXL-4/F/0"]:
+        out += e.clear(obj, T0 + 20)
+    assert [(str(x.alarm), x.transition) for x in out if x.alarm.source == "area line"] == [
+        ("area line/FLOOD_F/-", "clear")]
+    e.ack("area line/FLOOD_F/-", "op", T0 + 21)
+    assert e.status()["grouped_members"] == 0 and e.status()["counted"] == 0
