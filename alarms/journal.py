@@ -70,6 +70,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
+from alarms.kafka.delivery import mark_delivered, undelivered_where
 from alarms.model import AlarmEvent
 
 _SCHEMA = """
@@ -94,8 +95,7 @@ CREATE TABLE IF NOT EXISTS delivered_ahead (
 );
 """
 #: undelivered rows: above the watermark and not delivered ahead of it
-_UNDELIVERED = ("event_seq > (SELECT through_seq FROM delivery) "
-                "AND event_seq NOT IN (SELECT event_seq FROM delivered_ahead)")
+_UNDELIVERED = undelivered_where("event_seq")
 
 
 #: rows prune may delete (the caller adds the time and seq bounds): delivered, not an alarm's last event
@@ -205,30 +205,14 @@ class Journal:
         return self._rows(f"WHERE event_seq > ? AND {_UNDELIVERED} ORDER BY event_seq LIMIT ?", (after, limit))
 
     def mark_delivered(self, seqs: Iterable[int]) -> None:
-        """Mark events delivered (one transaction); unknown and already delivered seqs are ignored.
-
-        The watermark moves over every seq delivered without a hole below it;
-        the rest wait in ``delivered_ahead`` until the hole is filled.
-        """
+        """Mark events delivered (one transaction); unknown and already delivered seqs are ignored
+        (``alarms/kafka/delivery.py``: the watermark and the few delivered ahead of it)."""
         new = {int(s) for s in seqs}
         if not new:
             return
         try:
             with self._write() as db:
-                through = db.execute("SELECT through_seq FROM delivery").fetchone()[0]
-                last = db.execute("SELECT COALESCE(MAX(event_seq), 0) FROM events").fetchone()[0]
-                new = {s for s in new if through < s <= last}
-                if not new:
-                    return
-                done = new.union(r[0] for r in db.execute("SELECT event_seq FROM delivered_ahead"))
-                moved = through
-                while moved + 1 in done:
-                    moved += 1
-                if moved != through:
-                    db.execute("UPDATE delivery SET through_seq = ?", (moved,))
-                    db.execute("DELETE FROM delivered_ahead WHERE event_seq <= ?", (moved,))
-                db.executemany("INSERT OR IGNORE INTO delivered_ahead(event_seq) VALUES (?)",
-                               [(s,) for s in new if s > moved])
+                mark_delivered(db, new, "event_seq")
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: mark_delivered of {len(new)} events failed: {exc}") from None
 

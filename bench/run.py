@@ -44,7 +44,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, raise_nofile  # noqa: E402
 
 ORDER = ["tcp_ingest", "line_load", "udp", "liveness", "scaling", "micro", "fastpath", "log", "coupling", "simulator",
-         "alarm"]
+         "alarm", "route"]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench:begin (written by `make bench`) -->", "<!-- bench:end -->"

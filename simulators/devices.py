@@ -9,8 +9,10 @@ with a key signs every frame of that link with the link's session key ``K_s``
 sends every sequenced frame on each link that is up with the same seq
 (``sender.py``); HELLO, HEARTBEAT and CLOSE carry seq 0 and a per-link
 heartbeat counter. It answers HELLO_ACK refusals by retrying later, COMMAND
-with COMMAND_RESULT (once per command_id: the gateway may send it on both
-nets), and the gateway's CLOSE with CLOSE reason 0.
+with COMMAND_RESULT (its :class:`~simulators.commands.CommandDesk`: the first
+copy of a command_id acts, fencing tokens per zone; a result that waits for a
+switch or a route goes out after the status frames of the tick that shows it),
+and the gateway's CLOSE with CLOSE reason 0.
 
 A link is declared dead by the device, like by the gateway, when nothing has
 arrived for 3 x the agreed heartbeat: it sends CLOSE reason 1 and reconnects.
@@ -33,9 +35,10 @@ import logging
 import secrets
 
 from gateway.app.config import Device
-from railcodecs import (DEVICE_RX_TYPES, Close, Command, CommandResult, FrameError, Heartbeat, Hello, HelloAck,
-                        MacPolicy, SessionConfirm, Signals, StreamDecoder, Switches, TrackSections, session_key)
+from railcodecs import (DEVICE_RX_TYPES, Close, Command, FrameError, Heartbeat, Hello, HelloAck, MacPolicy,
+                        SessionConfirm, Signals, StreamDecoder, Switches, TrackSections, session_key)
 
+from .commands import CommandDesk
 from .line import signing_key
 from .sender import SequencedSender
 
@@ -45,10 +48,10 @@ VERSION = "railgate-sim/1"
 RECONNECT_S = 1.0
 REFUSED_RETRY_S = 2.0
 SILENT_GIVE_UP = 10        # heartbeats: a silenced link the peer never closes is dropped by us
-RESULT_DONE, RESULT_REJECTED, RESULT_FAILED, RESULT_STALE_TOKEN = 0, 1, 2, 3   # COMMAND_RESULT.result
 STATUS_CLASSES = ((TrackSections, "sections"), (Signals, "signals"), (Switches, "switches"))
 RECORD_FRAMES = 6          # frames after SESSION_CONFIRM a link records for the replay fault
 REPLAY_GIVE_UP_S = 8.0     # a replaying connection the gateway has not closed by then is closed by us
+UNSENT_RESULTS = 256       # COMMAND_RESULTs kept while no link is up (the oldest are dropped)
 
 
 class Link(asyncio.Protocol):
@@ -217,8 +220,8 @@ class DeviceSim(SequencedSender):
         self.links: dict[str, Link | None] = dict.fromkeys(spec.nets)
         self.changed: dict[str, set] = {"sections": set(), "signals": set(), "switches": set()}
         self.alarms: list = []
-        self.answered: set[int] = set()
-        self.fence = 0
+        self.desk = CommandDesk(spec, sim.model.ixl)
+        self.unsent: list = []          # COMMAND_RESULTs due while no link was up to carry them
         self.refused = False
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -330,30 +333,23 @@ class DeviceSim(SequencedSender):
         for alarm in self.alarms:
             self.send_seq(alarm)
         self.alarms.clear()
+        self._send_results(self.desk.poll())
 
     # -- commands --------------------------------------------------------------------------
     def on_command(self, cmd: Command) -> None:
-        """Answer a COMMAND once (it may come on both nets)."""
-        if cmd.command_id in self.answered:
-            return
-        self.answered.add(cmd.command_id)
-        if cmd.fencing_token < self.fence:
-            result = RESULT_STALE_TOKEN
-        else:
-            self.fence = cmd.fencing_token
-            result = self._execute(cmd)
-        self.send_seq(CommandResult(cmd.command_id, result, cmd.object_id))
+        """A COMMAND from either link: the first copy acts; answered now or when done (``on_tick``)."""
+        result = self.desk.receive(cmd)
+        if result is not None:
+            self._send_results([result])
 
-    def _execute(self, cmd: Command) -> int:
-        if cmd.op in (1, 2):
-            if cmd.object_id not in self.spec.switches:
-                return RESULT_REJECTED
-            ok = self.sim.model.command_switch(cmd.object_id, Switches.NORMAL if cmd.op == 1 else Switches.REVERSE)
-            self.changed["switches"].add(cmd.object_id)
-            return RESULT_DONE if ok else RESULT_FAILED
-        if cmd.op in (5, 6):
-            return RESULT_DONE if cmd.object_id in self.spec.sections else RESULT_REJECTED
-        return RESULT_DONE  # set / cancel route: accepted
+    def _send_results(self, results: list) -> None:
+        """COMMAND_RESULTs, after any kept back for want of a link; kept back again if no link is up."""
+        if self.unsent:
+            results, self.unsent = self.unsent + results, []
+        for i, result in enumerate(results):
+            if not self.send_seq(result):
+                self.unsent = results[i:][-UNSENT_RESULTS:]
+                return
 
     # -- scheduled link faults ------------------------------------------------------------
     def link_fault(self, kind: str, net: str) -> bool:

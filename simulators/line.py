@@ -16,8 +16,15 @@ ahead. From that follow, each step:
   seconds (a DEVICE_ALARM is raised and later cleared by its devices);
 * signal aspects: red at the entry of an occupied or faulty section, yellow
   when the section after it is, green otherwise;
-* switches: now and then one moves (position 2 for 1-3 s) and locks in normal
-  or reverse; a COMMAND moves it the same way;
+* switches: now and then one moves (position 2, *moving*, for 2-6 s) and locks
+  in normal or reverse, unless commanded state holds it;
+* commanded state (:mod:`simulators.interlocking`, ``model.ixl``): switches moved
+  on command, routes set (their sections locked, their start signal cleared
+  once the switches are in position) and cancelled, blocked sections. Where
+  switches and signals stand, the zones and the routes come from the line
+  file's ``track:`` section (:mod:`simulators.track`). The units run round the
+  loop whatever the switches show: the loop is the simulator's stand-in for
+  the track, the topology is the interlocking's;
 * platform doors: now and then a door obstruction alarm, cleared later.
 
 Everything random comes from the one ``random.Random`` handed in, and
@@ -33,6 +40,9 @@ from dataclasses import dataclass
 
 from gateway.app.config import KINDS, Config, Device, Trains
 from railcodecs import DeviceAlarm, Signals, Switches, TrackSections
+
+from .interlocking import MOVE_S, Interlocking
+from .track import Track
 
 PLATFORM_DOORS = KINDS["platform_doors"]
 
@@ -88,9 +98,12 @@ class Changes:
 class LineModel:
     """The seeded state of the whole line; ``step(dt_s)`` advances it and says what changed."""
 
-    def __init__(self, line: Config, rng: random.Random, field_events: bool = True) -> None:
+    def __init__(self, line: Config, rng: random.Random, field_events: bool = True, track: Track | None = None,
+                 move_s: tuple[float, float] = MOVE_S) -> None:
         """``field_events``: spontaneous track circuit faults and platform door alarms (true field
-        alarms, as a real line has them); off for a run that must raise no alarm at all."""
+        alarms, as a real line has them); off for a run that must raise no alarm at all. ``track``:
+        default from the line file (:meth:`Track.from_config`). ``move_s``: how long a switch takes to
+        move (seconds, drawn per move; tests shorten it)."""
         self.rng, self.t = rng, 0.0
         self.field_events = field_events
         order: dict[int, None] = {}
@@ -109,13 +122,18 @@ class LineModel:
         self.signal_at = self._place_signals(line)
         self.switches = sorted({s for d in line.devices for s in d.switches})
         self.switch_pos = {s: rng.choice((Switches.NORMAL, Switches.REVERSE)) for s in self.switches}
-        self.switch_moves: dict[int, tuple[float, int]] = {}
+        self.switch_moves: dict[int, tuple[float, int, int]] = {}   # switch -> (until, target, move no)
+        self.arrived: dict[int, int] = {}                          # switch -> its last completed move no
+        self._moves = 0
         self.faults: dict[int, float] = {}
         self.psds = [d.id for d in line.devices if d.kind == PLATFORM_DOORS]
         self.door_alarms: dict[tuple[int, int], float] = {}
         self.units = self._place_units(line.trains)
         self.unit_of = {t: u for u in self.units for t in u.trains}
-        self.state = self._section_states()
+        self.ixl = Interlocking(self, track if track is not None else Track.from_config(line), move_s)
+        self.base_state = self._section_states()           # without the commanded locks
+        self.state = self.ixl.lock_sections(self.base_state)
+        self.aspect: dict[int, int] = {}
         self.aspect = self._aspects()
 
     def _end(self, i: int) -> int:
@@ -163,13 +181,13 @@ class LineModel:
         unit = self.unit_of[train]
         unit.hold = max(unit.hold, seconds)
 
-    def command_switch(self, switch: int, position: int) -> bool:
-        """Move a switch on command; False if the line has no such switch."""
-        if switch not in self.switch_pos:
-            return False
-        self.switch_moves[switch] = (self.t + 1.5, position)
+    def start_move(self, switch: int, position: int, until: float) -> int:
+        """The switch shows moving until model time ``until``, then ``position``; returns the move's number
+        (``arrived[switch]`` reaches it when the switch is there)."""
+        self._moves += 1
+        self.switch_moves[switch] = (until, position, self._moves)
         self.switch_pos[switch] = Switches.MOVING
-        return True
+        return self._moves
 
     # -- one step ---------------------------------------------------------------------
     def step(self, dt: float) -> Changes:
@@ -177,10 +195,12 @@ class LineModel:
         alarms: list = []
         self._move(dt)
         moved = self._switches(dt)
+        self.ixl.advance()
         if self.field_events:
             self._section_faults(dt, alarms)
             self._doors(dt, alarms)
-        state = self._section_states()
+        self.base_state = self._section_states()
+        state = self.ixl.lock_sections(self.base_state)
         sections = [s for s in self.sections if state[s] != self.state[s]]
         self.state = state
         aspect = self._aspects()
@@ -211,18 +231,19 @@ class LineModel:
 
     def _switches(self, dt: float) -> list[int]:
         moved = []
-        for sw, (until, target) in list(self.switch_moves.items()):
+        for sw, (until, target, no) in list(self.switch_moves.items()):
             if until <= self.t:
                 del self.switch_moves[sw]
                 self.switch_pos[sw] = target
+                self.arrived[sw] = no
                 moved.append(sw)
         if self.switches and self.rng.random() < len(self.switches) * dt / SWITCH_EVERY_S:
             sw = self.rng.choice(self.switches)
-            if sw not in self.switch_moves:
-                self.switch_moves[sw] = (self.t + self.rng.uniform(1.0, 3.0),
-                                         self.rng.choice((Switches.NORMAL, Switches.REVERSE)))
-                self.switch_pos[sw] = Switches.MOVING
+            if sw not in self.switch_moves and not self.ixl.holds(sw):
+                until = self.t + self.rng.uniform(*self.ixl.move_s)
+                self.start_move(sw, self.rng.choice((Switches.NORMAL, Switches.REVERSE)), until)
                 moved.append(sw)
+        moved.extend(self.ixl.take_touched())   # set moving by commands since the last step
         return sorted(set(moved))
 
     def _section_faults(self, dt: float, alarms: list) -> None:
@@ -280,4 +301,5 @@ class LineModel:
                 out[sig] = Signals.YELLOW
             else:
                 out[sig] = Signals.GREEN
+        self.ixl.signal_aspects(out, self.state, self.aspect)
         return out

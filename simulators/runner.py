@@ -27,8 +27,10 @@ from gateway.app.config import Config
 from .consists import ConsistTimeline, Scenario
 from .devices import DeviceSim
 from .faults import LINK_FAULTS, FaultPlan
+from .interlocking import MOVE_S
 from .line import LineModel, unconfigured_id
 from .summary import Ledger
+from .track import Track
 from .trains import TrainSim, UdpOutlet
 
 log = logging.getLogger("railgate.simulators")
@@ -52,6 +54,8 @@ class Options:
     grace_s: float = 2.0
     faults_for_s: float | None = None        # rate faults only in the first S logical seconds
     field_events: bool = True                # spontaneous track faults and door alarms of the line model
+    switch_move_s: tuple[float, float] = MOVE_S   # how long a switch takes to move (drawn per move)
+    track: Track | None = None               # switch/signal places, zones, routes (None: from the line file)
 
 
 class Simulation:
@@ -71,7 +75,7 @@ class Simulation:
         self.lag_ms = 0.0
         self.plan = opts.plan or FaultPlan(opts.seed)
         self.ledger = Ledger()
-        self.model = LineModel(cfg, random.Random(opts.seed), opts.field_events)
+        self.model = LineModel(cfg, random.Random(opts.seed), opts.field_events, opts.track, opts.switch_move_s)
         self.stranger_id = unconfigured_id(cfg)
         self.stopping = False
         self._wake: asyncio.Event | None = None

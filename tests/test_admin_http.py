@@ -348,7 +348,10 @@ def test_the_admin_api_is_one_table(serve):
     """Every route the gateway serves is named in AdminRoutes.table(); anything else is 404, or 405
     with Allow for a known path."""
     assert set(AdminRoutes(dict).table()) == {("GET", "/status"), ("GET", "/metrics"), ("GET", "/healthz"),
-                                              ("GET", "/readyz"), ("GET", "/alarms"), ("POST", "/alarms/action")}
+                                              ("GET", "/readyz"), ("GET", "/alarms"), ("POST", "/alarms/action"),
+                                              ("POST", "/commands/select"), ("POST", "/commands/operate"),
+                                              ("POST", "/commands/cancel"), ("GET", "/commands"),
+                                              ("GET", "/routes/plan")}
     srv = serve()
     status, _, body = get(srv.port, "/alarms/nowhere")
     assert status == 404 and json.loads(body)["path"] == "/alarms/nowhere"

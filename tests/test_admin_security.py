@@ -162,7 +162,8 @@ def test_every_route_but_get_needs_the_token():
     table = routes.table()
     request = Request("POST", "/x", {}, b"{}", lambda *a: None, {}, "127.0.0.1:1")
     guarded = [key for key, handler in table.items() if key[0] != "GET"]
-    assert guarded == [("POST", "/alarms/action")]
+    assert guarded == [("POST", "/alarms/action"), ("POST", "/commands/select"), ("POST", "/commands/operate"),
+                       ("POST", "/commands/cancel")]
     for key in guarded:
         assert table[key](request).status == 401
     assert routes.unauthorized == len(guarded)

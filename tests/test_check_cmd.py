@@ -48,7 +48,7 @@ def test_a_valid_file_prints_its_effective_config_with_defaults(capsys):
     assert gw["listen"]["udp"] == {"host": "127.0.0.1", "port": 17100}
     assert doc["line"] == {"name": "demo-line-1", "timezone": "Asia/Shanghai"}
     assert doc["alarms"]["max_active"] == 10_000 and doc["alarms"]["chatter"] == {"cycles": 3, "window_s": 60, "quiet_s": 60}
-    assert doc["kafka"] == "embedded" and doc["history"] == "sqlite" and "redis" not in doc
+    assert doc["kafka"] == "embedded" and doc["history"] == {"retention_days": 90} and "redis" not in doc
     assert doc["coupling"]["workers"] == 1 and doc["trains"]["consists"][9] == [1025, 1026]
     assert [d["kind"] for d in doc["devices"]] == ["interlocking", "interlocking", "zone_controller", "platform_doors"]
     assert doc["devices"][0]["mac_key"] == "***" and doc["devices"][1]["mac_key"] is None

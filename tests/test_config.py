@@ -157,7 +157,7 @@ def with_key(path: str, key: str, value=1):
 @pytest.mark.parametrize("path, key, message", [
     ("", "gatway", "gatway: unknown key (did you mean 'gateway'?)"),
     ("", "colour", "colour: unknown key (expected one of gateway, line, devices, trains, coupling, alarms, "
-                   "kafka, history, redis)"),
+                   "kafka, history, redis, track, control)"),
     ("gateway", "heartbeat", "gateway.heartbeat: unknown key (did you mean 'heartbeat_ms'?)"),
     ("gateway.listen", "upd", "gateway.listen.upd: unknown key (did you mean 'udp'?)"),
     ("gateway.listen.net_a", "prot", "gateway.listen.net_a.prot: unknown key (did you mean 'port'?)"),

@@ -39,8 +39,12 @@ RULES = {
     "gateway.coupling": Only(("gateway.base", "gateway.line", "gateway.coupling", "railcodecs",
                               "alarms.observations")),
     "gateway.adapters": Only(("gateway.base", "gateway.net", "gateway.adapters", "railcodecs")),
+    "gateway.commands": Only(("gateway.base", "gateway.line", "gateway.adapters", "gateway.commands", "railcodecs",
+                              "alarms.kafka.topics", "alarms.kafka.delivery")),
     "gateway.app": Never(("gateway.cli",)),
-    "simulators": Only(("railcodecs", "simulators", "gateway.app.config", "gateway.base")),
+    # the devices set their routes with the gateway's own planner (one path rule on both sides)
+    "simulators": Only(("railcodecs", "simulators", "gateway.app.config", "gateway.base", "gateway.commands.routes",
+                        "gateway.line.topology")),
 }
 
 

@@ -64,7 +64,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka.admin import AdminClient
 
 from alarms.kafka.snapshots import SnapshotAssembler
-from alarms.kafka.topics import day_start_ms, snapshot_partition, topic_for
+from alarms.kafka.topics import RDKAFKA_LOGGER, day_start_ms, snapshot_partition, topic_for
 
 log = logging.getLogger("alarms.kafka.consumer")
 #: librdkafka's default is 500 ms. A Kafka broker answers a fetch as soon as data arrives, so this only
@@ -75,17 +75,6 @@ FETCH_WAIT_MS = 50
 ENTRY_FIELDS = ("severity", "text", "state", "active", "chattering", "operator", "shelved_until_ms", "raised_ms")
 
 
-class _QuietLog:
-    """librdkafka's ``logger``: each line at DEBUG on ``alarms.kafka.rdkafka`` (confluent-kafka serves
-    them from poll(), in the caller's thread), whatever librdkafka's own level for it was."""
-
-    _log = logging.getLogger("alarms.kafka.rdkafka")
-
-    def log(self, level: int, fmt: str, *args) -> None:
-        self._log.debug(fmt, *args)
-
-
-RDKAFKA_LOGGER = _QuietLog()
 
 
 def _wall_ms() -> int:

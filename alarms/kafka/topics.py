@@ -17,6 +17,8 @@ relay's); it is not locked.
 """
 from __future__ import annotations
 
+import logging
+
 import zlib
 from datetime import datetime, time as dtime, timedelta
 from zoneinfo import ZoneInfo
@@ -27,6 +29,19 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 class TopicError(RuntimeError):
     """A day topic could not be created or described; the message names the topic and the broker."""
+
+
+class _QuietLog:
+    """librdkafka's ``logger``: each line at DEBUG on ``alarms.kafka.rdkafka`` (confluent-kafka serves
+    them from poll(), in the caller's thread), whatever librdkafka's own level for it was."""
+
+    _log = logging.getLogger("alarms.kafka.rdkafka")
+
+    def log(self, level: int, fmt: str, *args) -> None:
+        self._log.debug(fmt, *args)
+
+
+RDKAFKA_LOGGER = _QuietLog()
 
 
 def local_date(time_ms: int, tz: ZoneInfo) -> str:

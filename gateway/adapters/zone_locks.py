@@ -65,6 +65,9 @@ class Lease:
     token: str                 # secret of this acquisition: release/extend compare it
     fencing_token: int         # COMMAND.fencing_token; strictly increasing per zone
     ttl_ms: int
+    # ms from the acquire/extend's return during which the lease surely holds (Redlock: ttl less the
+    # time the majority took and the clock drift); None: not measured, take ttl_ms (one Redis, in process)
+    validity_ms: int | None = None
 
 
 def _check_zone(zone: str, holder: str, ttl_ms: int) -> None:

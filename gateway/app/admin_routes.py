@@ -8,6 +8,8 @@
     GET  /readyz         open   ready: 200 when listeners, journal and relay are up, else 503 naming them
     GET  /alarms         open   the alarm table (alarm thread)
     POST /alarms/action  token  an operator action: ack, shelve, ... (alarm thread)
+    POST /commands/select, /commands/operate, /commands/cancel   token   the command path
+    GET  /commands, /routes/plan                                 open    (gateway/app/command_routes.py)
 
 Who may do what. Every route whose method is not GET changes state and needs
 the admin token, ``Authorization: Bearer <token>`` (compared in constant
@@ -76,6 +78,7 @@ from alarms.engine import UnknownAlarm
 from alarms.lifecycle import IllegalTransition
 from alarms.service import ServiceStopped
 from gateway.adapters.admin_http import Request, Response, RouteTable
+from gateway.app.command_routes import command_routes
 from gateway.app.metrics import PROMETHEUS_TYPE, render_metrics
 from gateway.app.status import build_status
 
@@ -149,7 +152,8 @@ def gateway_routes(gw, *, alarm_wait_s: float = ALARM_WAIT_S) -> RouteTable:
     def status() -> dict:  # the admin loop thread, which also owns the server's counters
         server = gw.admin.stats() if gw.admin is not None else {}
         return {**build_status(view), "admin": {**server, **routes.stats()}}
-    routes = AdminRoutes(status, gw.alarms, token=token, alarm_wait_s=alarm_wait_s, probes=GatewayProbes(gw))
+    routes = AdminRoutes(status, gw.alarms, token=token, alarm_wait_s=alarm_wait_s, probes=GatewayProbes(gw),
+                         commands=getattr(gw, "commands", None))
     return routes.table()
 
 
@@ -195,7 +199,7 @@ class AdminRoutes:
     """The handlers, and the table that names them. Handlers: admin loop thread."""
 
     def __init__(self, status: Callable[[], dict], alarms=None, *, token: str | None = None,
-                 alarm_wait_s: float = ALARM_WAIT_S, probes=None) -> None:
+                 alarm_wait_s: float = ALARM_WAIT_S, probes=None, commands=None) -> None:
         """``status()``: the status document without the alarm thread's part (read without waiting);
         ``alarms``: the ``AlarmStage`` (``gateway/app/alarm_stage.py``), None without one;
         ``token``: what state-changing requests must present (None: they are all refused);
@@ -203,6 +207,7 @@ class AdminRoutes:
         journal is checked (tests around a status function)."""
         self._status, self.alarms, self.alarm_wait_s = status, alarms, alarm_wait_s
         self.probes = probes
+        self.commands = commands     # the CommandStage (gateway/app/command_stage.py), None without one
         self._token = None if token is None else token.encode("ascii")
         self.unauthorized = 0        # 401 answers (admin thread writes)
         self._logged_unauthorized = (0, float("-inf"))  # (count, monotonic s) at the last warning
@@ -214,7 +219,8 @@ class AdminRoutes:
                   ("GET", "/healthz"): self.get_healthz,
                   ("GET", "/readyz"): self.get_readyz,
                   ("GET", "/alarms"): self.get_alarms,
-                  ("POST", "/alarms/action"): self.post_action}
+                  ("POST", "/alarms/action"): self.post_action,
+                  **command_routes(self.commands, parse_json, _then)}
         return {(method, path): handler if method in OPEN_METHODS else self._with_token(handler)
                 for (method, path), handler in routes.items()}
 

@@ -79,7 +79,7 @@ class AlarmStage:
         journal, which is local, when it returns."""
         p = self.cfg.pipeline
         self.service.start()
-        bootstrap = self._bootstrap()
+        bootstrap = self.bootstrap = self._bootstrap()
         self.relay = self._new_relay(bootstrap)
         self.relay.start()
         self.service.subscribe(self.relay.wake)

@@ -36,6 +36,11 @@ from alarms.sources import key_part
 
 from gateway.coupling.settings import SECTION as COUPLING_SECTION
 from gateway.coupling.settings import CouplingSettings, parse_coupling
+from gateway.commands.routes import NoRoute, plan
+from gateway.commands.settings import SECTION as CONTROL_SECTION
+from gateway.commands.settings import ControlSettings, parse_control
+from gateway.line.topology import SECTION as TRACK_SECTION
+from gateway.line.topology import Topology, object_id, parse_track
 
 KINDS = {"interlocking": 1, "zone_controller": 2, "platform_doors": 3}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -47,7 +52,8 @@ _ENDPOINT = ("host", "port")
 #: Any other key is a problem: a misspelt key must never fall back to a default in silence
 #: (``line.timezon`` would move the alarm topics to UTC).
 KEYS: dict[str, tuple[str, ...]] = {
-    TOP_LEVEL: ("gateway", "line", "devices", "trains", COUPLING_SECTION, *PIPELINE_SECTIONS),
+    TOP_LEVEL: ("gateway", "line", "devices", "trains", COUPLING_SECTION, *PIPELINE_SECTIONS, TRACK_SECTION,
+                CONTROL_SECTION),
     "gateway": ("id", "name", "listen", "admin", "io_threads", "heartbeat_ms", "dead_after_heartbeats",
                 "hello_timeout_ms", "max_age_ms", "max_links", "ring_bytes", "udp_slabs", "output_high_water_bytes",
                 "error_rate_limit", "log", "state_dir", "pre_session", "identity_lease_ms"),
@@ -201,6 +207,10 @@ class Config:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     #: coupling: (gateway/coupling/settings.py)
     coupling: CouplingSettings = field(default_factory=CouplingSettings)
+    #: track: (gateway/line/topology.py); None without one
+    track: Topology | None = None
+    #: control: (gateway/commands/settings.py): the command path
+    control: ControlSettings = field(default_factory=ControlSettings)
 
     def device(self, device_id: int) -> Device | None:
         return next((d for d in self.devices if d.id == device_id), None)
@@ -326,9 +336,14 @@ def parse(data: Any, source: str = "<config>") -> Config:
                        for m in members if m not in names]
     coupling, problems = parse_coupling(data.get(COUPLING_SECTION), unknown=unknown_key)
     r.problems += problems
+    track, problems = parse_track(data.get(TRACK_SECTION), unknown=unknown_key)
+    r.problems += problems
+    _track_checks(r, data.get(TRACK_SECTION), devices, track)
+    control, problems = parse_control(data.get(CONTROL_SECTION), unknown=unknown_key, gateway_name=settings.name)
+    r.problems += problems
     if r.problems:
         raise ConfigError(source, r.problems)
-    return Config(source, settings, line_name, tz, devices, trains, data, pipeline, coupling)
+    return Config(source, settings, line_name, tz, devices, trains, data, pipeline, coupling, track, control)
 
 
 def _pre_session(r: _Reader, gw: dict) -> PreSessionSettings:
@@ -445,6 +460,36 @@ def _cross_checks(r: _Reader, s: Settings, devices, trains: Trains) -> None:
         r.problems.append(f"{ports[1][1]}: same address as {ports[0][1]} (net A and net B must differ)")
 
 
+def _track_checks(r: _Reader, raw: Any, devices, track: Topology | None) -> None:
+    """Every section, switch and signal of ``track:`` (zones too) is an object of a configured device
+    (ids read from the file, so they are checked even when the topology has problems of its own), and
+    every named route has a way on the free line."""
+    if not isinstance(raw, dict):
+        return
+    owned = {key: {i for d in devices for i in getattr(d, key)} for key in ("sections", "switches", "signals")}
+    for key in owned:
+        table = raw.get(key)
+        for k in table if isinstance(table, dict) else ():
+            if (oid := object_id(k)) is not None and oid not in owned[key]:
+                r.problems.append(f"{TRACK_SECTION}.{key}.{k}: {oid} is not an object of a configured device "
+                                  f"(in no devices[].{key})")
+    zones = raw.get("zones")
+    for name, zone in zones.items() if isinstance(zones, dict) else ():
+        for key in ("sections", "switches"):
+            ids = zone.get(key) if isinstance(zone, dict) else None
+            stray = [oid for i in ids if (oid := object_id(i)) is not None and oid not in owned[key]] \
+                if isinstance(ids, list) else []
+            if stray:
+                r.problems.append(f"{TRACK_SECTION}.zones.{name}.{key}: {', '.join(map(str, stray))} "
+                                  f"{'is not an object' if len(stray) == 1 else 'are not objects'} of a configured "
+                                  f"device (in no devices[].{key})")
+    for route in track.routes.values() if track is not None else ():
+        try:
+            plan(track, route.from_signal, route.to_signal)
+        except NoRoute as exc:
+            r.problems.append(f"{TRACK_SECTION}.routes.{route.id}: {exc} (on the free line)")
+
+
 class _StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader, noting every key given twice in one mapping (PyYAML keeps the last in silence)."""
 
@@ -524,7 +569,7 @@ def diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
         a, b = getattr(old.gateway, f.name), getattr(new.gateway, f.name)
         if a != b:
             (live if f.name in Settings.LIVE else restart).append(f"gateway.{f.name}")
-    for name in ("devices", "trains", "timezone", "line_name", "pipeline", "coupling"):
+    for name in ("devices", "trains", "timezone", "line_name", "pipeline", "coupling", "track", "control"):
         if getattr(old, name) != getattr(new, name):
             restart.append(name)
     return live, restart

@@ -28,11 +28,13 @@ class Context:
     """What links and the UDP endpoint call back into. Built once by the wiring object with every
     part it needs; nothing is attached afterwards. Methods say their thread."""
 
-    def __init__(self, cfg: Config, line: Line, *, link_pool, alarm_sink=None, coupling=None) -> None:
+    def __init__(self, cfg: Config, line: Line, *, link_pool, alarm_sink=None, coupling=None,
+                 command_sink=None) -> None:
         """``line``: the line's no-IO state; ``link_pool``: the device links' buffer pool (each link takes
         its buffers at its session's confirmation and gives them back when closed);
         ``alarm_sink``: the alarm stage (``observe_device_alarm``), None without one; ``coupling``:
-        the coupling workers (``submit``), None without them."""
+        the coupling workers (``submit``), None without them; ``command_sink``: the command stage
+        (``observe_result``), None without one."""
         self.cfg = cfg
         self.settings = cfg.gateway
         self.line = line
@@ -43,7 +45,10 @@ class Context:
         self.link_pool = link_pool
         self.alarm_sink = alarm_sink
         self.coupling = coupling
+        self.command_sink = command_sink
         self.counters: Counter = Counter()
+        self._tx_seq: dict[int, int] = {}      # device -> the seq of our last sequenced frame to it
+        self._tx_lock = threading.Lock()
         self._links_lock = threading.Lock()
         self.links: set = set()
 
@@ -110,6 +115,21 @@ class Context:
         else:
             self.events.emit("COMMAND_RESULT", name, now_ms,
                              f"command {msg.command_id} result {msg.result} detail {msg.detail}")
+            if self.command_sink is not None:
+                self.command_sink.observe_result(frame.src, msg, now_ms)
+
+    def send_to_device(self, device_id: int, message, now_ms: int) -> list[str]:
+        """Send ``message`` to the device on every net it has a link up on, with one sequence number
+        (the device's window acts on the first copy and drops the other: a COMMAND acts once). The nets
+        it went out on (empty: the device is unreachable). Any thread."""
+        with self._tx_lock:
+            seq = self._tx_seq.get(device_id, 0) % 0xFFFF_FFFF + 1
+            self._tx_seq[device_id] = seq
+        sent = []
+        for net, link in sorted(self.registry.links_of(device_id).items()):
+            if link is not None and link.send(link.protocol.encode_to_device(message, seq, now_ms)):
+                sent.append(net)
+        return sent
 
     def train_applied(self, frame, now_ms: int) -> None:
         """An accepted train datagram. UDP loop thread."""

@@ -22,6 +22,7 @@ import time
 
 from gateway.app.alarm_stage import AlarmStage
 from gateway.app.config import Config, load
+from gateway.app.command_stage import CommandStage
 from gateway.app.context import Context, new_link
 from gateway.app.identity import identity_lease
 from gateway.app.status import build_status
@@ -78,8 +79,12 @@ class Gateway:
                                  relay_factory=relay_factory) if alarms else None
         self.coupling = CouplingEngine.from_config(cfg, self.line.events, cfg.coupling)
         self.coupling_workers = CouplingWorkers(self.coupling, cfg.coupling.workers)
+        # the command path (gateway/app/command_stage.py): with the gateway's state (its audit journal), the
+        # alarm stage's Kafka, and the context's send path (the lambda: the context is built next)
+        self.commands = CommandStage(cfg, self.line, lambda dev, msg, now: self.ctx.send_to_device(dev, msg, now),
+                                     bootstrap=lambda: getattr(self.alarms, "bootstrap", None)) if alarms else None
         self.ctx = Context(cfg, self.line, link_pool=self.link_pool, alarm_sink=self.alarms,
-                           coupling=self.coupling_workers)
+                           coupling=self.coupling_workers, command_sink=self.commands)
         self.base = EventLoop(name="base")
         self.pool = EventLoopThreadPool(self.base, s.io_threads)
         # A busy or forbidden address is the operator's to fix: the OSError names it ("cannot listen on
@@ -137,6 +142,8 @@ class Gateway:
         if self.alarms is not None:  # before any link: no condition may be raised before the stage listens
             self.alarms.start()
             self.base.call_every(1.0, self.alarms.sample_threats)
+        if self.commands is not None:
+            self.commands.start()
         self.pool.start()
         udp_loop = self.pool.next_loop()
         self.udp = UdpEndpoint(self.ctx, udp_loop, self.udp_sock, self.slabs, self.udp_checks)
@@ -236,6 +243,8 @@ class Gateway:
             self.udp.loop.run_in_loop(self.udp.stop)
         self.pool.stop()
         self.coupling_workers.stop()  # after the UDP loop: nothing submits any more; drains the queues
+        if self.commands is not None:  # no link sends any more: open commands end at the next start (abandon)
+            self.commands.stop()
         if self.alarms is not None:  # last: every condition raised above is journaled and flushed
             self.alarms.stop()
         if self.admin is not None:

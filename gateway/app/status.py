@@ -40,6 +40,7 @@ def build_status(gw) -> dict:
         "consists": gw.coupling.snapshot(now_ms),
         "coupling": {**gw.coupling.totals(), "workers": gw.coupling_workers.stats()},
         "alarms": gw.alarms.status() if gw.alarms is not None else None,
+        "commands": gw.commands.stats() if getattr(gw, "commands", None) is not None else None,
         "identity": gw.identity.stats() if gw.identity is not None else None,
         **line.events.snapshot(),
         "process": process_stats(),

@@ -15,6 +15,8 @@ _COMMANDS = {
     "decode": ("gateway.cli.decode_cmd:main", "decode ICD frames (hex or raw) to JSON lines"),
     "simulate": ("simulators.cli:main", "run device and train simulators against a gateway"),
     "alarms": ("gateway.cli.alarms_cmd:main", "alarm tools: tail, history, list, ack, shelve, unshelve"),
+    "command": ("gateway.cli.command_cmd:main", "select, operate, cancel, list commands (--operator NAME)"),
+    "route": ("gateway.cli.route_cmd:main", "plan a route between two signals (plan), or set it on the line (set)"),
 }
 
 

@@ -63,9 +63,13 @@ def effective(cfg: Config, *, mask: bool = True) -> dict:
         "alarms": plain(p.alarms, "alarms"),
         "kafka": "embedded" if p.kafka.embedded else {"bootstrap_servers": ",".join(p.kafka.bootstrap_servers),
                                                       "config": plain(p.kafka.config, "config")},
-        "history": "sqlite" if p.history.mysql is None else {"mysql": plain(p.history.mysql, "mysql")},
+        "history": ({"retention_days": p.history.retention_days} if p.history.mysql is None else
+                    {"mysql": plain(p.history.mysql, "mysql"), "retention_days": p.history.retention_days}),
         "coupling": plain(cfg.coupling, "coupling"),
+        "control": plain(cfg.control, "control"),
     }
+    if cfg.track is not None:
+        doc["track"] = cfg.track.to_raw()
     if p.redis is not None:  # absent means none (in-process locks); the parser has no "none" value
         doc["redis"] = plain(p.redis, "redis")
     return doc

@@ -495,6 +495,15 @@ class LinkProtocol:
         elif verdict is Reason.BAD_SESSION:
             self._move(LinkEvent.PROTOCOL_ERROR, "SESSION_CONFIRM with nonces that are not this link's")
 
+    def encode_to_device(self, message, seq: int, now_ms: int) -> bytes:
+        """One frame for this link's device, signed with this session's key: what a caller outside the
+        loop hands to the connection's ``send`` (a COMMAND goes out on both nets with one ``seq``, so the
+        device's sequence window takes the first copy and drops the other). Any thread: the session's
+        keys are set at the handshake and only read afterwards."""
+        self.tx_frames += 1     # a figure: an increment lost to a race costs one count
+        return encode(message, src=self.ctx.settings.id, dst=self.device_id or 0, seq=seq, time_ms=now_ms,
+                      mac_key=self._tx_key)
+
     def _emit(self, message, now_ms: int, dst: int | None = None) -> None:
         # the keys are looked up once, at HELLO: cfg.device() scans the device list, and this runs
         # for every heartbeat of every link
