@@ -79,7 +79,7 @@ END_STATUS_S = 30               # after the storm, how long the bench waits for 
 #: the 1-hour journal storm (bench/storm_journal.py): simulated seconds and interlockings (a tenth of the line:
 #: the whole line's hour is ~62 million alarm inputs, over 5 min of CPU), and the same for --smoke
 JOURNAL_STORM_S, JOURNAL_STORM_DEVICES = 3600, DEVICES // 10
-SMOKE_JOURNAL_STORM_S, SMOKE_JOURNAL_STORM_DEVICES = 60, 5
+SMOKE_JOURNAL_STORM_S, SMOKE_JOURNAL_STORM_DEVICES = 10, 5
 CONSUMER_FETCH_WAIT_MS = 5      # the bench consumer's fetch.wait.max.ms (librdkafka default: 500; see the doc)
 PARTITIONS = 3
 TZ = "UTC"

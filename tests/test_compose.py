@@ -19,6 +19,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 KAFKA = {name: svc for name, svc in SERVICES.items() if svc.get("image", "").startswith("apache/kafka:")}
 RAILGATE = ("gateway", "simulators")  # the services built from this repository's Dockerfile
+LOCK_MASTERS = sorted(name for name in SERVICES if name.startswith("redis-lock-"))
 
 
 def _interpolate(value: str) -> str:
@@ -84,6 +85,31 @@ def test_mysql_8_and_redis_7():
     assert re.match(r"redis:7(\.|$)", SERVICES["redis"]["image"])
 
 
+def test_three_independent_redis_masters_hold_the_zone_locks():
+    """Issue 16: Redlock on N = 3 masters. Each a Redis 7 of its own (no replication, its own volume,
+    fsync on every write so a restarted master keeps what it acknowledged); the gateway's
+    ``control.locks`` names exactly those three and waits for them to be healthy."""
+    assert LOCK_MASTERS == ["redis-lock-1", "redis-lock-2", "redis-lock-3"]
+    volumes = set()
+    for name in LOCK_MASTERS:
+        svc = SERVICES[name]
+        assert re.match(r"redis:7(\.|$)", svc["image"]), name
+        cmd = svc["command"]
+        assert cmd[0] == "redis-server" and not {"--replicaof", "--slaveof"} & set(cmd), f"{name}: a replica"
+        assert cmd[cmd.index("--appendonly") + 1] == "yes" and cmd[cmd.index("--appendfsync") + 1] == "always"
+        (volume,) = svc["volumes"]
+        assert volume.endswith(":/data") and volume.split(":")[0] in COMPOSE["volumes"], name
+        volumes.add(volume.split(":")[0])
+        assert SERVICES["gateway"]["depends_on"][name] == {"condition": "service_healthy"}
+    assert len(volumes) == 3 and "redis" not in volumes, "each master has a volume of its own"
+    control = config.load(str(_config_path("gateway"))).control
+    assert control.locks.kind == "redis"
+    urls = [urlparse(u) for u in control.locks.urls]
+    assert sorted(u.hostname for u in urls) == LOCK_MASTERS
+    assert {u.port for u in urls} == {6379}
+    assert urlparse(config.load(str(_config_path("gateway"))).pipeline.redis.url).hostname not in LOCK_MASTERS
+
+
 def test_gateway_and_simulators_run_a_config_that_validates():
     for service in ("gateway", "simulators"):
         path = _config_path(service)
@@ -125,7 +151,8 @@ def test_health_checks_use_each_image_s_own_client():
         test = " ".join(SERVICES[name]["healthcheck"]["test"])
         assert "kafka-broker-api-versions.sh --bootstrap-server localhost:9092" in test, name
     assert SERVICES["mysql"]["healthcheck"]["test"][1:5] == ["mysqladmin", "ping", "-h", "127.0.0.1"]
-    assert "redis-cli ping" in " ".join(SERVICES["redis"]["healthcheck"]["test"])
+    for name in ("redis", *LOCK_MASTERS):
+        assert "redis-cli ping" in " ".join(SERVICES[name]["healthcheck"]["test"]), name
     gw_test = SERVICES["gateway"]["healthcheck"]["test"]
     assert gw_test[1] == "railgate-healthcheck"
     admin = config.load(str(_config_path("gateway"))).gateway.admin
@@ -142,7 +169,7 @@ def test_start_order_waits_for_healthy_dependencies():
         for dep, spec in deps.items():
             assert spec == {"condition": "service_healthy"}, f"{name} -> {dep}"
             assert "healthcheck" in SERVICES[dep]
-    assert set(SERVICES["gateway"]["depends_on"]) == {"mysql", "redis", *KAFKA}
+    assert set(SERVICES["gateway"]["depends_on"]) == {"mysql", "redis", *LOCK_MASTERS, *KAFKA}
     assert set(SERVICES["simulators"]["depends_on"]) == {"gateway"}
     controllers = {n for n, s in KAFKA.items() if "controller" in s["environment"]["KAFKA_PROCESS_ROLES"]}
     for name in controllers:  # the quorum members start together: none may wait for another

@@ -270,8 +270,9 @@ class AdminRoutes:
 
         def answer(doc, engine) -> Response:  # the alarm thread or the admin loop: its own dict
             parts = dict(not_ready)
-            if engine is not None and "error" in engine:  # stopped, or stuck (an append retrying)
-                parts["journal"] = f"journal not writable: {engine['error']}"
+            why = engine.get("error") or engine.get("busy") if engine is not None else None
+            if why:  # stopped, or stuck (an append retrying): its last figures do not make it ready
+                parts["journal"] = f"journal not writable: {why}"
             if parts:
                 return Response(503, {"ready": False, "not_ready": parts})
             return Response(200, {"ready": True})
@@ -283,8 +284,9 @@ class AdminRoutes:
 
     def _with_engine(self, request: Request, respond: Callable, *, document: bool = True) -> Response | Future:
         """``respond(doc, engine)`` at once without the alarm stage (``engine`` None), else once the alarm
-        thread answers :meth:`AlarmStage.engine_status`, or after ``alarm_wait_s`` with ``engine`` an
-        ``{"error": ...}``. ``respond`` always runs in the admin loop: the answer is handed back to it
+        thread answers :meth:`AlarmStage.engine_status`, or after ``alarm_wait_s`` with its last answer
+        (``age_s``, and ``busy`` saying why: a storm must not blank the per-area figures) or, before any,
+        an ``{"error": ...}``. ``respond`` always runs in the admin loop: the answer is handed back to it
         (``call_later(0, ...)``), so rendering /metrics for a large line never costs the alarm thread."""
         doc = self._document() if document else None
         alarms = self.alarms
@@ -312,8 +314,12 @@ class AdminRoutes:
             timer.cancel()
             request.call_later(0, settle, engine)
 
-        timer = request.call_later(self.alarm_wait_s, settle,
-                                   {"error": f"alarm thread busy: no answer within {self.alarm_wait_s} s"})
+        def busy() -> None:  # the admin loop: the alarm thread's last figures, if it has answered before
+            last = alarms.last_engine_status() if hasattr(alarms, "last_engine_status") else None
+            busy_text = f"alarm thread busy: no answer within {self.alarm_wait_s} s"
+            settle({**last, "busy": busy_text} if last is not None else {"error": busy_text})
+
+        timer = request.call_later(self.alarm_wait_s, busy)
         alarms.engine_status().add_done_callback(answered)
         return out
 

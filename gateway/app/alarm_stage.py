@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from concurrent.futures import Future
 
 from alarms.history.store import open_history
@@ -61,6 +62,7 @@ class AlarmStage:
             sources=Sources(names, p.alarms.switch_lost_s, p.alarms.threat_rates),
             engine_options=p.alarms.engine_options(), clock=line.now_ms)
         self.broker = None
+        self._last_engine: tuple[float, dict] | None = None   # (monotonic s, engine_status answer)
         self.relay = None
         self.writers: list[HistoryWriter] = []
         self.pruner: RetentionPruner | None = None
@@ -203,8 +205,18 @@ class AlarmStage:
             for row in engine.snapshot()[1]:
                 states = by_severity.setdefault(row["severity"], {})
                 states[row["state"]] = states.get(row["state"], 0) + 1
-            return {**engine.status(), "by_severity": by_severity, "service": dict(service.stats)}
+            out = {**engine.status(), "by_severity": by_severity, "service": dict(service.stats)}
+            self._last_engine = (time.monotonic(), out)   # one reference store: read by any thread
+            return out
         return service.call(figures)
+
+    def last_engine_status(self) -> dict | None:
+        """The alarm thread's last answer to :meth:`engine_status`, with ``age_s``; None before the first.
+        For a status that cannot wait for a busy alarm thread (a storm). Any thread."""
+        last = self._last_engine
+        if last is None:
+            return None
+        return {**last[1], "age_s": round(time.monotonic() - last[0], 3)}
 
     def relay_alive(self) -> bool:
         """Whether the relay runs: its ``alive`` flag, else a child pid (the supervisor's), else True for a
