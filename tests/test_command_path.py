@@ -78,9 +78,11 @@ def test_select_operate_feedback_done_through_the_admin_api(line):
     gw, cfg = line
     sw = free_switch(gw)
     want = "reverse" if switch_value(gw, sw) == Switches.NORMAL else "normal"
+    assert not gw.commands.listening            # no command open: the IO threads call nothing of it
     code, doc = http(gw, cfg, "POST", "/commands/select",
                      {"kind": "switch", "object": sw, "value": want, "operator": "alice", "workstation": "WS-1"})
     assert code == 200, doc
+    assert gw.commands.listening
     sel = doc["selection"]
     assert sel["state"] == "SELECTED" and sel["zone"] == "Z1" and sel["fencing_token"] > 0
     code, again = http(gw, cfg, "POST", "/commands/select",
@@ -98,6 +100,7 @@ def test_select_operate_feedback_done_through_the_admin_api(line):
         return next((c for c in cmds["recent"] if c["selection_id"] == sel["selection_id"]), None)
     done = wait_until(ended, timeout=15, what="the command's end")
     assert done["state"] == "DONE", done
+    wait_until(lambda: not gw.commands.listening, timeout=5, what="the stage off the ObjectState listeners")
     assert switch_value(gw, sw) == (Switches.REVERSE if want == "reverse" else Switches.NORMAL)
     journal = AuditJournal(gw.commands.journal_path)
     try:

@@ -17,10 +17,12 @@ Redis or Redlock: ``gateway/commands/settings.zone_locks``), the audit journal
 the frames. Lock calls are non-blocking and run in the commands thread: a
 Redis round trip delays the next command, never an IO thread.
 
-Feedback: ObjectState listeners (IO threads) queue a change only for an
-object an open command waits on (``_watched``, a set read without a lock:
-a membership test under the GIL), so the line's thousands of changes a second
-do not pass through here.
+Feedback: the stage is an ObjectState listener only while a command is open
+(it subscribes at the first and unsubscribes after the last: the IO threads
+call no Python for it otherwise, a storm's tens of thousands of changes a
+second included), and then queues a change only for an object an open command
+waits on (``_watched``, a set read without a lock: a membership test under
+the GIL).
 
 Threading: public methods say their thread; the engine, the journal and the
 lock client are used only by the commands thread.
@@ -165,6 +167,7 @@ class CommandStage:
         self._pending: dict[str, Future] = {}           # request id -> its Future (commands thread)
         self._requests = 0
         self._watched: set[tuple[str, int]] = set()      # (kind, object) an open command waits on
+        self.listening = False                            # subscribed to ObjectState (commands thread)
         self._device_ids = {d.name: d.id for d in cfg.devices}
         self.recent: deque[dict] = deque(maxlen=RECENT)
         self.counters = {"sent": 0, "not_sent": 0, "lock_errors": 0, "audit_errors": 0}
@@ -183,7 +186,6 @@ class CommandStage:
             self.relay = AuditRelay(self.journal_path, bootstrap, topic_prefix=self.settings.topic_prefix,
                                     tz=self.cfg.timezone)
             self.relay.start()
-        self.line.objects.subscribe(self.observe_status)
         self.line.events.subscribe(self.observe_event)
         self._running = True
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
@@ -370,6 +372,9 @@ class CommandStage:
                     else:
                         fut.set_exception(m.CommandError(a.error or "refused"))
         self._watched = self._watch_set()
+        if bool(self._watched) != self.listening:
+            self.listening = bool(self._watched)
+            (self.line.objects.subscribe if self.listening else self.line.objects.unsubscribe)(self.observe_status)
         if more:
             self._do(more)
 

@@ -60,6 +60,10 @@ class ObjectState:
         """``listener(kind, device_id, object_id, value, applied_ms)`` on every change."""
         self._listeners = self._listeners + [listener]
 
+    def unsubscribe(self, listener) -> None:
+        """Stop calling ``listener`` (a new list: a loop iterating the old one finishes with it). Any thread."""
+        self._listeners = [fn for fn in self._listeners if fn != listener]
+
     def apply(self, frame: Frame, now_ms: int) -> None:
         """Apply one accepted frame. Called under the sender's lock (see module doc)."""
         msg = frame.message
