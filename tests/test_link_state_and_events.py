@@ -146,3 +146,18 @@ def test_object_state_latest_wins_with_time():
     st.apply(Frame(1025, 1, 3, 0, ts), 300)
     assert st.trains[1025].consist_id == 9 and st.trains[1025].applied_ms == 300
     assert st.device_snapshot(257)["signals"]["202"] == {"value": "yellow", "applied_ms": 200}
+
+
+def test_device_snapshots_group_every_table_by_device_in_one_walk():
+    from railcodecs import Switches, TrackSections
+    st = ObjectState()
+    st.apply(Frame(257, 1, 1, 0, Signals(((201, 0),))), 100)
+    st.apply(Frame(258, 1, 1, 0, TrackSections(((111, 1), (112, 3)))), 110)
+    st.apply(Frame(258, 1, 2, 0, Switches(((304, 1),))), 120)
+    snaps = st.device_snapshots()
+    assert snaps == {257: {"sections": {}, "signals": {"201": {"value": "red", "applied_ms": 100}}, "switches": {}},
+                     258: {"sections": {"111": {"value": "occupied", "applied_ms": 110},
+                                        "112": {"value": "locked", "applied_ms": 110}},
+                           "signals": {}, "switches": {"304": {"value": "reverse", "applied_ms": 120}}}}
+    assert st.device_snapshot(258) == snaps[258] and st.device_snapshot(999) == {"sections": {}, "signals": {},
+                                                                              "switches": {}}

@@ -54,13 +54,14 @@ def device_status(line, now_ms: int) -> list[dict]:
     ``closed_reason``; ages at ``now_ms``, the gateway's wall ms); every net adds totals over all its
     links since the start (``links_opened``, ``rx_frames_total``, ``errors_total``)."""
     out = []
+    objects = line.objects.device_snapshots()       # every table walked once, not once per device
     for dev_id, dl in line.registry.devices.items():
         d = dl.device
         nets = line.registry.nets_of(dev_id)
         links = [_link_status(net, nets[net], now_ms) for net in d.nets]
         out.append({"id": dev_id, "name": d.name, "kind": KIND_NAMES[d.kind], "reachable": dl.reachable,
                     **line.receiver.senders[dev_id].counters(), "links": links,
-                    "objects": line.objects.device_snapshot(dev_id)})
+                    "objects": objects.get(dev_id) or {"sections": {}, "signals": {}, "switches": {}}})
     return out
 
 

@@ -42,6 +42,10 @@ class TrainState:
     applied_ms: int
 
 
+def _empty_snapshot() -> dict:
+    return {"sections": {}, "signals": {}, "switches": {}}
+
+
 class ObjectState:
     """The line's live picture, as the gateway last applied it."""
 
@@ -85,8 +89,17 @@ class ObjectState:
 
     def device_snapshot(self, device_id: int) -> dict:
         """JSON-ready state of one device's objects. Any thread."""
-        def pick(table, names):
-            return {str(k[1]): {"value": names[v[0]], "applied_ms": v[1]}
-                    for k, v in table.copy().items() if k[0] == device_id}
-        return {"sections": pick(self.sections, SECTION_STATES), "signals": pick(self.signals, ASPECTS),
-                "switches": pick(self.switches, POSITIONS)}
+        return self.device_snapshots().get(device_id, _empty_snapshot())
+
+    def device_snapshots(self) -> dict[int, dict]:
+        """JSON-ready state of every device's objects, by device: each table copied and walked once (the
+        status of a 1,000-device line asked device by device walked every table 1,000 times). Any thread."""
+        out: dict[int, dict] = {}
+        for part, table, names in (("sections", self.sections, SECTION_STATES), ("signals", self.signals, ASPECTS),
+                                   ("switches", self.switches, POSITIONS)):
+            for (dev, obj), (value, applied_ms) in table.copy().items():
+                snap = out.get(dev)
+                if snap is None:
+                    snap = out[dev] = _empty_snapshot()
+                snap[part][str(obj)] = {"value": names[value], "applied_ms": applied_ms}
+        return out
