@@ -66,11 +66,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
-from alarms.kafka.delivery import mark_delivered, undelivered_where
+from alarms.kafka.delivery import mark_delivered, open_wal, undelivered_where, write_transaction
 from alarms.model import AlarmEvent
 
 _SCHEMA = """
@@ -128,17 +127,9 @@ class Journal:
     def __init__(self, path: str, *, busy_timeout_ms: int = 10_000, writer: bool = False,
                  fsync_commits: bool = True) -> None:
         self.path = str(path)
+        self._db = open_wal(self.path, "the alarm journal", JournalError, busy_timeout_ms=busy_timeout_ms,
+                            fsync_commits=fsync_commits)
         try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per append
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=busy_timeout_ms / 1000)
-        except sqlite3.Error as exc:
-            raise JournalError(f"{self.path}: cannot open the alarm journal: {exc}") from None
-        try:
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise JournalError(f"{self.path}: cannot put the alarm journal in WAL mode (got {mode!r})")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync_commits else 'NORMAL'}")
             if writer:
                 self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
             self._db.executescript(_SCHEMA)
@@ -313,17 +304,9 @@ class Journal:
             db.execute("DROP TABLE latest")
             db.execute("ALTER TABLE latest_pointers RENAME TO latest")
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE: the write lock first); COMMIT on leaving, ROLLBACK on error."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _write(self):
+        """One write transaction on this connection (``alarms/kafka/delivery.write_transaction``)."""
+        return write_transaction(self._db)
 
     def _transaction(self, *statements: tuple[str, list]) -> None:
         """Run ``executemany`` statements in one write transaction (one fsync at COMMIT); all or nothing."""

@@ -1,4 +1,5 @@
-"""The delivery watermark of a journal relayed to Kafka: which rows the broker has acknowledged.
+"""A journal relayed to Kafka: its SQLite connection (WAL, one write transaction per batch) and its
+delivery watermark (which rows the broker has acknowledged).
 
 Shared by the alarm journal (``alarms/journal.py``) and the command audit journal
 (``gateway/commands/audit.py``), whose SQLite files both hold::
@@ -15,6 +16,43 @@ Threading: runs inside the caller's write transaction, on the caller's connectio
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def open_wal(path: str, what: str, error: type[Exception], *, busy_timeout_ms: int = 10_000,
+             fsync_commits: bool = True) -> sqlite3.Connection:
+    """A connection on ``path`` in WAL mode, ``synchronous=FULL`` (``NORMAL`` without ``fsync_commits``);
+    ``isolation_level=None``: the caller's :func:`write_transaction` issues BEGIN/COMMIT. Failures raise
+    ``error`` naming the file and ``what`` it is (e.g. "the alarm journal")."""
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
+    except sqlite3.Error as exc:
+        raise error(f"{path}: cannot open {what}: {exc}") from None
+    try:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise error(f"{path}: cannot put {what} in WAL mode (got {mode!r})")
+        db.execute(f"PRAGMA synchronous={'FULL' if fsync_commits else 'NORMAL'}")
+    except sqlite3.Error as exc:
+        db.close()
+        raise error(f"{path}: cannot open {what}: {exc}") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+@contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (BEGIN IMMEDIATE: the write lock first); COMMIT on leaving, ROLLBACK on error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def undelivered_where(seq: str) -> str:

@@ -37,15 +37,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from confluent_kafka import Producer
 
-from alarms.kafka.delivery import mark_delivered, undelivered_where
+from alarms.kafka.delivery import mark_delivered, open_wal, undelivered_where, write_transaction
 from alarms.kafka.topics import RDKAFKA_LOGGER, TopicError, TopicManager, topic_for
 from gateway.commands.model import TERMINAL, CommandEvent
 
@@ -98,16 +97,9 @@ class AuditJournal:
 
     def __init__(self, path: str, *, busy_timeout_ms: int = 10_000, fsync_commits: bool = True) -> None:
         self.path = str(path)
+        self._db = open_wal(self.path, "the command audit journal", AuditError, busy_timeout_ms=busy_timeout_ms,
+                            fsync_commits=fsync_commits)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=busy_timeout_ms / 1000)
-        except sqlite3.Error as exc:
-            raise AuditError(f"{self.path}: cannot open the command audit journal: {exc}") from None
-        try:
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise AuditError(f"{self.path}: cannot put the command audit journal in WAL mode (got {mode!r})")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync_commits else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             self._db.close()
@@ -179,16 +171,9 @@ class AuditJournal:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _write(self):
+        """One write transaction on this connection (``alarms/kafka/delivery.write_transaction``)."""
+        return write_transaction(self._db)
 
     def _rows(self, where: str, params: tuple) -> list[AuditRow]:
         return list(map(AuditRow._make, self._all(
