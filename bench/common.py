@@ -12,11 +12,13 @@ hanging ``make bench``.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pathlib
 import resource
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,8 +31,19 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 GATEWAY_ID = 1
+_STATE_DIR: str | None = None
 DEVICE_BASE = 1000   # device ids: DEVICE_BASE + i
 TRAIN_BASE = 20000   # train ids: TRAIN_BASE + j
+
+
+def bench_state_dir() -> str:
+    """This bench process's gateway state directory: one per run (made on first use, removed at exit), so two
+    runs at once (a smoke test beside a full run) never meet on one identity lock or journal."""
+    global _STATE_DIR
+    if _STATE_DIR is None:
+        _STATE_DIR = tempfile.mkdtemp(prefix="railgate-bench-state-")
+        atexit.register(shutil.rmtree, _STATE_DIR, True)
+    return _STATE_DIR
 
 
 def handshake(sock: socket.socket, dev: int, net: int, hb_ms: int, version: str = "BENCH-1") -> int:
@@ -92,7 +105,7 @@ def line_config(devices: int, trains: int = 0, *, io_threads: int | None = None,
                     # of its own, and the default per-source cap (8) is meant for that
                     "pre_session": {"max_connections": max(64, 2 * devices + 64),
                                     "max_connections_per_source": max(8, 2 * devices + 64)},
-                    "state_dir": "/tmp/railgate-bench-state",
+                    "state_dir": bench_state_dir(),
                     **({} if io_threads is None else {"io_threads": io_threads})},
         "line": {"name": "bench-line", "timezone": "UTC"},
         "devices": devs,

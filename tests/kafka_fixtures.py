@@ -110,6 +110,29 @@ def wait_for(pred, timeout_s: float, what: str, step=None) -> None:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def connections_to(port: int) -> int:
+    """This process's established TCP connections to 127.0.0.1:``port`` (from /proc: the sockets whose
+    inodes are among our file descriptors), e.g. a Kafka client left open on the broker."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            ours.add(target[8:-1])
+    n = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                remote, state, inode = cols[2], cols[3], cols[9]
+                if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port and inode in ours:
+                    n += 1
+    return n
+
+
 def delivered(journal: Journal) -> int:
     """Events the relay has marked delivered."""
     c = journal.counts()

@@ -19,7 +19,7 @@ from alarms.kafka.broker import free_port
 from gateway.commands.audit import AuditError, AuditJournal, AuditRelay
 from gateway.commands.engine import Audit
 from gateway.commands.model import CommandEvent
-from kafka_fixtures import broker, wait_for  # noqa: F401
+from kafka_fixtures import broker, connections_to, wait_for  # noqa: F401
 from test_command_engine import NOW, TZ, Rig
 from railcodecs import Switches
 
@@ -193,6 +193,8 @@ def test_the_relay_publishes_each_event_to_its_local_day_topic_keyed_by_object(b
         wait_for(lambda: j.undelivered() == 0, 30, "every audit row delivered")
     finally:
         relay.stop()
+    # nothing left connected: an open client held the embedded broker's graceful stop 5 s
+    assert connections_to(int(broker.bootstrap.rsplit(":", 1)[1])) == 0
     assert relay.topic_of(evs[0].time_ms) == "audit1.commands.20251129"
     day1 = read_topic(broker.bootstrap, "audit1.commands.20251129")
     day2 = read_topic(broker.bootstrap, "audit1.commands.20251130")

@@ -15,7 +15,7 @@ from alarms.kafka.topics import topic_for
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from zoneinfo import ZoneInfo
 
-from kafka_fixtures import (LINE, TZ, EventSource, SupervisedConsumer, broker, delivered,  # noqa: F401
+from kafka_fixtures import (LINE, TZ, EventSource, SupervisedConsumer, broker, connections_to, delivered,  # noqa: F401
                             schema_validator, wait_all_consumed, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -117,6 +117,20 @@ def test_a_new_relay_delivers_only_what_was_pending(broker, tmp_path):
     msgs = [json.loads(m.value()) for m in read_topic(broker.bootstrap, topic_for(prefix, src.now_ms, ZoneInfo(TZ)))]
     ids = [m["event_id"] for m in msgs if m["kind"] == "event"]
     assert sorted(ids) == sorted(e.event_id for e in first + second)      # each exactly once
+    src.close()
+
+
+def test_a_stopped_relay_leaves_no_connection_open_to_the_broker(broker, tmp_path):
+    """A client left open held the embedded broker's graceful stop (and so `gateway stop`) 5 s."""
+    jpath = str(tmp_path / "journal.db")
+    src = EventSource(jpath, start_ms=int(time.time() * 1000), seed=3)
+    src.journal_events(50)
+    port = int(broker.bootstrap.rsplit(":", 1)[1])
+    relay = make_relay(jpath, broker, "closes", src).start()
+    wait_for(lambda: Journal(jpath).counts()["undelivered"] == 0, 30, "the 50 delivered")
+    assert connections_to(port) >= 1                   # the producer and the admin client are connected
+    relay.stop()
+    assert not relay.alive and connections_to(port) == 0
     src.close()
 
 

@@ -183,6 +183,8 @@ class KafkaRelay:
             self._settle(journal)
             self._publish_stats(journal)
             journal.close()
+            self.topics.close()
+            self._producer = None       # its connections close with it (see TopicManager.close)
 
     def _new_producer(self) -> Producer:
         conf = dict(self._conf)

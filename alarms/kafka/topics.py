@@ -138,6 +138,12 @@ class TopicManager:
     def forget(self, topic: str) -> None:
         self._known.pop(topic, None)
 
+    def close(self) -> None:
+        """Drop the admin client now: librdkafka closes its broker connections when the handle's last
+        reference goes, and a broker stopping gracefully waits for its clients (tansu held a gateway's
+        stop 5 s for one left open). Idempotent; the manager is not used afterwards."""
+        self._admin = None
+
     def partitions_of(self, topic: str) -> int | None:
         """Partition count of ``topic`` per the broker's metadata, None when it does not exist."""
         md = self._admin.list_topics(topic, timeout=self.timeout_s).topics.get(topic)

@@ -273,6 +273,7 @@ class AuditRelay:
             producer.flush(5.0)
             self._settle(journal)
             journal.close()
+            topics.close()              # the producer's connections close when this frame's reference goes
 
     def _settle(self, journal: AuditJournal) -> None:
         if self._done:
