@@ -43,22 +43,12 @@ def command_events(rig: AuditRig, n_commands: int = 1) -> list[CommandEvent]:
 
 
 class AuditRig(Rig):
-    """A Rig that keeps the select's audit events (Rig.select returns only the AcquireLock)."""
+    """A Rig that keeps the select's audit events (``last_select_events``)."""
 
     def select(self, *a, **kw):
-        original = self.engine.select
-        acts = []
-
-        def capture(*args):
-            acts.extend(original(*args))
-            return acts
-        self.engine.select = capture
-        try:
-            acquire = super().select(*a, **kw)
-        finally:
-            self.engine.select = original
-        self.last_select_events = [x.event for x in acts if isinstance(x, Audit)]
-        return acquire
+        selecting = super().select(*a, **kw)
+        self.last_select_events = [x.event for x in selecting.actions if isinstance(x, Audit)]
+        return selecting
 
 
 def test_append_reads_back_every_field_in_order(tmp_path):

@@ -92,14 +92,16 @@ class FakeGateway:
         if (kind, obj) in self.refuse:
             return 409, {"error": self.refuse[(kind, obj)]}
         held = next((s for s in self.open.values() if s["zone"] == zone), None)
-        if held is not None:
+        workstation = body.get("workstation") or "railgate"
+        if held is not None and (held["operator"], held["workstation"]) != (body["operator"], workstation):
             return 409, {"error": f"{kind} {obj}: zone {zone} is held by the selection of {held['kind']} "
                                   f"{held['object_id']} by {held['operator']} at {held['workstation']} "
                                   f"({held['state']})"}
         self._n += 1
         s = {"selection_id": f"sel-{self._n}", "command_id": 1000 + self._n, "kind": kind, "object_id": obj,
              "value": value, "device": "IL-1", "zone": zone, "operator": body["operator"],
-             "workstation": body.get("workstation") or "railgate", "state": "SELECTED", "fencing_token": 40 + self._n,
+             "workstation": workstation, "state": "SELECTED",
+             "fencing_token": held["fencing_token"] if held is not None else 40 + self._n,   # the zone's lease
              "expires_ms": int(time.time() * 1000) + 30_000}
         self.open[s["selection_id"]] = s
         return 200, {"selection": dict(s)}
@@ -487,13 +489,28 @@ def test_route_set_whose_operate_is_refused_cancels_that_selection_too(gw, token
                                    "refused (409): switch 304: its section 118 is occupied (interlocking: refused)")
 
 
-def test_route_set_with_two_switches_in_one_zone_says_why_it_cannot_be_one_operation(gw, token_file, capsys):
+def test_route_set_with_two_switches_in_one_zone_is_one_operation(gw, token_file, capsys):
+    """The gateway shares a zone's lock among one operator's selections (same fencing token)."""
     gw.plans[(202, 206)] = dict(CROSSOVER, to=206, switches=[[301, "reverse"], [302, "reverse"]])
     code = route_set.set_main(["202", "206", "--operator", OPERATOR, *writes(gw, token_file)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert [b["object"] for b in gw.posts("/commands/select")] == [301, 302] and gw.posts("/commands/cancel") == []
+    assert [(s["object_id"], s["state"], s["fencing_token"]) for s in gw.recent] == [(301, "DONE", 41),
+                                                                                     (302, "DONE", 41)]
+    assert out.splitlines()[-1] == "route 202 -> 206 set: 2 of 2 commands DONE"
+
+
+def test_route_set_in_a_zone_another_operator_holds_names_the_holder(gw, token_file, capsys):
+    gw.plans[(202, 206)] = dict(CROSSOVER, to=206, switches=[[301, "reverse"], [302, "reverse"]])
+    assert command_cmd.main(["select", "switch", "302", "normal", "--operator", "bob", *writes(gw, token_file)]) == 0
+    capsys.readouterr()
+    code = route_set.set_main(["202", "206", "--operator", OPERATOR, *writes(gw, token_file)])
     _, err = capsys.readouterr()
-    assert code == 1
-    assert gw.posts("/commands/cancel") == [{"selection": "sel-1", "operator": OPERATOR}]
-    assert "zone Z1 is held by this route's own selection" in err.splitlines()[0]
+    assert code == 1 and gw.posts("/commands/cancel") == []
+    assert err.splitlines()[0] == ("gateway route set: select 1 of 2 (switch 301 reverse) failed: refused (409): "
+                                   "switch 301: zone Z1 is held by the selection of switch 302 by bob at railgate "
+                                   "(SELECTED)")
 
 
 def test_route_set_without_operator_is_usage_error_and_asks_nothing(gw, capsys):

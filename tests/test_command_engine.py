@@ -35,6 +35,7 @@ EXPECTED = {
     ("SELECTED", "select_timeout"): "EXPIRED",
     ("SELECTED", "unreachable"): "FAILED",
     ("SELECTED", "lock_lost"): "FAILED",
+    ("SELECTED", "lock_expired"): "FAILED",
     ("SELECTED", "abandon"): "FAILED",
     ("OPERATING", "result_done"): "AWAIT_FEEDBACK",
     ("OPERATING", "result_done_no_feedback"): "DONE",
@@ -55,14 +56,15 @@ EXPECTED = {
 
 
 class FakeLine:
-    """The engine's LineView: CI-1 (10) has switches 5, 6 (zone Z1, section 100 / none) and 8 (zone Z2), route 3
-    and section 20; CI-2 (11) has switch 7 (zone = its device name)."""
+    """The engine's LineView: CI-1 (10) has switches 5, 6, 9 (zone Z1, section 100 / none / none) and 8 (zone
+    Z2), route 3 and section 20; CI-2 (11) has switch 7 (zone = its device name)."""
 
     def __init__(self) -> None:
         self.objects = {("switch", 5): (CI1, "CI-1"), ("switch", 6): (CI1, "CI-1"), ("switch", 8): (CI1, "CI-1"),
-                        ("route", 3): (CI1, "CI-1"), ("section", 20): (CI1, "CI-1"), ("switch", 7): (CI2, "CI-2")}
-        self.zones = {("switch", 5): "Z1", ("switch", 6): "Z1", ("switch", 8): "Z2", ("route", 3): "R3",
-                      ("section", 20): "S20"}
+                        ("switch", 9): (CI1, "CI-1"), ("route", 3): (CI1, "CI-1"), ("section", 20): (CI1, "CI-1"),
+                        ("switch", 7): (CI2, "CI-2")}
+        self.zones = {("switch", 5): "Z1", ("switch", 6): "Z1", ("switch", 9): "Z1", ("switch", 8): "Z2",
+                      ("route", 3): "R3", ("section", 20): "S20"}
         self.up = {CI1: True, CI2: True}
         self.values: dict[tuple[str, int], int] = {("switch", 5): Switches.NORMAL}
         self.sections = {100: TrackSections.FREE}
@@ -99,6 +101,21 @@ def moves(actions):
     return [(e.previous_state, e.transition, e.state) for e in events(actions)]
 
 
+class Selecting:
+    """What ``Rig.select`` started: the selection's id, and its zone's AcquireLock (None: it joined a lease)."""
+
+    def __init__(self, selection_id: str, zone: str, acquire: AcquireLock | None, actions: list) -> None:
+        self.selection_id, self.zone, self.acquire, self.actions = selection_id, zone, acquire, actions
+
+    @property
+    def holder(self) -> str:
+        return self.acquire.holder
+
+    @property
+    def ttl_ms(self) -> int:
+        return self.acquire.ttl_ms
+
+
 class Rig:
     """An engine, its fake line and the time; helpers that drive one command along."""
 
@@ -108,22 +125,30 @@ class Rig:
         self.engine = CommandEngine(7, "demo-line-1", TZ, self.settings, self.line, start_ms=NOW)
         self.now = NOW
         self.fence = 5000
-        self.leases: dict[str, Lease] = {}
+        self.leases: dict[str, Lease] = {}          # zone -> the lease last granted for it
 
-    def select(self, kind="switch", obj=5, value="reverse", operator="alice", ws="WS1", req="r-sel") -> AcquireLock:
+    def select(self, kind="switch", obj=5, value="reverse", operator="alice", ws="WS1", req="r-sel") -> Selecting:
         acts = self.engine.select(req, kind, obj, value, operator, ws, self.now)
-        return only(acts, AcquireLock)[0]
+        ev = events(acts)[0]
+        return Selecting(ev.selection_id, ev.zone, (only(acts, AcquireLock) or [None])[0], acts)
 
-    def grant(self, acquire: AcquireLock) -> list:
+    def grant(self, selecting: Selecting | str, ttl_ms: int = 10_000) -> list:
+        """Grant the zone (of a Selecting, or named) a new lease."""
+        zone = selecting if isinstance(selecting, str) else selecting.zone
+        holder = "WS1" if isinstance(selecting, str) or selecting.acquire is None else selecting.holder
         self.fence += 1
-        lease = Lease(acquire.zone, acquire.holder, "tok", self.fence, acquire.ttl_ms)
-        self.leases[acquire.selection_id] = lease
-        return self.engine.lock_granted(acquire.selection_id, lease, self.now)
+        lease = Lease(zone, holder, f"tok{self.fence}", self.fence, ttl_ms)
+        self.leases[zone] = lease
+        return self.engine.lock_granted(zone, lease, self.now)
+
+    def release(self, zone: str = "Z1") -> ReleaseLock:
+        return ReleaseLock(zone, self.leases[zone])
 
     def selected(self, **kw) -> str:
-        acquire = self.select(**kw)
-        self.grant(acquire)
-        return acquire.selection_id
+        selecting = self.select(**kw)
+        if selecting.acquire is not None:          # else it joined a lease its zone holds already
+            self.grant(selecting)
+        return selecting.selection_id
 
     def operated(self, **kw) -> tuple[str, Command]:
         sel = self.selected(**kw)
@@ -197,9 +222,9 @@ def apply(rig: Rig, event: str, sel: str, cmd: Command | None, kind: str) -> lis
     if event == "select":
         return e.select("r", kind, 5, "reverse", "alice", "WS1", rig.now)
     if event == "lock_granted":
-        return rig.grant(AcquireLock(sel, "Z1", "WS1", 10_000))
+        return rig.grant("Z1")
     if event == "lock_refused":
-        return e.lock_refused(sel, "zone Z1: held by WS2 for 2000 ms more", rig.now)
+        return e.lock_refused("Z1", "zone Z1: held by WS2 for 2000 ms more", rig.now)
     if event == "operate":
         return e.operate("r-op", sel, "alice", rig.now)
     if event == "cancel":
@@ -210,7 +235,9 @@ def apply(rig: Rig, event: str, sel: str, cmd: Command | None, kind: str) -> lis
         rig.line.up[CI1] = False
         return e.on_unreachable(CI1, rig.now)
     if event == "lock_lost":
-        return e.lock_lost(sel, "zone Z1: extend refused", rig.now)
+        return e.lock_lost("Z1", "zone Z1: extend refused", rig.now)
+    if event == "lock_expired":                   # an operate after the lease's 10 s validity
+        return e.operate("r-op", sel, "alice", rig.now + 10_000)
     if event == "abandon":              # a restarted gateway, given the journal's last event of the command
         restarted = CommandEngine(7, "demo-line-1", TZ, rig.settings, rig.line, last_seq=rig.last_event.seq)
         return restarted.abandon([rig.last_event], rig.now)
@@ -246,13 +273,13 @@ def test_select_lock_operate_result_feedback_done_with_the_audit_trail_in_order(
     e = rig.engine
     acts = e.select("r-sel", "switch", 5, "reverse", "alice", "WS1", rig.now)
     acquire, = only(acts, AcquireLock)
-    assert (acquire.zone, acquire.holder, acquire.ttl_ms) == ("Z1", "WS1", 10_000)
+    assert acquire == AcquireLock("Z1", "WS1", 10_000)
     assert moves(acts) == [("NEW", "select", "SELECTING")] and not only(acts, Reply)   # answered with the lock
-    sel = acquire.selection_id
+    sel = events(acts)[0].selection_id
 
     rig.now += 40
     lease = Lease("Z1", "WS1", "tok", 987_654_321_000, 10_000)
-    acts = e.lock_granted(sel, lease, rig.now)
+    acts = e.lock_granted("Z1", lease, rig.now)
     reply, = only(acts, Reply)
     assert reply.request_id == "r-sel" and reply.ok and not reply.termination
     assert reply.payload["selection_id"] == sel and reply.payload["fencing_token"] == 987_654_321_000
@@ -276,7 +303,7 @@ def test_select_lock_operate_result_feedback_done_with_the_audit_trail_in_order(
     assert e.on_status("switch", 5, Switches.MOVING, rig.now) == []
     acts = e.on_status("switch", 5, Switches.REVERSE, rig.now)
     assert moves(acts) == [("AWAIT_FEEDBACK", "feedback", "DONE")]
-    assert only(acts, ReleaseLock) == [ReleaseLock(sel, lease)]
+    assert only(acts, ReleaseLock) == [ReleaseLock("Z1", lease)]
     done, = only(acts, Reply)
     assert done.request_id == "r-op" and done.ok and done.termination and done.payload["state"] == "DONE"
     assert rig.state(sel) == "DONE" and e.selections() == [] and e.next_deadline_ms() is None
@@ -336,7 +363,7 @@ def test_result_done_without_feedback_fails_at_the_feedback_timeout():
     acts = rig.engine.tick(NOW + 10_000)
     assert moves(acts) == [("AWAIT_FEEDBACK", "feedback_timeout", "FAILED")]
     assert events(acts)[0].outcome == "CI-1 reported done but the status did not show reverse within 10 s (status 2)"
-    assert only(acts, ReleaseLock) == [ReleaseLock(sel, rig.leases[sel])]
+    assert only(acts, ReleaseLock) == [rig.release()]
     reply, = only(acts, Reply)
     assert reply.request_id == "r-op" and not reply.ok and reply.termination and "did not show reverse" in reply.error
 
@@ -364,7 +391,7 @@ def test_a_result_code_fails_the_command_with_its_outcome(code, detail, event, o
     ev, = events(acts)
     assert (ev.transition, ev.state, ev.result, ev.detail) == (event, "FAILED", code, detail)
     assert outcome in ev.outcome
-    assert only(acts, ReleaseLock) == [ReleaseLock(sel, rig.leases[sel])]
+    assert only(acts, ReleaseLock) == [rig.release()]
     reply, = only(acts, Reply)
     assert not reply.ok and reply.termination and outcome in reply.error
     assert rig.engine.on_status("switch", 5, Switches.REVERSE, rig.now) == []   # over: no feedback afterwards
@@ -389,7 +416,7 @@ def test_the_device_becoming_unreachable_fails_its_commands(state):
     assert moves(acts) == [(state, "unreachable", "FAILED")]
     assert f"device CI-1 became unreachable (no link up on either net) while the command was {state}" \
         == events(acts)[0].outcome
-    assert only(acts, ReleaseLock) == ([] if state == "SELECTING" else [ReleaseLock(sel, rig.leases[sel])])
+    assert only(acts, ReleaseLock) == ([] if state == "SELECTING" else [rig.release()])
     # the open request is answered: the select's (lock pending) or the operate's termination; none when selected
     expected = {"SELECTING": [("r-sel", False, False)], "SELECTED": []}.get(state, [("r-op", False, True)])
     assert [(r.request_id, r.ok, r.termination) for r in only(acts, Reply)] == expected
@@ -403,7 +430,7 @@ def test_a_lock_granted_after_the_selection_ended_is_released_at_once():
     assert moves(acts) == [("SELECTING", "cancel", "CANCELLED")] and not only(acts, ReleaseLock)
     assert {r.request_id: r.ok for r in only(acts, Reply)} == {"r-c": True, "r-sel": False}
     acts = rig.grant(acquire)
-    assert acts == [ReleaseLock(acquire.selection_id, rig.leases[acquire.selection_id])]
+    assert acts == [rig.release()]
 
 
 # -- refusals: a clear error, and nothing changes ------------------------------------------------
@@ -459,7 +486,7 @@ def test_operator_names_are_checked(name):
 def test_a_refused_lock_answers_the_select_with_the_holder():
     rig = Rig()
     acquire = rig.select()
-    acts = rig.engine.lock_refused(acquire.selection_id, "zone Z1: held by WS2 for 2000 ms more", rig.now)
+    acts = rig.engine.lock_refused("Z1", "zone Z1: held by WS2 for 2000 ms more", rig.now)
     assert moves(acts) == [("SELECTING", "lock_refused", "REFUSED")] and not only(acts, ReleaseLock)
     reply, = only(acts, Reply)
     assert reply.request_id == "r-sel" and not reply.ok
@@ -511,7 +538,7 @@ def test_cancel_releases_and_only_before_operate():
     acts = rig.engine.cancel("r-c", sel, "alice", rig.now)
     assert moves(acts) == [("SELECTED", "cancel", "CANCELLED")]
     assert events(acts)[0].outcome == "cancelled by alice"
-    assert only(acts, ReleaseLock) == [ReleaseLock(sel, rig.leases[sel])]
+    assert only(acts, ReleaseLock) == [rig.release()]
     assert [(r.request_id, r.ok) for r in only(acts, Reply)] == [("r-c", True)]
     with pytest.raises(WrongState, match="has ended: CANCELLED"):
         rig.engine.operate("r", sel, "alice", rig.now)
@@ -528,7 +555,7 @@ def test_the_select_timeout_expires_the_selection_and_releases_the_zone():
     assert not events(rig.engine.tick(NOW + 29_999))
     acts = rig.engine.tick(NOW + 30_000)
     assert moves(acts) == [("SELECTED", "select_timeout", "EXPIRED")]
-    assert only(acts, ReleaseLock) == [ReleaseLock(sel, rig.leases[sel])]
+    assert only(acts, ReleaseLock) == [rig.release()]
     assert rig.engine.selections() == []
     rig.now = NOW + 30_000
     assert rig.selected()                                                     # the object and zone are free
@@ -537,43 +564,227 @@ def test_the_select_timeout_expires_the_selection_and_releases_the_zone():
 def test_the_zone_lock_is_extended_every_half_ttl_while_the_command_is_open():
     rig = Rig(lock_ttl_ms=10_000)
     sel = rig.selected()
-    lease = rig.leases[sel]
+    lease = rig.leases["Z1"]
     assert rig.engine.next_deadline_ms() == NOW + 5_000
     assert rig.engine.tick(NOW + 4_999) == []
-    assert rig.engine.tick(NOW + 5_000) == [ExtendLock(sel, lease, 10_000)]
+    assert rig.engine.tick(NOW + 5_000) == [ExtendLock("Z1", lease, 10_000)]
     assert rig.engine.tick(NOW + 5_001) == []                              # not again while the extend runs
     renewed = Lease(lease.zone, lease.holder, lease.token, lease.fencing_token, 10_000)
-    assert rig.engine.lock_extended(sel, renewed, NOW + 5_010) == []      # half its TTL from the extend
+    assert rig.engine.lock_extended("Z1", renewed, NOW + 5_010) == []     # half its TTL from the extend
     assert rig.engine.tick(NOW + 10_009) == []
-    assert rig.engine.tick(NOW + 10_010) == [ExtendLock(sel, renewed, 10_000)]
+    assert rig.engine.tick(NOW + 10_010) == [ExtendLock("Z1", renewed, 10_000)]
     rig.now = NOW + 10_010
     send, = only(rig.engine.operate("r", sel, "alice", rig.now), Send)
-    assert rig.engine.tick(NOW + 15_010) == [ExtendLock(sel, renewed, 10_000)]     # also while operating
+    assert rig.engine.tick(NOW + 15_010) == [ExtendLock("Z1", renewed, 10_000)]    # also while operating
     rig.result(send.command, 1)
     assert rig.engine.tick(NOW + 25_000) == []                             # ended: released, never extended
-    assert rig.engine.lock_extended(sel, renewed, NOW + 25_000) == [ReleaseLock(sel, renewed)]
+    assert rig.engine.lock_extended("Z1", renewed, NOW + 25_000) == [ReleaseLock("Z1", renewed)]
 
 
 def test_a_redlock_lease_is_extended_at_half_its_validity():
     rig = Rig()
     acquire = rig.select()
     lease = Lease("Z1", "WS1", "tok", 9, 10_000, validity_ms=6_000)    # the majority took time, clocks drift
-    rig.engine.lock_granted(acquire.selection_id, lease, NOW)
+    rig.engine.lock_granted("Z1", lease, NOW)
     assert rig.engine.tick(NOW + 2_999) == [] and rig.engine.tick(NOW + 3_000) == [
-        ExtendLock(acquire.selection_id, lease, 10_000)]
+        ExtendLock("Z1", lease, 10_000)]
 
 
 def test_a_lost_lock_fails_a_selection_but_not_a_sent_command():
     rig = Rig()
     sel = rig.selected()
-    acts = rig.engine.lock_lost(sel, "zone Z1: extend refused", rig.now)
+    acts = rig.engine.lock_lost("Z1", "zone Z1: extend refused", rig.now)
     assert moves(acts) == [("SELECTED", "lock_lost", "FAILED")] and not only(acts, ReleaseLock)
     sel, cmd = rig.operated()
-    acts = rig.engine.lock_lost(sel, "zone Z1: extend refused", rig.now)
+    acts = rig.engine.lock_lost("Z1", "zone Z1: extend refused", rig.now)
     assert moves(acts) == [("OPERATING", "lock_lost", "OPERATING")]
     assert rig.engine.tick(NOW + 6_000) == []                              # no lease: nothing to extend
     acts = rig.result(cmd, 0) + rig.engine.on_status("switch", 5, Switches.REVERSE, rig.now)
     assert events(acts)[-1].state == "DONE" and not only(acts, ReleaseLock)
+
+
+# -- one zone, several selections: one shared lease -------------------------------------------------
+# FakeLine: switches 5 and 6 are in zone Z1 (5 in section 100, free; 6 in none), 8 in zone Z2.
+
+def replies(actions):
+    return [(r.request_id, r.ok) for r in only(actions, Reply)]
+
+
+def test_two_switches_of_one_zone_share_one_acquire_and_one_lease():
+    rig = Rig()
+    first = rig.select(obj=5, req="r-5")
+    assert first.acquire == AcquireLock("Z1", "WS1", 10_000)
+    second = rig.select(obj=6, req="r-6")                 # the same operator at the same workstation
+    assert second.acquire is None and not only(second.actions, Reply)        # waits for the pending acquire
+    assert moves(second.actions) == [("NEW", "select", "SELECTING")]
+    acts = rig.grant(first)
+    assert moves(acts) == [("SELECTING", "lock_granted", "SELECTED")] * 2
+    assert replies(acts) == [("r-5", True), ("r-6", True)]
+    lease = rig.leases["Z1"]
+    assert {r.payload["fencing_token"] for r in only(acts, Reply)} == {lease.fencing_token}
+    sends = [only(rig.engine.operate(f"r-op{i}", s.selection_id, "alice", rig.now), Send)[0]
+             for i, s in enumerate((first, second))]
+    assert [(s.command.object_id, s.command.fencing_token) for s in sends] == [(5, lease.fencing_token),
+                                                                               (6, lease.fencing_token)]
+
+
+def test_a_select_in_a_zone_already_held_joins_its_lease_at_once():
+    rig = Rig()
+    sel_5 = rig.selected(obj=5)
+    joined = rig.select(obj=6, value="normal", req="r-6")
+    assert joined.acquire is None
+    assert moves(joined.actions) == [("NEW", "select", "SELECTING"), ("SELECTING", "lock_granted", "SELECTED")]
+    reply, = only(joined.actions, Reply)
+    assert reply.request_id == "r-6" and reply.ok and reply.payload["fencing_token"] == rig.leases["Z1"].fencing_token
+    assert {s["selection_id"]: s["state"] for s in rig.engine.selections()} == {sel_5: "SELECTED",
+                                                                                joined.selection_id: "SELECTED"}
+    with pytest.raises(AlreadySelected, match="switch 6 is already selected by alice"):    # one selection per object
+        rig.engine.select("r", "switch", 6, "reverse", "alice", "WS1", rig.now)
+
+
+@pytest.mark.parametrize("first_to_end", ["cancelled 6", "done 5"])
+def test_the_zone_is_released_only_when_its_last_selection_ends(first_to_end):
+    rig = Rig()
+    sel_5, cmd_5 = rig.operated(obj=5)
+    sel_6 = rig.selected(obj=6, value="normal", req="r-6")
+
+    def cancel_6():
+        return rig.engine.cancel("r-c", sel_6, "alice", rig.now)
+
+    def done_5():
+        return rig.result(cmd_5, 0) + rig.engine.on_status("switch", 5, Switches.REVERSE, rig.now)
+    first, last = (cancel_6, done_5) if first_to_end == "cancelled 6" else (done_5, cancel_6)
+    acts = first()
+    assert events(acts)[-1].state in ("CANCELLED", "DONE") and not only(acts, ReleaseLock)   # the other holds it
+    assert rig.engine.tick(NOW + 5_000) == [ExtendLock("Z1", rig.leases["Z1"], 10_000)]       # still extended
+    acts = last()
+    assert events(acts)[-1].state in ("CANCELLED", "DONE") and only(acts, ReleaseLock) == [rig.release()]
+    assert rig.engine.selections() == [] and rig.engine.next_deadline_ms() is None
+    assert rig.select(obj=6).acquire is not None                          # the zone is asked for again
+
+
+@pytest.mark.parametrize("operator,ws", [("bob", "WS2"), ("bob", "WS1"), ("alice", "WS9")])
+def test_another_operator_or_workstation_is_refused_in_a_held_zone(operator, ws):
+    rig = Rig()
+    acquire = rig.select(obj=5)
+    for granted in (False, True):                                         # while acquiring, then held
+        before = rig.unchanged()
+        with pytest.raises(AlreadySelected) as err:
+            rig.engine.select("r", "switch", 6, "normal", operator, ws, rig.now)
+        assert str(err.value) == ("switch 6: zone Z1 is held by the selection of switch 5 by alice at WS1 "
+                                  f"({'SELECTED' if granted else 'SELECTING'})")
+        assert rig.unchanged() == before
+        if not granted:
+            rig.grant(acquire)
+    rig.selected(obj=6, value="normal")
+    with pytest.raises(AlreadySelected, match="held by the selections of switch 5, switch 6 by alice at WS1"):
+        rig.engine.select("r", "switch", 9, "normal", operator, ws, rig.now)
+
+
+def test_a_refused_acquire_fails_every_selection_waiting_on_it():
+    rig = Rig()
+    first = rig.select(obj=5, req="r-5")
+    rig.select(obj=6, req="r-6")
+    acts = rig.engine.lock_refused("Z1", "zone Z1: held by WS2 for 2000 ms more", rig.now)
+    assert moves(acts) == [("SELECTING", "lock_refused", "REFUSED")] * 2 and not only(acts, ReleaseLock)
+    assert [(r.request_id, r.ok, r.error) for r in only(acts, Reply)] == [
+        ("r-5", False, "switch 5 not selected: zone Z1: held by WS2 for 2000 ms more"),
+        ("r-6", False, "switch 6 not selected: zone Z1: held by WS2 for 2000 ms more")]
+    assert rig.engine.selections() == []
+    assert rig.grant(first) == [rig.release()]                            # a late grant: nobody waits for it
+    assert rig.select(obj=6, operator="bob", ws="WS2").acquire is not None   # the zone is free here
+
+
+def test_a_lost_lock_fails_every_selection_of_the_zone_and_spares_its_sent_commands():
+    rig = Rig()
+    sel_5 = rig.selected(obj=5)
+    sel_6 = rig.selected(obj=6, value="normal")
+    other = rig.selected(obj=8, value="normal")                          # zone Z2: untouched
+    acts = rig.engine.lock_lost("Z1", "zone Z1: extend refused", rig.now)
+    assert moves(acts) == [("SELECTED", "lock_lost", "FAILED")] * 2 and not only(acts, ReleaseLock)
+    assert [e.selection_id for e in events(acts)] == [sel_5, sel_6]
+    assert all(e.outcome == "zone lock of Z1 lost: zone Z1: extend refused" for e in events(acts))
+    assert [s["selection_id"] for s in rig.engine.selections()] == [other]
+
+    rig2 = Rig()
+    sent, cmd = rig2.operated(obj=5)
+    waiting = rig2.selected(obj=6, value="normal")
+    acts = rig2.engine.lock_lost("Z1", "zone Z1: extend refused", rig2.now)
+    assert moves(acts) == [("OPERATING", "lock_lost", "OPERATING"), ("SELECTED", "lock_lost", "FAILED")]
+    assert rig2.engine.tick(NOW + 6_000) == []                            # no lease: nothing to extend
+    again = rig2.select(obj=6, value="normal", req="r-again")              # the holder asks for the zone anew
+    assert again.acquire == AcquireLock("Z1", "WS1", 10_000) and rig2.state(waiting) == "FAILED"
+    acts = rig2.grant(again)
+    assert replies(acts) == [("r-again", True)] and rig2.state(sent) == "OPERATING"
+    assert only(acts, Reply)[0].payload["fencing_token"] == rig2.leases["Z1"].fencing_token != cmd.fencing_token
+
+
+def test_the_lease_is_extended_once_per_zone_not_per_selection():
+    rig = Rig(lock_ttl_ms=10_000)
+    rig.selected(obj=5)
+    rig.selected(obj=6, value="normal")
+    rig.selected(obj=8, value="normal")
+    assert rig.engine.next_deadline_ms() == NOW + 5_000
+    acts = rig.engine.tick(NOW + 5_000)
+    assert acts == [ExtendLock("Z1", rig.leases["Z1"], 10_000), ExtendLock("Z2", rig.leases["Z2"], 10_000)]
+    assert rig.engine.tick(NOW + 5_001) == []
+
+
+def test_selections_that_all_ended_before_the_grant_have_it_released_and_a_new_one_waits_for_it():
+    rig = Rig()
+    first = rig.select(obj=5, req="r-5")
+    rig.engine.cancel("r-c", first.selection_id, "alice", rig.now)
+    rejoin = rig.select(obj=6, req="r-6")                   # the acquire is still out: no second one
+    assert rejoin.acquire is None
+    with pytest.raises(AlreadySelected, match="zone Z1 is held by the selection of switch 6 by alice"):
+        rig.engine.select("r", "switch", 5, "normal", "bob", "WS2", rig.now)
+    acts = rig.grant(first)
+    assert replies(acts) == [("r-6", True)] and not only(acts, ReleaseLock)
+    acts = rig.engine.cancel("r-c2", rejoin.selection_id, "alice", rig.now)
+    assert only(acts, ReleaseLock) == [rig.release()]
+
+    lone = rig.select(obj=5, req="r-lone")
+    rig.engine.cancel("r-c3", lone.selection_id, "alice", rig.now)
+    assert rig.grant(lone) == [rig.release()]               # granted to nobody: released at once
+    assert rig.select(obj=5).acquire is not None
+
+
+# -- operate checks the lease is still valid ---------------------------------------------------------
+
+@pytest.mark.parametrize("validity_ms,at_ms,sent", [(None, 9_999, True), (None, 10_000, False),
+                                                     (None, 10_250, False), (6_000, 5_999, True),
+                                                     (6_000, 6_000, False)])
+def test_an_operate_past_the_lease_validity_sends_nothing(validity_ms, at_ms, sent):
+    rig = Rig()
+    acquire = rig.select()
+    lease = Lease("Z1", "WS1", "tok", 77, 10_000, validity_ms)     # validity_ms None: its TTL (one Redis)
+    rig.engine.lock_granted("Z1", lease, NOW)
+    acts = rig.engine.operate("r-op", acquire.selection_id, "alice", NOW + at_ms)
+    if sent:
+        assert only(acts, Send)[0].command.fencing_token == 77 and replies(acts) == [("r-op", True)]
+        return
+    late = at_ms - (validity_ms or 10_000)
+    assert moves(acts) == [("SELECTED", "lock_expired", "FAILED")]
+    assert not only(acts, Send) and not only(acts, ReleaseLock)    # not ours any more: nothing released
+    text = f"zone Z1: our lock's validity ended {late} ms ago; nothing sent; select again"
+    assert events(acts)[0].outcome == text
+    reply, = only(acts, Reply)
+    assert (reply.request_id, reply.ok, reply.error, reply.termination) == ("r-op", False, text, False)
+    assert rig.state(acquire.selection_id) == "FAILED" and rig.engine.selections() == []
+    assert rig.engine.tick(NOW + at_ms + 60_000) == []                 # nothing left to extend
+    assert rig.select(obj=5).acquire is not None                      # the zone is asked for again
+
+
+def test_an_extension_renews_the_validity_and_a_lapsed_lease_shared_with_others_is_checked_by_its_extend():
+    rig = Rig()
+    sel_5 = rig.selected(obj=5)
+    sel_6 = rig.selected(obj=6, value="normal")
+    lease = rig.leases["Z1"]
+    assert rig.engine.lock_extended("Z1", lease, NOW + 5_000) == []      # valid until NOW + 15 s now
+    assert only(rig.engine.operate("r-5", sel_5, "alice", NOW + 14_999), Send)
+    acts = rig.engine.operate("r-6", sel_6, "alice", NOW + 15_000)
+    assert moves(acts) == [("SELECTED", "lock_expired", "FAILED")] and not only(acts, ReleaseLock)
+    assert rig.engine.tick(NOW + 15_001) == [ExtendLock("Z1", lease, 10_000)]     # switch 5's command still open
 
 
 def test_results_that_are_not_ours_are_counted_and_ignored():
@@ -653,9 +864,9 @@ def carry_out(engine: CommandEngine, actions: list, locks, now_ms: int, sent: li
             try:
                 lease = locks.acquire(a.zone, a.holder, a.ttl_ms, blocking=False)
             except LockHeld as exc:
-                out += carry_out(engine, engine.lock_refused(a.selection_id, str(exc), now_ms), locks, now_ms, sent)
+                out += carry_out(engine, engine.lock_refused(a.zone, str(exc), now_ms), locks, now_ms, sent)
             else:
-                out += carry_out(engine, engine.lock_granted(a.selection_id, lease, now_ms), locks, now_ms, sent)
+                out += carry_out(engine, engine.lock_granted(a.zone, lease, now_ms), locks, now_ms, sent)
         elif isinstance(a, ReleaseLock):
             try:
                 locks.release(a.lease)
@@ -679,7 +890,11 @@ class FencingDevice:
         return CommandResult(cmd.command_id, m.RESULT_DONE, 0)
 
 
-def test_a_holder_paused_past_its_ttl_is_refused_by_the_device_and_reported():
+def test_a_holder_paused_past_its_ttl_sends_nothing_and_its_delayed_command_is_refused_by_the_device():
+    """Gateway A holds zone Z1 for switches 5 and 6 (one lease); it operates 5 in time, but that COMMAND is
+    delayed on its way, and A pauses 12 s without a tick (its 10 s lease runs out). B takes the zone and
+    operates with a higher token. A resumes: the operate of 6 sends nothing (the lease's validity is over);
+    A's delayed COMMAND reaches the device, which refuses it (result 3), and A's release frees nothing of B's."""
     clock = Clock()
     locks = InProcessZoneLocks(clock)
     line = FakeLine()
@@ -689,28 +904,38 @@ def test_a_holder_paused_past_its_ttl_is_refused_by_the_device_and_reported():
     device, sent_a, sent_b = FencingDevice(), [], []
 
     acts = carry_out(a, a.select("a1", "switch", 5, "reverse", "alice", "WS1", NOW), locks, NOW, sent_a)
-    sel_a = only(acts, AcquireLock)[0].selection_id
+    sel_5 = events(acts)[0].selection_id
     assert only(acts, Reply)[0].ok
+    acts = carry_out(a, a.select("a2", "switch", 6, "reverse", "alice", "WS1", NOW), locks, NOW, sent_a)
+    sel_6 = events(acts)[0].selection_id
+    assert only(acts, Reply)[0].ok and not only(acts, AcquireLock)               # joined the zone's lease
     acts = carry_out(b, b.select("b1", "switch", 5, "normal", "bob", "WS2", NOW + 100), locks, NOW + 100, sent_b)
     refused, = only(acts, Reply)
     assert not refused.ok and "zone Z1: held by WS1 for" in refused.error       # the holder, to the other server
+    carry_out(a, a.operate("a3", sel_5, "alice", NOW + 9_000), locks, NOW + 9_000, sent_a)
+    delayed = sent_a[-1].command                                                  # on its way, not there yet
 
     clock.s += 12.0                          # A pauses 12 s without a tick: its 10 s lease runs out
     t = NOW + 12_000
     acts = carry_out(b, b.select("b2", "switch", 5, "normal", "bob", "WS2", t), locks, t, sent_b)
-    sel_b = only(acts, AcquireLock)[0].selection_id
+    sel_b = events(acts)[0].selection_id
     carry_out(b, b.operate("b3", sel_b, "bob", t), locks, t, sent_b)
-    result = device.execute(sent_b[-1].command)
-    assert result.result == m.RESULT_DONE
+    assert device.execute(sent_b[-1].command).result == m.RESULT_DONE
 
-    acts = carry_out(a, a.operate("a2", sel_a, "alice", t + 50), locks, t + 50, sent_a)   # A resumes
-    assert sent_a[-1].command.fencing_token < sent_b[-1].command.fencing_token
-    result = device.execute(sent_a[-1].command)
+    acts = carry_out(a, a.operate("a4", sel_6, "alice", t + 50), locks, t + 50, sent_a)   # A resumes
+    assert moves(acts) == [("SELECTED", "lock_expired", "FAILED")] and len(sent_a) == 1     # nothing sent
+    reply, = only(acts, Reply)
+    assert not reply.ok and reply.error == "zone Z1: our lock's validity ended 2050 ms ago; nothing sent; select again"
+    assert not only(acts, ReleaseLock)                                    # switch 5's command still holds the zone
+
+    assert delayed.fencing_token < sent_b[-1].command.fencing_token
+    result = device.execute(delayed)
     acts = carry_out(a, a.on_result(CI1, result, t + 60), locks, t + 60, sent_a)
     failed, = events(acts)
     assert (failed.transition, failed.state) == ("result_stale", "FAILED")
     assert failed.outcome.startswith("stale fencing token: the device has seen a newer holder of zone Z1")
-    assert not only(acts, Reply)[0].ok and locks.holder("Z1") == "WS2"     # A's release did not free B's lock
+    assert not only(acts, Reply)[0].ok and only(acts, ReleaseLock)        # the zone's last: released ...
+    assert locks.holder("Z1") == "WS2"                                    # ... by token: B's lock stays
 
 
 # -- settings ----------------------------------------------------------------------------------

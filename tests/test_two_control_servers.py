@@ -93,7 +93,9 @@ def _gateway(tmp_path, gid: int, masters, prefix: str, **control) -> Gw:
     raw, ports = process_line(str(state), heartbeat_ms=1000, hello_timeout_ms=5000)
     raw["gateway"]["id"], raw["gateway"]["name"] = gid, name
     raw["kafka"] = {"bootstrap_servers": "127.0.0.1:9"}          # nothing listens: Kafka stays out
-    raw["trains"]["ids"], raw["trains"]["consists"] = [1025, 1026], {9: [1025, 1026]}
+    # no trains: a unit locks the sections ahead of it, and a select of switch 301 under one is refused
+    # (interlocking), which is not the race under test (seen at round 876 on a loaded machine)
+    del raw["trains"]
     raw["control"] = {"workstation": name, "select_timeout_s": 30,
                       "locks": {"kind": "redis", "urls": [m.url for m in masters], "prefix": prefix}, **control}
     path = tmp_path / f"g{gid}.yaml"
@@ -307,12 +309,12 @@ def test_two_control_servers_race_for_one_zone(two):
 def test_a_holder_paused_past_its_ttl_cannot_get_a_command_applied(two):
     """G1 selects with a 1 s lock TTL and is SIGSTOPped for longer than the TTL; G2 then selects
     (the lock expired) and operates to DONE with a higher fencing token. G1 is SIGCONTed and its
-    selection operated at once: the switch stays where G2 put it, the device applied only G2's
-    command, and G1 reports its command FAILED, by one of the two paths (asserted and printed):
-    (a) its lock extension fails on resume (lock_lost): nothing is sent; (b) the operate is handled
-    before that and the COMMAND goes out with the stale token: the device answers result 3. Which one
-    is a race between G1's threads on resume (about half and half here); the next test makes (b)
-    certain."""
+    selection operated at once: nothing is sent, the switch stays where G2 put it, the device applied
+    only G2's command, and G1 reports its selection FAILED, by one of two paths (asserted and printed):
+    (a) its lock extension fails on resume (lock_lost); (c) the operate is handled before that and
+    finds the lease's validity over (lock_expired). Which one is a race between G1's threads on
+    resume. (Before the engine checked the validity at operate, a path (b) sent the COMMAND with the
+    stale token and the device answered result 3; the next test makes that device check certain.)"""
     g1, g2, spy, sim = two
     start = _switch(sim)
     g1_value, g2_value = ("normal" if start == Switches.NORMAL else "reverse"), _other(start)
@@ -334,20 +336,20 @@ def test_a_holder_paused_past_its_ttl_cannot_get_a_command_applied(two):
     finally:
         g1.proc.send_signal(signal.SIGCONT)
     code, doc = g1.http("POST", "/commands/operate", {"selection": s1["selection_id"], "operator": "alice"})
-    if code == 200:                                         # path (b): sent with the stale token
-        end = _wait_end(g1, s1["selection_id"])
-        path = "b"
-        assert end["state"] == "FAILED" and end["outcome"].startswith("stale fencing token"), end
-        wait_until(lambda: any(e[0] == s1["command_id"] for e in spy.log), what="G1's COMMAND at the device")
-        assert [e[3] for e in spy.log if e[0] == s1["command_id"]] == ["stale"]
-    else:                                                   # path (a): G1 saw its lease gone first
+    assert code == 409, doc                                 # refused either way: nothing sent
+    end = g1.ended(s1["selection_id"])
+    assert end["state"] == "FAILED", end
+    if "zone lock of Z1 lost" in end["outcome"]:            # path (a): the extension on resume came first
         path = "a"
-        assert code == 409 and "FAILED" in doc["error"] and "zone lock of Z1 lost" in doc["error"], doc
-        end = g1.ended(s1["selection_id"])
-        assert end["state"] == "FAILED" and "lost" in end["outcome"], end
-        assert not [e for e in spy.log if e[0] == s1["command_id"]]      # nothing was sent
+        assert "FAILED" in doc["error"] and "zone lock of Z1 lost" in doc["error"], doc
+    else:                                                   # path (c): the operate found the validity over
+        path = "c"
+        assert re.fullmatch(r"zone Z1: our lock's validity ended \d+ ms ago; nothing sent; select again",
+                            doc["error"]), doc
+        assert end["outcome"] == doc["error"], end
     print(f"stale holder: path ({path}); G1 says: {end['outcome']}")
     time.sleep(0.5)                                         # a wrongly applied command would move it by now
+    assert not [e for e in spy.log if e[0] == s1["command_id"]]          # nothing was sent
     assert _switch(sim) == (Switches.REVERSE if g2_value == "reverse" else Switches.NORMAL)
     assert [e[0] for e in spy.applied()] == [s2["command_id"]]
 

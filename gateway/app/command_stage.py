@@ -8,6 +8,7 @@
                                                                        actions, in order:
                                                                          Audit       -> AuditJournal (fsync) + relay wake
                                                                          Acquire/Extend/ReleaseLock -> ZoneLocks
+                                                                           (per zone; answers go back by zone)
                                                                          Send        -> Context.send_to_device (both nets)
                                                                          Reply       -> the request's Future
 
@@ -345,16 +346,16 @@ class CommandStage:
                 try:
                     lease = self.locks.acquire(a.zone, a.holder, a.ttl_ms, blocking=False)
                 except Exception as exc:
-                    more += self.engine.lock_refused(a.selection_id, str(exc), now)
+                    more += self.engine.lock_refused(a.zone, str(exc), now)
                 else:
-                    more += self.engine.lock_granted(a.selection_id, lease, now)
+                    more += self.engine.lock_granted(a.zone, lease, now)
             elif isinstance(a, ExtendLock):
                 try:
                     lease = self.locks.extend(a.lease, a.ttl_ms)
                 except Exception as exc:
-                    more += self.engine.lock_lost(a.selection_id, str(exc), now)
+                    more += self.engine.lock_lost(a.zone, str(exc), now)
                 else:
-                    more += self.engine.lock_extended(a.selection_id, lease, now)
+                    more += self.engine.lock_extended(a.zone, lease, now)
             elif isinstance(a, ReleaseLock):
                 try:
                     self.locks.release(a.lease)

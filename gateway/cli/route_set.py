@@ -18,10 +18,11 @@ from the line file alone is ``gateway/cli/route_cmd.py``, which hands argv here 
    (also those already in position: the selection holds the switch there until the end).
 2. Select every step. Each selection holds its zone's lock, with that zone's fencing token, which
    the device compares before it acts: while the operation runs no other workstation (and no other
-   gateway of a redundant pair) can command those zones. If any select fails, every selection made
-   so far is cancelled (the gateway releases a zone when its selection ends), nothing has moved,
-   and the step that failed is named. The gateway keeps one selection per zone: a plan with two
-   switches in one zone cannot be set in one operation (the second select is refused; this says so).
+   gateway of a redundant pair) can command those zones. Steps in one zone share its lock: the
+   gateway takes a zone once for one operator at one workstation, gives every selection of that
+   zone the same fencing token, and releases the zone when the last of them ends; so a plan with
+   two switches in one zone is set in one operation. If any select fails, every selection made so
+   far is cancelled, nothing has moved, and the step that failed is named.
 3. Operate the steps one at a time, each waited for until it ends (``--wait`` seconds at most).
    When one ends other than DONE, the steps not yet operated are cancelled and the report names
    the ones done, the one that failed and the ones cancelled. Switches already moved stay moved:
@@ -201,7 +202,7 @@ class RouteSetting:
             try:
                 s = select(self.client, step.kind, step.object_id, step.value, self.operator, self.workstation)
             except (Refused, Unreachable) as exc:
-                return f"select {i} of {len(steps)} ({step}) failed: {exc}{self._own_zone_hint(exc)}"
+                return f"select {i} of {len(steps)} ({step}) failed: {exc}"
             self.selected.append((step, s))
             self.out.write(f"  selected {step}: {describe_selection(s)}\n")
         return None
@@ -244,15 +245,3 @@ class RouteSetting:
         for step in self.done:
             moved = "stays moved" if step.kind == "switch" else "stays as commanded"
             self.err.write(f"  done: {step} ({moved}: a command sent is not called back)\n")
-
-    def _own_zone_hint(self, exc: Exception) -> str:
-        """A refusal naming a zone this operation holds: the gateway keeps one selection per zone."""
-        if not isinstance(exc, Refused) or exc.code != 409:
-            return ""
-        zones = {str(s.get("zone")) for _, s in self.selected}
-        mine = sorted(z for z in zones if f"zone {z} " in str(exc.error))
-        if not mine:
-            return ""
-        return (f" (zone {safe_text(mine[0])} is held by this route's own selection: the gateway keeps one "
-                "selection per zone, so these switches cannot be set in one operation; set the way in parts, "
-                "or switch by switch with `gateway command`)")

@@ -4,16 +4,19 @@ Every method takes the time (``now_ms``, gateway wall clock, epoch ms) and retur
 the list of actions for the caller to carry out, **in list order**:
 
 * :class:`AcquireLock` / :class:`ExtendLock` / :class:`ReleaseLock` — zone-lock calls
-  (network IO on Redis: the engine never makes them). The caller answers an acquire
-  with :meth:`CommandEngine.lock_granted` or :meth:`~CommandEngine.lock_refused`, an
-  extend with :meth:`~CommandEngine.lock_extended` or :meth:`~CommandEngine.lock_lost`.
+  (network IO on Redis: the engine never makes them), keyed by zone: one lease per zone,
+  shared by the selections of one operator at one workstation (``gateway/commands/zone_holds.py``).
+  The caller answers an acquire with :meth:`CommandEngine.lock_granted` or
+  :meth:`~CommandEngine.lock_refused`, an extend with :meth:`~CommandEngine.lock_extended` or
+  :meth:`~CommandEngine.lock_lost`, each with the action's zone.
 * :class:`Send` — a COMMAND for a device, sent sequenced on both nets (the device
   acts on the first copy).
 * :class:`Audit` — a :class:`~gateway.commands.model.CommandEvent` to journal. An
   Audit always precedes the Send it describes: journal it (durably) first, and no
   COMMAND leaves without its audit row.
 * :class:`Reply` — an answer to an operator's request (``request_id`` is the
-  caller's). A select is answered when the lock is granted or refused; an operate
+  caller's). A select is answered when the lock is granted or refused (at once when it
+  joins a lease its zone holds already); an operate
   is answered at once (``termination=False``: sent) and again when the command
   ends (``termination=True``: DONE, or FAILED with the outcome), as IEC 61850's
   operate response and CommandTermination.
@@ -21,7 +24,7 @@ the list of actions for the caller to carry out, **in list order**:
 Bad input raises a :class:`CommandError` subclass with a sentence for the operator
 and changes nothing (no state, no action, no audit row): unknown kind or object, a
 value the kind does not take, an unreachable device, an object already selected, a
-zone held by another selection here, a switch whose section is not free
+zone held here by another operator or workstation, a switch whose section is not free
 (interlocking), an unknown or ended selection, another operator's selection, an
 expired selection, an operate of a command already sent, a cancel after operate.
 
@@ -32,15 +35,23 @@ section meanwhile). FAULT and unknown are refused because a track circuit that
 cannot be read is treated as occupied (fail-safe). A switch without a section in the
 view has no precondition the gateway knows.
 
+Zone leases (``gateway/commands/zone_holds.py``): a select in a zone this gateway
+holds (or is taking) for the same operator at the same workstation joins that zone's
+lease instead of asking again: same fencing token, one ExtendLock per zone, one
+ReleaseLock when the last selection of the zone ends; a select joining a pending
+acquire waits for its answer. So ``gateway route set`` can take two switches of one
+zone. Another operator or workstation is refused, naming the holder.
+
 Timing (:meth:`tick`): a selection expires ``select_timeout_s`` after the select
 (SELECTING or SELECTED -> EXPIRED); an operated command must have its result *and*
 its feedback ``feedback_timeout_s[kind]`` after the operate (``result_timeout`` /
 ``feedback_timeout`` -> FAILED); a held zone lock is extended (to ``lock_ttl_ms``)
 when half its validity has passed (Redlock's ``Lease.validity_ms``, else its TTL),
-until the command ends. Call ``tick`` at least every quarter of the TTL
-(:meth:`next_deadline_ms` says when the next deadline falls). Every terminal
-state releases the lock; a lock granted to a selection that already ended is
-released at once.
+until the zone's last command ends. Call ``tick`` at least every quarter of the TTL
+(:meth:`next_deadline_ms` says when the next deadline falls). An operate after the
+lease's validity ended (the thread was paused past it) sends nothing and fails the
+selection (``lock_expired``). The zone's last terminal state releases the lock; a
+lock granted after every selection waiting for it ended is released at once.
 
 Threading: not thread-safe; one owner thread (the gateway's command loop) calls every
 method. The LineView it is given is read from that thread.
@@ -63,6 +74,7 @@ from gateway.commands.model import (AlreadySelected, BadValue, CommandError, Dev
                                     Interlocked, NotSelected, SelectionExpired, UnknownObject, WrongOperator,
                                     WrongState)
 from gateway.commands.settings import ControlSettings
+from gateway.commands.zone_holds import ZoneHold, half_life
 
 #: section states that refuse a switch move (see the module doc); unknown (None) refuses too
 _BLOCKING_SECTION = {TrackSections.OCCUPIED: "occupied", TrackSections.LOCKED: "locked in a route",
@@ -98,9 +110,9 @@ class LineView(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AcquireLock:
-    """``ZoneLocks.acquire(zone, holder, ttl_ms, blocking=False)``, answered with lock_granted / lock_refused."""
+    """``ZoneLocks.acquire(zone, holder, ttl_ms, blocking=False)``, answered with lock_granted / lock_refused
+    (the zone's, for every selection waiting on it)."""
 
-    selection_id: str
     zone: str
     holder: str
     ttl_ms: int
@@ -110,7 +122,7 @@ class AcquireLock:
 class ExtendLock:
     """``ZoneLocks.extend(lease, ttl_ms)``, answered with lock_extended / lock_lost (on LockNotOwned)."""
 
-    selection_id: str
+    zone: str
     lease: Any          # gateway.adapters.zone_locks.Lease
     ttl_ms: int
 
@@ -119,7 +131,7 @@ class ExtendLock:
 class ReleaseLock:
     """``ZoneLocks.release(lease)``; not answered (a LockNotOwned only means the TTL ran out first)."""
 
-    selection_id: str
+    zone: str
     lease: Any
 
 
@@ -155,18 +167,12 @@ class Reply:
 Action = AcquireLock | ExtendLock | ReleaseLock | Send | Audit | Reply
 
 
-def _half_life(lease) -> int:
-    """Half the time the lease surely holds: Redlock's ``validity_ms`` (its TTL less the time the majority
-    took and the clock drift) when measured, else its TTL."""
-    return (getattr(lease, "validity_ms", None) or lease.ttl_ms) // 2
-
-
 class _Command:
     """One command's mutable record (engine-private)."""
 
     __slots__ = ("command_id", "selection_id", "kind", "object_id", "device_id", "device", "value", "op",
-                 "operator", "workstation", "zone", "state", "lease", "fencing_token", "select_request",
-                 "operate_request", "expires_ms", "deadline_ms", "renew_ms", "last_status", "target")
+                 "operator", "workstation", "zone", "state", "fencing_token", "select_request", "operate_request",
+                 "expires_ms", "deadline_ms", "last_status", "target")
 
     def __init__(self, **kw) -> None:
         for name in self.__slots__:
@@ -195,7 +201,7 @@ class CommandEngine:
         self._counter = m.first_command_counter(last_command_id, start_ms)
         self._open: dict[str, _Command] = {}                 # selection_id -> command
         self._by_object: dict[tuple[str, int], _Command] = {}
-        self._by_zone: dict[str, _Command] = {}
+        self._holds: dict[str, ZoneHold] = {}               # zone -> its lease and the selections sharing it
         self._by_command_id: dict[int, _Command] = {}
         self._ended: OrderedDict[str, tuple[str, str, str]] = OrderedDict()   # sel -> (state, operator, outcome)
         self.counters = {"selects": 0, "refused_requests": 0, "operates": 0, "done": 0, "failed": 0,
@@ -204,7 +210,8 @@ class CommandEngine:
     # -- operator requests -------------------------------------------------------------------
     def select(self, request_id: Hashable, kind: str, object_id: int, value: str, operator: str,
                workstation: str | None, now_ms: int) -> list[Action]:
-        """Check the object is operable and ask for its zone lock (AcquireLock); raises CommandError."""
+        """Check the object is operable and ask for its zone lock (AcquireLock), or join the zone's lease
+        when the same operator at the same workstation holds or is taking it here; raises CommandError."""
         try:
             device_id, device, zone = self._check_select(kind, object_id, value, operator, workstation)
         except CommandError:
@@ -219,14 +226,24 @@ class CommandEngine:
         self._counter = m.next_command_counter(self._counter)
         self._open[c.selection_id] = c
         self._by_object[(kind, object_id)] = c
-        self._by_zone[zone] = c
         self._by_command_id[c.command_id] = c
         self.counters["selects"] += 1
-        return [self._move(c, "select", now_ms),
-                AcquireLock(c.selection_id, zone, workstation, self.settings.lock_ttl_ms)]
+        hold = self._holds.get(zone)
+        if hold is None:
+            hold = self._holds[zone] = ZoneHold(zone, operator, workstation)
+        hold.members[c.selection_id] = c
+        out: list[Action] = [self._move(c, "select", now_ms)]
+        if hold.lease is not None:              # the zone is ours already: selected at once, with its token
+            return out + self._granted(c, hold.lease, now_ms)
+        if not hold.acquiring:                  # a new hold, or one whose lease was lost (sent commands run on)
+            hold.acquiring = True
+            out.append(AcquireLock(zone, workstation, self.settings.lock_ttl_ms))
+        return out                              # else: waits for the pending acquire's answer
 
     def operate(self, request_id: Hashable, selection_id: str, operator: str, now_ms: int) -> list[Action]:
-        """Send the selected command with the zone's fencing token; raises CommandError."""
+        """Send the selected command with the zone's fencing token; raises CommandError. Past the zone
+        lease's validity nothing is sent: the selection fails (``lock_expired``) and the request is
+        answered with the reason (a Reply, not an exception: the state changed)."""
         c = self._own(selection_id, operator, "operate")
         if c.state == m.SELECTING:
             raise WrongState(f"selection {selection_id}: still waiting for the lock of zone {c.zone}; operate "
@@ -237,6 +254,9 @@ class CommandEngine:
             raise SelectionExpired(f"selection {selection_id} of {c.kind} {c.object_id} expired "
                                    f"{now_ms - c.expires_ms} ms ago (select timeout "
                                    f"{self.settings.select_timeout_s:g} s); select again")
+        late = self._holds[c.zone].late_ms(now_ms)
+        if late is not None:
+            return self._lease_expired(request_id, c, late, now_ms)
         if not self.view.reachable(c.device_id):
             raise DeviceUnreachable(f"{c.kind} {c.object_id}: device {c.device} is unreachable (no link up on "
                                     "either net); nothing sent")
@@ -249,7 +269,7 @@ class CommandEngine:
                 Reply(request_id, True, c.summary())]
 
     def cancel(self, request_id: Hashable, selection_id: str, operator: str, now_ms: int) -> list[Action]:
-        """Drop a selection not yet operated and release its zone; raises CommandError."""
+        """Drop a selection not yet operated (the zone's last releases the zone); raises CommandError."""
         c = self._own(selection_id, operator, "cancel")
         if c.state in (m.OPERATING, m.AWAIT_FEEDBACK):
             raise WrongState(f"selection {selection_id}: command {c.command_id} was sent and cannot be cancelled "
@@ -257,45 +277,62 @@ class CommandEngine:
         out = self._end(c, "cancel", now_ms, f"cancelled by {operator}")
         return out + [Reply(request_id, True, c.summary())]
 
-    # -- zone-lock answers -------------------------------------------------------------------
-    def lock_granted(self, selection_id: str, lease, now_ms: int) -> list[Action]:
-        """The AcquireLock of ``selection_id`` succeeded with ``lease``."""
-        c = self._open.get(selection_id)
-        if c is None or c.state != m.SELECTING:
-            return [ReleaseLock(selection_id, lease)]          # the selection ended meanwhile
-        if lease.zone != c.zone:
-            raise ValueError(f"selection {selection_id}: lease of zone {lease.zone} for a selection of zone {c.zone}")
-        c.lease, c.fencing_token = lease, lease.fencing_token
-        c.renew_ms = now_ms + _half_life(lease)
-        request, c.select_request = c.select_request, None    # answered
-        return [self._move(c, "lock_granted", now_ms), Reply(request, True, c.summary())]
+    # -- zone-lock answers (each for a zone: every selection sharing its lease) ------------------
+    def lock_granted(self, zone: str, lease, now_ms: int) -> list[Action]:
+        """The AcquireLock of ``zone`` succeeded with ``lease``: every selection waiting on it is SELECTED."""
+        if lease.zone != zone:
+            raise ValueError(f"zone {zone}: granted a lease of zone {lease.zone}")
+        hold = self._holds.get(zone)
+        if hold is None or not hold.acquiring:
+            return [ReleaseLock(zone, lease)]                   # nobody asked (any more)
+        hold.granted(lease, now_ms)
+        waiting = [c for c in hold.members.values() if c.state == m.SELECTING]
+        if not waiting:                                         # they all ended meanwhile
+            hold.lease = None
+            if not hold.members:
+                del self._holds[zone]
+            return [ReleaseLock(zone, lease)]
+        out: list[Action] = []
+        for c in waiting:
+            out += self._granted(c, lease, now_ms)
+        return out
 
-    def lock_refused(self, selection_id: str, error_text: str, now_ms: int) -> list[Action]:
-        """The AcquireLock failed (``LockHeld``: "zone Z: held by WS2 for 2000 ms more", or a Redis error)."""
-        c = self._open.get(selection_id)
-        if c is None or c.state != m.SELECTING:
+    def lock_refused(self, zone: str, error_text: str, now_ms: int) -> list[Action]:
+        """The AcquireLock failed (``LockHeld``: "zone Z: held by WS2 for 2000 ms more", or a Redis error):
+        every selection waiting on it is REFUSED with that sentence."""
+        hold = self._holds.get(zone)
+        if hold is None or not hold.acquiring:
             return []
-        return self._end(c, "lock_refused", now_ms, f"{c.kind} {c.object_id} not selected: {error_text}")
+        hold.acquiring = False
+        out: list[Action] = []
+        for c in [c for c in hold.members.values() if c.state == m.SELECTING]:
+            out += self._end(c, "lock_refused", now_ms, f"{c.kind} {c.object_id} not selected: {error_text}")
+        if not hold.members:
+            self._holds.pop(zone, None)
+        return out
 
-    def lock_extended(self, selection_id: str, lease, now_ms: int) -> list[Action]:
+    def lock_extended(self, zone: str, lease, now_ms: int) -> list[Action]:
         """The ExtendLock succeeded with ``lease`` (its validity counts from ``now_ms``)."""
-        c = self._open.get(selection_id)
-        if c is None:
-            return [ReleaseLock(selection_id, lease)]
-        c.lease = lease
-        c.renew_ms = now_ms + _half_life(lease)
+        hold = self._holds.get(zone)
+        if hold is None or hold.lease is None or hold.lease.token != lease.token:
+            return [ReleaseLock(zone, lease)]                   # the zone's selections ended meanwhile
+        hold.granted(lease, now_ms)
         return []
 
-    def lock_lost(self, selection_id: str, error_text: str, now_ms: int) -> list[Action]:
-        """An ExtendLock was refused (``LockNotOwned``): a selection fails; a sent command goes on."""
-        c = self._open.get(selection_id)
-        if c is None or c.lease is None:
+    def lock_lost(self, zone: str, error_text: str, now_ms: int) -> list[Action]:
+        """An ExtendLock was refused (``LockNotOwned``): the zone's selections fail; its sent commands go on."""
+        hold = self._holds.get(zone)
+        if hold is None or hold.lease is None:
             return []
-        c.lease = None                                         # not ours any more: never released
-        text = f"zone lock of {c.zone} lost: {error_text}"
-        if c.state == m.SELECTED:
-            return self._end(c, "lock_lost", now_ms, text)
-        return [self._move(c, "lock_lost", now_ms, outcome=text + " (the device's fencing check decides)")]
+        hold.lease = None                                       # not ours any more: never released
+        text = f"zone lock of {zone} lost: {error_text}"
+        out: list[Action] = []
+        for c in list(hold.members.values()):
+            if c.state == m.SELECTED:
+                out += self._end(c, "lock_lost", now_ms, text)
+            else:                                               # sent: the device's fencing check decides
+                out.append(self._move(c, "lock_lost", now_ms, outcome=text + " (the device's fencing check decides)"))
+        return out
 
     # -- device news -------------------------------------------------------------------------
     def on_result(self, device_id: int, result: CommandResult, now_ms: int) -> list[Action]:
@@ -369,18 +406,16 @@ class CommandEngine:
                 shown = "no status" if c.last_status is None else f"status {c.last_status}"
                 out += self._end(c, "feedback_timeout", now_ms, f"{c.device} reported done but the status did not "
                                  f"show {c.value} within {self.settings.feedback_timeout_s[c.kind]:g} s ({shown})")
-            elif c.lease is not None and now_ms >= c.renew_ms:
-                c.renew_ms = now_ms + _half_life(c.lease)
-                out.append(ExtendLock(c.selection_id, c.lease, self.settings.lock_ttl_ms))
+        for hold in self._holds.values():                       # one extension per zone, not per selection
+            if hold.extension_due(now_ms):
+                hold.renew_ms = now_ms + half_life(hold.lease)  # not again while this one runs
+                out.append(ExtendLock(hold.zone, hold.lease, self.settings.lock_ttl_ms))
         return out
 
     def next_deadline_ms(self) -> int | None:
         """The earliest time :meth:`tick` has something to do; None when no command is open."""
-        due = []
-        for c in self._open.values():
-            due.append(c.expires_ms if c.state in (m.SELECTING, m.SELECTED) else c.deadline_ms)
-            if c.lease is not None:
-                due.append(c.renew_ms)
+        due = [c.expires_ms if c.state in (m.SELECTING, m.SELECTED) else c.deadline_ms for c in self._open.values()]
+        due += [h.renew_ms for h in self._holds.values() if h.lease is not None and h.members]
         return min(due) if due else None
 
     def abandon(self, open_events: Iterable[m.CommandEvent], now_ms: int) -> list[Action]:
@@ -438,10 +473,9 @@ class CommandEngine:
         zone = self.view.zone_of(kind, object_id)
         if not zone or any(ch.isspace() for ch in zone) or ":" in zone:
             raise UnknownObject(f"{kind} {object_id}: its zone name {zone!r} cannot name a lock (blanks or ':')")
-        other = self._by_zone.get(zone)
-        if other is not None:
-            raise AlreadySelected(f"{kind} {object_id}: zone {zone} is held by the selection of {other.kind} "
-                                  f"{other.object_id} by {other.operator} at {other.workstation} ({other.state})")
+        hold = self._holds.get(zone)
+        if hold is not None and not hold.admits(operator, workstation or self.settings.workstation):
+            raise AlreadySelected(f"{kind} {object_id}: zone {zone} is held by {hold.describe()}")
         self._check_interlocking(kind, object_id)
         return device_id, device, zone
 
@@ -476,12 +510,41 @@ class CommandEngine:
     def _done_text(self, c: _Command) -> str:
         return f"done: {c.device} executed it and the status shows {c.kind} {c.object_id} {c.value}"
 
+    def _granted(self, c: _Command, lease, now_ms: int) -> list[Action]:
+        """A waiting (SELECTING) selection gets the zone's lease: SELECTED, and its select answered."""
+        c.fencing_token = lease.fencing_token
+        request, c.select_request = c.select_request, None
+        return [self._move(c, "lock_granted", now_ms), Reply(request, True, c.summary())]
+
+    def _lease_expired(self, request_id: Hashable, c: _Command, late_ms: int, now_ms: int) -> list[Action]:
+        """An operate after the zone lease's validity ended: nothing sent, the selection FAILED. The lease is
+        presumably not ours any more: the zone's last selection drops it unreleased; with others still
+        open, the next extension (overdue already) tells whether it still is."""
+        hold = self._holds[c.zone]
+        if len(hold.members) == 1:
+            hold.lease = None
+        text = f"zone {c.zone}: our lock's validity ended {late_ms} ms ago; nothing sent; select again"
+        return self._end(c, "lock_expired", now_ms, text) + [Reply(request_id, False, c.summary(), text)]
+
+    def _leave(self, c: _Command) -> list[Action]:
+        """``c`` ended: it leaves its zone's hold; the last one out releases the lease."""
+        hold = self._holds[c.zone]
+        del hold.members[c.selection_id]
+        if hold.members:
+            return []
+        out: list[Action] = []
+        if hold.lease is not None:
+            out.append(ReleaseLock(hold.zone, hold.lease))
+            hold.lease = None
+        if not hold.acquiring:              # else kept until the acquire's answer, which is then released
+            del self._holds[hold.zone]
+        return out
+
     def _end(self, c: _Command, event: str, now_ms: int, outcome: str, **kw) -> list[Action]:
-        """A move into a terminal state: audit, release the lock, answer the open request."""
+        """A move into a terminal state: audit, leave the zone's hold (its last selection releases the lock),
+        answer the open request."""
         out: list[Action] = [self._move(c, event, now_ms, outcome=outcome, **kw)]
-        if c.lease is not None:
-            out.append(ReleaseLock(c.selection_id, c.lease))
-            c.lease = None
+        out += self._leave(c)
         ok = c.state == m.DONE
         if c.state in (m.DONE, m.FAILED):
             self.counters["done" if ok else "failed"] += 1
@@ -491,7 +554,6 @@ class CommandEngine:
             out.append(Reply(c.select_request, False, c.summary(), outcome))
         del self._open[c.selection_id]
         self._by_object.pop((c.kind, c.object_id), None)
-        self._by_zone.pop(c.zone, None)
         self._by_command_id.pop(c.command_id, None)
         self._ended[c.selection_id] = (c.state, c.operator, outcome)
         while len(self._ended) > ENDED_KEPT:

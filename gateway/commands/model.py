@@ -9,8 +9,8 @@ moves only along :data:`TABLE`::
                         |                          |                     |
          lock_refused -> REFUSED       cancel -> CANCELLED     result_done v
          cancel -> CANCELLED           select_timeout -> EXPIRED    AWAIT_FEEDBACK --feedback--> DONE
-         select_timeout -> EXPIRED     unreachable, lock_lost        |
-         unreachable -> FAILED             -> FAILED                 feedback_timeout, unreachable -> FAILED
+         select_timeout -> EXPIRED     unreachable, lock_lost,       |
+         unreachable -> FAILED         lock_expired -> FAILED        feedback_timeout, unreachable -> FAILED
 
     OPERATING: result_rejected / result_failed / result_stale / result_timeout / unreachable -> FAILED;
                result_done_no_feedback (a value no status shows, see FEEDBACK) -> DONE;
@@ -26,6 +26,11 @@ Decisions where the issue leaves room:
 * ``lock_lost`` (an extend of the zone lock was refused) fails a selection, but a
   command already sent stays where it is (journaled as a self-move): the COMMAND is
   at the device with our fencing token, and the device's fencing check decides.
+  The zone's lease is shared by the selections of one operator at one workstation
+  (``gateway/commands/zone_holds.py``), so one loss moves each of them.
+* ``lock_expired``: an operate found the zone lease's validity over (the gateway was
+  paused past it, and another holder may have the zone now): nothing is sent and the
+  selection fails. Only a SELECTED command meets it (the operate is the check).
 * A ``result_done`` always passes through AWAIT_FEEDBACK (journaled), even when the
   status already shows the value: the audit trail shows the result and the
   feedback as two facts.
@@ -75,7 +80,7 @@ OPEN = frozenset(STATES) - TERMINAL - {NEW}
 
 EVENTS = ("select", "lock_granted", "lock_refused", "operate", "cancel", "select_timeout", "result_done",
           "result_done_no_feedback", "result_rejected", "result_failed", "result_stale", "result_timeout",
-          "feedback", "feedback_timeout", "unreachable", "lock_lost", "abandon")
+          "feedback", "feedback_timeout", "unreachable", "lock_lost", "lock_expired", "abandon")
 
 #: (state, event) -> next state: the whole command model
 TABLE: dict[tuple[str, str], str] = {
@@ -93,6 +98,7 @@ TABLE: dict[tuple[str, str], str] = {
     (SELECTED, "select_timeout"): EXPIRED,
     (SELECTED, "unreachable"): FAILED,
     (SELECTED, "lock_lost"): FAILED,
+    (SELECTED, "lock_expired"): FAILED,        # operate past the lease's validity: nothing sent
     (SELECTED, "abandon"): FAILED,
 
     (OPERATING, "result_done"): AWAIT_FEEDBACK,
