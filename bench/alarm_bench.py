@@ -630,6 +630,7 @@ def latency(smoke: bool, tmp: str, churn: bool = False, light: bool = False) -> 
             if md is not None and md.error is None and md.partitions:
                 break
             time.sleep(0.1)
+        admin = None            # closes its connection: an open client holds the broker's graceful stop 5 s
         ready = threading.Event()
         consumer = threading.Thread(target=_consume, args=(bootstrap, topic, key_prefix, arrivals, stop, ready,
                                                            CONSUMER_FETCH_WAIT_MS, counts), daemon=True)
