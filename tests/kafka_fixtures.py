@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from alarms.kafka.broker import EmbeddedBroker
 from alarms.engine import AlarmEngine
@@ -108,6 +109,27 @@ def wait_for(pred, timeout_s: float, what: str, step=None) -> None:
             time.sleep(0.02)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int = 3, timeout_s: float = 20) -> list:
+    """Every message of ``topic`` (assign, no group) until EOF on every partition."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "t", "enable.partition.eof": True,
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    out, eof = [], set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(eof) < partitions and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.2):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        eof.add(m.partition())
+                    continue
+                out.append(m)
+    finally:
+        c.close()
+    assert len(eof) == partitions, f"{topic}: no EOF on every partition within {timeout_s} s"
+    return out
 
 
 def connections_to(port: int) -> int:

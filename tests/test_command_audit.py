@@ -8,18 +8,16 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from alarms.kafka.broker import free_port
 from gateway.commands.audit import AuditError, AuditJournal, AuditRelay
 from gateway.commands.engine import Audit
 from gateway.commands.model import CommandEvent
-from kafka_fixtures import broker, connections_to, wait_for  # noqa: F401
+from kafka_fixtures import broker, connections_to, read_topic, wait_for  # noqa: F401
 from test_command_engine import NOW, TZ, Rig
 from railcodecs import Switches
 
@@ -137,27 +135,6 @@ def test_the_journal_names_its_file_when_it_cannot_open(tmp_path):
 
 
 # -- the relay, on the embedded broker ---------------------------------------------------------
-
-def read_topic(bootstrap: str, topic: str, partitions: int = 3, timeout_s: float = 20) -> list:
-    """Every message of ``topic`` until EOF on every partition (assign, no group)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "audit-test", "enable.partition.eof": True,
-                  "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    out, eof = [], set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(eof) < partitions and time.monotonic() < deadline:
-            for msg in c.consume(100, 0.2):
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        eof.add(msg.partition())
-                    continue
-                out.append(msg)
-    finally:
-        c.close()
-    assert len(eof) == partitions, f"{topic}: no EOF on every partition within {timeout_s} s"
-    return out
-
 
 def local_ms(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(TZ)).timestamp() * 1000)

@@ -40,7 +40,7 @@ RULES = {
                               "alarms.observations")),
     "gateway.adapters": Only(("gateway.base", "gateway.net", "gateway.adapters", "railcodecs")),
     "gateway.commands": Only(("gateway.base", "gateway.line", "gateway.adapters", "gateway.commands", "railcodecs",
-                              "alarms.kafka.topics", "alarms.kafka.delivery")),
+                              "alarms.kafka.topics", "alarms.kafka.delivery", "alarms.kafka.relay_thread")),
     "gateway.app": Never(("gateway.cli",)),
     # the devices set their routes with the gateway's own planner (one path rule on both sides)
     "simulators": Only(("railcodecs", "simulators", "gateway.app.config", "gateway.base", "gateway.commands.routes",

@@ -12,10 +12,10 @@ from alarms.journal import Journal
 from alarms.kafka.relay import KafkaRelay
 from alarms.kafka.relay_process import RelaySupervisor
 from alarms.kafka.topics import topic_for
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from zoneinfo import ZoneInfo
 
 from kafka_fixtures import (LINE, TZ, EventSource, SupervisedConsumer, broker, connections_to, delivered,  # noqa: F401
+                            read_topic,
                             schema_validator, wait_all_consumed, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -24,27 +24,6 @@ pytestmark = pytest.mark.slow
 def make_relay(journal_path, b, prefix, src, **kw):
     return KafkaRelay(journal_path, b.bootstrap, topic_prefix=prefix, tz=TZ, gateway_id=1, line="demo-line-1",
                       snapshot_provider=src.snapshot, clock_ms=lambda: src.now_ms, **kw)
-
-
-def read_topic(bootstrap: str, topic: str, partitions: int = 3, timeout_s: float = 20) -> list:
-    """Every message of ``topic`` (assign, no group) until EOF on every partition."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "t", "enable.partition.eof": True,
-                  "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    out, eof = [], set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(eof) < partitions and time.monotonic() < deadline:
-            for m in c.consume(1000, 0.2):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        eof.add(m.partition())
-                    continue
-                out.append(m)
-    finally:
-        c.close()
-    assert len(eof) == partitions, f"{topic}: no EOF on every partition within {timeout_s} s"
-    return out
 
 
 def test_10k_events_through_a_broker_crash_arrive_exactly_once_after_dedupe(tmp_path):

@@ -36,7 +36,6 @@ Threading: ``start``, ``stop`` from the owner (service) thread; ``wake`` and
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -45,6 +44,7 @@ from zoneinfo import ZoneInfo
 from confluent_kafka import KafkaError, Producer
 
 from alarms.journal import Journal
+from alarms.kafka.relay_thread import RelayThread
 from alarms.kafka.snapshots import SnapshotProvider, build_chunks
 from alarms.kafka.topics import (TopicError, TopicManager, day_start_ms, next_midnight_ms, snapshot_key, snapshot_partition,
                      topic_for)
@@ -68,7 +68,7 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class KafkaRelay:
+class KafkaRelay(RelayThread):
     """Relays one journal file to Kafka (see the module doc).
 
     ``batch`` rows are read per pass and at most ``max_in_flight`` wait for their
@@ -77,6 +77,8 @@ class KafkaRelay:
     on a 60,000-event backlog: 17,000 events/s at 1,000/20,000, 50,000 at
     5,000/100,000 (bench/alarm_bench.py for the pipeline figures).
     """
+
+    THREAD_NAME = "kafka-relay"
 
     def __init__(self, journal_path: str, bootstrap: str, *, topic_prefix: str, tz: ZoneInfo | str,
                  gateway_id: int, line: str, partitions: int = 3, replication_factor: int = 1,
@@ -93,13 +95,9 @@ class KafkaRelay:
         self.topic_check_s, self.flush_timeout_s, self.clock_ms = topic_check_s, flush_timeout_s, clock_ms
         self.republish_today = republish_today
         self._conf = {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, **(producer_config or {})}
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()          # guards _stats for readers in other threads
-        self._stats = {"produced": 0, "delivered": 0, "failed": 0, "recreated": 0, "in_flight": 0, "pending": 0,
-                       "snapshots": 0, "snapshot_failures": 0, "broker_data_lost": 0, "republished": 0,
-                       "last_error": None}
+        super().__init__({"produced": 0, "delivered": 0, "failed": 0, "recreated": 0, "in_flight": 0, "pending": 0,
+                          "snapshots": 0, "snapshot_failures": 0, "broker_data_lost": 0, "republished": 0,
+                          "last_error": None})
         # relay-thread state
         self._in_flight: set[int] = set()
         self._done: list[int] = []             # delivered seqs, marked after each poll
@@ -115,39 +113,10 @@ class KafkaRelay:
         self._day: tuple[int, int, str] = (0, 0, "")   # [start, end) ms of the day and its topic
         self._settle_due = 0.0                 # next time delivered seqs are marked in the journal
 
-    # -- owner / any thread -----------------------------------------------------------------------
-    def start(self) -> "KafkaRelay":
-        """Start the relay thread. Owner thread."""
-        if self._thread is not None:
-            raise RuntimeError("kafka relay: already started")
-        self._thread = threading.Thread(target=self._run, name="kafka-relay", daemon=True)
-        self._thread.start()
-        return self
-
-    def wake(self) -> None:
-        """New rows were journaled. Any thread (the alarm thread calls it after each append)."""
-        self._wake.set()
-
+    # -- owner / any thread (start, wake, alive, stats: RelayThread) -----------------------------
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop: flush what is in flight for up to ``flush_timeout_s``, then join. Owner thread."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s if timeout_s is not None else self.flush_timeout_s + 10)
-
-    @property
-    def alive(self) -> bool:
-        """The relay thread runs (False before start, after stop, or after an unexpected error). Any thread."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def stats(self) -> dict:
-        """Counts (messages) for status. Any thread."""
-        with self._lock:
-            return dict(self._stats)
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._stats[name] += n
+        super().stop(timeout_s if timeout_s is not None else self.flush_timeout_s + 10)
 
     # -- relay thread -----------------------------------------------------------------------------
     def _run(self) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import NamedTuple
@@ -44,6 +43,7 @@ from zoneinfo import ZoneInfo
 
 from confluent_kafka import Producer
 
+from alarms.kafka.relay_thread import RelayThread
 from alarms.kafka.delivery import mark_delivered, open_wal, undelivered_where, write_transaction
 from alarms.kafka.topics import RDKAFKA_LOGGER, TopicError, TopicManager, topic_for
 from gateway.commands.model import TERMINAL, CommandEvent
@@ -186,8 +186,10 @@ class AuditJournal:
             raise AuditError(f"{self.path}: read failed: {exc}") from None
 
 
-class AuditRelay:
+class AuditRelay(RelayThread):
     """Relays one audit journal to the command day topics (see the module doc)."""
+
+    THREAD_NAME = "command-audit-relay"
 
     def __init__(self, journal_path: str, bootstrap: str, *, topic_prefix: str, tz: ZoneInfo | str,
                  partitions: int = 3, replication_factor: int = 1, producer_config: dict | None = None,
@@ -201,11 +203,7 @@ class AuditRelay:
         # librdkafka's lines (a "Connection refused" per reconnect) to a DEBUG logger, never to stderr
         self._conf = {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, "logger": RDKAFKA_LOGGER,
                       **(producer_config or {})}
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()                    # guards _stats
-        self._stats = {"produced": 0, "delivered": 0, "failed": 0, "pending": 0, "last_error": None}
+        super().__init__({"produced": 0, "delivered": 0, "failed": 0, "pending": 0, "last_error": None})
         self._in_flight: set[int] = set()                # relay thread only
         self._done: list[int] = []
         self._rescan = True                              # read pending() instead of read_after(cursor)
@@ -216,38 +214,9 @@ class AuditRelay:
         """``<prefix>.commands.<YYYYMMDD>`` of an event at ``time_ms`` (local date in the line's zone)."""
         return topic_for(self.day_prefix, time_ms, self.tz)
 
-    def start(self) -> AuditRelay:
-        """Start the relay thread. Owner thread."""
-        if self._thread is not None:
-            raise RuntimeError("command audit relay: already started")
-        self._thread = threading.Thread(target=self._run, name="command-audit-relay", daemon=True)
-        self._thread.start()
-        return self
-
-    def wake(self) -> None:
-        """New rows were journaled. Any thread."""
-        self._wake.set()
-
     def stop(self, timeout_s: float = 15.0) -> None:
         """Flush what is in flight (up to 5 s), mark it, join. Owner thread."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    @property
-    def alive(self) -> bool:
-        """Any thread."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def stats(self) -> dict:
-        """Counts (messages) for status. Any thread."""
-        with self._lock:
-            return dict(self._stats)
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._stats[name] += n
+        super().stop(timeout_s)
 
     # -- relay thread ------------------------------------------------------------------------------
     def _run(self) -> None:
