@@ -42,6 +42,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.cli.subcommands import dispatch
 from gateway.cli.terminal_text import json_line, safe_text
 
 #: name -> ("module:function", help); each module is imported only when its subcommand runs
@@ -341,14 +342,4 @@ def _day_start(day: date, tz: ZoneInfo) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-        rows = "\n".join(f"  {n:<8} {h}" for n, (_, h) in SUBCOMMANDS.items())
-        stream = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
-        if argv and argv[0] not in ("-h", "--help"):
-            stream.write(f"gateway alarms: unknown subcommand {argv[0]!r}\n")
-        stream.write(f"usage: gateway alarms SUBCOMMAND [ARGS]\n\nsubcommands:\n{rows}\n")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module_name, func = SUBCOMMANDS[argv[0]][0].split(":")
-    module = __import__(module_name, fromlist=[func])
-    return getattr(module, func)(argv[1:])
+    return dispatch("alarms", SUBCOMMANDS, argv)

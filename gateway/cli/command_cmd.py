@@ -46,6 +46,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from gateway.cli.status_cmd import _OPENER, DEFAULT_URL, _table, admin_url
+from gateway.cli.subcommands import dispatch
 from gateway.cli.terminal_text import json_line, safe_text
 
 KINDS = {"switch": ("normal", "reverse"), "route": ("set", "cancel"), "section": ("block", "unblock")}
@@ -377,13 +378,4 @@ SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    asked = bool(argv) and argv[0] in ("-h", "--help")
-    if asked or not argv or argv[0] not in SUBCOMMANDS:
-        rows = "\n".join(f"  {n:<8} {h}" for n, (_, h) in SUBCOMMANDS.items())
-        stream = sys.stdout if asked else sys.stderr
-        if argv and not asked:
-            stream.write(f"gateway command: unknown subcommand {safe_text(argv[0])!r}\n")
-        stream.write(f"usage: gateway command SUBCOMMAND [ARGS]\n\nsubcommands:\n{rows}\n")
-        return 0 if asked else 2
-    return SUBCOMMANDS[argv[0]][0](argv[1:])
+    return dispatch("command", SUBCOMMANDS, argv)

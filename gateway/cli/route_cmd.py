@@ -24,6 +24,7 @@ import sys
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from gateway.cli.subcommands import dispatch
 from gateway.commands.routes import NoRoute, RoutePlan, UnknownSignal, plan, plan_dijkstra
 from gateway.line.topology import Topology
 
@@ -122,15 +123,4 @@ def plan_main(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    asked = bool(argv) and argv[0] in ("-h", "--help")
-    if asked or not argv or argv[0] not in SUBCOMMANDS:
-        rows = "\n".join(f"  {n:<6} {h}" for n, (_, h) in SUBCOMMANDS.items())
-        stream = sys.stdout if asked else sys.stderr
-        if argv and not asked:
-            stream.write(f"gateway route: unknown subcommand {argv[0]!r}\n")
-        stream.write(f"usage: gateway route SUBCOMMAND [ARGS]\n\nsubcommands:\n{rows}\n")
-        return 0 if asked else 2
-    module_name, func = SUBCOMMANDS[argv[0]][0].split(":")
-    module = __import__(module_name, fromlist=[func])
-    return getattr(module, func)(argv[1:])
+    return dispatch("route", SUBCOMMANDS, argv)

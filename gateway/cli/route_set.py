@@ -134,30 +134,33 @@ def _start(action: str, argv: list[str] | None) -> tuple[argparse.Namespace, Adm
         return 2
 
 
-def plan_main(argv: list[str] | None = None) -> int:
-    started = _start("plan", argv)
+def _planned(action: str, argv: list[str] | None) -> tuple[argparse.Namespace, AdminClient, dict] | int:
+    """Parse, connect and fetch the gateway's plan: (args, client, plan), or the exit status (1, 2)."""
+    started = _start(action, argv)
     if isinstance(started, int):
         return started
     args, client = started
     try:
-        plan = fetch_plan(client, args.from_signal, args.to_signal)
+        return args, client, fetch_plan(client, args.from_signal, args.to_signal)
     except (Refused, Unreachable) as exc:
-        sys.stderr.write(f"gateway route plan: {exc}\n")
+        sys.stderr.write(f"gateway route {action}: {exc}\n")
         return 1
+
+
+def plan_main(argv: list[str] | None = None) -> int:
+    planned = _planned("plan", argv)
+    if isinstance(planned, int):
+        return planned
+    args, _, plan = planned
     sys.stdout.write(json_line({"plan": plan}) + "\n" if args.json else render_live_plan(plan))
     return 0
 
 
 def set_main(argv: list[str] | None = None) -> int:
-    started = _start("set", argv)
-    if isinstance(started, int):
-        return started
-    args, client = started
-    try:
-        plan = fetch_plan(client, args.from_signal, args.to_signal)
-    except (Refused, Unreachable) as exc:
-        sys.stderr.write(f"gateway route set: {exc}\n")
-        return 1
+    planned = _planned("set", argv)
+    if isinstance(planned, int):
+        return planned
+    args, client, plan = planned
     sys.stdout.write(render_live_plan(plan))
     return RouteSetting(client, args.operator, args.workstation, args.wait).run(plan)
 
