@@ -49,6 +49,10 @@ reads a clock here.
 Threading: :meth:`Receiver.check` may be called from several IO loop threads
 at once (net A and net B links of a device live on different loops); the
 sender's window and counters are updated under that sender's lock. A
+train's sender is different: no TCP link serves a train (:meth:`Receiver.hello`
+refuses their kind), so the UDP loop thread is its one writer;
+:meth:`check_datagram` still takes its lock, and the compiled UDP step
+(``railcodecs._core.TrainBatch``) writes it with the GIL held and no lock. A
 :class:`LinkChecks` belongs to the one thread that serves its link.
 """
 from __future__ import annotations
@@ -132,8 +136,12 @@ class Receiver:
         self.max_age_ms = max_age_ms
         self.train_reset_ms = train_reset_ms
         self._window = window
+        # a train's state is the compiled TrainSender when the core is active (the UDP batch step writes
+        # its C fields); it has SenderState's attributes, so every method here runs on either
+        train_sender = speedups.train_sender_type() or SenderState
         self.senders: dict[int, SenderState] = {
-            sid: SenderState(sid, kind, speedups.new_window(window)) for sid, kind in senders.items()}
+            sid: (train_sender if kind == TRAIN_KIND else SenderState)(sid, kind, speedups.new_window(window))
+            for sid, kind in senders.items()}
 
     # -- links ----------------------------------------------------------------
     def new_link(self, name: str, net: int | None = None) -> LinkChecks:

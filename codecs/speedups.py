@@ -1,8 +1,9 @@
 """Which implementation of the per-frame path runs: the compiled core or the pure-Python reference.
 
 The compiled core (``railcodecs._core``, built from ``codecs/_core.pyx`` by ``pip install``)
-gives a compiled :class:`SequenceWindow` and object table, and a link's steady path in C
-(:class:`FastLink`). The pure-Python modules (``sequence.py``, ``stream.py``, ``receiver.py``,
+gives a compiled :class:`SequenceWindow` and object table, a link's steady path in C
+(:class:`FastLink`), and the trains' datagram step in C (:class:`TrainBatch`, with the train
+senders and the train table it writes). The pure-Python modules (``sequence.py``, ``stream.py``, ``receiver.py``,
 ``gateway/line/object_state.py``) are the reference and the fallback: they run when the
 extension is missing (no compiler at install time) or when ``RAILGATE_PURE=1`` is set in the
 environment. :func:`implementation` names the one in use (``gateway status`` and ``/metrics``
@@ -64,6 +65,36 @@ def new_window(window: int = 1024):
 def new_table():
     """An empty object table, ``(device, object) -> (value, applied_ms)``: a dict when pure."""
     return _active.ObjectTable() if _active is not None else {}
+
+
+def train_sender_type():
+    """The class of a train's ``SenderState`` in the active implementation (the compiled one keeps the
+    counters in C fields, which :class:`TrainBatch` writes directly), or None: the pure SenderState."""
+    return _active.TrainSender if _active is not None else None
+
+
+def new_train_table(state_type):
+    """An empty train table, ``train id -> state_type(...)`` (``ObjectState.trains``): a dict when pure."""
+    return _active.TrainTable(state_type) if _active is not None else {}
+
+
+def train_batch(arena, slab_size, max_datagram, receiver, checks, policy, trains, seen, coupling, python_step):
+    """The compiled per-batch step of the trains' UDP endpoint (``_core.TrainBatch``), or None when
+    the pure step must run: pure, a part built pure (the train senders, the train table), a
+    session-keyed MAC policy (a TCP link's), or a coupling hand-off without ``submit_batch``.
+
+    ``coupling``: the coupling workers (``submit_batch``, ``worker_count``, ``paired_trains``) or None."""
+    core = _active
+    if core is None or not isinstance(trains, core.TrainTable) or policy.session_key is not None:
+        return None
+    if any(s.kind == 4 and not isinstance(s, core.TrainSender) for s in receiver.senders.values()):
+        return None
+    if coupling is not None and not hasattr(coupling, "submit_batch"):
+        return None
+    return core.TrainBatch(arena, slab_size, max_datagram, receiver, checks, policy, trains, seen,
+                           None if coupling is None else coupling.submit_batch,
+                           frozenset() if coupling is None else coupling.paired_trains(),
+                           1 if coupling is None else coupling.worker_count, python_step)
 
 
 def fast_link(decoder, checks, sender, receiver, objects, session_key):

@@ -198,6 +198,11 @@ class CouplingEngine:
     def from_config(cls, cfg, sink, settings: CouplingSettings | None = None) -> CouplingEngine:
         return cls(cfg.trains.consists, sink, settings)
 
+    def paired_trains(self) -> frozenset:
+        """The trains of the configured consists: a report of any other train is only counted
+        (``unconfigured``). Any thread (fixed at construction)."""
+        return frozenset(self._by_train)
+
     # -- reports -------------------------------------------------------------------------------
     def ingest(self, train_id: int, report: TrainStatus, time_ms: int, now_ms: int) -> int:
         """One accepted TRAIN_STATUS sent at ``time_ms`` (sender's clock), received at ``now_ms`` (ours).

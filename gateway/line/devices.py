@@ -309,6 +309,17 @@ class Registry:
             self._trains_lost.discard(train_id)
             self.events.clear_condition("TRAIN_COMM_LOST", f"train {train_id}", now_ms, "datagrams again")
 
+    def trains_seen(self, train_ids, now_ms: int) -> None:
+        """Datagrams from these trains were accepted at ``now_ms`` (one recvmmsg batch, each train listed
+        once: what :meth:`train_seen` does for each, in one call). UDP loop thread."""
+        self._train_last_rx.update(dict.fromkeys(train_ids, now_ms))
+        lost = self._trains_lost
+        if lost:
+            for train_id in train_ids:  # in the order the batch first accepted them, as train_seen one by one
+                if train_id in lost:
+                    lost.discard(train_id)
+                    self.events.clear_condition("TRAIN_COMM_LOST", f"train {train_id}", now_ms, "datagrams again")
+
     def check_trains(self, now_ms: int, started_ms: int) -> None:
         """Liveness pass over the trains (timer, any thread)."""
         if self.stopping:

@@ -8,7 +8,10 @@ net B on the other) cannot write an older value over a newer one.
 
 The compiled fast path (``railcodecs._core.FastLink``) applies status lists to
 the same tables without this method, with the same rule: every item stored,
-listeners called for a new or changed value, in the frame's order.
+listeners called for a new or changed value, in the frame's order; its UDP
+step (``railcodecs._core.TrainBatch``) stores accepted TRAIN_STATUS reports in
+the compiled train table (``TrainTable``) the same way, without a TrainState
+per datagram (one is made when the table is read).
 
 Threading: ``apply`` from IO loop threads (serialised per sender by the
 receiver); readers (status, alarm sources) from any thread: every stored value
@@ -55,7 +58,9 @@ class ObjectState:
         self.sections = speedups.new_table()
         self.signals = speedups.new_table()
         self.switches = speedups.new_table()
-        self.trains: dict[int, TrainState] = {}
+        # train id -> TrainState: a dict (pure) or the compiled core's TrainTable, which the UDP batch step
+        # writes in C (railcodecs.speedups)
+        self.trains = speedups.new_train_table(TrainState)
         self._tables = {TrackSections.TYPE: self.sections, Signals.TYPE: self.signals,
                         Switches.TYPE: self.switches}
         self._listeners: list = []

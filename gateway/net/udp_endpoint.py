@@ -1,21 +1,38 @@
 """The trains' UDP endpoint: datagrams into a slab pool, checked, applied.
 
 Each readiness event drains the socket (edge-triggered: until EAGAIN) by one
-of two receive paths, both feeding the same per-datagram step
-(:meth:`UdpEndpoint._datagram`: count, decode, check, apply):
+of two receive paths:
 
 * ``recvmmsg``, the compiled ``gateway.net._udp_batch`` (Linux), used when it
   is built and ``RAILGATE_PURE`` is not ``1``: up to ``batch`` free slabs of
   the largest size class are taken from the pool at once, one system call
-  fills as many as there are datagrams waiting, each goes
-  through the per-datagram step, then every slab goes back, filled or not.
-  A batch that comes back short means the kernel queue was empty: drained.
+  fills as many as there are datagrams waiting, the batch is judged, then
+  every slab goes back, filled or not. A batch that comes back short means
+  the kernel queue was empty: drained.
 * ``recv_into``, pure Python, the reference and the fallback: one slab, one
   system call, one datagram.
 
+and judges the datagrams by one of two steps (``datagram_step``):
+
+* ``"compiled"`` (with recvmmsg, when the line's parts are the compiled
+  core's: ``railcodecs.speedups.train_batch``): one call per batch into
+  ``railcodecs._core.TrainBatch``, which does in C, for each datagram and
+  without making a Python object, what the Python step does (the decode
+  checks, MAC, destination, source, age, session reset, sequence window,
+  the sender's counters, the train table) at one gateway time per batch, and
+  hands Python what it must see once per batch: the endpoint's counters and
+  errors, the trains seen (``Registry.trains_seen``) and the accepted
+  TRAIN_STATUS reports (``CouplingWorkers.submit_batch``). A datagram whose
+  source is not a train but has a key or a rule of its own in the MAC policy
+  is handed back to the Python step (rare: the policy's rules stay in one place).
+* ``"python"``, the reference: per datagram (:meth:`UdpEndpoint._datagram`),
+  ``decode_datagram``, ``Receiver.check_datagram`` and
+  ``Context.train_applied``, at the gateway time of each datagram.
+  ``tests/test_udp_differential.py`` holds the two to the same results.
+
 A datagram is received straight into a slab of the largest size class (its
 size is unknown before reading); the slab goes back to the pool as soon as
-the datagram is decoded, checked and applied. Both paths learn a datagram's
+the datagram (or its batch) is decoded, checked and applied. Both paths learn a datagram's
 real length (``MSG_TRUNC``), so one longer than ``MAX_DATAGRAM`` is counted
 oversize (bad_size) rather than decoded from its head. With no free slab the
 datagram is still read, into one scratch buffer, so the edge-triggered socket
@@ -26,7 +43,8 @@ hot path free of allocations that outlive it.
 
 Threading: ``start``, ``stop`` and the receive paths run in one IO loop
 thread, which is the slabs' one owner while a datagram (or a batch) is being
-handled; ``stats`` from any thread.
+handled, and the one writer of the trains' sender state (no TCP link serves a
+train); ``stats`` from any thread.
 """
 from __future__ import annotations
 
@@ -73,6 +91,7 @@ class UdpEndpoint:
         if batch is None:
             batch = batch_available()
         self._batch = None
+        self._step = None
         if batch:
             if BatchReceiver is None:
                 raise ImportError("gateway.net._udp_batch is not built: no recvmmsg path")
@@ -81,7 +100,13 @@ class UdpEndpoint:
             self._indices = [0] * self._batch.batch   # written in place by acquire_many_for_recv
             self._lengths = self._batch.lengths        # written in place by each recv
             self._size_class = size
+            if ctx is not None:
+                self._step = speedups.train_batch(arena, size, MAX_DATAGRAM, ctx.receiver, checks, ctx.mac_policy,
+                                                  ctx.objects.trains, ctx.registry.trains_seen, ctx.coupling,
+                                                  self._python_step)
         self.recv_path = "recvmmsg" if self._batch is not None else "recv_into"
+        #: "compiled": each recvmmsg batch is judged by railcodecs' TrainBatch; "python": datagram by datagram
+        self.datagram_step = "compiled" if self._step is not None else "python"
 
     def start(self) -> None:
         """Loop thread: register for reads."""
@@ -113,7 +138,7 @@ class UdpEndpoint:
         return True
 
     def _drain_batches(self) -> None:
-        fd, slabs, rx, size_class = self.fd, self.slabs, self._batch, self._size_class
+        fd, slabs, rx, size_class, step = self.fd, self.slabs, self._batch, self._size_class, self._step
         indices, lengths, views, datagram = self._indices, self._lengths, self._views, self._datagram
         while True:
             k = slabs.acquire_many_for_recv(indices)
@@ -129,9 +154,13 @@ class UdpEndpoint:
             try:
                 if got:
                     self.rx_batches += 1
-                # a handler that raises (a bug: the codecs never do) loses the rest of its batch
-                for j in range(got):
-                    datagram(views[indices[j]], lengths[j])
+                    if step is not None:  # the whole batch in C, judged at one gateway time
+                        self.rx_datagrams += got
+                        self.oversize += step.run(indices, lengths, got, self.ctx.now_ms())
+                    else:
+                        # a handler that raises (a bug: the codecs never do) loses the rest of its batch
+                        for j in range(got):
+                            datagram(views[indices[j]], lengths[j])
             finally:
                 slabs.release_many(size_class, indices, k)  # filled or not
             if got < k:
@@ -169,12 +198,21 @@ class UdpEndpoint:
             checks.count(ev.reason if isinstance(ev, FrameError) and ev.reason in _HEADER_FAULTS
                          else Reason.BAD_SIZE)
             return
-        now_ms = ctx.now_ms()
+        self._judge(view, n, ctx.now_ms())
+
+    def _judge(self, view: memoryview, n: int, now_ms: int) -> None:
+        """Loop thread: decode, check and apply one datagram of at most MAX_DATAGRAM bytes, at ``now_ms``."""
+        ctx = self.ctx
         ev = decode_datagram(view[:n], types=UDP_TYPES, mac=ctx.mac_policy)
         if isinstance(ev, FrameError):
-            checks.count(ev.reason)
-        elif ctx.receiver.check_datagram(checks, ev, now_ms, apply=ctx.apply) is None:
+            self.checks.count(ev.reason)
+        elif ctx.receiver.check_datagram(self.checks, ev, now_ms, apply=ctx.apply) is None:
             ctx.train_applied(ev, now_ms)
+
+    def _python_step(self, j: int, now_ms: int) -> None:
+        """Loop thread: the compiled step hands datagram ``j`` of the current batch back (a source the
+        MAC policy has a key or a rule for that is not a train: rare)."""
+        self._judge(self._views[self._indices[j]], self._lengths[j], now_ms)
 
     def stats(self) -> dict:
         """Counters and the receive path ("recvmmsg" or "recv_into"). Safe to call from any thread.

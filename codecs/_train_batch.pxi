@@ -1,0 +1,570 @@
+# Included by _core.pyx (as uvloop includes its handles): the trains' datagram step in C.
+#
+# What is here, and its pure-Python original (the reference: same names, same results, proven by
+# tests/test_udp_differential.py):
+#
+# * TrainSender: ``railcodecs.receiver.SenderState`` of a train, its counters as C fields.
+# * TrainTable: ``ObjectState.trains`` (train id -> TrainState) as C records; a TrainState object is
+#   made only when someone reads one.
+# * TrainBatch: for each datagram of one recvmmsg batch, what ``decode_datagram`` +
+#   ``Receiver.check_datagram`` + ``ObjectState.apply`` + ``Context.train_applied`` do, in C, with
+#   no Python object made for a datagram on the steady path. What Python must see is handed over
+#   once per batch (see TrainBatch.run).
+
+import threading as _threading
+
+cdef extern from *:
+    """
+    #define RG_TIME_LIMIT (((unsigned long long)1) << 62)
+    """
+    const uint64_t TIME_LIMIT "RG_TIME_LIMIT"
+
+cdef enum:
+    T_TRAIN_STATUS = 0x50
+    T_TRAIN_HEARTBEAT = 0x51
+    T_TRAIN_DIAG = 0x52
+    STATUS_PAYLOAD = 36
+    HEARTBEAT_PAYLOAD = 4
+    DIAG_PAYLOAD = 100
+    DIAG_SLOTS = 24
+    # a coupling record: u16 train, u64 sender time_ms, the 36-byte TRAIN_STATUS payload
+    COUPLING_RECORD = 46
+    # slot marks of TrainBatch.src_slot (>= 0: a configured train's slot)
+    SRC_OTHER = -1        # no key, not required: judged here (unknown_source in the end)
+    SRC_PYTHON = -2       # the MAC policy holds a key or a requirement for it: the Python step judges
+    # verdict of _judge besides a reason index
+    ACCEPTED = -1
+    TO_PYTHON = -2
+
+# reason indices: counted in C, written into LinkChecks.errors under these names once per batch
+cdef enum:
+    R_BAD_SYNC, R_BAD_VERSION, R_BAD_FLAGS, R_OVERSIZE, R_BAD_CRC, R_BAD_MAC, R_MISSING_MAC, \
+        R_UNKNOWN_TYPE, R_BAD_PAYLOAD, R_BAD_SIZE, R_UNKNOWN_SOURCE, R_WRONG_DESTINATION, R_DUPLICATE, \
+        R_STALE, R_GAP, N_REASONS
+
+_REASON_NAMES = ("bad_sync", "bad_version", "bad_flags", "oversize", "bad_crc", "bad_mac", "missing_mac",
+                 "unknown_type", "bad_payload", "bad_size", "unknown_source", "wrong_destination", "duplicate",
+                 "stale", "gap")
+
+
+cdef class TrainSender:
+    """``SenderState`` of one train (kind 4), with its counters in C fields: the same attributes
+    (``id``, ``kind``, ``window``, ``lock``, the counters, ``last_applied_ms``, ``counters()``), so the
+    pure receiver runs on it unchanged, and :class:`TrainBatch` writes it without a Python operation.
+
+    Threading: written by the UDP loop thread only (trains have no TCP link: ``Receiver.hello``
+    refuses their kind), with the GIL held; any thread reads whole values."""
+
+    cdef readonly int id
+    cdef readonly int kind
+    cdef readonly SequenceWindow window
+    cdef readonly object lock
+    cdef public int64_t applied, duplicates, dual_net_copies, stale, gap, sessions, open_links
+    cdef int64_t last_ms
+    cdef bint has_last
+
+    def __init__(self, int id, int kind, SequenceWindow window):
+        self.id, self.kind, self.window = id, kind, window
+        self.lock = _threading.Lock()
+        self.has_last = False
+
+    @property
+    def last_applied_ms(self):
+        return self.last_ms if self.has_last else None
+
+    @last_applied_ms.setter
+    def last_applied_ms(self, value):
+        if value is None:
+            self.has_last = False
+        else:
+            self.last_ms, self.has_last = value, True
+
+    def counters(self) -> dict:
+        return {"applied": self.applied, "duplicates": self.duplicates, "dual_net_copies": self.dual_net_copies,
+                "stale": self.stale, "gap": self.gap, "sessions": self.sessions}
+
+    def __repr__(self):
+        return f"TrainSender(id={self.id}, {self.counters()}, last_applied_ms={self.last_applied_ms})"
+
+
+cdef struct TrainRec:
+    uint16_t section_id
+    uint32_t offset_cm
+    int16_t speed_cm_s
+    uint8_t direction, mode, coupling, role, doors, fault_flags
+    uint16_t consist_id, peer_train
+    int64_t applied_ms
+
+
+cdef class TrainTable:
+    """``train id -> TrainState``, the compiled form of ``ObjectState.trains``: records in insertion
+    order, found through a 65,536-slot index (train ids are u16). The mapping interface is a dict's
+    (``get``, ``[]``, ``in``, ``len``, iteration, ``items``, ``copy``, ``==``); ``state_type`` (the
+    gateway's ``TrainState``) builds the value read. Changed with the GIL held by the UDP loop thread
+    (``ObjectState.apply`` or :class:`TrainBatch`); any thread reads whole records."""
+
+    cdef TrainRec *recs
+    cdef uint16_t *ids
+    cdef int32_t *index
+    cdef Py_ssize_t n, cap
+    cdef readonly object state_type
+
+    def __cinit__(self, state_type):
+        self.state_type = state_type
+        self.n, self.cap = 0, 64
+        self.recs = <TrainRec *>malloc(self.cap * sizeof(TrainRec))
+        self.ids = <uint16_t *>malloc(self.cap * sizeof(uint16_t))
+        self.index = <int32_t *>malloc(65536 * sizeof(int32_t))
+        if self.recs == NULL or self.ids == NULL or self.index == NULL:
+            raise MemoryError()
+        memset(self.index, 0xFF, 65536 * sizeof(int32_t))
+
+    def __dealloc__(self):
+        free(self.recs)
+        free(self.ids)
+        free(self.index)
+
+    cdef TrainRec *slot(self, uint16_t tid) except NULL:
+        """The record of ``tid``, made (zeroed) when new."""
+        cdef int32_t e = self.index[tid]
+        cdef TrainRec *nr
+        cdef uint16_t *ni
+        if e >= 0:
+            return &self.recs[e]
+        if self.n == self.cap:
+            nr = <TrainRec *>realloc(self.recs, 2 * self.cap * sizeof(TrainRec))
+            if nr == NULL:
+                raise MemoryError()
+            self.recs = nr
+            ni = <uint16_t *>realloc(self.ids, 2 * self.cap * sizeof(uint16_t))
+            if ni == NULL:
+                raise MemoryError()
+            self.ids = ni
+            self.cap *= 2
+        e = <int32_t>self.n
+        memset(&self.recs[e], 0, sizeof(TrainRec))
+        self.ids[e] = tid
+        self.index[tid] = e
+        self.n += 1
+        return &self.recs[e]
+
+    cdef int put_payload(self, uint16_t tid, const uint8_t *q, int64_t ms) except -1:
+        """Store a checked TRAIN_STATUS payload (36 bytes at ``q``) applied at ``ms``."""
+        cdef TrainRec *r = self.slot(tid)
+        r.section_id = <uint16_t>be16(q)
+        r.offset_cm = be32(q + 2)
+        r.speed_cm_s = <int16_t>be16(q + 6)
+        r.direction, r.mode = q[8], q[9]
+        r.consist_id = <uint16_t>be16(q + 10)
+        r.coupling, r.role = q[12], q[13]
+        r.peer_train = <uint16_t>be16(q + 14)
+        r.doors, r.fault_flags = q[16], q[17]
+        r.applied_ms = ms
+        return 0
+
+    cdef object _state(self, Py_ssize_t e):
+        cdef TrainRec *r = &self.recs[e]
+        return self.state_type(r.section_id, r.offset_cm, r.speed_cm_s, r.direction, r.mode, r.consist_id,
+                               r.coupling, r.role, r.peer_train, r.doors, r.fault_flags, r.applied_ms)
+
+    cdef Py_ssize_t _find(self, key):
+        if type(key) is not int or not 0 <= key <= 0xFFFF:
+            return -1
+        return self.index[<uint16_t>key]
+
+    def __setitem__(self, key, state):
+        if type(key) is not int or not 0 <= key <= 0xFFFF:
+            raise KeyError(key)
+        cdef TrainRec *r = self.slot(<uint16_t>key)
+        r.section_id, r.offset_cm, r.speed_cm_s = state.section_id, state.offset_cm, state.speed_cm_s
+        r.direction, r.mode, r.consist_id = state.direction, state.mode, state.consist_id
+        r.coupling, r.role, r.peer_train = state.coupling, state.role, state.peer_train
+        r.doors, r.fault_flags, r.applied_ms = state.doors, state.fault_flags, state.applied_ms
+
+    def __getitem__(self, key):
+        cdef Py_ssize_t e = self._find(key)
+        if e < 0:
+            raise KeyError(key)
+        return self._state(e)
+
+    def get(self, key, default=None):
+        cdef Py_ssize_t e = self._find(key)
+        return default if e < 0 else self._state(e)
+
+    def __contains__(self, key):
+        return self._find(key) >= 0
+
+    def __len__(self):
+        return self.n
+
+    def copy(self):
+        """A dict of the same items in insertion order (what ``dict.copy`` gives for the pure table)."""
+        cdef Py_ssize_t e
+        return {self.ids[e]: self._state(e) for e in range(self.n)}
+
+    def items(self):
+        return self.copy().items()
+
+    def keys(self):
+        return self.copy().keys()
+
+    def values(self):
+        return self.copy().values()
+
+    def __iter__(self):
+        return iter(self.copy())
+
+    def __eq__(self, other):
+        return self.copy() == (other.copy() if isinstance(other, TrainTable) else other)
+
+    def __repr__(self):
+        return f"TrainTable({self.copy()!r})"
+
+
+cdef struct TrainSlot:
+    uint16_t id
+    bint has_key          # a MAC flag is checked with ``key``
+    bint required         # a datagram without the MAC flag is missing_mac
+    bint member           # in a configured consist: its TRAIN_STATUS goes to coupling
+    int worker            # its coupling worker (id % workers)
+    uint64_t seen_mark    # the batch that last listed it as seen
+    rg_hmac_key key
+
+
+cdef inline int _payload_ok(int t, const uint8_t *q) noexcept nogil:
+    """The checks ``unpack`` makes of a UDP payload whose size is already right (1: it parses)."""
+    cdef int i, n, used
+    if t == T_TRAIN_STATUS:
+        if q[8] > 1 or q[9] > 3 or q[12] > 3 or q[13] > 2 or q[16] > 2:
+            return 0
+        for i in range(18, STATUS_PAYLOAD):
+            if q[i]:
+                return 0
+        return 1
+    if t == T_TRAIN_DIAG:
+        n = <int>be16(q)
+        if n > DIAG_SLOTS:
+            return 0
+        used = 2 + 4 * n
+        for i in range(used, DIAG_PAYLOAD):
+            if q[i]:
+                return 0
+        for i in range(n):
+            if not 1 <= q[2 + 4 * i + 2] <= 4 or q[2 + 4 * i + 3] > 1:
+                return 0
+        return 1
+    return 1  # TRAIN_HEARTBEAT: any u32 counter
+
+
+cdef class TrainBatch:
+    """The compiled per-batch step of the trains' UDP endpoint (see the include's head).
+
+    Built by the endpoint (``railcodecs.speedups.train_batch``) over the slab arena its recvmmsg
+    fills: ``arena`` (slab i at ``i * slab_size``), ``max_datagram`` (longer: oversize), the
+    ``receiver`` (gateway id, live ``max_age_ms``, ``train_reset_ms``, its train senders, which must
+    be :class:`TrainSender`), the endpoint's ``checks`` (LinkChecks), the MAC ``policy``, the
+    ``trains`` table (:class:`TrainTable`), ``seen(train_ids, now_ms)`` (the registry), and the
+    coupling hand-off: ``coupling_submit(records, counts, now_ms)`` (None: no coupling),
+    ``coupling_members`` (trains in a configured consist) and ``coupling_workers``. ``python_step(j,
+    now_ms)`` judges datagram j of the batch in Python: called for the rare datagram whose source
+    is not a train but has a key in the MAC policy (the policy's per-source rules stay in one place).
+
+    Threading: the UDP loop thread only (one batch at a time, the GIL held throughout)."""
+
+    cdef const uint8_t[::1] arena
+    cdef const uint8_t *base
+    cdef Py_ssize_t slab_size, max_datagram
+    cdef object receiver, checks, seen, coupling_submit, python_step
+    cdef TrainTable trains
+    cdef list senders           # TrainSender by slot
+    cdef list id_objs           # the trains' ids as Python ints, by slot (listed without allocating)
+    cdef int32_t *src_slot
+    cdef TrainSlot *slots
+    cdef Py_ssize_t nslots
+    cdef int gateway_id, net, nworkers
+    cdef bint accept_unverified, other_required
+    cdef uint64_t batches
+    cdef int64_t errs[N_REASONS]
+    cdef uint8_t *records
+    cdef Py_ssize_t records_cap
+    cdef int32_t *seen_slots
+    cdef readonly object coupling_counts   # array('q'): per worker, members' reports then unconfigured ones
+    cdef long long[::1] counts
+
+    def __init__(self, arena, Py_ssize_t slab_size, Py_ssize_t max_datagram, receiver, checks, policy,
+                 TrainTable trains, seen, coupling_submit=None, coupling_members=frozenset(),
+                 int coupling_workers=1, python_step=None):
+        cdef Py_ssize_t i
+        cdef TrainSlot *s
+        import array
+        if slab_size < max_datagram or max_datagram < HEADER_LEN + CRC_LEN:
+            raise ValueError(f"slab size {slab_size} below the longest datagram {max_datagram}")
+        if coupling_workers < 1:
+            raise ValueError(f"coupling workers: at least 1, got {coupling_workers}")
+        self.arena = arena
+        self.base = &self.arena[0]
+        self.slab_size, self.max_datagram = slab_size, max_datagram
+        self.receiver, self.checks, self.trains, self.seen = receiver, checks, trains, seen
+        self.coupling_submit, self.python_step = coupling_submit, python_step
+        self.gateway_id = receiver.gateway_id
+        self.net = -1 if checks.net is None else (1 if checks.net == 1 else 0)
+        self.nworkers = coupling_workers
+        self.coupling_counts = array.array("q", bytes(16 * coupling_workers))
+        self.counts = self.coupling_counts
+        self.accept_unverified = policy.accept_unverified
+        self.other_required = policy.required
+        trains_in = sorted((sid, sender) for sid, sender in receiver.senders.items() if sender.kind == 4)
+        self.senders = [<TrainSender?>sender for _, sender in trains_in]
+        self.id_objs = [sid for sid, _ in trains_in]
+        self.nslots = len(trains_in)
+        self.slots = <TrainSlot *>calloc(self.nslots + 1, sizeof(TrainSlot))
+        self.src_slot = <int32_t *>malloc(65536 * sizeof(int32_t))
+        self.seen_slots = <int32_t *>malloc((self.nslots + 1) * sizeof(int32_t))
+        if self.slots == NULL or self.src_slot == NULL or self.seen_slots == NULL:
+            raise MemoryError()
+        # a source that is not a train is judged here unless the policy has a key or a rule of its own
+        # for it (then the Python step judges it: MacPolicy.key_for and requires stay the one source)
+        if policy.session_key is not None:
+            raise ValueError("a session-keyed MAC policy is a TCP link's: datagrams have no session")
+        if policy.keys is None and policy.key is not None:
+            for i in range(65536):
+                self.src_slot[i] = SRC_PYTHON
+        else:
+            for i in range(65536):
+                self.src_slot[i] = SRC_OTHER
+            for sid in list(policy.keys or ()) + list(policy.required_srcs):
+                if 0 <= sid <= 0xFFFF:
+                    self.src_slot[sid] = SRC_PYTHON
+        for i in range(self.nslots):
+            sid = self.id_objs[i]
+            s = &self.slots[i]
+            s.id = <uint16_t>sid
+            key = policy.key_for(sid, T_TRAIN_STATUS)   # no UDP type is a link-key type: one key per train
+            s.has_key = key is not None
+            if key is not None:
+                rg_hmac_init(&s.key, <const uint8_t *><char *>key, len(key))
+            s.required = policy.requires(sid)
+            s.member = sid in coupling_members
+            s.worker = sid % coupling_workers
+            s.seen_mark = 0
+            self.src_slot[<uint16_t>sid] = <int32_t>i
+        self.batches = 0
+        memset(self.errs, 0, sizeof(self.errs))
+        self.records, self.records_cap = NULL, 0
+
+    def __dealloc__(self):
+        free(self.slots)
+        free(self.src_slot)
+        free(self.seen_slots)
+        free(self.records)
+
+    def run(self, list indices, const int[::1] lengths, Py_ssize_t count, int64_t now_ms):
+        """Judge and apply datagrams 0..count-1 of one batch, all received by ``now_ms``; returns how
+        many were oversize (longer than ``max_datagram``). Datagram j is ``lengths[j]`` bytes (its real
+        length) at the head of slab ``indices[j]``.
+
+        In C per datagram: the decode checks, destination, source, age, session reset, sequence
+        window, the sender's counters, the train table. Once per batch, in Python: the endpoint's
+        counters and errors (LinkChecks), ``seen`` with the tuple of trains accepted, and, when a
+        TRAIN_STATUS was accepted, ``coupling_submit`` with the records of consist members (bytes of
+        46-byte records: u16 train, u64 time_ms, payload) and the per-worker counts."""
+        cdef Py_ssize_t j, nseen = 0, nrec = 0, oversize = 0, w
+        cdef int64_t rx = 0, applied = 0, copies = 0
+        cdef int64_t max_age = self.receiver.max_age_ms
+        cdef int64_t reset_ms = self.receiver.train_reset_ms
+        cdef int verdict, slot
+        cdef Py_ssize_t n, idx
+        cdef const uint8_t *p
+        cdef bint any_status = False
+        if count > len(indices) or count > lengths.shape[0]:
+            raise ValueError(f"count {count} over the batch's {min(len(indices), lengths.shape[0])} datagrams")
+        if count <= 0:
+            return 0
+        self.batches += 1
+        if self.records_cap < count:
+            free(self.records)
+            self.records = <uint8_t *>malloc(count * COUPLING_RECORD)
+            if self.records == NULL:
+                self.records_cap = 0
+                raise MemoryError()
+            self.records_cap = count
+        for w in range(2 * self.nworkers):
+            self.counts[w] = 0
+        try:
+            for j in range(count):
+                idx = indices[j]
+                if idx < 0 or (idx + 1) * self.slab_size > self.arena.shape[0]:
+                    raise ValueError(f"slab index {idx} outside the arena")
+                p = self.base + idx * self.slab_size
+                n = lengths[j]
+                if n > self.max_datagram:
+                    oversize += 1
+                    self.errs[_oversize_reason(p)] += 1
+                    continue
+                verdict = self._judge(p, n, now_ms, max_age, reset_ms, &rx, &slot)
+                if verdict >= 0:
+                    self.errs[verdict] += 1
+                elif verdict == TO_PYTHON:
+                    if self.python_step is not None:
+                        self.python_step(j, now_ms)
+                elif slot >= 0:  # accepted and applied (a dual-net copy is verdict ACCEPTED, slot -1)
+                    applied += 1
+                    if self.slots[slot].seen_mark != self.batches:
+                        self.slots[slot].seen_mark = self.batches
+                        self.seen_slots[nseen] = slot
+                        nseen += 1
+                    if p[3] == T_TRAIN_STATUS:
+                        any_status = True
+                        w = self.slots[slot].worker
+                        if self.slots[slot].member:
+                            _record(self.records + nrec * COUPLING_RECORD, p)
+                            nrec += 1
+                            self.counts[w] += 1
+                        else:
+                            self.counts[self.nworkers + w] += 1
+                else:
+                    copies += 1
+        finally:
+            self._flush(rx, applied, copies)
+        if nseen:
+            self.seen(self._seen_tuple(nseen), now_ms)
+        if any_status and self.coupling_submit is not None:
+            self.coupling_submit(PyBytes_FromStringAndSize(<char *>self.records, nrec * COUPLING_RECORD),
+                                 self.coupling_counts, now_ms)
+        return oversize
+
+    cdef int _judge(self, const uint8_t *p, Py_ssize_t n, int64_t now_ms, int64_t max_age, int64_t reset_ms,
+                    int64_t *rx, int *slot_out) except? -3:
+        """One datagram of ``n`` <= max_datagram bytes: a reason index (dropped, to count), ACCEPTED
+        (``slot_out``: the train's slot when applied, -1 for a dual-net copy) or TO_PYTHON. The order
+        of the checks is decode_datagram's, then check_datagram's."""
+        cdef uint32_t flags, length, src, t
+        cdef Py_ssize_t total, body, fixed
+        cdef int32_t slot
+        cdef TrainSlot *s
+        cdef TrainSender sender
+        cdef uint64_t time_ms
+        cdef int64_t age, skipped
+        cdef int verdict
+        cdef uint8_t mac[32]
+        slot_out[0] = -1
+        if n < 2 or p[0] != 0xA5 or p[1] != 0x5A:
+            return R_BAD_SYNC
+        if n < HEADER_LEN + CRC_LEN:
+            return R_BAD_SIZE
+        if p[2] != 1:
+            return R_BAD_VERSION
+        flags = p[4]
+        if flags & 0xFE or p[5]:
+            return R_BAD_FLAGS
+        length = be16(p + 22)
+        if length > MAX_PAYLOAD:
+            return R_OVERSIZE
+        body = HEADER_LEN + length
+        total = body + (MAC_LEN if flags else 0) + CRC_LEN
+        if total != n:
+            return R_BAD_SIZE
+        if rg_crc32(0, p, total - CRC_LEN) != be32(p + total - CRC_LEN):
+            return R_BAD_CRC
+        t = p[3]
+        fixed = STATUS_PAYLOAD if t == T_TRAIN_STATUS else (HEARTBEAT_PAYLOAD if t == T_TRAIN_HEARTBEAT else (
+            DIAG_PAYLOAD if t == T_TRAIN_DIAG else -1))
+        if fixed >= 0 and length != fixed:
+            return R_BAD_SIZE
+        src = be16(p + 6)
+        slot = self.src_slot[src]
+        if slot == SRC_PYTHON:
+            return TO_PYTHON
+        s = &self.slots[slot] if slot >= 0 else NULL
+        if flags:
+            if s != NULL and s.has_key:
+                rg_hmac_sha256(&s.key, p, body, mac)
+                if not rg_ct_equal(mac, p + body, MAC_LEN):
+                    return R_BAD_MAC
+            elif not self.accept_unverified:
+                return R_BAD_MAC
+        elif (s.required if s != NULL else self.other_required):
+            return R_MISSING_MAC
+        if fixed < 0:
+            return R_UNKNOWN_TYPE
+        if not _payload_ok(t, p + HEADER_LEN):
+            return R_BAD_PAYLOAD
+        # decoded: Receiver.check_datagram from here
+        rx[0] += 1
+        if be16(p + 8) != <uint32_t>self.gateway_id:
+            return R_WRONG_DESTINATION
+        if s == NULL:
+            return R_UNKNOWN_SOURCE
+        sender = <TrainSender>self.senders[slot]
+        time_ms = be64(p + 14)
+        if time_ms >= TIME_LIMIT:   # from far in the future (now_ms + max_age is far below 2**62)
+            sender.stale += 1
+            return R_STALE
+        age = now_ms - <int64_t>time_ms
+        if age > max_age or -age > max_age:
+            sender.stale += 1
+            return R_STALE
+        if not sender.has_last or now_ms - sender.last_ms > reset_ms:
+            sender.window.c_reset()
+            sender.sessions += 1
+        verdict = sender.window.c_check(be32(p + 10), self.net, &skipped)
+        if verdict == V_APPLY:
+            sender.applied += 1
+            sender.gap += skipped
+            sender.last_ms, sender.has_last = now_ms, True
+            if t == T_TRAIN_STATUS:
+                self.trains.put_payload(<uint16_t>src, p + HEADER_LEN, now_ms)
+            if skipped:
+                self.errs[R_GAP] += skipped
+            slot_out[0] = slot
+            return ACCEPTED
+        if verdict == V_STALE:
+            sender.stale += 1
+            return R_STALE
+        sender.duplicates += 1
+        if verdict == V_COPY:
+            sender.dual_net_copies += 1
+            return ACCEPTED   # the other net's expected copy: counted apart, not an error
+        return R_DUPLICATE
+
+    cdef object _seen_tuple(self, Py_ssize_t nseen):
+        cdef Py_ssize_t i
+        cdef list ids = self.id_objs
+        return tuple([ids[self.seen_slots[i]] for i in range(nseen)])
+
+    cdef int _flush(self, int64_t rx, int64_t applied, int64_t copies) except -1:
+        """The batch's counts into the endpoint's LinkChecks (what the pure step counts one by one)."""
+        cdef int i
+        checks = self.checks
+        if rx:
+            checks.rx_frames += rx
+        if applied:
+            checks.applied += applied
+        if copies:
+            checks.copies += copies
+        for i in range(N_REASONS):
+            if self.errs[i]:
+                checks.errors[_REASON_NAMES[i]] += self.errs[i]
+                self.errs[i] = 0
+        return 0
+
+
+cdef inline int _oversize_reason(const uint8_t *p) noexcept nogil:
+    """A datagram longer than any ICD type: its header's faults first, else bad_size (the slab holds
+    at least its 24-byte header)."""
+    if p[0] != 0xA5 or p[1] != 0x5A:
+        return R_BAD_SYNC
+    if p[2] != 1:
+        return R_BAD_VERSION
+    if p[4] & 0xFE or p[5]:
+        return R_BAD_FLAGS
+    if be16(p + 22) > MAX_PAYLOAD:
+        return R_OVERSIZE
+    return R_BAD_SIZE
+
+
+cdef inline void _record(uint8_t *out, const uint8_t *p) noexcept nogil:
+    """A coupling record from an accepted TRAIN_STATUS datagram: src, time_ms, payload."""
+    memcpy(out, p + 6, 2)
+    memcpy(out + 2, p + 14, 8)
+    memcpy(out + 10, p + HEADER_LEN, STATUS_PAYLOAD)
