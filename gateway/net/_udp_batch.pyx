@@ -186,3 +186,106 @@ cdef class BatchReceiver:
             else:
                 self._lens[j] = <int>self._msgs[j].msg_len
         return got
+
+
+# --- the slab pool's batch moves, in C ----------------------------------------------------------
+# SlabPool.acquire_many_for_recv and release_many call these when this module is built: the same
+# loops over the size class's free stack (a list) and held marks (a bytearray), without a Python
+# frame per slab (a batch of 64 slabs is taken and given back per recvmmsg, however few came).
+
+def take_slabs(list free, bytearray mark, list out, Py_ssize_t want):
+    """Pop up to ``want`` slab indices from ``free`` into ``out[:k]``, marking each held; returns k.
+
+    The caller's thread (the pool's loop thread); the GIL is held throughout."""
+    cdef Py_ssize_t k = 0, i, n = len(mark)
+    if want > len(out):
+        want = len(out)
+    while k < want and len(free):
+        idx = free.pop()
+        i = idx
+        if i < 0 or i >= n:
+            free.append(idx)
+            raise ValueError(f"slab index {i} not in 0..{n - 1}")
+        mark[i] = 1
+        out[k] = idx
+        k += 1
+    return k
+
+
+def give_back(list free, bytearray mark, list indices, Py_ssize_t count, size_class=None):
+    """Push ``indices[:count]`` back on ``free``, clearing each mark; ValueError (naming the slab as
+    ``size_class/index``) at the first one not held: the ones before it are back. Any thread (the
+    slabs' one owner); the GIL is held."""
+    cdef Py_ssize_t k, i, n = len(mark)
+    if count > len(indices):
+        count = len(indices)
+    for k in range(count):
+        idx = indices[k]
+        i = idx
+        if i < 0 or i >= n or not mark[i]:
+            raise ValueError(f"slab {size_class}/{i} released but not acquired")
+        mark[i] = 0
+        free.append(idx)
+
+
+# --- the endpoint's drain, in C ----------------------------------------------------------------------
+
+cdef class BatchDrain:
+    """The UDP endpoint's epoll handler when its batches are judged in C (``datagram_step`` compiled).
+
+    One call drains the socket to EAGAIN as ``UdpEndpoint._drain_batches`` does (which stays the
+    reference, and runs when the batch step is Python), without a Python frame per batch: take up
+    to ``batch`` free slabs of the pool's largest class (:func:`take_slabs`, the pool's high water
+    and exhausted counts kept), one ``recvmmsg``, ``step(indices, lengths, got, clock())`` (the
+    compiled ``TrainBatch.run``: it returns the oversize count), every slab given back, filled or
+    not; again until a batch comes back short. With no free slab, ``drop_one()`` (the endpoint's:
+    a read into its scratch buffer, counted) until it says EAGAIN. The endpoint's ``rx_datagrams``,
+    ``rx_batches`` and ``oversize`` are added to once per batch.
+
+    Threading: the endpoint's loop thread only (the pool's one acquiring thread)."""
+
+    cdef BatchReceiver rx
+    cdef object endpoint, size_class, step, clock, drop_one
+    cdef list free, indices
+    cdef bytearray mark
+    cdef int fd
+    cdef Py_ssize_t count
+
+    def __init__(self, BatchReceiver rx, int fd, endpoint, size_class, list indices, step, clock, drop_one):
+        """``size_class``: the pool's largest class (its ``free``, ``out``, ``count``, ``high_water``,
+        ``exhausted``: the one-owner contract of gateway/net/slab_pool.py)."""
+        self.rx, self.fd, self.endpoint, self.size_class = rx, fd, endpoint, size_class
+        self.free, self.mark, self.count = size_class.free, size_class.out, size_class.count
+        self.indices, self.step, self.clock, self.drop_one = indices, step, clock, drop_one
+
+    def __call__(self, mask):
+        cdef Py_ssize_t k, got, in_use
+        cdef list free = self.free, indices = self.indices
+        cdef bytearray mark = self.mark
+        c, ep = self.size_class, self.endpoint
+        while True:
+            k = take_slabs(free, mark, indices, len(indices))
+            if k == 0:
+                c.exhausted += 1
+                if self.drop_one():
+                    continue
+                return
+            in_use = self.count - len(free)
+            if in_use > c.high_water:
+                c.high_water = in_use
+            try:
+                got = self.rx.recv(self.fd, indices, k)  # 0 at EAGAIN
+            except OSError:  # as recv_into: the socket failed
+                give_back(free, mark, indices, k, self.rx._slab_size)
+                return
+            try:
+                if got:
+                    ep.rx_batches += 1
+                    ep.rx_datagrams += got
+                    oversize = self.step(indices, self.rx.lengths, got, self.clock())
+                    if oversize:
+                        ep.oversize += oversize
+            finally:
+                give_back(free, mark, indices, k, self.rx._slab_size)  # filled or not
+            if got < k:
+                return  # recvmmsg stopped short: the kernel queue was empty (EAGAIN)

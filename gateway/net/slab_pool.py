@@ -35,6 +35,11 @@ from __future__ import annotations
 
 import threading
 
+try:  # the batch moves in C (gateway/net/_udp_batch.pyx); the loops below when it is not built
+    from gateway.net._udp_batch import give_back as _give_back, take_slabs as _take_slabs
+except ImportError:
+    _give_back = _take_slabs = None
+
 
 class _SizeClass:
     __slots__ = ("size", "count", "arena", "views", "pairs", "triples", "free", "out", "high_water",
@@ -132,6 +137,13 @@ class SlabPool:
         c = self._largest
         return c.size, c.arena, c.views
 
+    @property
+    def recv_class(self) -> _SizeClass:
+        """The LARGEST class itself, for a compiled drain (``gateway.net._udp_batch.BatchDrain``) that
+        takes and gives back its slabs as :meth:`acquire_many_for_recv` and :meth:`release_many` do
+        (its ``free`` stack, ``out`` marks, ``high_water`` and ``exhausted``), from the loop thread."""
+        return self._largest
+
     def acquire_many_for_recv(self, out: list) -> int:
         """Up to ``len(out)`` slabs of the LARGEST class: their indices in ``out[:k]``; returns k.
 
@@ -143,12 +155,16 @@ class SlabPool:
         """
         c = self._largest
         free, mark = c.free, c.out
-        k, want = 0, len(out)
-        while k < want and free:
-            i = free.pop()
-            mark[i] = 1
-            out[k] = i
-            k += 1
+        want = len(out)
+        if _take_slabs is not None:
+            k = _take_slabs(free, mark, out, want)
+        else:
+            k = 0
+            while k < want and free:
+                i = free.pop()
+                mark[i] = 1
+                out[k] = i
+                k += 1
         if k == 0:
             if want:
                 c.exhausted += 1
@@ -177,6 +193,9 @@ class SlabPool:
         """
         c = self._classes[size_class]
         free, mark = c.free, c.out
+        if _give_back is not None:
+            _give_back(free, mark, indices, count, size_class)
+            return
         for k in range(count):
             i = indices[k]
             if not mark[i]:

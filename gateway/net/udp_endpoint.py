@@ -15,7 +15,9 @@ of two receive paths:
 and judges the datagrams by one of two steps (``datagram_step``):
 
 * ``"compiled"`` (with recvmmsg, when the line's parts are the compiled
-  core's: ``railcodecs.speedups.train_batch``): one call per batch into
+  core's: ``railcodecs.speedups.train_batch``): the drain itself runs in C
+  (``gateway.net._udp_batch.BatchDrain``, the epoll handler: the same loop
+  as :meth:`UdpEndpoint._drain_batches`), with one call per batch into
   ``railcodecs._core.TrainBatch``, which does in C, for each datagram and
   without making a Python object, what the Python step does (the decode
   checks, MAC, destination, source, age, session reset, sequence window,
@@ -53,9 +55,9 @@ import socket
 from railcodecs import UDP_TYPES, FrameError, Reason, decode_datagram, speedups
 
 try:
-    from gateway.net._udp_batch import BatchReceiver
+    from gateway.net._udp_batch import BatchDrain, BatchReceiver
 except ImportError:  # not built: the recv_into path runs
-    BatchReceiver = None
+    BatchDrain = BatchReceiver = None
 
 EV_READ = select.EPOLLIN | select.EPOLLET
 MAX_DATAGRAM = 144  # 128-byte TRAIN_DIAG + 16-byte MAC: the largest ICD datagram
@@ -92,6 +94,7 @@ class UdpEndpoint:
             batch = batch_available()
         self._batch = None
         self._step = None
+        self._drain = None
         if batch:
             if BatchReceiver is None:
                 raise ImportError("gateway.net._udp_batch is not built: no recvmmsg path")
@@ -104,6 +107,9 @@ class UdpEndpoint:
                 self._step = speedups.train_batch(arena, size, MAX_DATAGRAM, ctx.receiver, checks, ctx.mac_policy,
                                                   ctx.objects.trains, ctx.registry.trains_seen, ctx.coupling,
                                                   self._python_step)
+            if self._step is not None:  # the whole drain in C: no Python frame per batch
+                self._drain = BatchDrain(self._batch, self.fd, self, slabs.recv_class, self._indices,
+                                         self._step.run, ctx.now_ms, self._drop_one)
         self.recv_path = "recvmmsg" if self._batch is not None else "recv_into"
         #: "compiled": each recvmmsg batch is judged by railcodecs' TrainBatch; "python": datagram by datagram
         self.datagram_step = "compiled" if self._step is not None else "python"
@@ -111,7 +117,7 @@ class UdpEndpoint:
     def start(self) -> None:
         """Loop thread: register for reads."""
         self.sock.setblocking(False)
-        self.loop.register(self.fd, EV_READ, self._on_events)
+        self.loop.register(self.fd, EV_READ, self._on_events if self._drain is None else self._drain)
 
     def stop(self) -> None:
         """Loop thread: unregister and close."""
@@ -123,7 +129,9 @@ class UdpEndpoint:
 
     def _on_events(self, mask: int) -> None:
         """Loop thread: drain the socket to EAGAIN by the path chosen at construction."""
-        if self._batch is not None:
+        if self._drain is not None:
+            self._drain(mask)
+        elif self._batch is not None:
             self._drain_batches()
         else:
             self._drain_each()
