@@ -20,7 +20,8 @@ proven by tests/test_fastpath_differential.py):
   type it does not handle, a frame straddling the ring's wrap point); the Python path then
   decodes that one frame and the link calls :meth:`FastLink.run` again. So every error and
   every rare message has exactly one implementation, the Python one.
-* ``TrainSender``, ``TrainTable``, ``TrainBatch`` (``_train_batch.pxi``, included at the end): a
+* ``TrainSender``, ``TrainTable``, ``TrainBatch`` (``_train_state.pxi``, ``_train_batch.pxi``,
+  included at the end): a
   train's ``SenderState``, ``ObjectState.trains``, and the trains' UDP endpoint's per-batch step:
   each datagram of a recvmmsg batch decoded, checked (sync .. MAC, destination, source, age,
   session reset, window) and applied in C, with what Python must see handed over once per batch
@@ -695,4 +696,5 @@ cdef object _reason(str value):
 
 # --- the trains' datagrams: TrainSender, TrainTable, TrainBatch ---------------------------------
 
+include "_train_state.pxi"
 include "_train_batch.pxi"

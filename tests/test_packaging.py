@@ -46,6 +46,7 @@ def test_the_wheel_carries_the_three_compiled_modules(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert _compiled(names) == list(COMPILED), names
     assert "railcodecs/_core.pyx" in names and "railcodecs/include/icd_hash.h" in names  # the sources travel
+    assert "railcodecs/_train_state.pxi" in names and "railcodecs/_train_batch.pxi" in names
 
 
 def test_without_a_compiler_the_install_warns_and_ships_the_pure_path(tmp_path):
