@@ -134,9 +134,11 @@ def test_links_over_max_links_are_refused_at_their_confirmation_and_counted():
     """max_links counts device links: a third device is accepted (pre-session) and answered, and refused
     with CLOSE reason 2 only when its confirmed session finds no link buffers free."""
     with RunningGateway(line_config(max_links=2)) as gw:
-        a, b = Device(gw.ports["A"]), Device(gw.ports["B"], net=1)
+        # long heartbeats: nobody dies of silence during the test (with 100 ms, A and B were dead after
+        # 300 ms on a loaded machine, which freed their buffers, and C then timed out: CLOSE reason 1)
+        a, b = Device(gw.ports["A"], hb_ms=10_000), Device(gw.ports["B"], net=1, hb_ms=10_000)
         a.hello(), b.hello()
-        c = Device(gw.ports["A"], dev_id=513, kind=2)
+        c = Device(gw.ports["A"], dev_id=513, kind=2, hb_ms=10_000)
         c.hello()  # HELLO_ACK, then SESSION_CONFIRM
         assert c.wait_for("CLOSE", 3).message.reason == Close.PROTOCOL_ERROR
         assert gw.ctx.counters["links_refused"] == 1 and gw.link_pool.stats()["refused"] == 1
