@@ -13,6 +13,7 @@ hanging ``make bench``.
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import os
 import pathlib
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,6 +33,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 GATEWAY_ID = 1
+STDERR_TAIL = 2000   # characters of a child's stderr kept for its error message
 _STATE_DIR: str | None = None
 DEVICE_BASE = 1000   # device ids: DEVICE_BASE + i
 TRAIN_BASE = 20000   # train ids: TRAIN_BASE + j
@@ -84,11 +87,12 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def line_config(devices: int, trains: int = 0, *, io_threads: int | None = None, heartbeat_ms: int = 500,
-                max_age_ms: int = 2000, train_hb_ms: int = 1000) -> dict:
+                max_age_ms: int = 2000, train_hb_ms: int = 1000, dead_after: int | None = None) -> dict:
     """A line of ``devices`` interlockings (nets A and B, no MAC) and ``trains`` trains, on free ports.
 
     ``io_threads`` None leaves the key out: the gateway runs its shipped default
-    (``gateway.app.config``; ``config/*.yaml`` do not override it).
+    (``gateway.app.config``; ``config/*.yaml`` do not override it). ``dead_after``: the gateway's
+    ``dead_after_heartbeats`` (None: its default, 3).
     """
     devs = [{"id": DEVICE_BASE + i, "name": f"CI-{i}", "kind": "interlocking", "nets": ["A", "B"], "mac": "off",
              "sections": list(range(100, 110)), "signals": list(range(200, 206)), "switches": [300, 301, 302]}
@@ -106,7 +110,8 @@ def line_config(devices: int, trains: int = 0, *, io_threads: int | None = None,
                     "pre_session": {"max_connections": max(64, 2 * devices + 64),
                                     "max_connections_per_source": max(8, 2 * devices + 64)},
                     "state_dir": bench_state_dir(),
-                    **({} if io_threads is None else {"io_threads": io_threads})},
+                    **({} if io_threads is None else {"io_threads": io_threads}),
+                    **({} if dead_after is None else {"dead_after_heartbeats": dead_after})},
         "line": {"name": "bench-line", "timezone": "UTC"},
         "devices": devs,
         "trains": {"heartbeat_ms": train_hb_ms, "ids": [TRAIN_BASE + j for j in range(trains)]},
@@ -153,7 +158,25 @@ class Child:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
                                      env=env, cwd=str(ROOT))
         self.pid = self.proc.pid
+        # stderr is drained all along (its last STDERR_TAIL bytes kept for an error): a child that logs
+        # more than a pipe holds (64 KiB; a gateway's warnings when 2,000 links die) must never block on it
+        self._stderr_tail: collections.deque = collections.deque(maxlen=STDERR_TAIL)
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, name=f"{self.name} stderr", daemon=True)
+        self._stderr_reader.start()
         self.ready = self._line(ready_timeout)
+
+    def _drain_stderr(self) -> None:
+        try:
+            for line in self.proc.stderr:
+                self._stderr_tail.extend(line)
+        except (OSError, ValueError):  # closed by close()
+            pass
+
+    def stderr_tail(self) -> str:
+        """The child's last STDERR_TAIL characters of stderr (all of it once it has exited)."""
+        if self.proc.poll() is not None:
+            self._stderr_reader.join(2)
+        return "".join(self._stderr_tail)
 
     def _line(self, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -167,8 +190,8 @@ class Child:
                 continue
             line = self.proc.stdout.readline()
             if not line:
-                err = self.proc.stderr.read()[-2000:]
-                raise RuntimeError(f"{self.name} exited ({self.proc.wait()}): {err}")
+                code = self.proc.wait()
+                raise RuntimeError(f"{self.name} exited ({code}): {self.stderr_tail()}")
             if line.startswith("{"):
                 return json.loads(line)
 

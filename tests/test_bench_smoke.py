@@ -34,3 +34,24 @@ def test_every_benchmark_produces_numbers(tmp_path):
             if "target" in row:
                 assert isinstance(row["met"], bool), row
     assert result["meta"]["python"] and result["meta"]["cpus"]
+
+
+def test_a_child_that_floods_stderr_still_answers(tmp_path):
+    """bench.common.Child drains its child's stderr all along: a gateway that logs more than a pipe holds
+    (its warnings when 2,000 links die) blocked on the write and the line-load bench timed out."""
+    from bench.common import Child
+    script = tmp_path / "chatty.py"
+    script.write_text("import sys, json\n"
+                      "sys.stderr.write('w' * 1_000_000 + '\\nlast words\\n')\n"
+                      "print(json.dumps({'ready': True}), flush=True)\n"
+                      "for line in sys.stdin:\n"
+                      "    print(json.dumps({'echo': line.strip()}), flush=True)\n"
+                      "    if line.strip() == 'quit':\n"
+                      "        sys.exit(3)\n")
+    child = Child(str(script), name="chatty", ready_timeout=20)
+    assert child.ready == {"ready": True}
+    assert child.ask("hello", timeout=10) == {"echo": "hello"}
+    child.proc.stdin.write("quit\n")
+    child.proc.stdin.flush()
+    assert child.proc.wait(10) == 3
+    assert child.stderr_tail().endswith("last words\n") and len(child.stderr_tail()) <= 2000
