@@ -10,9 +10,10 @@ thread; ``_count`` from the relay thread (and its delivery callbacks); ``_lock``
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 
 
-class RelayThread:
+class RelayThread(ABC):
     """One relay thread with its wake-up event, stop flag and locked counters (see the module doc)."""
 
     THREAD_NAME = "relay"
@@ -57,5 +58,6 @@ class RelayThread:
         with self._lock:
             self._stats[name] += n
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The relay thread's body: relay until ``_stopping`` is set, then flush and return."""
