@@ -226,6 +226,18 @@ def _other(value) -> str:
     return "reverse" if value == Switches.NORMAL else "normal"
 
 
+def _takes_over(g2: Gw, value: str, s1: dict) -> dict:
+    """G2 selects (once G1's lock expired) with a higher fencing token than G1's selection ``s1`` and
+    operates to DONE; its selection."""
+    s2 = wait_until(lambda: (lambda r: r[1]["selection"] if r[0] == 200 else None)(g2.select(value, "bob")),
+                    timeout=5, what="G2's select once G1's lock expired")
+    assert s2["fencing_token"] > s1["fencing_token"]
+    code, doc = g2.http("POST", "/commands/operate", {"selection": s2["selection_id"], "operator": "bob"})
+    assert code == 200, doc
+    assert _wait_end(g2, s2["selection_id"])["state"] == "DONE"
+    return s2
+
+
 def _wait_end(g: Gw, selection_id: str, timeout: float = 15) -> dict:
     return wait_until(lambda: g.ended(selection_id), timeout=timeout, what=f"the end of {selection_id} at {g.name}")
 
@@ -326,12 +338,7 @@ def test_a_holder_paused_past_its_ttl_cannot_get_a_command_applied(two):
     try:
         code, doc = g2.select(g2_value, "bob")
         assert code == 409 and "held by WS-1" in doc["error"], doc      # still within G1's TTL
-        s2 = wait_until(lambda: (lambda r: r[1]["selection"] if r[0] == 200 else None)(g2.select(g2_value, "bob")),
-                        timeout=5, what="G2's select once G1's lock expired")
-        assert s2["fencing_token"] > s1["fencing_token"]
-        code, doc = g2.http("POST", "/commands/operate", {"selection": s2["selection_id"], "operator": "bob"})
-        assert code == 200, doc
-        assert _wait_end(g2, s2["selection_id"])["state"] == "DONE"
+        s2 = _takes_over(g2, g2_value, s1)
         assert time.monotonic() - stopped > 1.0
     finally:
         g1.proc.send_signal(signal.SIGCONT)
@@ -372,12 +379,7 @@ def test_a_stale_holders_command_is_refused_by_the_device_result_3(two):
     wait_until(lambda: spy.held, what="G1's COMMAND on its way")
     g1.proc.send_signal(signal.SIGSTOP)
     try:
-        s2 = wait_until(lambda: (lambda r: r[1]["selection"] if r[0] == 200 else None)(g2.select(g2_value, "bob")),
-                        timeout=5, what="G2's select once G1's lock expired")
-        assert s2["fencing_token"] > s1["fencing_token"]
-        code, doc = g2.http("POST", "/commands/operate", {"selection": s2["selection_id"], "operator": "bob"})
-        assert code == 200, doc
-        assert _wait_end(g2, s2["selection_id"])["state"] == "DONE"
+        s2 = _takes_over(g2, g2_value, s1)
         spy.deliver()
         wait_until(lambda: any(e[0] == s1["command_id"] for e in spy.log), what="G1's COMMAND at the device")
     finally:
