@@ -37,7 +37,7 @@ from typing import Any
 def validity(lease) -> int:
     """How long (ms) the lease surely holds from its grant or extension: Redlock's ``validity_ms`` when
     measured, else its TTL."""
-    return getattr(lease, "validity_ms", None) or lease.ttl_ms
+    return lease.validity_ms or lease.ttl_ms
 
 
 def half_life(lease) -> int:

@@ -44,6 +44,7 @@ log = logging.getLogger("railgate.coupling")
 
 HIGH_WATER = 10_000
 _STOP = object()
+_BATCH = object()   # first item of a queued submit_batch part: (_BATCH, records, now_ms)
 #: a record of submit_batch: u16 train, u64 sender time_ms, the 36-byte TRAIN_STATUS payload
 RECORD = struct.Struct(">HQ36s")
 
@@ -121,7 +122,7 @@ class CouplingWorkers:
                 w.unconfigured += unconfigured
                 self.engine.unconfigured.add(unconfigured)
             if mine:
-                w.queue.put((records, now_ms))
+                w.queue.put((_BATCH, records, now_ms))
 
     def stop(self, timeout_s: float = 10.0) -> bool:
         """Ingest everything already queued, then end the threads; True if all ended in time. Owner thread."""
@@ -144,8 +145,8 @@ class CouplingWorkers:
             item = get()
             if item is _STOP:
                 return
-            if len(item) == 2:
-                self._run_records(w, *item)
+            if item[0] is _BATCH:
+                self._run_records(w, item[1], item[2])
                 continue
             try:
                 w.evaluations += ingest(*item)
