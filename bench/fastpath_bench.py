@@ -1,6 +1,6 @@
 """The link's steady path alone, compiled against pure Python, and its memory per unchanged status frame.
 
-A confirmed link (the demo line's interlocking 258, net A, on a 64 KiB SpscRing) is fed status
+A confirmed link (the demo line's interlocking 258, net A, on a 64 KiB RecvBuffer) is fed status
 frames whose values never change, 1,000 per read, through ``LinkProtocol.data_received``: the
 decode, the ICD checks, the sequence window and the apply, without sockets or a loop. Rows:
 
@@ -22,9 +22,9 @@ from gateway.app import config
 from gateway.line.link_protocol import LinkProtocol
 from gateway.line.link_state import LinkState
 from gateway.line.object_state import ObjectState
-from gateway.net.ring_buffer import SpscRing
 from railcodecs import (DEVICE_RX_TYPES, Hello, MacPolicy, Receiver, SessionConfirm, Signals, StreamDecoder,
                         TrackSections, encode, speedups)
+from railcodecs.byte_source import RecvBuffer
 
 DEV, PER_READ = 258, 1000
 FRAMES, ALLOC_FRAMES = 200_000, 200_000
@@ -50,7 +50,7 @@ class _Ctx:
 def _link(implementation: str):
     speedups.use(implementation)
     ctx = _Ctx()
-    ring = SpscRing(64 * 1024)
+    ring = RecvBuffer(64 * 1024)
     p = LinkProtocol(ctx, "A", ring, "bench", nonce=lambda: 0x1234)
     now_ms = int(time.time() * 1000)
     p.connection_made(0.0)

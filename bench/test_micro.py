@@ -1,8 +1,8 @@
 """pytest-benchmark microbenchmarks of the hot-path pieces (run by ``make bench`` through micro_bench.py).
 
-* the stream decoder, per frame: 1,000 status frames decoded from the SPSC ring
-  (the gateway's path) and from the decoder's own buffer;
-* the ring buffer: recv-style write + peek + consume of one 60-byte frame;
+* the stream decoder, per frame: 1,000 status frames decoded from a link's fixed
+  receive buffer (the gateway's path) and from the decoder's own buffer;
+* the receive buffer: recv-style write + peek + consume of one 60-byte frame;
 * the slab pool: acquire_for_recv + release of one slab.
 
 Run alone: ``.venv/bin/python -m pytest bench/test_micro.py --benchmark-enable``.
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.net.ring_buffer import SpscRing
 from gateway.net.slab_pool import SlabPool
 from railcodecs import GATEWAY_RX_TYPES, Signals, StreamDecoder, Switches, TrackSections, encode
+from railcodecs.byte_source import RecvBuffer
 
 N = 1000
 
@@ -32,13 +32,13 @@ def _frames() -> bytes:
 DATA = _frames()
 
 
-@pytest.mark.parametrize("source", ["ring", "feed"])
+@pytest.mark.parametrize("source", ["recv", "feed"])
 def test_decoder_1000_frames(benchmark, source):
-    """StreamDecoder per call 1,000 frames: over the SPSC ring (a link's path) or its own buffer (feed)."""
-    if source == "ring":
-        ring = SpscRing(len(DATA) + 8192)
-        dec = StreamDecoder(types=GATEWAY_RX_TYPES, source=ring)
-        put = ring.write
+    """StreamDecoder per call 1,000 frames: from a RecvBuffer (a link's path) or its own buffer (feed)."""
+    if source == "recv":
+        rx = RecvBuffer(len(DATA) + 8192)
+        dec = StreamDecoder(types=GATEWAY_RX_TYPES, source=rx)
+        put = rx.write
     else:
         dec = StreamDecoder(types=GATEWAY_RX_TYPES)
         put = dec.feed
@@ -51,14 +51,14 @@ def test_decoder_1000_frames(benchmark, source):
     benchmark(go)
 
 
-def test_ring_write_peek_consume(benchmark):
-    ring = SpscRing(64 << 10)
+def test_recv_buffer_write_peek_consume(benchmark):
+    rx = RecvBuffer(64 << 10)
     frame = DATA[:60]
 
     def go():
-        ring.write(frame)
-        ring.peek(60).release()
-        ring.consume(60)
+        rx.write(frame)
+        rx.peek(60).release()
+        rx.consume(60)
     benchmark(go)
 
 

@@ -17,7 +17,7 @@ proven by tests/test_fastpath_differential.py):
   heartbeat counter, sequence window, apply) the way ``StreamDecoder`` + ``Receiver.check`` +
   ``ObjectState.apply`` would. It stops, without touching the frame, at the first frame it
   would judge differently from a plain accept (any error, a drop by age, a heartbeat gap, a
-  type it does not handle, a frame straddling the ring's wrap point); the Python path then
+  type it does not handle); the Python path then
   decodes that one frame and the link calls :meth:`FastLink.run` again. So every error and
   every rare message has exactly one implementation, the Python one.
 * ``TrainSender``, ``TrainTable``, ``TrainBatch`` (``_train_state.pxi``, ``_train_batch.pxi``,
@@ -234,6 +234,11 @@ cdef struct Entry:
     int64_t ms
 
 
+cdef enum:
+    PUT_NEW = 0x200   # ObjectTable.put: a new key (a change returns 1 + the old value, 1..256)
+    WATCH_EVERY = -1  # a listener's watch (gateway/line/object_state.py EVERY): every change
+
+
 cdef class ObjectTable:
     """``(device_id, object_id) -> (value, applied_ms)``, the compiled form of one ObjectState dict.
 
@@ -295,17 +300,20 @@ cdef class ObjectTable:
         return 0
 
     cdef int put(self, uint32_t key, uint8_t value, int64_t ms) except -1:
-        """Store; returns 1 when the value is new or changed, 0 when only the time moved."""
+        """Store; returns 0 when only the time moved, ``PUT_NEW`` for a new key, else 1 + the old
+        value (a change: the listeners' watch needs where it came from)."""
         cdef Py_ssize_t s = self._slot(key)
         cdef int32_t e = self.index[s]
         cdef Entry *ent
+        cdef int old
         if e >= 0:
             ent = &self.entries[e]
             ent.ms = ms
             if ent.value == value:
                 return 0
+            old = ent.value
             ent.value = value
-            return 1
+            return 1 + old
         if self.n == self.cap or 2 * (self.n + 1) > self.mask + 1:
             self._grow()
             s = self._slot(key)
@@ -313,7 +321,7 @@ cdef class ObjectTable:
         ent.key, ent.value, ent.ms = key, value, ms
         self.index[s] = <int32_t>self.n
         self.n += 1
-        return 1
+        return PUT_NEW
 
     cdef Entry *find(self, key) except? NULL:
         cdef uint32_t k
@@ -469,8 +477,6 @@ cdef class FastLink:
     ``ObjectState`` (whose tables must be :class:`ObjectTable`). Loop thread of the link only."""
 
     cdef object decoder, source, checks, sender, receiver, objects
-    cdef object ring_buf          # the SpscRing's bytearray (ring mode), else None
-    cdef Py_ssize_t cap
     cdef object acquire, release
     cdef SequenceWindow window
     cdef ObjectTable sections, signals, switches
@@ -486,14 +492,13 @@ cdef class FastLink:
     def __init__(self, decoder, checks, sender, receiver, objects, bytes session_key=None):
         self.decoder, self.checks, self.sender, self.receiver, self.objects = (
             decoder, checks, sender, receiver, objects)
+        # the source (a railcodecs.byte_source buffer: LinearBuffer or the link's RecvBuffer) is read
+        # through its bytearray and two indices, ``_buf[_read:_write]``, not its methods; it is the
+        # link thread's own, so nothing moves under a run
+        from railcodecs.byte_source import _Readable
+        if not isinstance(decoder._src, _Readable):
+            raise TypeError(f"FastLink reads a railcodecs.byte_source buffer, not {type(decoder._src).__name__}")
         self.source = decoder._src
-        # ring mode: the gateway's SpscRing (gateway/net/ring_buffer.py) is read through its two
-        # indices and its fixed bytearray (its documented single-consumer contract), not its methods
-        buf = getattr(self.source, "_buf", None)
-        if type(buf) is bytearray and hasattr(self.source, "capacity") and hasattr(self.source, "_write"):
-            self.ring_buf, self.cap = buf, self.source.capacity
-        else:
-            self.ring_buf, self.cap = None, 0
         self.window = <SequenceWindow?>sender.window
         self.acquire, self.release = sender.lock.acquire, sender.lock.release
         self.sections = <ObjectTable?>objects.sections
@@ -518,14 +523,14 @@ cdef class FastLink:
         held (the Python decoder has nothing to say until more bytes come). Stops at the first frame the Python path must
         judge. A listener's exception propagates, with the frame counted and consumed, as it does
         from the Python path."""
-        cdef const uint8_t[::1] seg
         cdef const uint8_t *base
-        cdef Py_ssize_t avail, pos = 0, took = 0, scanned = 0, k, nscan, total, i, readable, r = 0, at
+        cdef bytearray buf
+        cdef Py_ssize_t avail, pos = 0, took = 0, scanned = 0, k, nscan, total, i, r
         cdef int64_t offset_ms, max_age, hb_last, age, skipped
         cdef int64_t rx = 0, applied = 0, copies = 0, accepted = 0
         cdef uint64_t time_ms
         cdef uint32_t t, counter, nitems, dev_hi
-        cdef int verdict, ti
+        cdef int verdict, ti, change
         cdef bint stop = False
         cdef const uint8_t *p
         cdef ObjectTable table
@@ -534,21 +539,13 @@ cdef class FastLink:
         self.drained = False
         if dec._garbage_start is not None or dec._events:
             return 0
-        if self.ring_buf is not None:
-            r = self.source._read
-            readable = self.source._write - r
-            at = r % self.cap
-            avail = readable if readable < self.cap - at else self.cap - at
-            if avail < HEADER_LEN:
-                return 0
-            base = <const uint8_t *>PyByteArray_AS_STRING(self.ring_buf) + at
-        else:
-            seg = self.source.first_segment()
-            avail = seg.shape[0]
-            if avail < HEADER_LEN:
-                return 0
-            base = &seg[0]
-            readable = -1
+        src = self.source
+        r = src._read
+        avail = src._write - r
+        if avail < HEADER_LEN:
+            return 0
+        buf = src._buf  # (a LinearBuffer's may have been reallocated by an append since the last run)
+        base = <const uint8_t *>PyByteArray_AS_STRING(buf) + r
         checks, sender = self.checks, self.sender
         offset_ms = checks.offset_ms
         max_age = self.receiver.max_age_ms
@@ -602,11 +599,11 @@ cdef class FastLink:
                             table = self.sections if ti == 0 else (self.signals if ti == 1 else self.switches)
                             nitems = be16(p + HEADER_LEN)
                             for i in range(nitems):
-                                if table.put(dev_hi | be16(p + HEADER_LEN + 2 + 3 * i),
-                                             p[HEADER_LEN + 4 + 3 * i], now_ms) and listeners:
-                                    for fn in listeners:
-                                        fn(self.names[ti], self.device_id, be16(p + HEADER_LEN + 2 + 3 * i),
-                                           p[HEADER_LEN + 4 + 3 * i], now_ms)
+                                change = table.put(dev_hi | be16(p + HEADER_LEN + 2 + 3 * i),
+                                                   p[HEADER_LEN + 4 + 3 * i], now_ms)
+                                if change and listeners:
+                                    self._notify(listeners, ti, change, be16(p + HEADER_LEN + 2 + 3 * i),
+                                                 p[HEADER_LEN + 4 + 3 * i], now_ms)
                         elif verdict == V_STALE:
                             sender.stale += 1
                         else:
@@ -630,13 +627,22 @@ cdef class FastLink:
             self._write_back(base, took, rx, applied, copies, hb_last, r)
         self.accepted = accepted
         self.frames += took
-        if took and took == scanned and pos == avail and \
-                (avail == readable if readable >= 0 else self.source.readable() == 0):
+        if took and took == scanned and pos == avail:
             # nothing left: what the Python decoder would now say is NEED_DATA (which also ends an
             # abandon request, as there)
             self.drained = True
             dec._abandon = False
         return took
+
+    cdef int _notify(self, list listeners, int ti, int change, int obj, int value, int64_t now_ms) except -1:
+        """Call the listeners that watch this change (``ObjectState.apply``'s filter: every change, or
+        only one into or out of the watched value; a new object comes out of nothing)."""
+        cdef int w, before = -1 if change == PUT_NEW else change - 1
+        for entry in listeners:
+            w = (<tuple>(<tuple>entry)[1])[ti]
+            if w == WATCH_EVERY or (w >= 0 and (w == value or w == before)):
+                (<tuple>entry)[0](self.names[ti], self.device_id, obj, value, now_ms)
+        return 0
 
     cdef Py_ssize_t _scan(self, const uint8_t *base, Py_ssize_t avail, Py_ssize_t *pos) noexcept nogil:
         """Scan up to BATCH good frames from ``pos`` (advanced past them) into ``offs``; their count."""
@@ -665,10 +671,7 @@ cdef class FastLink:
         checks.copies += copies
         checks.hb_last = None if hb_last < 0 else hb_last
         dec = self.decoder
-        if self.ring_buf is not None:
-            self.source._read = r + consumed  # the consumer's publish (ring_buffer.py)
-        else:
-            self.source.consume(consumed)
+        self.source._read = r + consumed
         dec._offset += consumed
         dec._silent_until = 0
 

@@ -21,11 +21,10 @@ import zlib
 
 from gateway.line.link_protocol import LinkProtocol
 from gateway.line.link_state import LinkState
-from gateway.net.ring_buffer import SpscRing
 from gateway_harness import KEY_257, line_config
 from railcodecs import (DEVICE_RX_TYPES, DeviceAlarm, Heartbeat, Hello, HelloAck, MacPolicy, SessionConfirm,
                         Signals, StreamDecoder, Switches, TrackSections, encode, session_key, speedups)
-from railcodecs.byte_source import LinearBuffer
+from railcodecs.byte_source import LinearBuffer, RecvBuffer
 from test_link_protocol import RecordingContext
 
 T0_MS = 1_700_000_000_000
@@ -33,28 +32,32 @@ DEVICE_NONCE = 0x0123456789ABCDEF
 #: (link name, device id, net, link key): 258 is on both nets without a MAC, 257 signs (net A)
 LINKS = (("A258", 258, "A", None), ("B258", 258, "B", None), ("A257", 257, "A", KEY_257))
 STATUS = (TrackSections, Signals, Switches)
-#: the ring of ring-mode lines: a burst and a partial frame fit; frames straddle its end often
-RING_BYTES = 24 * 1024
+#: the receive buffer of fixed-buffer lines: a burst and a partial frame fit; it fills and compacts often
+RECV_BYTES = 24 * 1024
 
 
 class DualLine:
     """Three links of one gateway context in one implementation; plays their connections.
 
-    ``ring``: the links read from the gateway's SpscRing (small, so frames often straddle its wrap
-    point) instead of a LinearBuffer; the compiled path reads each through its own route."""
+    ``fixed``: the links read from a gateway link's fixed RecvBuffer (small, so it fills, and slides
+    partial frames to its front, often) instead of a growable LinearBuffer."""
 
-    def __init__(self, implementation: str, ring: bool = False) -> None:
+    def __init__(self, implementation: str, fixed: bool = False) -> None:
         speedups.use(implementation)
         self.ctx = RecordingContext(line_config())
         self.changes: list = []
         self.ctx.objects.subscribe(lambda *change: self.changes.append(change))
+        # the alarm stage's kind of subscription: only into or out of one value, per kind
+        self.watched: list = []
+        self.ctx.objects.subscribe(lambda *change: self.watched.append(change),
+                                   only={"TRACK_SECTIONS": 2, "SWITCHES": 3})
         self.now, self.now_ms = 1000.0, T0_MS
         self.links: dict = {}
         self.acts: dict = {}
         self.keys: dict = {}
         nonces = iter(range(0x1000, 0x2000))
         for name, dev, net, key in LINKS:
-            source = SpscRing(RING_BYTES) if ring else LinearBuffer()
+            source = RecvBuffer(RECV_BYTES) if fixed else LinearBuffer()
             p = LinkProtocol(self.ctx, net, source, name, nonce=lambda: next(nonces))
             self.links[name] = p
             self.acts[name] = p.connection_made(self.now)
@@ -82,7 +85,7 @@ class DualLine:
         self.now_ms += advance_ms
         p = self.links[name]
         for chunk in chunks:
-            if not isinstance(p.source, SpscRing):
+            if not isinstance(p.source, RecvBuffer):
                 p.source.append(chunk)
                 self.acts[name] |= p.data_received(self.now, self.now_ms)
                 continue
@@ -96,7 +99,7 @@ class DualLine:
                         break  # nothing decodable: the connection would stop reading too
 
     def digest(self) -> dict:
-        out = {"counters": dict(self.ctx.counters), "calls": list(self.ctx.calls), "changes": list(self.changes),
+        out = {"counters": dict(self.ctx.counters), "calls": list(self.ctx.calls), "changes": list(self.changes), "watched": list(self.watched),
                "objects": [t.copy() for t in (self.ctx.objects.sections, self.ctx.objects.signals,
                                               self.ctx.objects.switches)]}
         for name, p in self.links.items():
@@ -241,12 +244,12 @@ class Feeder:
         return chunks
 
 
-def compare(seed: int, frames: int, ring: bool | None = None) -> int:
+def compare(seed: int, frames: int, fixed: bool | None = None) -> int:
     """Run ``frames`` events through both implementations; raise AssertionError at the first event
-    after which their states differ. Returns the frames fed (bursts count their frames). ``ring``:
-    the links' byte source (default: the ring for odd seeds, a LinearBuffer for even ones)."""
-    ring = bool(seed % 2) if ring is None else ring  # odd seeds read from the gateway's ring
-    lines = {impl: DualLine(impl, ring) for impl in ("compiled", "pure")}
+    after which their states differ. Returns the frames fed (bursts count their frames). ``fixed``:
+    the links' byte source (default: a RecvBuffer for odd seeds, a LinearBuffer for even ones)."""
+    fixed = bool(seed % 2) if fixed is None else fixed  # odd seeds read from a link's fixed RecvBuffer
+    lines = {impl: DualLine(impl, fixed) for impl in ("compiled", "pure")}
     feeders = {impl: Feeder(line, seed) for impl, line in lines.items()}
     try:
         assert lines["compiled"].digest() == lines["pure"].digest()

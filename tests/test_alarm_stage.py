@@ -108,19 +108,23 @@ def test_device_alarm_to_kafka_history_redis_and_operator_ack(tmp_path, redis_pr
 
 
 def test_only_changes_into_or_out_of_an_alarming_value_are_queued(tmp_path):
+    """Through the stage's own subscription to the line's object state (the apply filters)."""
     from alarms.observations import ObjectChange
     from alarms.sources import lane_of
     from gateway.app.alarm_stage import AlarmStage
     from gateway.line.line import Line
+    from railcodecs import Frame, Signals, Switches, TrackSections
     cfg = config.parse(line_config(state_dir=str(tmp_path / "state")).raw, "t")
-    stage = AlarmStage(cfg, Line(cfg))
+    line = Line(cfg)
+    stage = AlarmStage(cfg, line)
     queued: list = []
     stage.service.submit = lambda item, priority=False: queued.append((item, lane_of(item))) or True
-    changes = [("SIGNALS", 257, 201, 0), ("TRACK_SECTIONS", 257, 101, 1), ("TRACK_SECTIONS", 257, 101, 2),
-               ("TRACK_SECTIONS", 257, 101, 0), ("TRACK_SECTIONS", 257, 101, 1), ("SWITCHES", 257, 301, 2),
-               ("SWITCHES", 257, 301, 3), ("SWITCHES", 257, 301, 0), ("SWITCHES", 257, 301, 1)]
-    for i, (kind, dev, obj, value) in enumerate(changes):
-        stage.observe_object(kind, dev, obj, value, 1000 + i)
+    stage.attach()
+    changes = [Signals(((201, 0),)), TrackSections(((101, 1),)), TrackSections(((101, 2),)),
+               TrackSections(((101, 0),)), TrackSections(((101, 1),)), Switches(((301, 2),)),
+               Switches(((301, 3),)), Switches(((301, 0),)), Switches(((301, 1),))]
+    for seq, msg in enumerate(changes, 1):
+        line.objects.apply(Frame(257, 1, seq, 0, msg), 1000 + seq)
     assert [(c.kind, c.object_id, c.value) for c, _ in queued] == \
         [("TRACK_SECTIONS", 101, 2), ("TRACK_SECTIONS", 101, 0), ("SWITCHES", 301, 3), ("SWITCHES", 301, 0)]
     assert all(isinstance(c, ObjectChange) and lane == "essential" for c, lane in queued)

@@ -124,7 +124,7 @@ def test_a_thousand_connect_disconnect_cycles_leave_fds_and_memory_flat(caplog):
         tracemalloc.stop()
         assert fd_count() <= fds
         assert grown < 256 * 1024, f"{grown} bytes retained after 1,000 cycles"
-        # ring buffers are reused, not reallocated: a few links overlap (since ICD 1.1 the device closes
+        # receive buffers are reused, not reallocated: a few links overlap (since ICD 1.1 the device closes
         # right after its SESSION_CONFIRM, which is not answered, so the next connect can come before
         # the gateway has read that EOF), never one per cycle
         assert gw.link_pool.stats()["created"] <= 8

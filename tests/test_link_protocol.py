@@ -487,12 +487,12 @@ def test_the_confirmation_moves_decoding_to_the_session_source_with_the_bytes_af
     moved = []
 
     def session_source():
-        old, ring = d.source, LinearBuffer()
-        ring.append(old.peek(old.readable()))  # what the connection does: the undecoded bytes move
+        old, rx = d.source, LinearBuffer()
+        rx.append(old.peek(old.readable()))  # what the connection does: the undecoded bytes move
         old.consume(old.readable())
         moved.append(old)
-        d.source = ring  # and it receives into the link's ring from now on
-        return ring
+        d.source = rx  # and it receives into the link's buffer from now on
+        return rx
 
     d.p.session_source = session_source
     d.feed(d.confirm() + d.status(TrackSections(((111, 1),))))  # whole: both in one read

@@ -148,6 +148,33 @@ def test_object_state_latest_wins_with_time():
     assert st.device_snapshot(257)["signals"]["202"] == {"value": "yellow", "applied_ms": 200}
 
 
+def test_a_watching_listener_hears_only_changes_into_or_out_of_its_value():
+    """``subscribe(only=...)``: the filter the alarm stage relies on, done by the apply itself."""
+    from railcodecs import Switches, TrackSections
+    st = ObjectState()
+    every, watched = [], []
+    st.subscribe(lambda *a: every.append(a[:4]))
+    st.subscribe(lambda *a: watched.append(a[:4]), only={"TRACK_SECTIONS": 2, "SWITCHES": 3})
+    frames = [TrackSections(((101, 1), (102, 2))),   # 101 new and not FAULT: no; 102 new and FAULT: yes
+              TrackSections(((101, 2), (102, 2))),   # 101 into FAULT: yes; 102 unchanged: nobody
+              Signals(((201, 2),)),                  # a kind it does not watch: never
+              TrackSections(((101, 0), (102, 3))),   # both out of FAULT: yes
+              TrackSections(((101, 3),)),            # 0 -> 3: neither side is FAULT
+              Switches(((301, 3), (302, 0))), Switches(((301, 2), (302, 1)))]
+    for seq, msg in enumerate(frames, 1):
+        st.apply(Frame(257, 1, seq, 0, msg), 100 + seq)
+    assert watched == [("TRACK_SECTIONS", 257, 102, 2), ("TRACK_SECTIONS", 257, 101, 2),
+                       ("TRACK_SECTIONS", 257, 101, 0), ("TRACK_SECTIONS", 257, 102, 3),
+                       ("SWITCHES", 257, 301, 3), ("SWITCHES", 257, 301, 2)]
+    assert len(every) == 11
+    with pytest.raises(ValueError, match="unknown kind"):
+        st.subscribe(print, only={"SECTIONS": 2})
+    with pytest.raises(ValueError, match="0..255"):
+        st.subscribe(print, only={"SWITCHES": 256})
+    st.unsubscribe(every.append)  # not subscribed: nothing changes
+    assert len(st._listeners) == 2
+
+
 def test_device_snapshots_group_every_table_by_device_in_one_walk():
     from railcodecs import Switches, TrackSections
     st = ObjectState()

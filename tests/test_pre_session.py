@@ -1,7 +1,7 @@
 """Issue 12 item 4: bounded before HELLO.
 
 Connections that have not confirmed a session live in a small budget (in all and per source address),
-read into a small ring, never take a device link's buffers and are gone after their deadline; a device
+read into a small buffer, never take a device link's buffers and are gone after their deadline; a device
 link takes its buffers at its confirmation, with the bytes that came after the SESSION_CONFIRM.
 Source addresses 127.0.0.2.. are loopback addresses too (127.0.0.0/8).
 """
@@ -194,8 +194,8 @@ def test_per_source_cap_and_budget_with_a_fair_share():
 
 
 def test_confirm_and_the_first_status_frames_in_one_segment_are_all_applied():
-    """The bytes after the SESSION_CONFIRM are in the small pre-session ring when the session is confirmed:
-    they move to the link's ring and are decoded there (a short frame, and one longer than the small ring)."""
+    """The bytes after the SESSION_CONFIRM are in the small pre-session buffer when the session is confirmed:
+    they move to the link's receive buffer and are decoded there (a short frame, and one longer than the small buffer)."""
     with RunningGateway(line_config()) as gw:
         dev = Device(gw.ports["A"])
         dev.hello(confirm=False)

@@ -67,10 +67,6 @@ class AlarmStage:
         self.writers: list[HistoryWriter] = []
         self.pruner: RetentionPruner | None = None
         self._relay_factory = relay_factory
-        # (kind, device, object) last seen abnormal: the only objects whose next change is forwarded.
-        # set.add/discard are single operations under the GIL; each object is written by one IO loop
-        # at a time (the receiver serialises a sender's frames)
-        self._abnormal: set[tuple[str, int, int]] = set()
 
     # -- life (base loop thread) ------------------------------------------------------------
     def start(self) -> None:
@@ -109,10 +105,16 @@ class AlarmStage:
             gateway_id=self.cfg.gateway.id, journal_retention_days=p.alarms.journal_retention_days,
             history_retention_days=p.history.retention_days, clock_ms=self.line.now_ms)
         self.pruner.start()
-        self.line.events.subscribe(self.service.submit)   # lanes by kind: alarms.sources.lane_of
-        self.line.objects.subscribe(self.observe_object)
+        self.attach()
         log.info("alarm stage up: journal %s, kafka %s, history %s%s", self.journal_path, bootstrap,
                  p.history.kind, f", redis {p.redis.url}" if p.redis else "")
+
+    def attach(self) -> None:
+        """Subscribe to the line: its events (lanes by kind: ``alarms.sources.lane_of``) and its
+        objects' changes into or out of an alarming value (the apply filters them: only FAULT
+        sections and LOST switches reach :meth:`observe_object`). Called by :meth:`start`."""
+        self.line.events.subscribe(self.service.submit)
+        self.line.objects.subscribe(self.observe_object, only=ABNORMAL)
 
     def stop(self) -> None:
         """Drain the alarm thread into the journal, then flush the relay and writers; stop the broker."""
@@ -157,18 +159,9 @@ class AlarmStage:
 
     # -- observations (IO loop threads: queue only) ----------------------------------------
     def observe_object(self, kind: str, device_id: int, object_id: int, value: int, applied_ms: int) -> None:
-        """Forward only changes into or out of an alarming value: a busy line changes thousands of
-        objects a second, and none of the others can raise or clear anything."""
-        bad = ABNORMAL.get(kind)
-        if bad is None:
-            return
-        ident = (kind, device_id, object_id)
-        if value == bad:
-            self._abnormal.add(ident)
-        elif ident in self._abnormal:
-            self._abnormal.discard(ident)
-        else:
-            return
+        """A section into or out of FAULT, a switch into or out of LOST (the only changes the object
+        state hands this listener: see :meth:`attach`); a busy line's other changes, thousands a
+        second, can raise or clear nothing and cost no call."""
         self.service.submit(ObjectChange(kind, device_id, object_id, value, applied_ms))
 
     def observe_device_alarm(self, device_name: str, message, time_ms: int) -> None:

@@ -19,7 +19,7 @@ from gateway.line.line import Line
 from gateway.line.link_protocol import LinkProtocol
 from gateway.line.link_state import LinkEvent
 from gateway.net.connection import TcpConnection, peer_address
-from gateway.net.ring_buffer import pre_session_ring
+from gateway.net.link_buffers import pre_session_buffer
 
 log = logging.getLogger("railgate.gateway")
 
@@ -149,13 +149,13 @@ class Context:
 
 def new_link(ctx: Context, loop, sock, net: str, admission):
     """One device link, as the acceptors build it: the ICD protocol (``gateway/line/link_protocol.py``)
-    decoding from a small pre-session ring, and the connection doing its IO (``gateway/net/connection.py``),
+    decoding from a small pre-session buffer, and the connection doing its IO (``gateway/net/connection.py``),
     which is what the registry, status and ``close``/``send`` callers know as the link; at the session's
     confirmation the connection takes the link's ``LinkBuffers`` from ``ctx.link_pool``. ``admission``:
     the connection's slot in the pre-session budget. The wiring hands it to each acceptor with ``ctx``
     bound. Base loop thread."""
     peer = peer_address(sock)
-    rx = pre_session_ring()
+    rx = pre_session_buffer()
     protocol = LinkProtocol(ctx, net, rx, peer)
     return TcpConnection(loop, sock, protocol, rx, clock_ms=ctx.now_ms, peer=peer, link_pool=ctx.link_pool,
                          admission=admission)

@@ -34,7 +34,7 @@ from gateway.line.link_state import LinkEvent
 from gateway.net.acceptor import Acceptor, PreSessionBudget, listen_socket
 from gateway.net.event_loop import EventLoop
 from gateway.net.loop_pool import EventLoopThreadPool
-from gateway.net.ring_buffer import LinkBuffers
+from gateway.net.link_buffers import LinkBuffers
 from gateway.net.slab_pool import ObjectPool, SlabPool
 from gateway.net.udp_endpoint import UdpEndpoint, udp_socket
 from railcodecs import speedups

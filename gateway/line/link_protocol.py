@@ -3,7 +3,7 @@
 A link is two objects. The connection (``gateway/net/connection.py``) owns the
 socket, the epoll registration, the output queue and the loop's timers; this
 protocol owns everything the ICD says: the state machine (the one table in
-``link_state.py``), the stream decoder over the link's receive ring, HELLO,
+``link_state.py``), the stream decoder over the link's receive buffer, HELLO,
 HELLO_ACK and SESSION_CONFIRM, the session key, frame dispatch to the
 receiver's EN 50159 checks, error counting and the error-rate policy,
 heartbeats, the dead-after deadline and the partial-frame watchdog. It never
@@ -20,11 +20,11 @@ it registered (``ctx.link_up``, which replaces an older link of the device on
 that net) and does the HELLO's clock offset take effect.
 
 Buffers (issue 12): until its confirmation a link decodes from the small
-pre-session ring its connection reads into, and a frame over
+pre-session buffer its connection reads into, and a frame over
 ``PRE_SESSION_MAX_FRAME`` bytes is a protocol error. At a valid
 SESSION_CONFIRM the protocol calls ``session_source()`` (set by the
 connection): the connection takes the device link's buffers from the pool and
-moves the bytes not yet decoded into their ring, and decoding goes on there in
+moves the bytes not yet decoded into their buffer, and decoding goes on there in
 the same call (a status frame in the confirm's TCP segment is applied); None
 (no buffers free) refuses the link with CLOSE reason 2.
 
@@ -37,7 +37,7 @@ which closes the link with CLOSE reason 2 (docs/icd-decisions.md 31-35).
 ::
 
     TcpConnection (gateway/net: IO)               LinkProtocol (gateway/line: no IO)
-    recv_into ─▶ the link's ring ───────────────▶ StreamDecoder parses frames in place
+    recv_into ─▶ the link's buffer ─────────────▶ StreamDecoder parses frames in place
     data_received(now, now_ms), eof_received ───▶ receiver.hello / check + apply, ctx callbacks
     timers: heartbeat_tick, dead_deadline ... ──▶ the state table, error rate, deadlines
     performs the bits ◀──────────────────────── return value: an int of action bits
@@ -119,7 +119,7 @@ class LinkProtocol:
 
     def __init__(self, ctx, net: str, source, peer: str | None = None, *, nonce=random_nonce) -> None:
         """``ctx``: the link context (settings, receiver, config, callbacks); ``net``: "A" or "B";
-        ``source``: the byte source the connection receives into (the link's ring); ``peer``: for names;
+        ``source``: the byte source the connection receives into (the link's receive buffer); ``peer``: for names;
         ``nonce``: a callable giving each HELLO_ACK's session nonce (tests inject one).
         Any thread (the acceptor builds it; the connection's loop uses it)."""
         self.ctx, self.net, self.source = ctx, net, source
@@ -148,7 +148,7 @@ class LinkProtocol:
         self.dead_at = 0.0           # with ARM_DEAD: when the dead-deadline timer fires (monotonic s)
         self.last_frame = 0.0        # monotonic s of the last frame accepted (liveness, ICD 7.3)
         #: set by the connection: called at a valid SESSION_CONFIRM, returns the byte source the link
-        #: decodes from from then on (its ring, holding the bytes not yet decoded), or None when no
+        #: decodes from from then on (its receive buffer, holding the bytes not yet decoded), or None when no
         #: link buffers are free (the link is refused). None here: the source never changes (tests).
         self.session_source = None
         self.close_reason: int | None = None
@@ -192,7 +192,7 @@ class LinkProtocol:
         return self._take()
 
     def decode_buffered(self, now: float, now_ms: int) -> int:
-        """Decode what the source holds without new bytes (the ring is full and must make room)."""
+        """Decode what the source holds without new bytes (the buffer is full and must make room)."""
         self._decode(now, now_ms)
         return self._take()
 
@@ -225,10 +225,10 @@ class LinkProtocol:
                     self._move(LinkEvent.HELLO_REFUSED, "HELLO without the MAC the device requires")
             else:
                 self._on_frame(ev, now, now_ms)
-                # the session may have been confirmed and moved to its ring: go on decoding there
+                # the session may have been confirmed and moved to its buffer: go on decoding there
                 dec = self.decoder
         if self.state in _PRE_SESSION and dec.buffered > PRE_SESSION_MAX_FRAME:
-            self._oversize()  # (a frame that cannot complete in the connection's small pre-session ring)
+            self._oversize()  # (a frame that cannot complete in the connection's small pre-session buffer)
         # A partial frame is overdue when the decoder has made no progress for a while (a corrupted
         # length holding it up), not merely when every read of a busy stream ends mid-frame.
         if not dec.buffered:
@@ -474,7 +474,7 @@ class LinkProtocol:
         if verdict is None:
             if self.session_source is not None:
                 # a device link's buffers are taken now, not at accept: the bytes after this frame move
-                # with the link into its ring and decoding goes on there (in _decode)
+                # with the link into its buffer and decoding goes on there (in _decode)
                 source = self.session_source()
                 if source is None:
                     self.ctx.counters["links_refused"] += 1

@@ -8,7 +8,7 @@ net B on the other) cannot write an older value over a newer one.
 
 The compiled fast path (``railcodecs._core.FastLink``) applies status lists to
 the same tables without this method, with the same rule: every item stored,
-listeners called for a new or changed value, in the frame's order; its UDP
+listeners called for a new or changed value that they watch, in the frame's order; its UDP
 step (``railcodecs._core.TrainBatch``) stores accepted TRAIN_STATUS reports in
 the compiled train table (``TrainTable``) the same way, without a TrainState
 per datagram (one is made when the table is read).
@@ -24,6 +24,10 @@ from dataclasses import dataclass
 
 from railcodecs import Frame, Signals, Switches, TrackSections, TrainStatus, speedups
 
+#: a listener's watch, per kind (in ``WATCH_KINDS`` order): every change, none, or a value >= 0 (only a
+#: change into or out of it)
+EVERY, NEVER = -1, -2
+WATCH_KINDS = (TrackSections.NAME, Signals.NAME, Switches.NAME)
 SECTION_STATES = ("free", "occupied", "fault", "locked")
 ASPECTS = ("red", "yellow", "green", "double_yellow", "shunt_white", "dark")
 POSITIONS = ("normal", "reverse", "moving", "lost")
@@ -61,23 +65,42 @@ class ObjectState:
         # train id -> TrainState: a dict (pure) or the compiled core's TrainTable, which the UDP batch step
         # writes in C (railcodecs.speedups)
         self.trains = speedups.new_train_table(TrainState)
-        self._tables = {TrackSections.TYPE: self.sections, Signals.TYPE: self.signals,
-                        Switches.TYPE: self.switches}
-        self._listeners: list = []
+        self._tables = {TrackSections.TYPE: (0, self.sections), Signals.TYPE: (1, self.signals),
+                        Switches.TYPE: (2, self.switches)}
+        #: (listener, watch): watch is one int per kind of WATCH_KINDS (EVERY, NEVER or a value)
+        self._listeners: list[tuple] = []
 
-    def subscribe(self, listener) -> None:
-        """``listener(kind, device_id, object_id, value, applied_ms)`` on every change."""
-        self._listeners = self._listeners + [listener]
+    def subscribe(self, listener, *, only: dict[str, int] | None = None) -> None:
+        """``listener(kind, device_id, object_id, value, applied_ms)`` on every change: an object's
+        first value or a changed one, in the frame's order, under the sender's lock.
+
+        ``only`` (``{kind: value}``, kinds of ``WATCH_KINDS``): call it only for a change into or
+        out of that value of that kind, and never for the other kinds. The apply does this filter
+        itself (in C on the compiled path), so the alarm stage, which only cares about FAULT and
+        LOST, costs no Python call for the thousands of ordinary changes a busy line makes per
+        second. ValueError for an unknown kind or a value outside 0..255. Any thread."""
+        if only is None:
+            watch = (EVERY,) * len(WATCH_KINDS)
+        else:
+            unknown = sorted(set(only) - set(WATCH_KINDS))
+            if unknown:
+                raise ValueError(f"subscribe(only=...): unknown kind(s) {unknown}; kinds are {list(WATCH_KINDS)}")
+            bad = {k: v for k, v in only.items() if type(v) is not int or not 0 <= v <= 255}
+            if bad:
+                raise ValueError(f"subscribe(only=...): values must be ints 0..255, got {bad}")
+            watch = tuple(only.get(kind, NEVER) for kind in WATCH_KINDS)
+        self._listeners = self._listeners + [(listener, watch)]
 
     def unsubscribe(self, listener) -> None:
         """Stop calling ``listener`` (a new list: a loop iterating the old one finishes with it). Any thread."""
-        self._listeners = [fn for fn in self._listeners if fn != listener]
+        self._listeners = [entry for entry in self._listeners if entry[0] != listener]
 
     def apply(self, frame: Frame, now_ms: int) -> None:
         """Apply one accepted frame. Called under the sender's lock (see module doc)."""
         msg = frame.message
-        table = self._tables.get(msg.TYPE)
-        if table is not None:
+        kind = self._tables.get(msg.TYPE)
+        if kind is not None:
+            ti, table = kind
             dev = frame.src
             listeners = self._listeners
             for obj_id, value in msg.items:
@@ -85,8 +108,11 @@ class ObjectState:
                 old = table.get(key)
                 table[key] = (value, now_ms)
                 if listeners and (old is None or old[0] != value):
-                    for fn in listeners:
-                        fn(msg.NAME, dev, obj_id, value, now_ms)
+                    before = EVERY if old is None else old[0]
+                    for fn, watch in listeners:
+                        w = watch[ti]
+                        if w == EVERY or (w >= 0 and (w == value or w == before)):
+                            fn(msg.NAME, dev, obj_id, value, now_ms)
         elif isinstance(msg, TrainStatus):
             self.trains[frame.src] = TrainState(
                 msg.section_id, msg.offset_cm, msg.speed_cm_s, msg.direction, msg.mode, msg.consist_id,

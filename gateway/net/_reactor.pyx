@@ -8,12 +8,13 @@
   Registration stays in Python (``select.epoll.register`` on the same descriptor).
 * :class:`FastReader`: the epoll handler of one TCP connection. While its link is UP with the
   compiled steady path (``protocol.fast``, a ``railcodecs._core.FastLink``) and the event is a
-  plain read, it ``recv``\\ s straight into the link's SPSC ring (non-blocking, with the GIL
-  held: docs/architecture.md, "The GIL"), publishes the bytes (``ring._write``), runs the
+  plain read, it ``recv``\\ s straight into the link's receive buffer (a
+  ``railcodecs.byte_source.RecvBuffer``, with its ``writable_view`` policy done in C; non-blocking,
+  with the GIL held: docs/architecture.md, "The GIL"), commits the bytes (``_write``), runs the
   FastLink and, when the FastLink took every byte, records on the protocol what
   ``LinkProtocol.data_received`` would have (``last_rx``, ``last_frame``, ``_partial_since``):
   no Python frame runs for that read. Anything
-  else (a frame the FastLink leaves, EOF, an error, a full ring, the read budget, a link not UP,
+  else (a frame the FastLink leaves, EOF, an error, a full buffer, the read budget, a link not UP,
   EPOLLOUT/HUP) goes to the connection's Python methods, which stay the reference
   (``TcpConnection._read``). So the compiled reader changes no outcome, only the cost.
 
@@ -131,25 +132,30 @@ cdef class FastReader:
         if fast is None or mask != EPOLLIN or not p.alive or conn._closed:
             conn._on_events(mask)
             return
-        ring = conn._rx
-        cdef Py_ssize_t budget = self.budget, cap, free, pos, want
+        rx = conn._rx
+        cdef Py_ssize_t budget = self.budget, cap, want, w, r
         cdef ssize_t n
-        cdef int64_t w, r
         cdef char *buf
         cdef int err
         conn._read_queued = False
+        cap = rx.capacity
         while True:
             if budget <= 0:
                 conn._queue_read_more()
                 return
-            w, r, cap = ring._write, ring._read, ring.capacity
-            free = cap - (w - r)
-            pos = w % cap
-            want = free if free < cap - pos else cap - pos
+            w, r = rx._write, rx._read
+            if r:  # RecvBuffer.writable_view's policy: restart an empty buffer, slide a short rest
+                if r == w:
+                    rx._read = rx._write = 0
+                    w = 0
+                elif cap - w < cap >> 1:
+                    rx.compact()
+                    w = rx._write
+            want = cap - w
             if want <= 0:
-                conn._read()  # a full ring: the Python path decodes to make room
+                conn._read()  # a full buffer: the Python path decodes to make room
                 return
-            buf = PyByteArray_AS_STRING(ring._buf) + pos
+            buf = PyByteArray_AS_STRING(rx._buf) + w
             n = recv(self.fd, buf, want, MSG_DONTWAIT)  # never waits, whatever the socket's mode
             err = errno
             if n < 0:
@@ -162,7 +168,7 @@ cdef class FastReader:
             if n == 0:
                 conn._read()  # EOF: the Python path reads it again (0 again) and ends the link
                 return
-            ring._write = w + n  # the publish, after the bytes are in place (ring_buffer.py)
+            rx._write = w + n
             budget -= n
             conn.rx_bytes += n
             now = conn._mono()
@@ -179,7 +185,7 @@ cdef class FastReader:
                 p._partial_since = None
             else:
                 conn._decode_rest(now, now_ms)  # what the FastLink left: the Python path
-                if conn._closed or not p.alive or p.fast is not fast or conn._rx is not ring:
+                if conn._closed or not p.alive or p.fast is not fast or conn._rx is not rx:
                     if n == want:
                         conn._read()
                     return

@@ -7,7 +7,7 @@ so the backlog drains), picks the next IO loop, has the wiring code's factory
 build the link (``new_link(loop, sock, net, slot)``: a connection and its
 protocol, which this IO-only layer does not know) and starts it there with
 ``run_in_loop``. A connection takes no device link buffers here: it reads
-into a small pre-session ring until its session is confirmed, and only then
+into a small pre-session buffer until its session is confirmed, and only then
 takes its ``LinkBuffers`` from the bounded pool (``max_links`` counts device
 links only), so connections that never say HELLO cannot hold a device's place.
 

@@ -1,10 +1,10 @@
 """One device TCP connection: the socket and its reads, writes, timers and close; IO only.
 
 The muduo ``TcpConnection`` of this gateway: it moves bytes and does not speak
-the ICD. Bytes go ``recv_into`` straight into the link's SPSC ring (producer
-side); after each read the connection calls its protocol
+the ICD. Bytes go ``recv_into`` straight into the link's receive buffer
+(``gateway/net/link_buffers.py``); after each read the connection calls its protocol
 (``gateway/line/link_protocol.py``, handed in by the wiring code), which
-parses frames in place from the ring (consumer side) and returns action bits
+parses frames in place from that buffer, on the same thread, and returns action bits
 (``gateway/base/link_actions.py``) and output frames in its ``outbox``. The
 connection writes the outbox, then performs the bits: timers, the queued
 close, the write-side shutdown, the socket close.
@@ -21,10 +21,10 @@ CLOSE) is counted in ``_queued`` when it is queued and uncounted when the
 kernel takes it, so the bound holds for all of them.
 
 Until its session is confirmed the connection receives into a small
-pre-session ring and holds a place in the acceptor's pre-session budget; at
+pre-session buffer and holds a place in the acceptor's pre-session budget; at
 the confirmation (the protocol's ``session_source`` call) it takes the device
 link's ``LinkBuffers`` from the pool, moves the undecoded bytes into their
-ring and leaves the budget; the buffers go back when the socket is closed.
+receive buffer and leaves the budget; the buffers go back when the socket is closed.
 Every call into the protocol is guarded: an unexpected exception is logged
 once per link with its traceback and handed to ``protocol.internal_error``,
 which closes the link (CLOSE reason 2) instead of leaving it half alive.
@@ -72,14 +72,14 @@ class TcpConnection:
 
     def __init__(self, loop, sock: socket.socket, protocol, rx, *, clock_ms, peer: str | None = None,
                  link_pool=None, admission=None) -> None:
-        """``protocol``: this link's protocol (it decodes from ``rx``, the small pre-session ring the
+        """``protocol``: this link's protocol (it decodes from ``rx``, the small pre-session buffer the
         connection receives into until the session is confirmed); ``clock_ms``: the gateway's wall clock
         in epoch ms (frames carry it); monotonic time is the loop's clock. ``link_pool``: the bounded
         pool of device links' buffers (``LinkBuffers``), taken at the session's confirmation and given
         back at the close; ``admission``: this connection's pre-session slot (``leave()`` at the
         confirmation or the close), None without a budget."""
         self.loop, self.sock, self.protocol = loop, sock, protocol
-        self._rx = rx                 # what recv_into fills: the pre-session ring, then the link's ring
+        self._rx = rx                 # what recv_into fills: the pre-session buffer, then the link's
         self.buffers = None           # the LinkBuffers, from the confirmation on
         self._link_pool, self._admission = link_pool, admission
         self._fault_logged = False
@@ -285,21 +285,18 @@ class TcpConnection:
 
     def _session_source(self):
         """The protocol's call at a valid SESSION_CONFIRM: take the device link's buffers from the pool,
-        move the bytes received and not yet decoded (those after the SESSION_CONFIRM) into its ring,
-        receive there from now on, and give the pre-session slot back. None: the pool is empty."""
+        move the bytes received and not yet decoded (those after the SESSION_CONFIRM) into its receive
+        buffer, receive there from now on, and give the pre-session slot back. None: the pool is empty."""
         buffers = self._link_pool.acquire()
         if buffers is None:
             return None
-        ring, small = buffers.ring, self._rx
-        while small.readable():
-            seg = small.first_segment()
-            n = len(seg)
-            ring.write(seg)  # a few hundred bytes into an empty ring of >= 8 KiB: always fits
-            seg.release()
-            small.consume(n)
-        self.buffers, self._rx = buffers, ring
+        rx, small = buffers.rx, self._rx
+        with small.first_segment() as seg:
+            rx.write(seg)  # at most 256 bytes into an empty buffer of >= 8 KiB: always fits
+        small.consume(small.readable())
+        self.buffers, self._rx = buffers, rx
         self._leave_pre_session()
-        return ring
+        return rx
 
     def _leave_pre_session(self) -> None:
         admission, self._admission = self._admission, None
@@ -353,11 +350,11 @@ class TcpConnection:
                 # No new edge comes for bytes already waiting, so continue in the next pass.
                 self._queue_read_more()
                 return
-            ring = self._rx  # changes at the session's confirmation (inside data_received)
-            view = ring.writable_view()
+            rx = self._rx  # changes at the session's confirmation (inside data_received)
+            view = rx.writable_view()
             want = len(view)
             if not want:
-                # ring full: decode to make room (backpressure is the kernel's buffer meanwhile)
+                # buffer full: decode to make room (backpressure is the kernel's buffer meanwhile)
                 self._perform(guarded(p.decode_buffered, self._mono(), self._clock_ms()))
                 if not self._rx.free_space():
                     return  # nothing decodable (a closing pre-session link's oversized frame): stop reading
@@ -376,7 +373,7 @@ class TcpConnection:
             if n == 0:
                 self._perform(guarded(p.eof_received, self._mono(), self._clock_ms()))
                 return
-            ring.commit(n)
+            rx.commit(n)
             budget -= n
             self.rx_bytes += n
             self._decode_rest(self._mono(), self._clock_ms())
@@ -384,7 +381,7 @@ class TcpConnection:
                 break  # short read: the kernel buffer is drained (no extra EAGAIN read)
 
     def _decode_rest(self, now: float, now_ms: int) -> None:
-        """The protocol decodes what the ring holds (the compiled reader calls this for what its
+        """The protocol decodes what the receive buffer holds (the compiled reader calls this for what its
         FastLink left); its output and actions are performed."""
         p = self.protocol
         acts = self._guarded(p.data_received, now, now_ms)
