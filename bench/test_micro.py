@@ -2,8 +2,7 @@
 
 * the stream decoder, per frame: 1,000 status frames decoded from the SPSC ring
   (the gateway's path) and from the decoder's own buffer;
-* the ring buffer: recv-style write + peek + consume of one 60-byte frame;
-* the slab pool: acquire_for_recv + release of one slab.
+* the ring buffer: recv-style write + peek + consume of one 60-byte frame.
 
 Run alone: ``.venv/bin/python -m pytest bench/test_micro.py --benchmark-enable``.
 """
@@ -12,7 +11,6 @@ from __future__ import annotations
 import pytest
 
 from gateway.net.ring_buffer import SpscRing
-from gateway.net.slab_pool import SlabPool
 from railcodecs import GATEWAY_RX_TYPES, Signals, StreamDecoder, Switches, TrackSections, encode
 
 N = 1000
@@ -59,14 +57,4 @@ def test_ring_write_peek_consume(benchmark):
         ring.write(frame)
         ring.peek(60).release()
         ring.consume(60)
-    benchmark(go)
-
-
-@pytest.mark.parametrize("count", [1024])
-def test_slab_acquire_release(benchmark, count):
-    pool = SlabPool({144: count})
-
-    def go():
-        size, i, _view = pool.acquire_for_recv()
-        pool.release(size, i)
     benchmark(go)
