@@ -5,7 +5,7 @@
 * ``railcodecs._core``: CRC-32, HMAC-SHA256, the frame scanner, the sequence window, the object
   table and the per-link drain (decode + receiver checks + apply) of the steady path, and the
   per-batch step of the trains' datagrams (``codecs/_train_state.pxi`` and ``_train_batch.pxi``, included);
-* ``gateway.net._udp_batch``: ``recvmmsg`` of train datagrams straight into the slab pool;
+* ``gateway.net._udp_batch``: ``recvmmsg`` of train datagrams straight into the UDP endpoint's receive arena;
 * ``gateway.net._reactor``: ``epoll_wait`` + dispatch, and a device link's read into its ring
   followed by the FastLink, without a Python frame per read.
 

@@ -104,7 +104,7 @@ def line_config(devices: int, trains: int = 0, *, io_threads: int | None = None,
                                "udp": {"host": "127.0.0.1", "port": free_port(socket.SOCK_DGRAM)}},
                     "admin": {"host": "127.0.0.1", "port": free_port()},
                     "heartbeat_ms": heartbeat_ms, "max_age_ms": max_age_ms,
-                    "max_links": max(4096, 2 * devices + 64), "udp_slabs": 1024, "log": {"level": "WARNING"},
+                    "max_links": max(4096, 2 * devices + 64), "log": {"level": "WARNING"},
                     # every simulated device connects from this one host; in a station each has an address
                     # of its own, and the default per-source cap (8) is meant for that
                     "pre_session": {"max_connections": max(64, 2 * devices + 64),

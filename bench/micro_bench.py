@@ -14,7 +14,6 @@ NAMES = {
     "test_decoder_1000_frames[recv]": ("Micro: stream decoder from a link's receive buffer, per frame", 1000),
     "test_decoder_1000_frames[feed]": ("Micro: stream decoder with feed(), per frame", 1000),
     "test_recv_buffer_write_peek_consume": ("Micro: receive buffer write + peek + consume (60 bytes)", 1),
-    "test_slab_acquire_release[1024]": ("Micro: slab pool acquire_for_recv + release", 1),
 }
 
 

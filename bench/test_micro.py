@@ -2,8 +2,7 @@
 
 * the stream decoder, per frame: 1,000 status frames decoded from a link's fixed
   receive buffer (the gateway's path) and from the decoder's own buffer;
-* the receive buffer: recv-style write + peek + consume of one 60-byte frame;
-* the slab pool: acquire_for_recv + release of one slab.
+* the receive buffer: recv-style write + peek + consume of one 60-byte frame.
 
 Run alone: ``.venv/bin/python -m pytest bench/test_micro.py --benchmark-enable``.
 """
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.net.slab_pool import SlabPool
 from railcodecs import GATEWAY_RX_TYPES, Signals, StreamDecoder, Switches, TrackSections, encode
 from railcodecs.byte_source import RecvBuffer
 
@@ -59,14 +57,4 @@ def test_recv_buffer_write_peek_consume(benchmark):
         rx.write(frame)
         rx.peek(60).release()
         rx.consume(60)
-    benchmark(go)
-
-
-@pytest.mark.parametrize("count", [1024])
-def test_slab_acquire_release(benchmark, count):
-    pool = SlabPool({144: count})
-
-    def go():
-        size, i, _view = pool.acquire_for_recv()
-        pool.release(size, i)
     benchmark(go)

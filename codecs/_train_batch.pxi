@@ -79,8 +79,9 @@ cdef inline int _payload_ok(int t, const uint8_t *q) noexcept nogil:
 cdef class TrainBatch:
     """The compiled per-batch step of the trains' UDP endpoint (see the include's head).
 
-    Built by the endpoint (``railcodecs.speedups.train_batch``) over the slab arena its recvmmsg
-    fills: ``arena`` (slab i at ``i * slab_size``), ``max_datagram`` (longer: oversize), the
+    Built by the endpoint (``railcodecs.speedups.train_batch``) over the receive arena its recvmmsg
+    fills: ``arena`` (datagram j of a batch in slot j, at ``j * slot_size``), ``max_datagram``
+    (longer: oversize), the
     ``receiver`` (gateway id, live ``max_age_ms``, ``train_reset_ms``, its train senders, which must
     be :class:`TrainSender`), the endpoint's ``checks`` (LinkChecks), the MAC ``policy``, the
     ``trains`` table (:class:`TrainTable`), ``seen(train_ids, now_ms)`` (the registry), and the
@@ -93,7 +94,7 @@ cdef class TrainBatch:
 
     cdef const uint8_t[::1] arena
     cdef const uint8_t *base
-    cdef Py_ssize_t slab_size, max_datagram
+    cdef Py_ssize_t slot_size, max_datagram
     cdef object receiver, checks, seen, coupling_submit, python_step
     cdef TrainTable trains
     cdef list senders           # TrainSender by slot
@@ -111,19 +112,19 @@ cdef class TrainBatch:
     cdef readonly object coupling_counts   # array('q'): per worker, members' reports then unconfigured ones
     cdef long long[::1] counts
 
-    def __init__(self, arena, Py_ssize_t slab_size, Py_ssize_t max_datagram, receiver, checks, policy,
+    def __init__(self, arena, Py_ssize_t slot_size, Py_ssize_t max_datagram, receiver, checks, policy,
                  TrainTable trains, seen, coupling_submit=None, coupling_members=frozenset(),
                  int coupling_workers=1, python_step=None):
         cdef Py_ssize_t i
         cdef TrainSlot *s
         import array
-        if slab_size < max_datagram or max_datagram < HEADER_LEN + CRC_LEN:
-            raise ValueError(f"slab size {slab_size} below the longest datagram {max_datagram}")
+        if slot_size < max_datagram or max_datagram < HEADER_LEN + CRC_LEN:
+            raise ValueError(f"slot size {slot_size} below the longest datagram {max_datagram}")
         if coupling_workers < 1:
             raise ValueError(f"coupling workers: at least 1, got {coupling_workers}")
         self.arena = arena
         self.base = &self.arena[0]
-        self.slab_size, self.max_datagram = slab_size, max_datagram
+        self.slot_size, self.max_datagram = slot_size, max_datagram
         self.receiver, self.checks, self.trains, self.seen = receiver, checks, trains, seen
         self.coupling_submit, self.python_step = coupling_submit, python_step
         self.gateway_id = receiver.gateway_id
@@ -178,10 +179,10 @@ cdef class TrainBatch:
         free(self.seen_slots)
         free(self.records)
 
-    def run(self, list indices, const int[::1] lengths, Py_ssize_t count, int64_t now_ms):
+    def run(self, const int[::1] lengths, Py_ssize_t count, int64_t now_ms):
         """Judge and apply datagrams 0..count-1 of one batch, all received by ``now_ms``; returns how
         many were oversize (longer than ``max_datagram``). Datagram j is ``lengths[j]`` bytes (its real
-        length) at the head of slab ``indices[j]``.
+        length) at the head of slot j (``arena[j * slot_size:]``).
 
         In C per datagram: the decode checks, destination, source, age, session reset, sequence
         window, the sender's counters, the train table. Once per batch, in Python: the endpoint's
@@ -193,11 +194,12 @@ cdef class TrainBatch:
         cdef int64_t max_age = self.receiver.max_age_ms
         cdef int64_t reset_ms = self.receiver.train_reset_ms
         cdef int verdict, slot
-        cdef Py_ssize_t n, idx
+        cdef Py_ssize_t n
         cdef const uint8_t *p
         cdef bint any_status = False
-        if count > len(indices) or count > lengths.shape[0]:
-            raise ValueError(f"count {count} over the batch's {min(len(indices), lengths.shape[0])} datagrams")
+        if count > lengths.shape[0] or count * self.slot_size > self.arena.shape[0]:
+            raise ValueError(f"count {count} over the batch's "
+                             f"{min(lengths.shape[0], self.arena.shape[0] // self.slot_size)} datagrams")
         if count <= 0:
             return 0
         self.batches += 1
@@ -212,10 +214,7 @@ cdef class TrainBatch:
             self.counts[w] = 0
         try:
             for j in range(count):
-                idx = indices[j]
-                if idx < 0 or (idx + 1) * self.slab_size > self.arena.shape[0]:
-                    raise ValueError(f"slab index {idx} outside the arena")
-                p = self.base + idx * self.slab_size
+                p = self.base + j * self.slot_size
                 n = lengths[j]
                 if n > self.max_datagram:
                     oversize += 1
@@ -370,7 +369,7 @@ cdef class TrainBatch:
 
 
 cdef inline int _oversize_reason(const uint8_t *p) noexcept nogil:
-    """A datagram longer than any ICD type: its header's faults first, else bad_size (the slab holds
+    """A datagram longer than any ICD type: its header's faults first, else bad_size (the slot holds
     at least its 24-byte header)."""
     if p[0] != 0xA5 or p[1] != 0x5A:
         return R_BAD_SYNC

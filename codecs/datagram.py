@@ -11,7 +11,7 @@ A datagram holds exactly one frame, and each UDP type has one fixed size
    (``bad_size``), then the payload (``bad_payload``).
 
 Pure function; safe from any thread. It reads the buffer it is given and
-keeps no reference to it, so the caller may return a pooled slab at once.
+keeps no reference to it, so the caller may receive into it again at once.
 """
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def new_train_table(state_type):
     return _active.TrainTable(state_type) if _active is not None else {}
 
 
-def train_batch(arena, slab_size, max_datagram, receiver, checks, policy, trains, seen, coupling, python_step):
+def train_batch(arena, slot_size, max_datagram, receiver, checks, policy, trains, seen, coupling, python_step):
     """The compiled per-batch step of the trains' UDP endpoint (``_core.TrainBatch``), or None when
     the pure step must run: pure, a part built pure (the train senders, the train table), a
     session-keyed MAC policy (a TCP link's), or a coupling hand-off without ``submit_batch``.
@@ -91,7 +91,7 @@ def train_batch(arena, slab_size, max_datagram, receiver, checks, policy, trains
         return None
     if coupling is not None and not hasattr(coupling, "submit_batch"):
         return None
-    return core.TrainBatch(arena, slab_size, max_datagram, receiver, checks, policy, trains, seen,
+    return core.TrainBatch(arena, slot_size, max_datagram, receiver, checks, policy, trains, seen,
                            None if coupling is None else coupling.submit_batch,
                            frozenset() if coupling is None else coupling.paired_trains(),
                            1 if coupling is None else coupling.worker_count, python_step)

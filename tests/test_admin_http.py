@@ -32,10 +32,9 @@ SAMPLE_STATUS = {
     "trains": [{"id": 1025, "reachable": True, "section_id": 104, "offset_cm": 1200, "speed_cm_s": 1500,
                 "consist_id": 9, "coupling": 2, "role": 1, "last_rx_age_ms": 40, "applied": 300, "duplicates": 0,
                 "gap": 0, "stale": 0}],
-    "udp": {"rx_datagrams": 5000, "dropped_no_slab": 0, "errors": {"bad_size": 2}},
+    "udp": {"rx_datagrams": 5000, "oversize": 0, "errors": {"bad_size": 2}},
     "loops": [{"name": "io-0", "links": 3, "iterations": 10000, "events": 20000, "functors": 50, "timers": 400}],
-    "pools": {"slabs": {"in_use": 0, "free": 1024, "high_water": 3, "exhausted": 0},
-              "links": {"in_use": 5, "max": 4096, "refused": 0}},
+    "pools": {"links": {"in_use": 5, "max": 4096, "refused": 0}},
     "conditions": [{"name": "LINK_REDUNDANCY_LOST", "source": "CI-1", "since_ms": 1795000000000}],
     "events": [{"time_ms": 1795000000000, "name": "LINK_DOWN", "source": "CI-1",
                 "detail": "net B heartbeat timeout"}],
@@ -227,9 +226,9 @@ def test_metrics_parse_as_prometheus_text(serve):
     assert [lb["name"] for n, lb, _ in samples if n == "railgate_device_info"] == [status["devices"][0]["name"]]
     assert value_of(samples, "railgate_train_reachable", train=1025) == 1
     assert value_of(samples, "railgate_train_speed_meters_per_second", train=1025) == 15.0
-    assert value_of(samples, "railgate_pool_slabs", state="in_use") == 0
-    assert value_of(samples, "railgate_pool_slabs", state="free") == 1024
-    assert value_of(samples, "railgate_pool_exhausted_total") == 0
+    assert value_of(samples, "railgate_pool_links", state="in_use") == 5
+    assert value_of(samples, "railgate_udp_errors_total", reason="bad_size") == 2
+    assert not [n for n, _, _ in samples if "slab" in n or n == "railgate_pool_exhausted_total"]
     assert value_of(samples, "railgate_loop_iterations_total", loop="io-0") == 10000
     assert families["railgate_link_rx_frames_total"]["type"] == "counter"
     assert families["railgate_device_reachable"]["type"] == "gauge"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import pathlib
 import threading
 
@@ -20,6 +21,27 @@ def test_every_shipped_config_validates():
     for path in files:
         cfg = config.load(str(path))
         assert cfg.gateway.id and cfg.devices
+
+
+def test_a_retired_key_loads_with_a_warning_naming_it(tmp_path, caplog):
+    """gateway.udp_slabs sized the UDP slab pool, replaced by a fixed arena: an old file still loads, its
+    value unread (not even checked), and the operator is told to remove it."""
+    old = copy.deepcopy(DEMO)
+    old["gateway"]["udp_slabs"] = 1024
+    path = tmp_path / "old-line.yaml"
+    path.write_text(yaml.safe_dump(old))
+    with caplog.at_level(logging.WARNING, logger="railgate.config"):
+        cfg = config.load(str(path))
+    assert cfg.gateway.id and not hasattr(cfg.gateway, "udp_slabs")
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("railgate.config", "WARNING", "gateway.udp_slabs is no longer used: the UDP endpoint receives into a "
+                                       "fixed arena of 64 x 144 B; remove it")]
+    caplog.clear()
+    old["gateway"]["udp_slabs"] = "lots"
+    with caplog.at_level(logging.WARNING, logger="railgate.config"):
+        assert config.parse(old, "old-line.yaml").gateway == cfg.gateway
+        config.parse(DEMO, "demo-line.yaml")
+    assert len(caplog.records) == 1  # the "lots" file; the demo line has no retired key
 
 
 def test_demo_line_contents():

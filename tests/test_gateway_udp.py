@@ -1,4 +1,4 @@
-"""Trains over UDP: slab pool, checks, state, no allocation per datagram, comm lost/restored."""
+"""Trains over UDP: the receive arena, checks, state, no allocation per datagram, comm lost/restored."""
 from __future__ import annotations
 
 import gc
@@ -8,10 +8,8 @@ import tracemalloc
 
 from gateway_harness import RunningGateway, line_config, wait_until
 from gateway.app.context import Context
-from gateway.app.runtime import UDP_CLASSES
 from gateway.line.line import Line
-from gateway.net.slab_pool import SlabPool
-from gateway.net.udp_endpoint import UdpEndpoint
+from gateway.net.udp_endpoint import RECV_BATCH, UdpEndpoint
 from railcodecs import TrainHeartbeat, TrainStatus, encode
 
 
@@ -37,7 +35,6 @@ def test_train_datagrams_applied_and_bad_ones_counted():
         assert (st.section_id, st.speed_cm_s, st.consist_id, st.role) == (104, 1500, 9, 1)
         assert gw.udp.checks.errors == {"duplicate": 1, "bad_size": 1, "unknown_source": 1}
         assert gw.ctx.registry.train_reachable(1025) and gw.ctx.registry.train_reachable(1026)
-        assert gw.slabs.stats()["total"]["in_use"] == 0
         tx.close()
 
 
@@ -51,7 +48,6 @@ def test_datagram_longer_than_any_icd_type_is_counted_oversize_not_decoded_from_
         assert gw.udp.stats()["oversize"] == 1
         assert gw.udp.checks.errors == {"bad_size": 1}
         assert gw.ctx.objects.trains[1025].speed_cm_s == 700
-        assert gw.slabs.stats()["total"]["in_use"] == 0
         tx.close()
 
 
@@ -74,7 +70,7 @@ class _NoLoop:
         pass
 
 
-def _endpoint(slabs, clock_ms: int):
+def _endpoint(clock_ms: int):
     """The real UDP path without a loop thread: the demo line's Line (its Receiver, ObjectState.apply,
     MAC policy, registry) behind the real link Context; the test calls ``_on_events`` itself."""
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -83,7 +79,7 @@ def _endpoint(slabs, clock_ms: int):
     cfg = line_config()
     line = Line(cfg, lambda: clock_ms)
     ctx = Context(cfg, line, link_pool=None)      # no TCP links here; no coupling workers to feed
-    ep = UdpEndpoint(ctx, _NoLoop(), rx, slabs, line.receiver.new_link("udp"))
+    ep = UdpEndpoint(ctx, _NoLoop(), rx, line.receiver.new_link("udp"))
     ep.start()
     return ep, line, rx
 
@@ -93,11 +89,10 @@ def _top_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: in
 
 
 def test_no_allocation_retained_per_datagram():
-    """100,000 train datagrams through recv_into a slab, decode, the receiver's checks and the real
-    ObjectState.apply: memory stays flat."""
+    """100,000 train datagrams received into the arena (by the implementation's path), decoded, through
+    the receiver's checks and the real ObjectState.apply: memory stays flat."""
     clock = int(time.time() * 1000)
-    slabs = SlabPool({size: 16 for size in UDP_CLASSES})
-    ep, line, rx = _endpoint(slabs, clock)
+    ep, line, rx = _endpoint(clock)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     frames = [dgram(status_msg(section=101 + i % 20, speed=i % 3000), seq=i, time_ms=clock)
               for i in range(1, 100_001)]
@@ -123,23 +118,30 @@ def test_no_allocation_retained_per_datagram():
     st = line.objects.trains[1025]                  # the last datagram's values, applied for real
     assert (st.section_id, st.speed_cm_s, st.applied_ms) == (101 + 100_000 % 20, 100_000 % 3000, clock)
     assert grown < 4096, f"{grown} bytes retained over 90,000 datagrams; top growth:\n{growth}"
-    assert slabs.stats()["total"]["in_use"] == 0
     rx.close(), tx.close()
 
 
-def test_exhausted_pool_drops_and_counts_without_growing():
+def test_a_burst_larger_than_the_arena_is_all_received_in_batches():
+    """500 datagrams queued at once, 7.8 times the arena's slots: one readiness event drains them all,
+    on recvmmsg in batches of at most RECV_BATCH (datagram j of each into slot j), every one applied."""
     clock = int(time.time() * 1000)
-    slabs = SlabPool({144: 1})
-    held = slabs.acquire_for_recv()  # someone (a slow worker) holds the only slab
-    ep, line, rx = _endpoint(slabs, clock)
+    ep, line, rx = _endpoint(clock)
+    assert len(ep.arena) == RECV_BATCH * 144
+    batches: list[int] = []
+    if ep.recv_path == "recvmmsg" and ep.datagram_step == "compiled":
+        run = ep._step.run                        # wrapped to record each batch's size (the real step runs)
+        ep._drain = type(ep._drain)(ep._batch, ep.fd, ep, lambda lengths, n, now: batches.append(n) or run(
+            lengths, n, now), ep.ctx.now_ms)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for i in range(1, 6):
+    for i in range(1, 501):
         tx.sendto(dgram(TrainHeartbeat(i), seq=i, time_ms=clock), rx.getsockname())
-    wait_until(lambda: ep._on_events(0) or ep.rx_datagrams + ep.dropped_no_slab >= 5, what="5 datagrams read")
-    assert ep.dropped_no_slab == 5 and ep.checks.applied == 0
-    assert slabs.stats()["total"]["exhausted"] >= 5
-    slabs.release(held[0], held[1])
-    tx.sendto(dgram(TrainHeartbeat(9), seq=9, time_ms=clock), rx.getsockname())
-    wait_until(lambda: ep._on_events(0) or ep.rx_datagrams >= 1, what="the datagram after the release")
-    assert ep.checks.applied == 1 and ep.rx_datagrams == 1 and line.registry.train_reachable(1025)
+    ep._on_events(0)                              # one event: edge-triggered, so it must drain to EAGAIN
+    assert ep.rx_datagrams == 500 and ep.checks.applied == 500 and ep.checks.errors == {}
+    assert line.registry.train_reachable(1025)
+    if ep.recv_path == "recvmmsg":
+        assert ep.rx_batches == 8                 # 7 x 64, then 52: short, drained
+        if batches:
+            assert batches == [64] * 7 + [52]
+    else:
+        assert ep.rx_batches == 0
     rx.close(), tx.close()

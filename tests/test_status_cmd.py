@@ -53,7 +53,7 @@ def test_text_view_shows_devices_links_trains_with_units(url, capsys):
         assert unit in out
     train_row = next(line for line in lines if line.split()[:1] == ["1025"])
     assert "1500" in train_row and "coupled (2)" in train_row and "master (1)" in train_row
-    assert "io-0" in out and "1024 free" in out and "5 in use of 4096" in out
+    assert "io-0" in out and "5 in use of 4096" in out and "UDP: 5000 datagrams received, errors: bad_size=2" in out
     assert "LINK_DOWN" in out and "net B heartbeat timeout" in out and "LINK_REDUNDANCY_LOST" in out
     assert "2026-11-18T19:06:40.000+08:00" in out  # event times in the line's zone (from started_at)
 

@@ -1,4 +1,4 @@
-"""The compiled UDP step's parts one by one: TrainSender, TrainTable, the slab pool's batch moves,
+"""The compiled UDP step's parts one by one: TrainSender, TrainTable, TrainBatch.run's arguments,
 Registry.trains_seen, CouplingWorkers.submit_batch, and when railcodecs.speedups builds a TrainBatch.
 
 The whole step is compared with the pure one in tests/test_udp_differential.py; these pin the
@@ -15,8 +15,7 @@ from gateway.coupling.workers import RECORD, CouplingWorkers
 from gateway.line.devices import Registry
 from gateway.line.events import EventLog
 from gateway.line.object_state import TrainState
-from gateway.net.slab_pool import SlabPool
-from railcodecs import MacPolicy, Receiver, TrainStatus, speedups
+from railcodecs import MacPolicy, Receiver, TrainHeartbeat, TrainStatus, encode, speedups
 
 compiled_only = pytest.mark.skipif(not speedups.available() or os.environ.get("RAILGATE_PURE") == "1",
                                    reason="the compiled core is not available")
@@ -87,18 +86,26 @@ def test_train_batch_is_built_only_on_compiled_parts():
                                 None) is None
 
 
-def test_slab_batch_moves_keep_the_one_owner_contract():
-    pool = SlabPool({144: 4})
-    out = [0] * 3
-    assert pool.acquire_many_for_recv(out) == 3 and sorted(out) == [0, 1, 2]
-    assert pool.stats()["classes"][144]["in_use"] == 3
-    pool.release_many(144, out, 3)
-    with pytest.raises(ValueError, match="144/"):
-        pool.release_many(144, out, 1)  # not held any more
-    assert pool.stats()["classes"][144] == {"size": 144, "count": 4, "in_use": 0, "free": 4, "high_water": 3,
-                                            "exhausted": 0}
-    assert pool.acquire_many_for_recv([0] * 8) == 4 and pool.acquire_many_for_recv([0]) == 0
-    assert pool.stats()["classes"][144]["exhausted"] == 1
+@compiled_only
+def test_train_batch_reads_datagram_j_from_slot_j():
+    """run(lengths, count, now_ms): datagram j is lengths[j] bytes at j * slot_size; a count the lengths
+    or the arena cannot hold is refused."""
+    import array
+    rx, checks = Receiver(1, {1025: 4}), Receiver(1, {}).new_link("udp")
+    table, seen = speedups.new_train_table(TrainState), []
+    arena = bytearray(144 * 3)
+    step = speedups.train_batch(arena, 144, 144, rx, checks, MacPolicy(), table,
+                                lambda ids, now: seen.append((ids, now)), None, None)
+    good = encode(TrainHeartbeat(7), src=1025, dst=1, seq=1, time_ms=5000)
+    arena[144:144 + len(good)] = good                       # slot 1; slot 0 holds the head of a long one
+    lengths = array.array("i", [200, len(good), 0])
+    assert step.run(lengths, 2, 5000) == 1                  # one oversize: slot 0 (zeros: bad_sync)
+    assert checks.errors == {"bad_sync": 1} and seen == [((1025,), 5000)] and rx.senders[1025].applied == 1
+    assert step.run(lengths, 0, 5000) == 0
+    with pytest.raises(ValueError):
+        step.run(array.array("i", [0] * 4), 4, 5000)        # 4 datagrams, 3 slots
+    with pytest.raises(ValueError):
+        step.run(array.array("i", [0] * 2), 3, 5000)        # 3 datagrams, 2 lengths
 
 
 def test_trains_seen_is_train_seen_for_each():

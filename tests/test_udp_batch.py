@@ -1,7 +1,8 @@
-"""recvmmsg into the slab pool (gateway.net._udp_batch) against the recv_into reference, on loopback.
+"""recvmmsg into the endpoint's receive arena (gateway.net._udp_batch) against the recv_into reference,
+on loopback.
 
-The compiled receiver is tested alone (batches, lengths, oversize, EAGAIN, which slab gets which
-bytes), then the UDP endpoint runs the same datagrams through both receive paths and must give the
+The compiled receiver is tested alone (slot j gets datagram j, batches, lengths, oversize, EAGAIN),
+then the UDP endpoint runs the same datagrams through both receive paths and must give the
 same counters and the same applied state. Without the extension built these tests fail, unless
 RAILGATE_PURE=1 (then the recvmmsg cases are skipped and the recv_into ones still run).
 """
@@ -17,10 +18,8 @@ import tracemalloc
 import pytest
 
 from gateway.app.context import Context
-from gateway.app.runtime import UDP_CLASSES
 from gateway.line.line import Line
 from gateway.net import udp_endpoint
-from gateway.net.slab_pool import SlabPool
 from gateway.net.udp_endpoint import MAX_DATAGRAM, RECV_BATCH, UdpEndpoint
 from gateway_harness import line_config, wait_until
 from railcodecs import TrainHeartbeat
@@ -60,34 +59,49 @@ def pair():
     tx.close()
 
 
-def recv_all(receiver, fd: int, indices: list, want: int, timeout: float = 5.0) -> int:
-    """recv until ``want`` datagrams came (loopback delivery is synchronous; the wait is a guard)."""
-    got, deadline = 0, time.monotonic() + timeout
-    while got < want and time.monotonic() < deadline:
-        got += receiver.recv(fd, indices[got:], want - got)
-    return got
+def recv_all(receiver, fd: int, want: int, timeout: float = 5.0) -> list[int]:
+    """recv until ``want`` datagrams came; each call's count (loopback delivery is synchronous; the wait
+    is a guard)."""
+    counts, deadline = [], time.monotonic() + timeout
+    while sum(counts) < want and time.monotonic() < deadline:
+        got = receiver.recv(fd)
+        if got:
+            counts.append(got)
+    return counts
 
 
 # ---------------------------------------------------------------- the compiled receiver alone
 
-def test_one_recv_gets_a_batch_into_the_named_slabs(pair):
+def test_one_recv_puts_datagram_j_into_slot_j(pair):
     rx, send = pair
     m = batch_module()
-    arena = bytearray(144 * 16)
+    arena = bytearray(144 * 8)
     r = m.BatchReceiver(arena, 144, 8)
-    assert (r.batch, r.slab_size, r.slab_count) == (8, 144, 16)
+    assert (r.batch, r.slot_size) == (8, 144) and r.arena is arena
     sizes = [32, 48, 64, 80, 128, 144, 1]
     for k, n in enumerate(sizes):
         send(bytes([0x10 + k]) * n)
-    indices = [9, 2, 15, 0, 7, 3, 12]
-    assert r.recv(rx.fileno(), indices) == len(sizes)  # all waiting: one system call
+    assert r.recv(rx.fileno()) == len(sizes)  # all waiting: one system call, short of the batch
     assert list(r.lengths[:len(sizes)]) == sizes
-    for k, (i, n) in enumerate(zip(indices, sizes)):
-        slab = arena[i * 144:(i + 1) * 144]
-        assert slab[:n] == bytes([0x10 + k]) * n and slab[n:] == bytes(144 - n), f"slab {i}"
-    for i in set(range(16)) - set(indices):
-        assert arena[i * 144:(i + 1) * 144] == bytes(144), f"slab {i} was not named but written"
-    assert r.recv(rx.fileno(), indices) == 0  # drained: EAGAIN is 0, not an exception
+    for j, n in enumerate(sizes):
+        slot = arena[j * 144:(j + 1) * 144]
+        assert slot[:n] == bytes([0x10 + j]) * n and slot[n:] == bytes(144 - n), f"slot {j}"
+    assert arena[7 * 144:] == bytes(144), "slot 7 was written with no datagram for it"
+    assert r.recv(rx.fileno()) == 0  # drained: EAGAIN is 0, not an exception
+
+
+def test_the_next_batch_reuses_the_slots_from_slot_0(pair):
+    rx, send = pair
+    arena = bytearray(48 * 4)
+    r = batch_module().BatchReceiver(arena, 48, 4)
+    for k in range(7):
+        send(bytes([k + 1]) * (40 - k))
+    assert r.recv(rx.fileno()) == 4                             # capped at batch: the queue is not empty
+    assert [arena[j * 48] for j in range(4)] == [1, 2, 3, 4]
+    assert r.recv(rx.fileno()) == 3                             # short: drained
+    assert [arena[j * 48] for j in range(4)] == [5, 6, 7, 4]    # datagram j in slot j again
+    assert list(r.lengths) == [36, 35, 34, 37]                  # lengths[3] is the first batch's
+    assert r.recv(rx.fileno()) == 0
 
 
 def test_oversize_datagram_is_flagged_with_its_real_length(pair):
@@ -96,34 +110,23 @@ def test_oversize_datagram_is_flagged_with_its_real_length(pair):
     send(bytes(range(200)))
     send(b"\xa5" * MAX_DATAGRAM)
     send(b"\x5a" * (MAX_DATAGRAM + 1))
-    assert recv_all(r, rx.fileno(), [1, 0, 3], 3) == 3
+    assert recv_all(r, rx.fileno(), 3) == [3]
     assert list(r.lengths[:3]) == [200, MAX_DATAGRAM, MAX_DATAGRAM + 1]
-    assert r.arena[144:288] == bytes(range(144))  # its head, cut at the slab's end
-    assert r.arena[288:432] == bytes(144)          # slab 2 untouched by the longer datagrams
-    assert r.arena[432:576] == b"\x5a" * 144
+    assert r.arena[:144] == bytes(range(144))       # its head, cut at the slot's end
+    assert r.arena[144:288] == b"\xa5" * 144
+    assert r.arena[288:432] == b"\x5a" * 144        # the longer one's head: slot 3 untouched
+    assert r.arena[432:576] == bytes(144)
 
 
-def test_truncation_without_a_real_length_is_still_over_the_slab_size():
-    """AF_UNIX may not report a datagram's real length: any length over the slab size means cut short."""
+def test_truncation_without_a_real_length_is_still_over_the_slot_size():
+    """AF_UNIX may not report a datagram's real length: any length over the slot size means cut short."""
     r = batch_module().BatchReceiver(bytearray(32 * 2), 32, 2)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b:
         a.send(bytes(100))
         a.send(bytes(32))
-        assert r.recv(b.fileno(), [1, 0]) == 2
+        assert r.recv(b.fileno()) == 2
         assert r.lengths[0] > 32 and r.lengths[1] == 32
-
-
-def test_count_and_batch_cap_what_one_recv_takes(pair):
-    rx, send = pair
-    r = batch_module().BatchReceiver(bytearray(48 * 8), 48, 4)
-    for k in range(7):
-        send(bytes([k]) * 40)
-    assert r.recv(rx.fileno(), [0, 1, 2, 3, 4, 5, 6, 7]) == 4   # capped at batch
-    assert r.recv(rx.fileno(), [4, 5, 6, 7], 2) == 2             # capped at count
-    assert r.recv(rx.fileno(), [6, 7, 0, 1], 0) == 0             # nothing asked, nothing read
-    assert r.recv(rx.fileno(), [6, 7, 0, 1]) == 1                # the last one; then drained
-    assert [r.arena[i * 48] for i in range(8)] == [0, 1, 2, 3, 4, 5, 6, 0]
 
 
 def test_bad_arguments_and_socket_errors():
@@ -133,28 +136,28 @@ def test_bad_arguments_and_socket_errors():
     with pytest.raises(ValueError):
         m.BatchReceiver(bytearray(144), 144, 0)
     with pytest.raises(ValueError):
-        m.BatchReceiver(bytearray(144), 144, 4096)  # over the kernel's recvmmsg cap
+        m.BatchReceiver(bytearray(144 * 4096), 144, 4096)  # over the kernel's recvmmsg cap
+    with pytest.raises(ValueError):
+        m.BatchReceiver(bytearray(144 * 3), 144, 4)        # too short for its slots
     with pytest.raises((BufferError, TypeError, ValueError)):
-        m.BatchReceiver(bytes(144), 144)            # read-only: no slab can be written
+        m.BatchReceiver(bytes(144), 144, 1)                # read-only: no slot can be written
     r = m.BatchReceiver(bytearray(144 * 2), 144, 2)
-    with pytest.raises(ValueError):
-        r.recv(0, [2])                              # slab 2 is outside the arena
-    with pytest.raises(ValueError):
-        r.recv(0, [-1])
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     fd = s.fileno()
     s.close()
     with pytest.raises(OSError):
-        r.recv(fd, [0])                             # EBADF: a real error, raised
+        r.recv(fd)                                         # EBADF: a real error, raised
     with pytest.raises(BufferError):
-        r.lengths.append(1)                         # filled in place: it cannot move under the receiver
+        r.lengths.append(1)                                # filled in place: it cannot move under the receiver
+    with pytest.raises(BufferError):
+        r.arena.extend(b"x")                               # nor the arena the iovecs point into
     assert isinstance(r.lengths, array.array) and len(r.lengths) == 2
 
 
 def test_receive_allocates_nothing_per_datagram(pair):
     rx, send = pair
     r = batch_module().BatchReceiver(bytearray(144 * 64), 144, 64)
-    recv, fd, lengths, indices = r.recv, rx.fileno(), r.lengths, list(range(64))
+    recv, fd, lengths = r.recv, rx.fileno(), r.lengths
     frame = bytes(61)
 
     def rounds(n):
@@ -162,8 +165,8 @@ def test_receive_allocates_nothing_per_datagram(pair):
         for _ in range(n):
             for _ in range(64):
                 send(frame)
-            total += recv(fd, indices)
-            total += recv(fd, indices)  # the EAGAIN one
+            total += recv(fd)
+            total += recv(fd)  # the EAGAIN one
         return total
 
     rounds(20)  # warm-up
@@ -181,7 +184,7 @@ def test_receive_allocates_nothing_per_datagram(pair):
 
 # ---------------------------------------------------------------- the endpoint, both paths
 
-def endpoint(path: str, slabs: SlabPool, clock_ms: int, **kw):
+def endpoint(path: str, clock_ms: int, **kw):
     """The real UDP path without a loop thread (as test_gateway_udp._endpoint), on the chosen path."""
     need_path(path)
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -190,7 +193,7 @@ def endpoint(path: str, slabs: SlabPool, clock_ms: int, **kw):
     cfg = line_config()
     line = Line(cfg, lambda: clock_ms)
     ctx = Context(cfg, line, link_pool=None)
-    ep = UdpEndpoint(ctx, _NoLoop(), rx, slabs, line.receiver.new_link("udp"), batch=path == "recvmmsg", **kw)
+    ep = UdpEndpoint(ctx, _NoLoop(), rx, line.receiver.new_link("udp"), batch=path == "recvmmsg", **kw)
     ep.start()
     return ep, line, rx
 
@@ -217,22 +220,21 @@ def mixed_datagrams(clock: int) -> list[bytes]:
     return out
 
 
-def run(path: str, datagrams: list[bytes], slabs: SlabPool | None = None, **kw):
+def run(path: str, datagrams: list[bytes], **kw):
     clock = 1_700_000_000_000
-    slabs = slabs or SlabPool({size: 16 for size in UDP_CLASSES})
-    ep, line, rx = endpoint(path, slabs, clock, **kw)
+    ep, line, rx = endpoint(path, clock, **kw)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for k in range(0, len(datagrams), 100):
             for d in datagrams[k:k + 100]:
                 tx.sendto(d, rx.getsockname())
             ep._on_events(0)
-        wait_until(lambda: ep._on_events(0) or ep.rx_datagrams + ep.dropped_no_slab >= len(datagrams),
+        wait_until(lambda: ep._on_events(0) or ep.rx_datagrams >= len(datagrams),
                    what=f"{len(datagrams)} datagrams")
         st = line.objects.trains.get(1025)
         state = {"trains": st and (st.section_id, st.speed_cm_s, st.applied_ms), "applied": ep.checks.applied,
                  "reachable": (line.registry.train_reachable(1025), line.registry.train_reachable(1026))}
-        return ep, state, slabs
+        return ep, state
     finally:
         rx.close()
         tx.close()
@@ -249,62 +251,43 @@ def test_both_paths_give_the_same_counters_and_state():
     results = {}
     for path in PATHS:
         need_path(path)
-        ep, state, slabs = run(path, datagrams)
+        ep, state = run(path, datagrams)
         assert ep.stats()["recv"] == path
-        assert slabs.stats()["total"]["in_use"] == 0
         results[path] = (counters(ep), state)
     batch, each = results["recvmmsg"], results["recv_into"]
     assert batch == each
-    assert batch[0] == {"rx_datagrams": 360, "dropped_no_slab": 0, "oversize": 80,
+    assert batch[0] == {"rx_datagrams": 360, "oversize": 80,
                         "errors": {"duplicate": 40, "bad_crc": 40, "bad_size": 80, "bad_sync": 80,
                                    "unknown_source": 40, "gap": 39 * 9}}  # seq 10r+1: 9 missed a round
     assert batch[1] == {"trains": (120, 139, 1_700_000_000_000), "applied": 80, "reachable": (True, True)}
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_each_path_drains_to_eagain_and_gives_every_slab_back(path):
+def test_each_path_drains_to_eagain_in_batches_of_the_arena(path):
     datagrams = [dgram(TrainHeartbeat(i % 256), seq=i, time_ms=1_700_000_000_000) for i in range(1, 501)]
-    ep, state, slabs = run(path, datagrams, SlabPool({144: 2 * RECV_BATCH}))
+    ep, state = run(path, datagrams)
     assert ep.rx_datagrams == 500 and state["applied"] == 500
-    s = slabs.stats()["classes"][144]
-    assert s["in_use"] == 0 and s["exhausted"] == 0
     if path == "recvmmsg":
         # 100 sent per event: a full batch of 64, then 36 (short: drained, the event ends)
         assert ep.rx_batches == 10
-        assert s["high_water"] == RECV_BATCH  # a batch holds its slabs, filled or not, until handled
     else:
-        assert ep.rx_batches == 0 and s["high_water"] == 1
+        assert ep.rx_batches == 0
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_small_pool_batches_no_bigger_than_the_free_slabs(path):
-    slabs = SlabPool({144: 3})
-    held = slabs.acquire_for_recv()  # a slow worker holds one: batches of 2
+def test_a_smaller_arena_takes_smaller_batches(path):
     datagrams = [dgram(TrainHeartbeat(i), seq=i, time_ms=1_700_000_000_000) for i in range(1, 12)]
-    ep, state, _ = run(path, datagrams, slabs)
-    assert ep.rx_datagrams == 11 and state["applied"] == 11 and ep.dropped_no_slab == 0
+    ep, state = run(path, datagrams, batch_size=2)
+    assert ep.rx_datagrams == 11 and state["applied"] == 11 and len(ep.arena) == 2 * 144
     if path == "recvmmsg":
         assert ep.rx_batches == 6  # 2+2+2+2+2+1
-    slabs.release(held[0], held[1])
-    assert slabs.stats()["total"]["in_use"] == 0
-
-
-@pytest.mark.parametrize("path", PATHS)
-def test_exhausted_pool_drops_and_counts_on_each_path(path):
-    slabs = SlabPool({144: 1})
-    held = slabs.acquire_for_recv()
-    datagrams = [dgram(TrainHeartbeat(i), seq=i, time_ms=1_700_000_000_000) for i in range(1, 6)]
-    ep, state, _ = run(path, datagrams, slabs)
-    assert ep.dropped_no_slab == 5 and ep.rx_datagrams == 0 and state["applied"] == 0
-    assert slabs.stats()["total"]["exhausted"] >= 5
-    slabs.release(held[0], held[1])
 
 
 def default_path() -> str:
     """The receive path an endpoint built with no ``batch`` argument takes, now."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
-        return UdpEndpoint(None, _NoLoop(), sock, SlabPool({144: 4}), None).recv_path
+        return UdpEndpoint(None, _NoLoop(), sock, None).recv_path
 
 
 def test_default_path_follows_the_implementation(implementation):
@@ -320,6 +303,6 @@ def test_batch_path_refused_when_not_built(monkeypatch):
     assert not udp_endpoint.batch_available() and default_path() == "recv_into"
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock, pytest.raises(ImportError):
-        UdpEndpoint(None, _NoLoop(), sock, SlabPool({144: 1}), None, batch=True)
+        UdpEndpoint(None, _NoLoop(), sock, None, batch=True)
 
 

@@ -12,8 +12,9 @@ The file is strict: a key no section knows is a problem that names the closest
 known key (``line.timezon: unknown key (did you mean 'timezone'?)``), a key
 given twice in one mapping is a problem with its line number, and the parts are
 checked against each other (ids and device names unique, a train in one
-consist, no MAC key on a ``mac: off`` device). ``gateway check`` runs the same
-validation without starting anything.
+consist, no MAC key on a ``mac: off`` device). A retired key (``RETIRED``:
+``gateway.udp_slabs``) is still accepted, so an old file loads, and named in a
+WARNING. ``gateway check`` runs the same validation without starting anything.
 
 Settings marked *live* (heartbeat, thresholds, log level) take effect on
 SIGHUP; :func:`diff` says which changed settings need a restart.
@@ -24,6 +25,7 @@ accessor (a lock around one reference swap; readers get an immutable object).
 from __future__ import annotations
 
 import difflib
+import logging
 import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -42,11 +44,18 @@ from gateway.commands.settings import ControlSettings, parse_control
 from gateway.line.topology import SECTION as TRACK_SECTION
 from gateway.line.topology import Topology, object_id, parse_track
 
+_log = logging.getLogger("railgate.config")  # `log` is the gateway.log section in parse()
+
 KINDS = {"interlocking": 1, "zone_controller": 2, "platform_doors": 3}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 TOP_LEVEL = "(top level)"
 _ENDPOINT = ("host", "port")
+#: Keys that once meant something and now mean nothing, by key path -> why: still accepted, so an old
+#: line file loads, each named in a WARNING (its value is not read or checked).
+RETIRED: dict[str, str] = {
+    "gateway.udp_slabs": "the UDP endpoint receives into a fixed arena of 64 x 144 B",
+}
 #: The keys each mapping may hold, by key path ("devices[]": every device). The alarm pipeline's
 #: sections and coupling's declare theirs in alarms/settings.py and gateway/coupling/settings.py.
 #: Any other key is a problem: a misspelt key must never fall back to a default in silence
@@ -55,8 +64,9 @@ KEYS: dict[str, tuple[str, ...]] = {
     TOP_LEVEL: ("gateway", "line", "devices", "trains", COUPLING_SECTION, *PIPELINE_SECTIONS, TRACK_SECTION,
                 CONTROL_SECTION),
     "gateway": ("id", "name", "listen", "admin", "io_threads", "heartbeat_ms", "dead_after_heartbeats",
-                "hello_timeout_ms", "max_age_ms", "max_links", "ring_bytes", "udp_slabs", "output_high_water_bytes",
-                "error_rate_limit", "log", "state_dir", "pre_session", "identity_lease_ms"),
+                "hello_timeout_ms", "max_age_ms", "max_links", "ring_bytes", "output_high_water_bytes",
+                "error_rate_limit", "log", "state_dir", "pre_session", "identity_lease_ms",
+                "udp_slabs"),  # udp_slabs: RETIRED, known only to be ignored with a warning
     "gateway.listen": ("net_a", "net_b", "udp"),
     "gateway.listen.net_a": _ENDPOINT,
     "gateway.listen.net_b": _ENDPOINT,
@@ -183,7 +193,6 @@ class Settings:
     max_age_ms: int
     max_links: int
     ring_bytes: int
-    udp_slabs: int
     output_high_water: int
     error_rate_limit: int
     log_level: str
@@ -291,6 +300,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
     gw = r.section(data, "gateway", "gateway")
     listen = r.section(gw, "listen", "gateway.listen")
     log = r.section(gw, "log", "gateway.log", required=False)
+    _retired(gw, "gateway")
     settings = Settings(
         id=r.int(gw, "id", "gateway.id", 1, 0xFFFF, default=1),
         name=r.str(gw, "name", "gateway.name", default="railgate"),
@@ -305,7 +315,6 @@ def parse(data: Any, source: str = "<config>") -> Config:
         max_age_ms=r.int(gw, "max_age_ms", "gateway.max_age_ms", 10, 600_000, default=2000),
         max_links=r.int(gw, "max_links", "gateway.max_links", 1, 100_000, default=4096),
         ring_bytes=r.int(gw, "ring_bytes", "gateway.ring_bytes", 8192, 64 << 20, default=64 << 10),
-        udp_slabs=r.int(gw, "udp_slabs", "gateway.udp_slabs", 1, 1 << 20, default=1024),
         output_high_water=r.int(gw, "output_high_water_bytes", "gateway.output_high_water_bytes", 4096,
                                 1 << 30, default=1 << 20),
         error_rate_limit=r.int(gw, "error_rate_limit", "gateway.error_rate_limit", 1, 1_000_000, default=50),
@@ -344,6 +353,14 @@ def parse(data: Any, source: str = "<config>") -> Config:
     if r.problems:
         raise ConfigError(source, r.problems)
     return Config(source, settings, line_name, tz, devices, trains, data, pipeline, coupling, track, control)
+
+
+def _retired(obj: dict, path: str) -> None:
+    """Log a WARNING for each retired key present in the mapping at ``path`` (its value is not read)."""
+    for key in obj if isinstance(obj, dict) else ():
+        why = RETIRED.get(f"{path}.{key}")
+        if why is not None:
+            _log.warning("%s.%s is no longer used: %s; remove it", path, key, why)
 
 
 def _pre_session(r: _Reader, gw: dict) -> PreSessionSettings:

@@ -122,8 +122,6 @@ def render_metrics(status: dict) -> str:
         _receiver(f, "train", t, train=train)
     udp = status.get("udp") or {}
     f.add("railgate_udp_rx_datagrams_total", "counter", "UDP datagrams received.", udp.get("rx_datagrams"))
-    f.add("railgate_udp_dropped_no_slab_total", "counter", "UDP datagrams dropped: no free slab.",
-          udp.get("dropped_no_slab"))
     f.add("railgate_udp_errors_total", "counter", "UDP datagrams rejected, by reason.", None)
     for reason, n in sorted((udp.get("errors") or {}).items()):
         f.add("railgate_udp_errors_total", "counter", "", n, reason=reason)
@@ -133,11 +131,7 @@ def render_metrics(status: dict) -> str:
             if key is not None:  # loops report links or fds, not both: no family that is always empty
                 f.add(name, kind, help_, loop[key], loop=loop.get("name"))
     pools = status.get("pools") or {}
-    slabs, links = pools.get("slabs") or {}, pools.get("links") or {}
-    for state in ("in_use", "free"):
-        f.add("railgate_pool_slabs", "gauge", "UDP receive slabs, by state.", slabs.get(state), state=state)
-    f.add("railgate_pool_slabs_high_water", "gauge", "Most slabs in use at once.", slabs.get("high_water"))
-    f.add("railgate_pool_exhausted_total", "counter", "Slab requests refused: pool empty.", slabs.get("exhausted"))
+    links = pools.get("links") or {}
     f.add("railgate_pool_links", "gauge", "Link buffer sets in use.", links.get("in_use"), state="in_use")
     f.add("railgate_pool_links_max", "gauge", "Most link buffer sets allowed.",
           links.get("max", links.get("max_items")))

@@ -35,13 +35,12 @@ from gateway.net.acceptor import Acceptor, PreSessionBudget, listen_socket
 from gateway.net.event_loop import EventLoop
 from gateway.net.loop_pool import EventLoopThreadPool
 from gateway.net.link_buffers import LinkBuffers
-from gateway.net.slab_pool import ObjectPool, SlabPool
+from gateway.net.object_pool import ObjectPool
 from gateway.net.udp_endpoint import UdpEndpoint, udp_socket
 from railcodecs import speedups
 
 log = logging.getLogger("railgate.gateway")
 
-UDP_CLASSES = (32, 48, 64, 80, 128, 144)  # ICD sizes, and +16 with a MAC
 STOP_GRACE_S = 2.0
 
 
@@ -73,8 +72,6 @@ class Gateway:
         # lives in the small pre-session budget (gateway/net/acceptor.py)
         self.link_pool = ObjectPool(lambda: LinkBuffers(s.ring_bytes), s.max_links)
         self.pre_session = PreSessionBudget(s.pre_session.max_connections, s.pre_session.max_connections_per_source)
-        slab_count = max(1, s.udp_slabs)
-        self.slabs = SlabPool({size: (slab_count if size == max(UDP_CLASSES) else 1) for size in UDP_CLASSES})
         self.alarms = AlarmStage(cfg, self.line, udp_checks=self.udp_checks,
                                  relay_factory=relay_factory) if alarms else None
         self.coupling = CouplingEngine.from_config(cfg, self.line.events, cfg.coupling)
@@ -146,7 +143,7 @@ class Gateway:
             self.commands.start()
         self.pool.start()
         udp_loop = self.pool.next_loop()
-        self.udp = UdpEndpoint(self.ctx, udp_loop, self.udp_sock, self.slabs, self.udp_checks)
+        self.udp = UdpEndpoint(self.ctx, udp_loop, self.udp_sock, self.udp_checks)
         udp_loop.run_in_loop(self.udp.start)
         for acc in self.acceptors:
             acc.start()

@@ -34,8 +34,7 @@ def build_status(gw) -> dict:
         "devices": device_status(line, now_ms), "trains": train_status(line, gw.cfg.trains.ids, now_ms),
         "udp": gw.udp.stats() if gw.udp is not None else {},
         "loops": [lp.stats() for lp in gw.pool.all_loops()],
-        "pools": {"slabs": _slab_totals(gw.slabs.stats()), "links": gw.link_pool.stats(),
-                  "pre_session": gw.pre_session.stats()},
+        "pools": {"links": gw.link_pool.stats(), "pre_session": gw.pre_session.stats()},
         "counters": dict(gw.ctx.counters),
         "consists": gw.coupling.snapshot(now_ms),
         "coupling": {**gw.coupling.totals(), "workers": gw.coupling_workers.stats()},
@@ -98,11 +97,6 @@ def _down_link(net: str) -> dict:
     return {"net": net, "alive": False, "state": "down", "peer": None, "loop": None, "rx_frames": 0,
             "tx_frames": 0, "rx_bytes": 0, "tx_bytes": 0, "last_rx_age_ms": None, "errors": {},
             "closed_ms": None, "closed_age_ms": None, "closed_reason": None}
-
-
-def _slab_totals(stats: dict) -> dict:
-    total = stats["total"]
-    return {k: total.get(k) for k in ("in_use", "free", "high_water", "exhausted")}
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

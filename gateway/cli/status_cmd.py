@@ -201,8 +201,7 @@ def render_text(status: dict) -> str:
     out += _alarm_lines(status.get("alarms"))
 
     udp = status.get("udp") or {}
-    out += ["", f"UDP: {_cell(udp.get('rx_datagrams'))} datagrams received, "
-                f"{_cell(udp.get('dropped_no_slab'))} dropped (no slab), errors: {_errors(udp.get('errors'))}"]
+    out += ["", f"UDP: {_cell(udp.get('rx_datagrams'))} datagrams received, errors: {_errors(udp.get('errors'))}"]
 
     loops = status.get("loops") or []
     out += ["", f"IO loops ({len(loops)})"]
@@ -212,10 +211,8 @@ def render_text(status: dict) -> str:
                    for lp in loops])
 
     pools = status.get("pools") or {}
-    slabs, links = pools.get("slabs") or {}, pools.get("links") or {}
+    links = pools.get("links") or {}
     out += ["", "Pools",
-            f"  UDP slabs:  {_cell(slabs.get('in_use'))} in use, {_cell(slabs.get('free'))} free, "
-            f"high water {_cell(slabs.get('high_water'))} slabs, exhausted {_cell(slabs.get('exhausted'))} times",
             f"  link buffers:  {_cell(links.get('in_use'))} in use of {_cell(links.get('max', links.get('max_items')))}"
             f", refused {_cell(links.get('refused'))} connections"]
 

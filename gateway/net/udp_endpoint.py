@@ -1,16 +1,15 @@
-"""The trains' UDP endpoint: datagrams into a slab pool, checked, applied.
+"""The trains' UDP endpoint: datagrams into a fixed receive arena, checked, applied.
 
 Each readiness event drains the socket (edge-triggered: until EAGAIN) by one
 of two receive paths:
 
 * ``recvmmsg``, the compiled ``gateway.net._udp_batch`` (Linux), used when it
-  is built and ``RAILGATE_PURE`` is not ``1``: up to ``batch`` free slabs of
-  the largest size class are taken from the pool at once, one system call
-  fills as many as there are datagrams waiting, the batch is judged, then
-  every slab goes back, filled or not. A batch that comes back short means
-  the kernel queue was empty: drained.
-* ``recv_into``, pure Python, the reference and the fallback: one slab, one
-  system call, one datagram.
+  is built and ``RAILGATE_PURE`` is not ``1``: one system call fills up to
+  ``batch`` slots of the arena, datagram j into slot j, and the batch is
+  judged before the next call overwrites them. A batch that comes back short
+  means the kernel queue was empty: drained.
+* ``recv_into``, pure Python, the reference and the fallback: one datagram
+  per system call, always into slot 0.
 
 and judges the datagrams by one of two steps (``datagram_step``):
 
@@ -32,21 +31,27 @@ and judges the datagrams by one of two steps (``datagram_step``):
   ``Context.train_applied``, at the gateway time of each datagram.
   ``tests/test_udp_differential.py`` holds the two to the same results.
 
-A datagram is received straight into a slab of the largest size class (its
-size is unknown before reading); the slab goes back to the pool as soon as
-the datagram (or its batch) is decoded, checked and applied. Both paths learn a datagram's
-real length (``MSG_TRUNC``), so one longer than ``MAX_DATAGRAM`` is counted
-oversize (bad_size) rather than decoded from its head. With no free slab the
-datagram is still read, into one scratch buffer, so the edge-triggered socket
-is drained, and dropped and counted: the pool never grows. No sender address
-is received: the sender is named by the frame's ``src`` and checked against
-the configuration, and not building an address tuple per datagram keeps the
-hot path free of allocations that outlive it.
+The arena, made once with the endpoint and never resized::
+
+    arena: | slot 0 | slot 1 | slot 2 | ... | slot batch-1 |    SLOT = MAX_DATAGRAM = 144 bytes each
+             ^ views[j] = memoryview(arena)[j*SLOT:(j+1)*SLOT], made once
+    recvmmsg: datagram j of a call -> slot j, its length -> lengths[j]
+    recv_into: every datagram -> slot 0
+
+One thread (the loop's) writes and reads every slot, and no datagram outlives
+the call that received it (the codecs copy what they keep), so the arena needs
+no free list, no ownership marks and no exhaustion path: a burst larger than
+the arena is simply received in more batches. A datagram's size is unknown
+before it is read, so every slot is as long as the longest ICD datagram. Both
+paths learn a datagram's real length (``MSG_TRUNC``), so one longer than
+``MAX_DATAGRAM`` is counted oversize (bad_size) rather than decoded from its
+head. No sender address is received: the sender is named by the frame's
+``src`` and checked against the configuration, and not building an address
+tuple per datagram keeps the hot path free of allocations that outlive it.
 
 Threading: ``start``, ``stop`` and the receive paths run in one IO loop
-thread, which is the slabs' one owner while a datagram (or a batch) is being
-handled, and the one writer of the trains' sender state (no TCP link serves a
-train); ``stats`` from any thread.
+thread, the arena's one user and the one writer of the trains' sender state
+(no TCP link serves a train); ``stats`` from any thread.
 """
 from __future__ import annotations
 
@@ -61,7 +66,8 @@ except ImportError:  # not built: the recv_into path runs
 
 EV_READ = select.EPOLLIN | select.EPOLLET
 MAX_DATAGRAM = 144  # 128-byte TRAIN_DIAG + 16-byte MAC: the largest ICD datagram
-RECV_BATCH = 64     # datagrams per recvmmsg: 9 KiB of slabs held at most per call
+SLOT = MAX_DATAGRAM  # bytes per arena slot: any valid datagram fits whole
+RECV_BATCH = 64     # datagrams per recvmmsg: the arena's slots (64 x 144 B = 9 KiB)
 _HEADER_FAULTS = frozenset((Reason.BAD_SYNC, Reason.BAD_VERSION, Reason.BAD_FLAGS, Reason.OVERSIZE))
 
 
@@ -72,23 +78,26 @@ def batch_available() -> bool:
 
 
 class UdpEndpoint:
-    """One UDP socket for every train, served by one loop."""
+    """One UDP socket for every train, served by one loop, received into the endpoint's own arena."""
 
-    def __init__(self, ctx, loop, sock: socket.socket, slabs, checks, *, batch: bool | None = None,
+    def __init__(self, ctx, loop, sock: socket.socket, checks, *, batch: bool | None = None,
                  batch_size: int = RECV_BATCH) -> None:
         """``checks``: the receiver's counters for this endpoint (``receiver.new_link("udp")``).
 
         ``batch``: True for the recvmmsg path (ImportError when not built),
         False for recv_into, None (default) for :func:`batch_available`.
+        ``batch_size``: the arena's slots, the most datagrams per recvmmsg.
         Create in any thread; then use from the loop thread only.
         """
-        self.ctx, self.loop, self.sock, self.slabs = ctx, loop, sock, slabs
+        self.ctx, self.loop, self.sock = ctx, loop, sock
         self.fd = sock.fileno()
         self.checks = checks
-        self._scratch = bytearray(65536)
+        #: the receive arena (see the module docstring): slot j is ``_views[j]``
+        self.arena = bytearray(batch_size * SLOT)
+        mv = memoryview(self.arena)
+        self._views = [mv[j * SLOT:(j + 1) * SLOT] for j in range(batch_size)]
         self.rx_datagrams = 0
         self.rx_batches = 0
-        self.dropped_no_slab = 0
         self.oversize = 0
         if batch is None:
             batch = batch_available()
@@ -98,18 +107,14 @@ class UdpEndpoint:
         if batch:
             if BatchReceiver is None:
                 raise ImportError("gateway.net._udp_batch is not built: no recvmmsg path")
-            size, arena, self._views = slabs.recv_layout()
-            self._batch = BatchReceiver(arena, size, batch_size)
-            self._indices = [0] * self._batch.batch   # written in place by acquire_many_for_recv
+            self._batch = BatchReceiver(self.arena, SLOT, batch_size)
             self._lengths = self._batch.lengths        # written in place by each recv
-            self._size_class = size
             if ctx is not None:
-                self._step = speedups.train_batch(arena, size, MAX_DATAGRAM, ctx.receiver, checks, ctx.mac_policy,
-                                                  ctx.objects.trains, ctx.registry.trains_seen, ctx.coupling,
-                                                  self._python_step)
+                self._step = speedups.train_batch(self.arena, SLOT, MAX_DATAGRAM, ctx.receiver, checks,
+                                                  ctx.mac_policy, ctx.objects.trains, ctx.registry.trains_seen,
+                                                  ctx.coupling, self._python_step)
             if self._step is not None:  # the whole drain in C: no Python frame per batch
-                self._drain = BatchDrain(self._batch, self.fd, self, slabs.recv_class, self._indices,
-                                         self._step.run, ctx.now_ms, self._drop_one)
+                self._drain = BatchDrain(self._batch, self.fd, self, self._step.run, ctx.now_ms)
         self.recv_path = "recvmmsg" if self._batch is not None else "recv_into"
         #: "compiled": each recvmmsg batch is judged by railcodecs' TrainBatch; "python": datagram by datagram
         self.datagram_step = "compiled" if self._step is not None else "python"
@@ -136,67 +141,39 @@ class UdpEndpoint:
         else:
             self._drain_each()
 
-    def _drop_one(self) -> bool:
-        """No free slab: read one datagram into the scratch buffer and count it; False at EAGAIN."""
-        try:
-            self.sock.recv_into(self._scratch)
-        except BlockingIOError:
-            return False
-        self.dropped_no_slab += 1
-        return True
-
     def _drain_batches(self) -> None:
-        fd, slabs, rx, size_class, step = self.fd, self.slabs, self._batch, self._size_class, self._step
-        indices, lengths, views, datagram = self._indices, self._lengths, self._views, self._datagram
+        fd, rx, step, full = self.fd, self._batch, self._step, self._batch.batch
+        lengths, views, datagram = self._lengths, self._views, self._datagram
         while True:
-            k = slabs.acquire_many_for_recv(indices)
-            if k == 0:
-                if self._drop_one():
-                    continue
-                return
             try:
-                got = rx.recv(fd, indices, k)  # 0 at EAGAIN
+                got = rx.recv(fd)  # 0 at EAGAIN
             except OSError:  # as recv_into: the socket failed
-                slabs.release_many(size_class, indices, k)
                 return
-            try:
-                if got:
-                    self.rx_batches += 1
-                    if step is not None:  # the whole batch in C, judged at one gateway time
-                        self.rx_datagrams += got
-                        self.oversize += step.run(indices, lengths, got, self.ctx.now_ms())
-                    else:
-                        # a handler that raises (a bug: the codecs never do) loses the rest of its batch
-                        for j in range(got):
-                            datagram(views[indices[j]], lengths[j])
-            finally:
-                slabs.release_many(size_class, indices, k)  # filled or not
-            if got < k:
+            if got:
+                self.rx_batches += 1
+                if step is not None:  # the whole batch in C, judged at one gateway time
+                    self.rx_datagrams += got
+                    self.oversize += step.run(lengths, got, self.ctx.now_ms())
+                else:
+                    # a handler that raises (a bug: the codecs never do) loses the rest of its batch
+                    for j in range(got):
+                        datagram(views[j], lengths[j])
+            if got < full:
                 return  # recvmmsg stopped short: the kernel queue was empty (EAGAIN)
 
     def _drain_each(self) -> None:
-        sock, slabs = self.sock, self.slabs
+        sock, view, datagram = self.sock, self._views[0], self._datagram
         while True:
-            slab = slabs.acquire_for_recv()
-            if slab is None:
-                if self._drop_one():
-                    continue
-                return
-            size_class, index, view = slab
             try:
                 # MSG_TRUNC: n is the datagram's real length, so one longer than any ICD type (cut
-                # short by the slab) is counted bad_size instead of being decoded from its head
+                # short by the slot) is counted bad_size instead of being decoded from its head
                 n = sock.recv_into(view, 0, socket.MSG_TRUNC)
             except OSError:  # BlockingIOError (drained) included
-                slabs.release(size_class, index)
                 return
-            try:
-                self._datagram(view, n)
-            finally:
-                slabs.release(size_class, index)
+            datagram(view, n)
 
     def _datagram(self, view: memoryview, n: int) -> None:
-        """Loop thread: one datagram, ``n`` bytes long (its real length), at the head of slab ``view``."""
+        """Loop thread: one datagram, ``n`` bytes long (its real length), at the head of slot ``view``."""
         ctx, checks = self.ctx, self.checks
         self.rx_datagrams += 1
         if n > MAX_DATAGRAM:
@@ -220,7 +197,7 @@ class UdpEndpoint:
     def _python_step(self, j: int, now_ms: int) -> None:
         """Loop thread: the compiled step hands datagram ``j`` of the current batch back (a source the
         MAC policy has a key or a rule for that is not a train: rare)."""
-        self._judge(self._views[self._indices[j]], self._lengths[j], now_ms)
+        self._judge(self._views[j], self._lengths[j], now_ms)
 
     def stats(self) -> dict:
         """Counters and the receive path ("recvmmsg" or "recv_into"). Safe to call from any thread.
@@ -228,8 +205,7 @@ class UdpEndpoint:
         ``rx_batches``: recvmmsg calls that brought at least one datagram (0 on recv_into).
         """
         return {"recv": self.recv_path, "rx_datagrams": self.rx_datagrams, "rx_batches": self.rx_batches,
-                "dropped_no_slab": self.dropped_no_slab, "oversize": self.oversize,
-                "errors": dict(self.checks.errors)}
+                "oversize": self.oversize, "errors": dict(self.checks.errors)}
 
 
 def udp_socket(host: str, port: int) -> socket.socket:
