@@ -528,6 +528,8 @@ cdef class FastLink:
         cdef Py_ssize_t avail, pos = 0, took = 0, scanned = 0, k, nscan, total, i, r
         cdef int64_t offset_ms, max_age, hb_last, age, skipped
         cdef int64_t rx = 0, applied = 0, copies = 0, accepted = 0
+        cdef int64_t s_applied, s_gap, s_stale, s_dups, s_copies
+        cdef bint locked
         cdef uint64_t time_ms
         cdef uint32_t t, counter, nitems, dev_hi
         cdef int verdict, ti, change
@@ -564,38 +566,43 @@ cdef class FastLink:
                 scanned += nscan
                 if nscan < BATCH:
                     stop = True
-                # 2. the receiver's checks and the apply, frame by frame, with the GIL
-                for k in range(nscan):
-                    p = base + self.offs[k]
-                    time_ms = be64(p + 14)
-                    if time_ms >= (<uint64_t>1 << 62):
-                        stop = True
-                        break
-                    age = now_ms - (<int64_t>time_ms - offset_ms)
-                    if age > max_age or -age > max_age:
-                        stop = True
-                        break
-                    t = p[3]
-                    if t == T_HEARTBEAT:
-                        counter = be32(p + HEADER_LEN)
-                        if hb_last >= 0 and ((counter - <uint32_t>hb_last) & 0xFFFFFFFF) != 1:
+                # 2. the receiver's checks and the apply, frame by frame, with the GIL; the sender's
+                # lock is taken at the batch's first status frame and held to its end, and the
+                # sender's counters are added once, before it is released
+                s_applied = s_gap = s_stale = s_dups = s_copies = 0
+                locked = False
+                try:
+                    for k in range(nscan):
+                        p = base + self.offs[k]
+                        time_ms = be64(p + 14)
+                        if time_ms >= (<uint64_t>1 << 62):
                             stop = True
                             break
-                        hb_last = counter
+                        age = now_ms - (<int64_t>time_ms - offset_ms)
+                        if age > max_age or -age > max_age:
+                            stop = True
+                            break
+                        t = p[3]
+                        if t == T_HEARTBEAT:
+                            counter = be32(p + HEADER_LEN)
+                            if hb_last >= 0 and ((counter - <uint32_t>hb_last) & 0xFFFFFFFF) != 1:
+                                stop = True
+                                break
+                            hb_last = counter
+                            took += 1
+                            rx += 1
+                            accepted += 1
+                            continue
                         took += 1
                         rx += 1
-                        accepted += 1
-                        continue
-                    took += 1
-                    rx += 1
-                    ti = t - T_SECTIONS
-                    self.acquire()
-                    try:
+                        ti = t - T_SECTIONS
+                        if not locked:
+                            self.acquire()
+                            locked = True
                         verdict = self.window.c_check(be32(p + 10), self.net, &skipped)
                         if verdict == V_APPLY:
-                            sender.applied += 1
-                            sender.gap += skipped
-                            sender.last_applied_ms = now_ms
+                            s_applied += 1
+                            s_gap += skipped
                             table = self.sections if ti == 0 else (self.signals if ti == 1 else self.switches)
                             nitems = be16(p + HEADER_LEN)
                             for i in range(nitems):
@@ -604,24 +611,35 @@ cdef class FastLink:
                                 if change and listeners:
                                     self._notify(listeners, ti, change, be16(p + HEADER_LEN + 2 + 3 * i),
                                                  p[HEADER_LEN + 4 + 3 * i], now_ms)
+                            applied += 1  # (not when a listener raised: as from the Python path)
+                            accepted += 1
+                            if skipped:
+                                checks.count(_reason("gap"), skipped)
                         elif verdict == V_STALE:
-                            sender.stale += 1
+                            s_stale += 1
+                            checks.count(_reason("stale"))
                         else:
-                            sender.duplicates += 1
+                            s_dups += 1
                             if verdict == V_COPY:
-                                sender.dual_net_copies += 1
-                    finally:
-                        self.release()
-                    if verdict == V_APPLY:
-                        applied += 1
-                        accepted += 1
-                        if skipped:
-                            checks.count(_reason("gap"), skipped)
-                    elif verdict == V_COPY:
-                        copies += 1
-                        accepted += 1
-                    else:
-                        checks.count(_reason("duplicate" if verdict == V_DUPLICATE else "stale"))
+                                s_copies += 1
+                                copies += 1
+                                accepted += 1
+                            else:
+                                checks.count(_reason("duplicate"))
+                finally:
+                    if locked:
+                        try:
+                            if s_applied:
+                                sender.applied += s_applied
+                                sender.gap += s_gap
+                                sender.last_applied_ms = now_ms
+                            if s_stale:
+                                sender.stale += s_stale
+                            if s_dups:
+                                sender.duplicates += s_dups
+                                sender.dual_net_copies += s_copies
+                        finally:
+                            self.release()
                 # the frames of a stopped batch not yet judged are left for the Python path
         finally:
             self._write_back(base, took, rx, applied, copies, hb_last, r)

@@ -88,3 +88,35 @@ def test_the_fast_path_really_runs():
     assert taken > rx // 2, (taken, rx)
     speedups.use("compiled")
 
+
+
+def test_a_listener_that_raises_leaves_the_same_counts_and_state_in_both():
+    """A listener's exception propagates out of the apply with the frame counted and consumed the
+    same way by the compiled path (which holds the sender's lock over a batch and adds the sender's
+    counters once) and the Python path: the frames before it applied, the rest of its frame not."""
+    from railcodecs import TrackSections, encode
+
+    digests, errors = {}, {}
+    for impl in ("compiled", "pure"):
+        line = differential.DualLine(impl)
+        calls = []
+
+        def listener(kind, dev, obj, value, ms):
+            calls.append((obj, value))
+            if len(calls) == 5:
+                raise RuntimeError("listener failed")
+
+        line.ctx.objects.subscribe(listener)
+        burst = b"".join(encode(TrackSections(((10 + seq, 1), (20 + seq, 2))), src=258, dst=1, seq=seq,
+                                time_ms=line.now_ms) for seq in range(1, 6))
+        try:
+            line.feed("A258", [burst])
+        except RuntimeError as exc:
+            errors[impl] = str(exc)
+        digests[impl] = (line.digest(), list(calls))
+    assert errors == {"compiled": "listener failed", "pure": "listener failed"}
+    (compiled, c_calls), (pure, p_calls) = digests["compiled"], digests["pure"]
+    assert c_calls == p_calls == [(11, 1), (21, 2), (12, 1), (22, 2), (13, 1)]
+    assert compiled == pure
+    assert pure[258][0]["applied"] == 3 and pure["A258"][10] == 2  # the sender: 3 applied; the link: 2
+    speedups.use("compiled")
