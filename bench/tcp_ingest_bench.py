@@ -29,7 +29,7 @@ LABELS = {"gateway": "(a) gateway, every ICD check + state apply", "limit": "(b)
           "uvloop": "(c) uvloop BufferedProtocol + StreamDecoder + Receiver",
           "asyncio": "(d) asyncio StreamReader, typical integrator"}
 DEVICES = 10            # x 2 nets = 20 links
-FRAMES = 8_000          # per link, full run
+FRAMES = 40_000         # per link, full run: 800,000 frames, long enough for the 10 ms count polling
 ROUNDS = 3
 TIMEOUT_S = 60
 

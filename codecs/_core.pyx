@@ -20,9 +20,10 @@ proven by tests/test_fastpath_differential.py):
   type it does not handle); the Python path then
   decodes that one frame and the link calls :meth:`FastLink.run` again. So every error and
   every rare message has exactly one implementation, the Python one.
-* ``TrainSender``, ``TrainTable``, ``TrainBatch`` (``_train_state.pxi``, ``_train_batch.pxi``,
-  included at the end): a
-  train's ``SenderState``, ``ObjectState.trains``, and the trains' UDP endpoint's per-batch step:
+* ``CLock``, ``Sender`` (``_sender.pxi``): a mutex C takes without the GIL, and a device's or a
+  train's ``SenderState`` with its counters in C fields.
+* ``TrainTable``, ``TrainBatch`` (``_train_state.pxi``, ``_train_batch.pxi``, included at the
+  end): ``ObjectState.trains``, and the trains' UDP endpoint's per-batch step:
   each datagram of a recvmmsg batch decoded, checked (sync .. MAC, destination, source, age,
   session reset, window) and applied in C, with what Python must see handed over once per batch
   (proven the same as the pure step by tests/test_udp_differential.py).
@@ -38,6 +39,29 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK,
+                               PyLockStatus, PY_LOCK_ACQUIRED)
+
+cdef extern from "pythread.h":
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock, long long microseconds, int intr_flag) nogil
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_rwlock_t:
+        pass
+    ctypedef struct pthread_rwlockattr_t:
+        pass
+    int pthread_rwlock_init(pthread_rwlock_t *, const pthread_rwlockattr_t *)
+    int pthread_rwlock_destroy(pthread_rwlock_t *)
+    int pthread_rwlock_rdlock(pthread_rwlock_t *)
+    int pthread_rwlock_wrlock(pthread_rwlock_t *)
+    int pthread_rwlock_trywrlock(pthread_rwlock_t *)
+    int pthread_rwlock_unlock(pthread_rwlock_t *)
+    int pthread_rwlockattr_init(pthread_rwlockattr_t *)
+    int pthread_rwlockattr_destroy(pthread_rwlockattr_t *)
+    int pthread_rwlockattr_setkind_np(pthread_rwlockattr_t *, int)
+    enum:
+        PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP
 
 cdef extern from "icd_hash.h" nogil:
     ctypedef struct rg_sha256_ctx:
@@ -234,6 +258,18 @@ cdef struct Entry:
     int64_t ms
 
 
+cdef inline Py_ssize_t slot_of(const int32_t *index, const Entry *entries, Py_ssize_t mask,
+                               uint32_t key) noexcept nogil:
+    """An ObjectTable's index slot holding ``key``, or the empty slot where it would go."""
+    cdef Py_ssize_t s = ((<uint64_t>key * <uint64_t>2654435761) >> 7) & mask
+    cdef int32_t e
+    while True:
+        e = index[s]
+        if e < 0 or entries[e].key == key:
+            return s
+        s = (s + 1) & mask
+
+
 cdef enum:
     PUT_NEW = 0x200   # ObjectTable.put: a new key (a change returns 1 + the old value, 1..256)
     WATCH_EVERY = -1  # a listener's watch (gateway/line/object_state.py EVERY): every change
@@ -245,14 +281,29 @@ cdef class ObjectTable:
     Entries live in insertion order in one array of C structs (like CPython's compact dict) and a
     power-of-two index of int32 slots with linear probing finds them. Nothing is ever deleted.
     The mapping interface is what the gateway and its tests use: ``get``, ``[]``, ``in``,
-    ``len``, iteration, ``items``, ``copy`` (a dict). Changed only with the GIL held (by
-    :meth:`ObjectState.apply` or :class:`FastLink`); any thread may read."""
+    ``len``, iteration, ``items``, ``copy`` (a dict).
+
+    Threading: the arrays change (a new key, which may grow them) only with the GIL held and
+    ``rw`` held for writing; FastLink's GIL-free run holds ``rw`` for reading while it changes the
+    value and time of keys that exist. So the arrays never move under a GIL-free run, nor under
+    a reader holding the GIL; the value and time of one device's entry are written by one thread
+    at a time (under the sender's lock), and a reader sees each field whole (one device's value
+    and time may be one frame apart). ``rw`` prefers writers, and a GIL-free run takes the three
+    tables' locks in one order after the sender's: no cycle."""
 
     cdef Entry *entries
     cdef int32_t *index
     cdef Py_ssize_t n, cap, mask
+    cdef pthread_rwlock_t rw
 
     def __cinit__(self):
+        cdef pthread_rwlockattr_t attr
+        pthread_rwlockattr_init(&attr)
+        pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP)
+        rc = pthread_rwlock_init(&self.rw, &attr)
+        pthread_rwlockattr_destroy(&attr)
+        if rc:
+            raise MemoryError()
         self.n = 0
         self.cap = 64
         self.mask = 127
@@ -265,16 +316,11 @@ cdef class ObjectTable:
     def __dealloc__(self):
         free(self.entries)
         free(self.index)
+        pthread_rwlock_destroy(&self.rw)
 
     cdef inline Py_ssize_t _slot(self, uint32_t key) noexcept nogil:
         """Index slot holding ``key``, or the empty slot where it would go."""
-        cdef Py_ssize_t s = ((<uint64_t>key * <uint64_t>2654435761) >> 7) & self.mask
-        cdef int32_t e
-        while True:
-            e = self.index[s]
-            if e < 0 or self.entries[e].key == key:
-                return s
-            s = (s + 1) & self.mask
+        return slot_of(self.index, self.entries, self.mask, key)
 
     cdef int _grow(self) except -1:
         cdef Py_ssize_t i, s
@@ -300,8 +346,22 @@ cdef class ObjectTable:
         return 0
 
     cdef int put(self, uint32_t key, uint8_t value, int64_t ms) except -1:
-        """Store; returns 0 when only the time moved, ``PUT_NEW`` for a new key, else 1 + the old
-        value (a change: the listeners' watch needs where it came from)."""
+        """Store (the GIL held); returns 0 when only the time moved, ``PUT_NEW`` for a new key,
+        else 1 + the old value (a change: the listeners' watch needs where it came from). A new key
+        is stored holding ``rw`` for writing, waited for with the GIL released."""
+        cdef int change
+        if self.index[self._slot(key)] < 0:
+            if pthread_rwlock_trywrlock(&self.rw) != 0:
+                with nogil:
+                    pthread_rwlock_wrlock(&self.rw)
+            try:
+                change = self._put(key, value, ms)  # (the key may have come while the GIL was out)
+            finally:
+                pthread_rwlock_unlock(&self.rw)
+            return change
+        return self._put(key, value, ms)
+
+    cdef int _put(self, uint32_t key, uint8_t value, int64_t ms) except -1:
         cdef Py_ssize_t s = self._slot(key)
         cdef int32_t e = self.index[s]
         cdef Entry *ent
@@ -389,6 +449,11 @@ cdef class ObjectTable:
         return f"ObjectTable({self.copy()!r})"
 
 
+# --- a sender's state and its lock ------------------------------------------------------------------
+
+include "_sender.pxi"
+
+
 # --- the link's steady path ------------------------------------------------------------------------
 
 cdef enum:
@@ -468,30 +533,77 @@ cdef Py_ssize_t scan_frame(const uint8_t *p, Py_ssize_t avail, const rg_hmac_key
     return total
 
 
+cdef struct TableView:
+    # one ObjectTable's arrays seen from a GIL-free run: the addresses of the table's own fields
+    # (they change only under its rw lock held for writing, with the GIL)
+    Entry **entries
+    int32_t **index
+    Py_ssize_t *mask
+    pthread_rwlock_t *rw
+
+
+cdef struct RunCounts:
+    # what one GIL-free run did, handed back to the GIL side
+    int64_t took, rx, applied, copies, accepted, hb_last
+    int64_t gap, stale, duplicates   # LinkChecks.count(...) afterwards
+
+
+#: bytes buffered from which FastLink.run works without the GIL (set_nogil_bytes: tests)
+cdef Py_ssize_t nogil_bytes = NOGIL_BYTES
+
+
+def set_nogil_bytes(Py_ssize_t n):
+    """From how many buffered bytes FastLink works without the GIL (default 2,048); returns the old
+    value. Tests set 0 so every run takes the GIL-free path. Any thread, before links run."""
+    global nogil_bytes
+    old, nogil_bytes = nogil_bytes, n
+    return old
+
+
 cdef class FastLink:
     """The compiled steady path of one confirmed link (see the module doc).
 
     Built by the link protocol at the session's confirmation, from the link's decoder (its byte
-    source and session key), its ``LinkChecks``, the device's ``SenderState`` (whose window must be
-    this module's :class:`SequenceWindow`), the receiver (gateway id, live max age) and the
-    ``ObjectState`` (whose tables must be :class:`ObjectTable`). Loop thread of the link only."""
+    source and session key), its ``LinkChecks``, the device's :class:`Sender` (the compiled
+    ``SenderState``), the receiver (gateway id, live max age) and the ``ObjectState`` (whose tables
+    must be :class:`ObjectTable`). Loop thread of the link only.
 
-    cdef object decoder, source, checks, sender, receiver, objects
-    cdef object acquire, release
+    Two ways through a run of buffered frames, with the same results:
+
+    * **without the GIL** (:meth:`_run_nogil`, when at least 2 KiB are buffered and no listener
+      wants every change): framing, CRC, MAC, payload, age, heartbeat counter, the sender's window
+      and counters under its :class:`CLock`, and the values stored under the tables' read locks. It
+      stops before the first frame that needs Python: one that would store a new object (the
+      table may grow) or make a change a listener watches (``ObjectState.subscribe(only=...)``),
+      or any frame the GIL path would stop at;
+    * **with the GIL**, batch by batch: the same checks, the listeners called, new objects stored.
+    """
+
+    cdef object decoder, source, checks, receiver, objects
+    cdef Sender sender
+    cdef CLock lock
     cdef SequenceWindow window
     cdef ObjectTable sections, signals, switches
+    cdef TableView views[3]
     cdef object names
     cdef int device_id, gateway_id, net
     cdef bint mac_on
     cdef rg_hmac_key key
     cdef readonly Py_ssize_t accepted
     cdef readonly Py_ssize_t frames
+    #: frames taken by the GIL-free path (a part of ``frames``)
+    cdef readonly Py_ssize_t frames_nogil
     cdef readonly bint drained
     cdef Py_ssize_t offs[BATCH]
+    # the listeners' watch, rebuilt when ObjectState's list changes: per kind, every change, and a
+    # bitmap of watched values (a change into or out of one needs Python)
+    cdef object watch_src
+    cdef bint watch_every[3]
+    cdef bint watch_any_every
+    cdef uint64_t watch_vals[3][4]
 
     def __init__(self, decoder, checks, sender, receiver, objects, bytes session_key=None):
-        self.decoder, self.checks, self.sender, self.receiver, self.objects = (
-            decoder, checks, sender, receiver, objects)
+        self.decoder, self.checks, self.receiver, self.objects = decoder, checks, receiver, objects
         # the source (a railcodecs.byte_source buffer: LinearBuffer or the link's RecvBuffer) is read
         # through its bytearray and two indices, ``_buf[_read:_write]``, not its methods; it is the
         # link thread's own, so nothing moves under a run
@@ -499,11 +611,14 @@ cdef class FastLink:
         if not isinstance(decoder._src, _Readable):
             raise TypeError(f"FastLink reads a railcodecs.byte_source buffer, not {type(decoder._src).__name__}")
         self.source = decoder._src
-        self.window = <SequenceWindow?>sender.window
-        self.acquire, self.release = sender.lock.acquire, sender.lock.release
+        self.sender = <Sender?>sender
+        self.lock = self.sender.lock
+        self.window = self.sender.window
         self.sections = <ObjectTable?>objects.sections
         self.signals = <ObjectTable?>objects.signals
         self.switches = <ObjectTable?>objects.switches
+        for ti, table in enumerate((self.sections, self.signals, self.switches)):
+            self._view(ti, table)
         from railcodecs.messages import Signals, Switches, TrackSections
         self.names = (TrackSections.NAME, Signals.NAME, Switches.NAME)
         self.device_id, self.gateway_id = checks.device_id, receiver.gateway_id
@@ -511,8 +626,33 @@ cdef class FastLink:
         self.mac_on = session_key is not None
         if session_key is not None:
             rg_hmac_init(&self.key, <const uint8_t *><char *>session_key, len(session_key))
-        self.frames = 0
+        self.frames = self.frames_nogil = 0
         self.accepted = 0
+        self.watch_src = None
+
+    cdef void _view(self, int ti, ObjectTable table) noexcept:
+        self.views[ti].entries = &table.entries
+        self.views[ti].index = &table.index
+        self.views[ti].mask = &table.mask
+        self.views[ti].rw = &table.rw
+
+    cdef int _watch(self, list listeners) except -1:
+        """Rebuild the watch from ObjectState's listener list ``(fn, watch)``."""
+        cdef int ti, w
+        memset(self.watch_vals, 0, sizeof(self.watch_vals))
+        self.watch_any_every = False
+        for ti in range(3):
+            self.watch_every[ti] = False
+        for entry in listeners:
+            for ti in range(3):
+                w = (<tuple>(<tuple>entry)[1])[ti]
+                if w == WATCH_EVERY:
+                    self.watch_every[ti] = True
+                    self.watch_any_every = True
+                elif 0 <= w <= 255:
+                    self.watch_vals[ti][w >> 6] |= (<uint64_t>1) << (w & 63)
+        self.watch_src = listeners
+        return 0
 
     def run(self, int64_t now_ms):
         """Handle the good HEARTBEAT and status frames at the head of the byte source.
@@ -536,6 +676,8 @@ cdef class FastLink:
         cdef bint stop = False
         cdef const uint8_t *p
         cdef ObjectTable table
+        cdef Sender sender = self.sender
+        cdef RunCounts c
         dec = self.decoder
         self.accepted = 0
         self.drained = False
@@ -548,27 +690,46 @@ cdef class FastLink:
             return 0
         buf = src._buf  # (a LinearBuffer's may have been reallocated by an append since the last run)
         base = <const uint8_t *>PyByteArray_AS_STRING(buf) + r
-        checks, sender = self.checks, self.sender
+        checks = self.checks
         offset_ms = checks.offset_ms
         max_age = self.receiver.max_age_ms
         hb = checks.hb_last
         hb_last = -1 if hb is None else <int64_t>hb
         dev_hi = <uint32_t>self.device_id << 16
         listeners = self.objects._listeners
+        if listeners is not self.watch_src:
+            self._watch(listeners)
         try:
             while not stop:
-                # 1. scan a run of good frames (without the GIL when it is worth it)
-                if avail - pos >= NOGIL_BYTES:
+                # 1. without the GIL, as far as it goes (see the class doc)
+                if avail - pos >= nogil_bytes and not self.watch_any_every:
+                    memset(&c, 0, sizeof(c))
+                    c.hb_last = hb_last
                     with nogil:
-                        nscan = self._scan(base, avail, &pos)
-                else:
-                    nscan = self._scan(base, avail, &pos)
+                        self._run_nogil(base, avail, &pos, now_ms, offset_ms, max_age, &c)
+                    took += c.took
+                    scanned += c.took
+                    rx += c.rx
+                    applied += c.applied
+                    copies += c.copies
+                    accepted += c.accepted
+                    hb_last = c.hb_last
+                    self.frames_nogil += c.took
+                    if c.gap:
+                        checks.count(_reason("gap"), c.gap)
+                    if c.stale:
+                        checks.count(_reason("stale"), c.stale)
+                    if c.duplicates:
+                        checks.count(_reason("duplicate"), c.duplicates)
+                    if pos == avail:
+                        break
+                # 2. a batch of good frames, scanned with the GIL
+                nscan = self._scan(base, avail, &pos)
                 scanned += nscan
                 if nscan < BATCH:
                     stop = True
-                # 2. the receiver's checks and the apply, frame by frame, with the GIL; the sender's
-                # lock is taken at the batch's first status frame and held to its end, and the
-                # sender's counters are added once, before it is released
+                # 3. the receiver's checks and the apply, frame by frame, with the GIL; the sender's
+                # lock is taken at the batch's first status frame and held to its end
                 s_applied = s_gap = s_stale = s_dups = s_copies = 0
                 locked = False
                 try:
@@ -597,7 +758,7 @@ cdef class FastLink:
                         rx += 1
                         ti = t - T_SECTIONS
                         if not locked:
-                            self.acquire()
+                            self.lock.acquire_gil()
                             locked = True
                         verdict = self.window.c_check(be32(p + 10), self.net, &skipped)
                         if verdict == V_APPLY:
@@ -628,18 +789,14 @@ cdef class FastLink:
                                 checks.count(_reason("duplicate"))
                 finally:
                     if locked:
-                        try:
-                            if s_applied:
-                                sender.applied += s_applied
-                                sender.gap += s_gap
-                                sender.last_applied_ms = now_ms
-                            if s_stale:
-                                sender.stale += s_stale
-                            if s_dups:
-                                sender.duplicates += s_dups
-                                sender.dual_net_copies += s_copies
-                        finally:
-                            self.release()
+                        if s_applied:
+                            sender.applied += s_applied
+                            sender.gap += s_gap
+                            sender.last_ms, sender.has_last = now_ms, True
+                        sender.stale += s_stale
+                        sender.duplicates += s_dups
+                        sender.dual_net_copies += s_copies
+                        self.lock.c_release()
                 # the frames of a stopped batch not yet judged are left for the Python path
         finally:
             self._write_back(base, took, rx, applied, copies, hb_last, r)
@@ -651,6 +808,100 @@ cdef class FastLink:
             self.drained = True
             dec._abandon = False
         return took
+
+    cdef void _run_nogil(self, const uint8_t *base, Py_ssize_t avail, Py_ssize_t *pos, int64_t now_ms,
+                         int64_t offset_ms, int64_t max_age, RunCounts *c) noexcept nogil:
+        """Take frames from ``pos`` (advanced past them) without the GIL until one needs Python: not
+        a good frame here, a time or heartbeat the GIL path stops at, or a status frame that would
+        store a new object or make a watched change. What it did goes into ``c``. It holds the
+        sender's lock and the three tables' for reading throughout (see ObjectTable)."""
+        cdef Py_ssize_t total
+        cdef const uint8_t *p
+        cdef uint64_t time_ms
+        cdef int64_t age, skipped
+        cdef uint32_t t, counter, nitems, i, key, dev_hi = <uint32_t>self.device_id << 16
+        cdef int ti, verdict, old, v
+        cdef int32_t e
+        cdef TableView *tv
+        cdef Entry *ents
+        cdef int32_t *idx
+        cdef Py_ssize_t mask
+        # the sender's lock, then the three tables' for reading, in this order (see ObjectTable)
+        self.lock.c_acquire()
+        for ti in range(3):
+            pthread_rwlock_rdlock(self.views[ti].rw)
+        while True:
+            total = scan_frame(base + pos[0], avail - pos[0], &self.key, self.mac_on, self.device_id,
+                               self.gateway_id)
+            if total == 0:
+                break
+            p = base + pos[0]
+            time_ms = be64(p + 14)
+            if time_ms >= (<uint64_t>1 << 62):
+                break
+            age = now_ms - (<int64_t>time_ms - offset_ms)
+            if age > max_age or -age > max_age:
+                break
+            t = p[3]
+            if t == T_HEARTBEAT:
+                counter = be32(p + HEADER_LEN)
+                if c.hb_last >= 0 and <uint32_t>(counter - <uint32_t>c.hb_last) != 1:
+                    break
+                c.hb_last = counter
+                c.took += 1
+                c.rx += 1
+                c.accepted += 1
+                pos[0] += total
+                continue
+            ti = t - T_SECTIONS
+            tv = &self.views[ti]
+            nitems = be16(p + HEADER_LEN)
+            ents, idx, mask = tv.entries[0], tv.index[0], tv.mask[0]
+            # every item an existing object, and no change a listener watches: else Python's
+            e = 0
+            for i in range(nitems):
+                e = idx[slot_of(idx, ents, mask, dev_hi | be16(p + HEADER_LEN + 2 + 3 * i))]
+                if e < 0:
+                    break
+                old = ents[e].value
+                v = p[HEADER_LEN + 4 + 3 * i]
+                if old != v and (self.watch_every[ti] or (self.watch_vals[ti][v >> 6] >> (v & 63)) & 1
+                                 or (self.watch_vals[ti][old >> 6] >> (old & 63)) & 1):
+                    e = -1
+                    break
+            if e < 0:
+                break
+            verdict = self.window.c_check(be32(p + 10), self.net, &skipped)
+            if verdict == V_APPLY:
+                for i in range(nitems):
+                    e = idx[slot_of(idx, ents, mask, dev_hi | be16(p + HEADER_LEN + 2 + 3 * i))]
+                    ents[e].value = p[HEADER_LEN + 4 + 3 * i]
+                    ents[e].ms = now_ms
+                self.sender.applied += 1
+                self.sender.gap += skipped
+                self.sender.last_ms = now_ms
+                self.sender.has_last = True
+                c.applied += 1
+                c.accepted += 1
+                c.gap += skipped
+            else:
+                if verdict == V_STALE:
+                    self.sender.stale += 1
+                    c.stale += 1
+                else:
+                    self.sender.duplicates += 1
+                    if verdict == V_COPY:
+                        self.sender.dual_net_copies += 1
+                        c.copies += 1
+                        c.accepted += 1
+                    else:
+                        c.duplicates += 1
+            c.took += 1
+            c.rx += 1
+            pos[0] += total
+        for ti in range(3):
+            pthread_rwlock_unlock(self.views[ti].rw)
+        self.lock.c_release()
 
     cdef int _notify(self, list listeners, int ti, int change, int obj, int value, int64_t now_ms) except -1:
         """Call the listeners that watch this change (``ObjectState.apply``'s filter: every change, or

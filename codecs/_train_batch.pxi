@@ -4,7 +4,7 @@
 #
 # TrainBatch: for each datagram of one recvmmsg batch, what ``decode_datagram`` +
 # ``Receiver.check_datagram`` + ``ObjectState.apply`` + ``Context.train_applied`` do, in C, with no
-# Python object made for a datagram on the steady path, writing the TrainSender and TrainTable of
+# Python object made for a datagram on the steady path, writing the Sender and TrainTable of
 # _train_state.pxi. What Python must see is handed over once per batch (see TrainBatch.run).
 
 cdef extern from *:
@@ -83,7 +83,7 @@ cdef class TrainBatch:
     fills: ``arena`` (datagram j of a batch in slot j, at ``j * slot_size``), ``max_datagram``
     (longer: oversize), the
     ``receiver`` (gateway id, live ``max_age_ms``, ``train_reset_ms``, its train senders, which must
-    be :class:`TrainSender`), the endpoint's ``checks`` (LinkChecks), the MAC ``policy``, the
+    be :class:`Sender`), the endpoint's ``checks`` (LinkChecks), the MAC ``policy``, the
     ``trains`` table (:class:`TrainTable`), ``seen(train_ids, now_ms)`` (the registry), and the
     coupling hand-off: ``coupling_submit(records, counts, now_ms)`` (None: no coupling),
     ``coupling_members`` (trains in a configured consist) and ``coupling_workers``. ``python_step(j,
@@ -97,7 +97,7 @@ cdef class TrainBatch:
     cdef Py_ssize_t slot_size, max_datagram
     cdef object receiver, checks, seen, coupling_submit, python_step
     cdef TrainTable trains
-    cdef list senders           # TrainSender by slot
+    cdef list senders           # Sender by slot
     cdef list id_objs           # the trains' ids as Python ints, by slot (listed without allocating)
     cdef int32_t *src_slot
     cdef TrainSlot *slots
@@ -135,7 +135,7 @@ cdef class TrainBatch:
         self.accept_unverified = policy.accept_unverified
         self.other_required = policy.required
         trains_in = sorted((sid, sender) for sid, sender in receiver.senders.items() if sender.kind == 4)
-        self.senders = [<TrainSender?>sender for _, sender in trains_in]
+        self.senders = [<Sender?>sender for _, sender in trains_in]
         self.id_objs = [sid for sid, _ in trains_in]
         self.nslots = len(trains_in)
         self.slots = <TrainSlot *>calloc(self.nslots + 1, sizeof(TrainSlot))
@@ -261,7 +261,7 @@ cdef class TrainBatch:
         cdef Py_ssize_t total, body, fixed
         cdef int32_t slot
         cdef TrainSlot *s
-        cdef TrainSender sender
+        cdef Sender sender
         cdef uint64_t time_ms
         cdef int64_t age, skipped
         cdef int verdict
@@ -314,7 +314,7 @@ cdef class TrainBatch:
             return R_WRONG_DESTINATION
         if s == NULL:
             return R_UNKNOWN_SOURCE
-        sender = <TrainSender>self.senders[slot]
+        sender = <Sender>self.senders[slot]
         time_ms = be64(p + 14)
         if time_ms >= TIME_LIMIT:   # from far in the future (now_ms + max_age is far below 2**62)
             sender.stale += 1

@@ -1,52 +1,10 @@
-# Included by _core.pyx (before _train_batch.pxi): a train's state in C, what the batch step writes.
+# Included by _core.pyx (before _train_batch.pxi): a train's state in C, what the batch step writes
+# (a train's SenderState is a ``Sender``, _sender.pxi).
 #
-# * TrainSender: ``railcodecs.receiver.SenderState`` of a train, its counters as C fields.
 # * TrainTable: ``ObjectState.trains`` (train id -> TrainState) as C records; a TrainState object is
 #   made only when someone reads one.
-# Both are the pure objects' stand-ins (same attributes, same mapping interface): the pure receiver
-# and ObjectState.apply run on them unchanged (tests/test_udp_differential.py).
-
-import threading as _threading
-
-cdef class TrainSender:
-    """``SenderState`` of one train (kind 4), with its counters in C fields: the same attributes
-    (``id``, ``kind``, ``window``, ``lock``, the counters, ``last_applied_ms``, ``counters()``), so the
-    pure receiver runs on it unchanged, and :class:`TrainBatch` writes it without a Python operation.
-
-    Threading: written by the UDP loop thread only (trains have no TCP link: ``Receiver.hello``
-    refuses their kind), with the GIL held; any thread reads whole values."""
-
-    cdef readonly int id
-    cdef readonly int kind
-    cdef readonly SequenceWindow window
-    cdef readonly object lock
-    cdef public int64_t applied, duplicates, dual_net_copies, stale, gap, sessions, open_links
-    cdef int64_t last_ms
-    cdef bint has_last
-
-    def __init__(self, int id, int kind, SequenceWindow window):
-        self.id, self.kind, self.window = id, kind, window
-        self.lock = _threading.Lock()
-        self.has_last = False
-
-    @property
-    def last_applied_ms(self):
-        return self.last_ms if self.has_last else None
-
-    @last_applied_ms.setter
-    def last_applied_ms(self, value):
-        if value is None:
-            self.has_last = False
-        else:
-            self.last_ms, self.has_last = value, True
-
-    def counters(self) -> dict:
-        return {"applied": self.applied, "duplicates": self.duplicates, "dual_net_copies": self.dual_net_copies,
-                "stale": self.stale, "gap": self.gap, "sessions": self.sessions}
-
-    def __repr__(self):
-        return f"TrainSender(id={self.id}, {self.counters()}, last_applied_ms={self.last_applied_ms})"
-
+# It is the pure object's stand-in (same mapping interface): ObjectState.apply runs on it unchanged
+# (tests/test_udp_differential.py).
 
 cdef struct TrainRec:
     uint16_t section_id

@@ -48,7 +48,9 @@ reads a clock here.
 
 Threading: :meth:`Receiver.check` may be called from several IO loop threads
 at once (net A and net B links of a device live on different loops); the
-sender's window and counters are updated under that sender's lock. A
+sender's window and counters are updated under that sender's lock (a
+``threading.Lock``, or the compiled ``Sender``'s ``CLock``, which the compiled
+link path also takes without the GIL). A
 train's sender is different: no TCP link serves a train (:meth:`Receiver.hello`
 refuses their kind), so the UDP loop thread is its one writer;
 :meth:`check_datagram` still takes its lock, and the compiled UDP step
@@ -136,12 +138,12 @@ class Receiver:
         self.max_age_ms = max_age_ms
         self.train_reset_ms = train_reset_ms
         self._window = window
-        # a train's state is the compiled TrainSender when the core is active (the UDP batch step writes
-        # its C fields); it has SenderState's attributes, so every method here runs on either
-        train_sender = speedups.train_sender_type() or SenderState
+        # a sender's state is the compiled Sender when the core is active (FastLink and the UDP batch
+        # step write its C fields, under its CLock for a device); it has SenderState's attributes, so
+        # every method here runs on either
+        sender_type = speedups.sender_type() or SenderState
         self.senders: dict[int, SenderState] = {
-            sid: (train_sender if kind == TRAIN_KIND else SenderState)(sid, kind, speedups.new_window(window))
-            for sid, kind in senders.items()}
+            sid: sender_type(sid, kind, speedups.new_window(window)) for sid, kind in senders.items()}
 
     # -- links ----------------------------------------------------------------
     def new_link(self, name: str, net: int | None = None) -> LinkChecks:

@@ -67,10 +67,11 @@ def new_table():
     return _active.ObjectTable() if _active is not None else {}
 
 
-def train_sender_type():
-    """The class of a train's ``SenderState`` in the active implementation (the compiled one keeps the
-    counters in C fields, which :class:`TrainBatch` writes directly), or None: the pure SenderState."""
-    return _active.TrainSender if _active is not None else None
+def sender_type():
+    """The class of a sender's ``SenderState`` in the active implementation (the compiled ``Sender``
+    keeps the counters in C fields and its lock is a ``CLock``, which ``FastLink`` and ``TrainBatch``
+    use without Python operations), or None: the pure SenderState."""
+    return _active.Sender if _active is not None else None
 
 
 def new_train_table(state_type):
@@ -87,7 +88,7 @@ def train_batch(arena, slot_size, max_datagram, receiver, checks, policy, trains
     core = _active
     if core is None or not isinstance(trains, core.TrainTable) or policy.session_key is not None:
         return None
-    if any(s.kind == 4 and not isinstance(s, core.TrainSender) for s in receiver.senders.values()):
+    if any(s.kind == 4 and not isinstance(s, core.Sender) for s in receiver.senders.values()):
         return None
     if coupling is not None and not hasattr(coupling, "submit_batch"):
         return None
@@ -100,7 +101,6 @@ def train_batch(arena, slot_size, max_datagram, receiver, checks, policy, trains
 def fast_link(decoder, checks, sender, receiver, objects, session_key):
     """The compiled steady path for one confirmed link, or None (pure, or a part built pure)."""
     core = _active
-    if core is None or not isinstance(sender.window, core.SequenceWindow) or \
-            not isinstance(objects.sections, core.ObjectTable):
+    if core is None or not isinstance(sender, core.Sender) or not isinstance(objects.sections, core.ObjectTable):
         return None
     return core.FastLink(decoder, checks, sender, receiver, objects, session_key)

@@ -42,11 +42,12 @@ class DualLine:
     ``fixed``: the links read from a gateway link's fixed RecvBuffer (small, so it fills, and slides
     partial frames to its front, often) instead of a growable LinearBuffer."""
 
-    def __init__(self, implementation: str, fixed: bool = False) -> None:
+    def __init__(self, implementation: str, fixed: bool = False, watch_only: bool = False) -> None:
         speedups.use(implementation)
         self.ctx = RecordingContext(line_config())
         self.changes: list = []
-        self.ctx.objects.subscribe(lambda *change: self.changes.append(change))
+        if not watch_only:  # a listener of every change keeps the compiled path on its GIL side
+            self.ctx.objects.subscribe(lambda *change: self.changes.append(change))
         # the alarm stage's kind of subscription: only into or out of one value, per kind
         self.watched: list = []
         self.ctx.objects.subscribe(lambda *change: self.watched.append(change),
@@ -244,12 +245,15 @@ class Feeder:
         return chunks
 
 
-def compare(seed: int, frames: int, fixed: bool | None = None) -> int:
+def compare(seed: int, frames: int, fixed: bool | None = None, gil_free: bool = False) -> int:
     """Run ``frames`` events through both implementations; raise AssertionError at the first event
     after which their states differ. Returns the frames fed (bursts count their frames). ``fixed``:
     the links' byte source (default: a RecvBuffer for odd seeds, a LinearBuffer for even ones)."""
     fixed = bool(seed % 2) if fixed is None else fixed  # odd seeds read from a link's fixed RecvBuffer
-    lines = {impl: DualLine(impl, fixed) for impl in ("compiled", "pure")}
+    lines = {impl: DualLine(impl, fixed, watch_only=gil_free) for impl in ("compiled", "pure")}
+    # gil_free: only a watching listener, and the compiled links take every run GIL-free (FastLink's
+    # _run_nogil) as far as it goes, whatever is buffered
+    old_bytes = speedups._core.set_nogil_bytes(0 if gil_free else 2048)
     feeders = {impl: Feeder(line, seed) for impl, line in lines.items()}
     try:
         assert lines["compiled"].digest() == lines["pure"].digest()
@@ -264,6 +268,9 @@ def compare(seed: int, frames: int, fixed: bool | None = None) -> int:
             if a != b:
                 diff = {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
                 raise AssertionError(f"seed {seed}, event {n} on {name}: the implementations differ: {diff}")
+        if gil_free:  # the path under test really ran
+            assert sum(p.fast.frames_nogil for p in lines["compiled"].links.values() if p.fast) > 0
         return fed
     finally:
+        speedups._core.set_nogil_bytes(old_bytes)
         speedups.use("compiled" if speedups.available() else "pure")

@@ -77,6 +77,13 @@ def test_link_path_same_state_after_every_event(seed):
     assert differential.compare(seed, 700) >= 700
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_gil_free_run_leaves_the_same_state_after_every_event(seed):
+    """FastLink._run_nogil on every run (threshold 0), beside only a watching listener (the alarm
+    stage's kind): the same frames, counters, table, watched changes and window as the pure path."""
+    assert differential.compare(seed, 700, gil_free=True) >= 700
+
+
 def test_the_fast_path_really_runs():
     """The differential test proves nothing if the compiled side never takes a frame."""
     line = differential.DualLine("compiled")
@@ -120,3 +127,67 @@ def test_a_listener_that_raises_leaves_the_same_counts_and_state_in_both():
     assert compiled == pure
     assert pure[258][0]["applied"] == 3 and pure["A258"][10] == 2  # the sender: 3 applied; the link: 2
     speedups.use("compiled")
+
+
+def test_gil_free_runs_on_three_threads_apply_each_frame_once():
+    """Net A and net B of device 258 on two threads (each seq applied once, its copy counted once),
+    while device 257 stores new objects on a third (the tables grow under the GIL-free runs) and a
+    fourth reads the tables: the sender's lock and the tables' read/write locks at work."""
+    import threading
+
+    from railcodecs import Signals, TrackSections, encode
+    from railcodecs.messages import Switches
+
+    line = differential.DualLine("compiled", watch_only=True)
+    old = speedups._core.set_nogil_bytes(0)
+    n = 6000
+    try:
+        now = line.now_ms
+        kinds = (TrackSections, Signals, Switches)
+        dual = [encode(kinds[seq % 3](tuple((10 + i, (seq + i) % 2) for i in range(6))), src=258, dst=1, seq=seq,
+                       time_ms=now) for seq in range(1, n + 1)]
+        key = line.keys["A257"]
+        growing = [encode(TrackSections(tuple((1000 + 8 * seq + i, 1) for i in range(8))), src=257, dst=1, seq=seq,
+                          time_ms=now, mac_key=key) for seq in range(1, n // 4 + 1)]
+        errors, done = [], threading.Event()
+
+        def feed(name, frames):
+            try:
+                for k in range(0, len(frames), 400):  # long GIL-free runs, so the two nets' overlap
+                    line.links[name].source.append(b"".join(frames[k:k + 400]))
+                    line.links[name].data_received(line.now, now)
+            except Exception as exc:  # surfaced below
+                errors.append(repr(exc))
+
+        def read():
+            while not done.is_set():
+                line.ctx.objects.sections.copy()
+                len(line.ctx.objects.signals)
+
+        threads = [threading.Thread(target=feed, args=("A258", dual)), threading.Thread(target=feed, args=("B258", dual)),
+                   threading.Thread(target=feed, args=("A257", growing))]
+        reader = threading.Thread(target=read)
+        reader.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        done.set()
+        reader.join(10)
+    finally:
+        speedups._core.set_nogil_bytes(old)
+    assert errors == []
+    s = line.ctx.receiver.senders[258]
+    # every seq applied once; its other copy is the other net's expected copy, or stale when one
+    # thread ran more than the window (1,024) ahead of the other
+    assert s.applied == n and s.dual_net_copies == s.duplicates and s.dual_net_copies + s.stale == n
+    checks = [line.links[name].checks for name in ("A258", "B258")]
+    assert sum(c.applied for c in checks) == n and sum(c.copies for c in checks) == s.dual_net_copies
+    assert sum(p.fast.frames_nogil for p in line.links.values()) > n  # the GIL-free path took most
+    assert line.ctx.receiver.senders[257].applied == n // 4
+    last = {kinds[seq % 3]: seq for seq in range(n - 2, n + 1)}
+    tables = {TrackSections: line.ctx.objects.sections, Signals: line.ctx.objects.signals,
+              Switches: line.ctx.objects.switches}
+    for kind, seq in last.items():
+        assert [tables[kind][(258, 10 + i)][0] for i in range(6)] == [(seq + i) % 2 for i in range(6)]
+    assert len([k for k in line.ctx.objects.sections.copy() if k[0] == 257 and k[1] >= 1000]) == 8 * (n // 4)

@@ -1,4 +1,4 @@
-"""The compiled UDP step's parts one by one: TrainSender, TrainTable, TrainBatch.run's arguments,
+"""The compiled UDP step's parts one by one: Sender, TrainTable, TrainBatch.run's arguments,
 Registry.trains_seen, CouplingWorkers.submit_batch, and when railcodecs.speedups builds a TrainBatch.
 
 The whole step is compared with the pure one in tests/test_udp_differential.py; these pin the
@@ -46,25 +46,32 @@ def test_train_table_reads_as_the_dict_it_replaces():
 
 
 @compiled_only
-def test_train_sender_has_sender_state_s_attributes():
+def test_the_compiled_sender_has_sender_state_s_attributes():
+    from railcodecs.receiver import SenderState
     rx = Receiver(1, {1025: 4, 258: 1})
     train, device = rx.senders[1025], rx.senders[258]
-    assert type(train).__name__ == "TrainSender" and type(device).__name__ == "SenderState"
-    assert train.counters() == device.counters() and train.last_applied_ms is None
+    assert type(train).__name__ == type(device).__name__ == "Sender"
+    assert train.counters() == SenderState(1, 4, None).counters() and train.last_applied_ms is None
     train.applied += 2
     train.last_applied_ms = 123
     assert train.counters()["applied"] == 2 and train.last_applied_ms == 123
     train.last_applied_ms = None
     assert train.last_applied_ms is None
     with train.lock:
+        assert train.lock.locked() and not train.lock.acquire(blocking=False)
         train.window.reset()
+    assert not train.lock.locked()
+    with pytest.raises(RuntimeError, match="unlocked"):
+        train.lock.release()
+    assert train.lock.acquire(timeout=0.01) and not train.lock.acquire(timeout=0.01)
+    train.lock.release()
 
 
 def test_pure_receiver_keeps_the_dataclass(implementation):
     speedups.use("pure")
     try:
         assert type(Receiver(1, {1025: 4}).senders[1025]).__name__ == "SenderState"
-        assert speedups.new_train_table(TrainState) == {} and speedups.train_sender_type() is None
+        assert speedups.new_train_table(TrainState) == {} and speedups.sender_type() is None
     finally:
         speedups.use(implementation)
 

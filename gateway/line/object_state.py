@@ -15,8 +15,9 @@ per datagram (one is made when the table is read).
 
 Threading: ``apply`` from IO loop threads (serialised per sender by the
 receiver); readers (status, alarm sources) from any thread: every stored value
-is an immutable tuple replaced by a single dict store (or two C fields changed
-with the GIL held), and ``snapshot`` copies under the GIL with ``copy()``.
+is an immutable tuple replaced by a single dict store (or two C fields, which
+the compiled link path may change without the GIL for an object already in the
+table: see ``ObjectTable``), and ``snapshot`` copies under the GIL with ``copy()``.
 """
 from __future__ import annotations
 
