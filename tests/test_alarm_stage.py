@@ -184,3 +184,52 @@ def test_under_load_only_samples_are_sampled_away_never_conditions_or_device_ala
     # the critical condition and the device alarm ride the priority lane (in their order), the section
     # fault, submitted before the device alarm, comes after them
     assert [k for k in raised if k in keys] == ["CI-1/DEVICE_COMM_LOST/-", KEY, "CI-2/TRACK_SECTION_FAULT/111"]
+
+
+def test_threat_samples_skip_a_settled_link_and_the_monitor_decides_the_same(tmp_path):
+    """sample_threats sends a link's counters every second while they moved within a threat window
+    (and once more after it), then nothing until they move: fed to the real ThreatMonitor, those
+    samples raise and clear exactly what a sample every second does, at the same times."""
+    from alarms.observations import ThreatSample
+    from alarms.sources import ThreatMonitor
+    from gateway.app.alarm_stage import AlarmStage
+    from gateway.line.line import Line
+    from railcodecs import Reason
+
+    cfg = config.parse(line_config(state_dir=str(tmp_path / "state")).raw, "t")
+    clock = [1_000_000]
+    line = Line(cfg, clock_ms=lambda: clock[0])
+    stage = AlarmStage(cfg, line)
+    sent: list = []
+    stage.service.submit = lambda item, priority=False: sent.append(item) or True
+
+    class Link:  # what the registry and sample_threats read of a link
+        def __init__(self):
+            self.checks = line.receiver.new_link("t", 0)
+
+    dev_id = next(iter(line.registry.devices))
+    link = Link()
+    line.registry.link_up(dev_id, "A", link, clock[0])
+    every: list = []
+    script = {15: 6, 16: 1, 40: 2}  # second -> bad CRCs counted then
+    for second in range(60):
+        clock[0] = 1_000_000 + 1000 * second
+        if second in script:
+            link.checks.count(Reason.BAD_CRC, script[second])
+        if second == 50:  # a new link object (a reconnect): sampled at once
+            link.checks = line.receiver.new_link("t", 0)
+        every.append(ThreatSample("net A", dict(link.checks.errors), clock[0], "x"))
+        stage.sample_threats()
+    times = [s.time_ms // 1000 - 1000 for s in sent]
+    # quiet from 0: 0..10, and the settling sample at 11 (11 s > the 10 s window); errors at 15 and
+    # 16: 15..26, settled at 27; errors at 40: 40..49, then the new link at 50: 50..59
+    assert times == list(range(0, 12)) + list(range(15, 28)) + list(range(40, 60))
+
+    def decisions(samples):
+        mon, out = ThreatMonitor(cfg.pipeline.alarms.threat_rates), []
+        for s in samples:
+            out += [(s.time_ms, type(i).__name__, str(i.key)) for i in mon.sample(s.link_name, s.errors, s.time_ms, "x")]
+        return out
+
+    got, want = decisions(sent), decisions(every)
+    assert got == want and [d[1] for d in want] == ["RaiseAlarm", "ClearAlarm"]

@@ -67,6 +67,10 @@ class AlarmStage:
         self.writers: list[HistoryWriter] = []
         self.pruner: RetentionPruner | None = None
         self._relay_factory = relay_factory
+        # (device id, net) -> (the link's LinkChecks, its errors as last sampled, when they last moved,
+        # settled: a sample more than a threat window after that was sent); base loop thread only
+        self._threat_sent: dict[tuple[int, str], tuple] = {}
+        self._threat_window_ms = int(p.alarms.threat_rates.window_s * 1000)
 
     # -- life (base loop thread) ------------------------------------------------------------
     def start(self) -> None:
@@ -174,14 +178,32 @@ class AlarmStage:
         self.service.reconcile(conditions, self.line.now_ms())
 
     def sample_threats(self) -> None:
-        """Per-link cumulative error counters to the threat monitor. Base loop timer, every second."""
+        """Per-link cumulative error counters to the threat monitor. Base loop timer, every second.
+
+        A link whose counters have not moved for more than a threat window is sent once more (that
+        sample finds no error in its window: the monitor's counts are 0 and its threat alarms clear,
+        exactly as with a sample every second) and then skipped until they move or the link is
+        replaced: at line scale a sample per link per second was most of the base loop's time
+        (bench/results/profile-line-load-564e3e4.txt), for links with nothing to say."""
         now_ms = self.line.now_ms()
         registry = self.line.registry
+        sent, window_ms = self._threat_sent, self._threat_window_ms
         for dev_id, dl in registry.devices.items():
             for net, link in registry.links_of(dev_id).items():
-                if link is not None:
-                    checks = link.checks
-                    self.service.submit(ThreatSample(f"net {net}", dict(checks.errors), now_ms, dl.device.name))
+                if link is None:
+                    continue
+                checks = link.checks
+                errors = checks.errors
+                last = sent.get((dev_id, net))
+                if last is not None and last[0] is checks and last[1] == errors:
+                    if last[3]:
+                        continue  # settled: nothing in its window since the sample that said so
+                    snapshot, changed_ms = last[1], last[2]
+                    sent[(dev_id, net)] = (checks, snapshot, changed_ms, now_ms - changed_ms > window_ms)
+                else:
+                    snapshot = dict(errors)
+                    sent[(dev_id, net)] = (checks, snapshot, now_ms, False)
+                self.service.submit(ThreatSample(f"net {net}", dict(snapshot), now_ms, dl.device.name))
         udp = self.udp_checks
         if udp is not None:
             self.service.submit(ThreatSample("udp", dict(udp.errors), now_ms, "trains"))
