@@ -50,20 +50,20 @@ class _Ctx:
 def _link(implementation: str):
     speedups.use(implementation)
     ctx = _Ctx()
-    ring = RecvBuffer(64 * 1024)
-    p = LinkProtocol(ctx, "A", ring, "bench", nonce=lambda: 0x1234)
+    rx = RecvBuffer(64 * 1024)
+    p = LinkProtocol(ctx, "A", rx, "bench", nonce=lambda: 0x1234)
     now_ms = int(time.time() * 1000)
     p.connection_made(0.0)
-    ring.write(encode(Hello(1, 0, 500, "BENCH", 7), src=DEV, dst=1, seq=0, time_ms=now_ms))
+    rx.write(encode(Hello(1, 0, 500, "BENCH", 7), src=DEV, dst=1, seq=0, time_ms=now_ms))
     p.data_received(0.0, now_ms)
     dev = StreamDecoder(types=DEVICE_RX_TYPES)
     dev.feed(bytes(p.outbox))
     p.outbox.clear()
     ack = next(iter(dev.events()))
-    ring.write(encode(SessionConfirm(7, ack.message.session_nonce), src=DEV, dst=1, seq=0, time_ms=now_ms))
+    rx.write(encode(SessionConfirm(7, ack.message.session_nonce), src=DEV, dst=1, seq=0, time_ms=now_ms))
     p.data_received(0.0, now_ms)
     assert p.state is LinkState.UP, p.why
-    return p, ring, now_ms
+    return p, rx, now_ms
 
 
 def _reads(start_seq: int, n_reads: int, now_ms: int) -> list[bytes]:
@@ -79,34 +79,34 @@ def _reads(start_seq: int, n_reads: int, now_ms: int) -> list[bytes]:
     return out
 
 
-def _feed(p, ring, chunks, now_ms) -> None:
+def _feed(p, rx, chunks, now_ms) -> None:
     for chunk in chunks:
-        ring.write(chunk)
+        rx.write(chunk)
         p.data_received(1.0, now_ms)
 
 
 def _cpu_per_frame(implementation: str, frames: int) -> float:
-    p, ring, now_ms = _link(implementation)
+    p, rx, now_ms = _link(implementation)
     chunks = _reads(1, frames // PER_READ, now_ms)
-    _feed(p, ring, chunks[:5], now_ms)  # warm-up
+    _feed(p, rx, chunks[:5], now_ms)  # warm-up
     t0 = time.process_time()
-    _feed(p, ring, chunks[5:], now_ms)
+    _feed(p, rx, chunks[5:], now_ms)
     cpu = time.process_time() - t0
     assert p.checks.applied == frames and not p.checks.errors, (p.checks.applied, p.checks.errors)
     return cpu / (frames - 5 * PER_READ) * 1e6
 
 
 def _retained(frames: int) -> tuple[int, str]:
-    p, ring, now_ms = _link("compiled")
+    p, rx, now_ms = _link("compiled")
     chunks = _reads(1, frames // PER_READ + 40, now_ms)
-    _feed(p, ring, chunks[:20], now_ms)  # warm-up: the table holds the objects, counters are large ints
+    _feed(p, rx, chunks[:20], now_ms)  # warm-up: the table holds the objects, counters are large ints
     tracemalloc.start()
     # a second warm-up under tracing: values replaced on every read (the link's counters, its
     # decoder's offset, the sender's figures) are then traced in both snapshots, not counted as new
-    _feed(p, ring, chunks[20:40], now_ms)
+    _feed(p, rx, chunks[20:40], now_ms)
     gc.collect()
     before = tracemalloc.take_snapshot()
-    _feed(p, ring, chunks[40:], now_ms)
+    _feed(p, rx, chunks[40:], now_ms)
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()

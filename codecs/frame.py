@@ -9,7 +9,7 @@
 decoder (UDP): it looks at one contiguous buffer, never copies the payload
 before the CRC has passed, and says either "need N bytes", "a frame of N
 bytes", or "an error, resume at offset X". It is buffer-agnostic so the
-gateway's ring buffer can hand it a view straight into its memory.
+gateway's receive buffer can hand it a view straight into its memory.
 
 Pure functions and frozen data, no IO; safe from any thread.
 """

@@ -23,7 +23,7 @@ Resynchronisation, the part a reader most needs to trust:
 
 At most one maximum frame (``MAX_FRAME_LEN`` = 4140 bytes) is ever waited
 for as one incomplete frame. The bytes live in a byte source
-(``byte_source.py``): the decoder's own buffer, or the gateway's ring buffer,
+(``byte_source.py``): the decoder's own buffer, or a gateway link's receive buffer,
 where frames are parsed in place.
 
 Threading: one decoder belongs to one link and is used from one thread.
@@ -59,7 +59,7 @@ class StreamDecoder:
     ``types``: the message types accepted on this stream (others are
     ``unknown_type``); ``mac``: the link's :class:`MacPolicy`; ``source``: where
     the bytes are (default: an internal :class:`LinearBuffer` filled by
-    :meth:`feed`; the gateway passes its SPSC ring, filled by the IO loop).
+    :meth:`feed`; the gateway passes a link's RecvBuffer, filled by the IO loop).
     """
 
     def __init__(self, *, types: dict[int, type[Message]] = GATEWAY_RX_TYPES, mac: MacPolicy = NO_MAC,

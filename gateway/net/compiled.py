@@ -1,6 +1,6 @@
 """The compiled reactor of ``gateway/net``, when it is built and the compiled implementation runs.
 
-``_reactor.pyx`` (epoll_wait + dispatch, a device link's read into its ring and the FastLink) is
+``_reactor.pyx`` (epoll_wait + dispatch, a device link's read into its receive buffer and the FastLink) is
 built by ``pip install`` with the codecs' core (setup.py). It is used when built and when
 ``railcodecs.speedups`` says the compiled implementation is in use (not ``RAILGATE_PURE=1``); the
 Python code beside it is the reference and the fallback. Loops and connections choose at

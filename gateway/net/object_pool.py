@@ -1,4 +1,4 @@
-"""A bounded pool of reusable objects: a device link's buffers (``LinkBuffers``, its ring).
+"""A bounded pool of reusable objects: a device link's buffers (``LinkBuffers``, its receive buffer).
 
 Who calls it, and from which thread: the base loop's acceptor (through the
 link context) acquires a link's buffers when its session is confirmed, and the
@@ -16,7 +16,7 @@ import threading
 
 
 class ObjectPool:
-    """A bounded pool of reusable objects (a link's ring buffers).
+    """A bounded pool of reusable objects (a link's receive buffers).
 
     Objects are made lazily by ``factory`` up to ``max_items`` and reused after
     ``release``, which calls their ``reset()``. Over the bound, ``acquire``
