@@ -349,31 +349,33 @@ cdef class ObjectTable:
         """Store (the GIL held); returns 0 when only the time moved, ``PUT_NEW`` for a new key,
         else 1 + the old value (a change: the listeners' watch needs where it came from). A new key
         is stored holding ``rw`` for writing, waited for with the GIL released."""
-        cdef int change
-        if self.index[self._slot(key)] < 0:
-            if pthread_rwlock_trywrlock(&self.rw) != 0:
-                with nogil:
-                    pthread_rwlock_wrlock(&self.rw)
-            try:
-                change = self._put(key, value, ms)  # (the key may have come while the GIL was out)
-            finally:
-                pthread_rwlock_unlock(&self.rw)
-            return change
-        return self._put(key, value, ms)
-
-    cdef int _put(self, uint32_t key, uint8_t value, int64_t ms) except -1:
-        cdef Py_ssize_t s = self._slot(key)
-        cdef int32_t e = self.index[s]
-        cdef Entry *ent
-        cdef int old
+        cdef int32_t e = self.index[self._slot(key)]
         if e >= 0:
-            ent = &self.entries[e]
-            ent.ms = ms
-            if ent.value == value:
-                return 0
-            old = ent.value
-            ent.value = value
-            return 1 + old
+            return self._update(e, value, ms)
+        if pthread_rwlock_trywrlock(&self.rw) != 0:
+            with nogil:
+                pthread_rwlock_wrlock(&self.rw)
+        try:
+            return self._insert(key, value, ms)
+        finally:
+            pthread_rwlock_unlock(&self.rw)
+
+    cdef inline int _update(self, int32_t e, uint8_t value, int64_t ms) noexcept:
+        cdef Entry *ent = &self.entries[e]
+        cdef int old = ent.value
+        ent.ms = ms
+        if old == value:
+            return 0
+        ent.value = value
+        return 1 + old
+
+    cdef int _insert(self, uint32_t key, uint8_t value, int64_t ms) except -1:
+        """Store a key not found a moment ago (``rw`` held for writing): another thread may have
+        stored it while this one waited for the lock without the GIL."""
+        cdef Py_ssize_t s = self._slot(key)
+        cdef Entry *ent
+        if self.index[s] >= 0:
+            return self._update(self.index[s], value, ms)
         if self.n == self.cap or 2 * (self.n + 1) > self.mask + 1:
             self._grow()
             s = self._slot(key)
