@@ -535,6 +535,32 @@ cdef Py_ssize_t scan_frame(const uint8_t *p, Py_ssize_t avail, const rg_hmac_key
     return total
 
 
+cdef enum:
+    GATE_STOP = 0       # a time or heartbeat counter the Python path must judge
+    GATE_HEARTBEAT = 1  # a good heartbeat, taken (``hb_last`` moved)
+    GATE_STATUS = 2     # a status frame in time: on to the window
+
+
+cdef inline int frame_gate(const uint8_t *p, int64_t now_ms, int64_t offset_ms, int64_t max_age,
+                           int64_t *hb_last) noexcept nogil:
+    """A scanned frame's time and heartbeat checks, shared by FastLink's two ways through a run."""
+    cdef uint64_t time_ms = be64(p + 14)
+    cdef int64_t age
+    cdef uint32_t counter
+    if time_ms >= (<uint64_t>1 << 62):
+        return GATE_STOP
+    age = now_ms - (<int64_t>time_ms - offset_ms)
+    if age > max_age or -age > max_age:
+        return GATE_STOP
+    if p[3] != T_HEARTBEAT:
+        return GATE_STATUS
+    counter = be32(p + HEADER_LEN)
+    if hb_last[0] >= 0 and <uint32_t>(counter - <uint32_t>hb_last[0]) != 1:
+        return GATE_STOP
+    hb_last[0] = counter
+    return GATE_HEARTBEAT
+
+
 cdef struct TableView:
     # one ObjectTable's arrays seen from a GIL-free run: the addresses of the table's own fields
     # (they change only under its rw lock held for writing, with the GIL)
@@ -667,14 +693,13 @@ cdef class FastLink:
         from the Python path."""
         cdef const uint8_t *base
         cdef bytearray buf
-        cdef Py_ssize_t avail, pos = 0, took = 0, scanned = 0, k, nscan, total, i, r
-        cdef int64_t offset_ms, max_age, hb_last, age, skipped
+        cdef Py_ssize_t avail, pos = 0, took = 0, scanned = 0, k, nscan, i, r
+        cdef int64_t offset_ms, max_age, hb_last, skipped
         cdef int64_t rx = 0, applied = 0, copies = 0, accepted = 0
         cdef int64_t s_applied, s_gap, s_stale, s_dups, s_copies
         cdef bint locked
-        cdef uint64_t time_ms
-        cdef uint32_t t, counter, nitems, dev_hi
-        cdef int verdict, ti, change
+        cdef uint32_t nitems, dev_hi
+        cdef int verdict, ti, change, gate
         cdef bint stop = False
         cdef const uint8_t *p
         cdef ObjectTable table
@@ -737,28 +762,16 @@ cdef class FastLink:
                 try:
                     for k in range(nscan):
                         p = base + self.offs[k]
-                        time_ms = be64(p + 14)
-                        if time_ms >= (<uint64_t>1 << 62):
+                        gate = frame_gate(p, now_ms, offset_ms, max_age, &hb_last)
+                        if gate == GATE_STOP:
                             stop = True
                             break
-                        age = now_ms - (<int64_t>time_ms - offset_ms)
-                        if age > max_age or -age > max_age:
-                            stop = True
-                            break
-                        t = p[3]
-                        if t == T_HEARTBEAT:
-                            counter = be32(p + HEADER_LEN)
-                            if hb_last >= 0 and ((counter - <uint32_t>hb_last) & 0xFFFFFFFF) != 1:
-                                stop = True
-                                break
-                            hb_last = counter
-                            took += 1
-                            rx += 1
-                            accepted += 1
-                            continue
                         took += 1
                         rx += 1
-                        ti = t - T_SECTIONS
+                        if gate == GATE_HEARTBEAT:
+                            accepted += 1
+                            continue
+                        ti = p[3] - T_SECTIONS
                         if not locked:
                             self.lock.acquire_gil()
                             locked = True
@@ -819,10 +832,9 @@ cdef class FastLink:
         sender's lock and the three tables' for reading throughout (see ObjectTable)."""
         cdef Py_ssize_t total
         cdef const uint8_t *p
-        cdef uint64_t time_ms
-        cdef int64_t age, skipped
-        cdef uint32_t t, counter, nitems, i, key, dev_hi = <uint32_t>self.device_id << 16
-        cdef int ti, verdict, old, v
+        cdef int64_t skipped
+        cdef uint32_t nitems, i, dev_hi = <uint32_t>self.device_id << 16
+        cdef int ti, verdict, old, v, gate
         cdef int32_t e
         cdef TableView *tv
         cdef Entry *ents
@@ -838,24 +850,16 @@ cdef class FastLink:
             if total == 0:
                 break
             p = base + pos[0]
-            time_ms = be64(p + 14)
-            if time_ms >= (<uint64_t>1 << 62):
+            gate = frame_gate(p, now_ms, offset_ms, max_age, &c.hb_last)
+            if gate == GATE_STOP:
                 break
-            age = now_ms - (<int64_t>time_ms - offset_ms)
-            if age > max_age or -age > max_age:
-                break
-            t = p[3]
-            if t == T_HEARTBEAT:
-                counter = be32(p + HEADER_LEN)
-                if c.hb_last >= 0 and <uint32_t>(counter - <uint32_t>c.hb_last) != 1:
-                    break
-                c.hb_last = counter
+            if gate == GATE_HEARTBEAT:
                 c.took += 1
                 c.rx += 1
                 c.accepted += 1
                 pos[0] += total
                 continue
-            ti = t - T_SECTIONS
+            ti = p[3] - T_SECTIONS
             tv = &self.views[ti]
             nitems = be16(p + HEADER_LEN)
             ents, idx, mask = tv.entries[0], tv.index[0], tv.mask[0]
