@@ -77,6 +77,7 @@ def broken(**edits):
     ({"line__timezone": "Mars/Base"}, "line.timezone: expected an IANA time zone"),
     ({"trains__consists": {9: [1025, 1025]}}, "trains.consists.9: expected two different train ids"),
     ({"gateway__log": {"level": "LOUD"}}, "gateway.log.level: expected one of DEBUG, INFO, WARNING, ERROR"),
+    ({"gateway__udp_coalesce_ms": -1}, "gateway.udp_coalesce_ms: expected an integer 0..100, got -1"),
     ({"gateway__listen__net_b": {"host": "127.0.0.1", "port": 17001}}, "gateway.listen.net_b: same address"),
 ])
 def test_problems_name_the_key_path(edits, message):
@@ -84,6 +85,11 @@ def test_problems_name_the_key_path(edits, message):
         config.parse(broken(**edits), "line.yaml")
     assert any(message in p for p in info.value.problems), info.value.problems
     assert str(info.value).startswith("line.yaml: 1 problem")
+
+
+def test_udp_coalesce_ms_defaults_to_1():
+    assert config.parse(broken(), "line.yaml").gateway.udp_coalesce_ms == 1
+    assert config.parse(broken(gateway__udp_coalesce_ms=0), "line.yaml").gateway.udp_coalesce_ms == 0
 
 
 def test_all_problems_at_once():

@@ -145,3 +145,26 @@ def test_a_burst_larger_than_the_arena_is_all_received_in_batches():
     else:
         assert ep.rx_batches == 0
     rx.close(), tx.close()
+
+
+def test_the_configured_gateway_coalesces_wake_ups_and_applies_every_datagram():
+    """gateway.udp_coalesce_ms reaches the endpoint (default 1; 50 here, so that a loaded machine still
+    sees two wake-ups as quick): two quick wake-ups move it to POLLING, a burst is then drained on its
+    timer with every datagram applied, and a quiet socket moves it back to EVENTS."""
+    assert line_config().gateway.udp_coalesce_ms == 1
+    cfg = line_config()
+    object.__setattr__(cfg.gateway, "udp_coalesce_ms", 50)
+    with RunningGateway(cfg) as gw:
+        assert gw.udp.stats()["coalesce_ms"] == 50
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        addr = ("127.0.0.1", gw.ports["udp"])
+        for seq in (1, 2):
+            tx.sendto(dgram(status_msg(speed=seq), seq=seq), addr)
+            wait_until(lambda: gw.udp.rx_datagrams == seq, what=f"datagram {seq}")
+        assert gw.udp.polling and gw.udp.poll_entries == 1
+        for seq in range(3, 3001):
+            tx.sendto(dgram(status_msg(speed=seq), seq=seq), addr)
+        wait_until(lambda: gw.udp.rx_datagrams == 3000, what="3,000 datagrams")
+        assert gw.udp.checks.applied == 3000 and gw.ctx.objects.trains[1025].speed_cm_s == 3000
+        wait_until(lambda: not gw.udp.polling, what="back to EVENTS")
+        tx.close()

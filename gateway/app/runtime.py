@@ -143,7 +143,8 @@ class Gateway:
             self.commands.start()
         self.pool.start()
         udp_loop = self.pool.next_loop()
-        self.udp = UdpEndpoint(self.ctx, udp_loop, self.udp_sock, self.udp_checks)
+        self.udp = UdpEndpoint(self.ctx, udp_loop, self.udp_sock, self.udp_checks,
+                               coalesce_ms=self.cfg.gateway.udp_coalesce_ms)
         udp_loop.run_in_loop(self.udp.start)
         for acc in self.acceptors:
             acc.start()

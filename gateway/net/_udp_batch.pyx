@@ -32,7 +32,7 @@ and ``recv`` returns a count (a small int).
 from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, strerror
-from posix.time cimport timespec
+from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
 from posix.uio cimport iovec
 from cpython cimport array
 
@@ -188,30 +188,57 @@ cdef class BatchDrain:
     ``TrainBatch.run``: it returns the oversize count), again until a batch comes back short. The
     endpoint's ``rx_datagrams``, ``rx_batches`` and ``oversize`` are added to once per batch.
 
+    Coalescing (``UdpEndpoint``'s module doc, "Wake-ups"): with ``coalesce(interval_s, on_busy)``
+    set, a wake-up whose drain finds datagrams less than ``interval_s`` after the previous such
+    wake-up calls ``on_busy()`` (the endpoint then stops the per-arrival wake-ups and drains on a
+    timer); the same test as ``UdpEndpoint._on_events``, on the same clock (CLOCK_MONOTONIC, which
+    is ``time.monotonic``'s), in C so that a wake-up still runs no Python frame.
+
     Threading: the endpoint's loop thread only (the arena's one user)."""
 
     cdef BatchReceiver rx
-    cdef object endpoint, step, clock, lengths
+    cdef object endpoint, step, clock, lengths, on_busy
     cdef int fd
+    cdef double interval_s, last_s
 
     def __init__(self, BatchReceiver rx, int fd, endpoint, step, clock):
         self.rx, self.fd, self.endpoint, self.step, self.clock = rx, fd, endpoint, step, clock
         self.lengths = rx.lengths
+        self.interval_s = 0.0
+        self.last_s = -1e300
+        self.on_busy = None
+
+    def coalesce(self, double interval_s, on_busy):
+        """Call ``on_busy()`` when two wake-ups with datagrams come less than ``interval_s`` apart (0: never)."""
+        self.interval_s = interval_s
+        self.on_busy = on_busy
 
     def __call__(self, mask):
-        cdef Py_ssize_t got
+        cdef timespec ts
+        cdef double now
+        if self.drain() and self.interval_s > 0:
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            now = ts.tv_sec + ts.tv_nsec * 1e-9
+            if now - self.last_s < self.interval_s:
+                self.on_busy()
+            self.last_s = now
+
+    cpdef Py_ssize_t drain(self) except -1:
+        """Drain the socket to EAGAIN; the datagrams received (the endpoint's poll timer calls it too)."""
+        cdef Py_ssize_t got, total = 0
         cdef Py_ssize_t batch = self.rx._batch
         ep = self.endpoint
         while True:
             try:
                 got = self.rx._recv(self.fd)  # 0 at EAGAIN
             except OSError:  # as recv_into: the socket failed
-                return
+                return total
             if got:
+                total += got
                 ep.rx_batches += 1
                 ep.rx_datagrams += got
                 oversize = self.step(self.lengths, got, self.clock())
                 if oversize:
                     ep.oversize += oversize
             if got < batch:
-                return  # recvmmsg stopped short: the kernel queue was empty (EAGAIN)
+                return total  # recvmmsg stopped short: the kernel queue was empty (EAGAIN)
