@@ -17,18 +17,12 @@ Threading: construct in one thread; each part documents its own contract.
 """
 from __future__ import annotations
 
-import time
-
 from railcodecs import MacPolicy, Receiver
 
+from gateway.base.clock import wall_clock_ms  # noqa: F401 - the line's default clock, imported from here too
 from gateway.line.devices import Registry
 from gateway.line.events import EventLog
 from gateway.line.object_state import ObjectState
-
-
-def wall_clock_ms() -> int:
-    """Epoch milliseconds from the system clock."""
-    return int(time.time() * 1000)
 
 
 class Line:

@@ -27,8 +27,12 @@ from libc.string cimport strerror
 from libc.math cimport ceil
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.exc cimport PyErr_CheckSignals
+from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC, CLOCK_REALTIME
 
 import logging
+import time
+
+from gateway.base.clock import wall_clock_ms
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -110,35 +114,69 @@ cdef class Poller:
         self.n = 0
 
 
-cdef class FastReader:
-    """The epoll handler of one :class:`TcpConnection` (see the module doc). Loop thread only."""
+cdef inline double _seconds(int clock) noexcept nogil:
+    """``clock``'s reading as CPython's ``time.monotonic()`` / ``time.time()`` make it (the same
+    nanoseconds, the same double conversion: ``_PyTime_AsSecondsDouble``)."""
+    cdef timespec ts
+    clock_gettime(clock, &ts)
+    cdef int64_t ns = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+    if ns % 1000000000 == 0:
+        return <double>(ns // 1000000000)
+    return <double>ns / 1e9
 
-    cdef object conn
+
+cdef class FastReader:
+    """The epoll handler of one :class:`TcpConnection` (see the module doc). Loop thread only.
+
+    What a read touches is kept here, in C fields, once the link is UP with its FastLink (``_arm``,
+    at the first such read): the protocol (a connection's for its life), the FastLink and its bound
+    ``run``, the receive buffer, its bytearray and capacity (a link's ``RecvBuffer`` is fixed from the
+    session's confirmation on: the FastLink is made after the switch to it, and the bytearray never
+    resizes). The clocks are read in C when the connection's are the real ones (the loop's
+    ``time.monotonic`` and ``gateway.base.clock.wall_clock_ms``), with the values those give; a test's
+    clocks are called. Per read, Python attributes are touched only for what other code reads or
+    may change: ``alive`` and ``_closed`` (the reference path's conditions), the buffer's indexes, the
+    counters and times the protocol and status read."""
+
+    cdef object conn, p, fast, run, rx, buf
     cdef int fd
-    cdef Py_ssize_t budget
+    cdef Py_ssize_t budget, cap
+    cdef bint real_mono, real_wall
 
     def __init__(self, conn, Py_ssize_t read_budget):
         self.conn = conn
+        self.p = conn.protocol
         self.fd = conn.fd
         self.budget = read_budget
+        self.fast = None
+        self.real_mono = conn._mono is time.monotonic
+        self.real_wall = conn._clock_ms is wall_clock_ms
 
     def __call__(self, mask):
         self.on_events(mask)
 
+    cdef _arm(self, fast):
+        rx = self.conn._rx
+        self.rx, self.buf, self.cap = rx, rx._buf, rx.capacity
+        self.fast, self.run = fast, fast.run
+
     cdef on_events(self, uint32_t mask):
-        conn = self.conn
-        p = conn.protocol
-        fast = p.fast
-        if fast is None or mask != EPOLLIN or not p.alive or conn._closed:
+        conn, p, fast = self.conn, self.p, self.fast
+        if fast is None:
+            fast = p.fast
+            if fast is None or mask != EPOLLIN or not p.alive or conn._closed:
+                conn._on_events(mask)
+                return
+            self._arm(fast)
+        elif mask != EPOLLIN or not p.alive or conn._closed:
             conn._on_events(mask)
             return
-        rx = conn._rx
-        cdef Py_ssize_t budget = self.budget, cap, want, w, r
+        rx, run = self.rx, self.run
+        cdef Py_ssize_t budget = self.budget, cap = self.cap, want, w, r
         cdef ssize_t n
         cdef char *buf
         cdef int err
         conn._read_queued = False
-        cap = rx.capacity
         while True:
             if budget <= 0:
                 conn._queue_read_more()
@@ -155,7 +193,7 @@ cdef class FastReader:
             if want <= 0:
                 conn._read()  # a full buffer: the Python path decodes to make room
                 return
-            buf = PyByteArray_AS_STRING(rx._buf) + w
+            buf = PyByteArray_AS_STRING(self.buf) + w
             n = recv(self.fd, buf, want, MSG_DONTWAIT)  # never waits, whatever the socket's mode
             err = errno
             if n < 0:
@@ -171,11 +209,11 @@ cdef class FastReader:
             rx._write = w + n
             budget -= n
             conn.rx_bytes += n
-            now = conn._mono()
-            now_ms = conn._clock_ms()
+            now = _seconds(CLOCK_MONOTONIC) if self.real_mono else conn._mono()
+            now_ms = <int64_t>(_seconds(CLOCK_REALTIME) * 1000) if self.real_wall else conn._clock_ms()
             p.last_rx = now
             try:
-                fast.run(now_ms)
+                run(now_ms)
             except Exception as exc:  # a listener's: the link closes as from the Python path
                 conn._fault(exc)
                 return
