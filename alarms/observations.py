@@ -44,6 +44,10 @@ class ThreatSample:
     errors: Mapping[str, int]
     time_ms: int
     device: str | None = None
+    #: the link's counters just before ``errors`` when the monitor may not hold them: zeros for a
+    #: link's first sample (its counters start at 0), the last counters sent before a settled link's
+    #: counters moved again (ThreatMonitor.tick drops a history a window old). None: the monitor's own.
+    baseline: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,8 @@ the writer's Journal connection are used only by the alarm thread.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import threading
 import time
@@ -149,8 +151,13 @@ class AlarmService:
             elif lane == "essential":
                 self._pending.append(item)
             elif isinstance(item, ThreatSample):
-                if self._threats.pop(item.link_name, None) is not None:
+                older = self._threats.pop(item.link_name, None)
+                if older is not None:
                     self._sampled_away("threat_sample")
+                    if older.baseline is not None and item.baseline is None:
+                        # the older sample's baseline is the link's start or a settled link's last
+                        # counters: the newer one replaces its counters, not that point
+                        item = dataclasses.replace(item, baseline=older.baseline)
                 self._threats[item.link_name] = item
             elif len(self._shed) >= self.max_pending:
                 self.stats["dropped_queue_full"] += 1

@@ -121,8 +121,16 @@ class ThreatMonitor:
         self._active: set[tuple[str, str]] = set()
 
     def sample(self, link_name: str, errors: Mapping[str, int], now_ms: int,
-               device: str | None = None) -> list[AlarmInput]:
-        """Record the link's cumulative counters at ``now_ms``; raise/clear its threat alarms."""
+               device: str | None = None, baseline: Mapping[str, int] | None = None) -> list[AlarmInput]:
+        """Record the link's cumulative counters at ``now_ms``; raise/clear its threat alarms.
+
+        ``baseline``: the link's counters just before these (``ThreatSample.baseline``), recorded
+        first at the same time, so that the errors between the two count in the window even when
+        this monitor holds no earlier sample of the link (its first, or one after :meth:`tick`
+        dropped a quiet link's history)."""
+        out: list[AlarmInput] = []
+        if baseline is not None:
+            out = self.sample(link_name, baseline, now_ms, device)
         totals = {code: sum(int(errors.get(c, 0)) for c in counters) for code, (counters, _, _) in THREATS.items()}
         hist = self._history.setdefault(link_name, deque())
         if hist and any(totals[k] < hist[-1][1][k] for k in totals):
@@ -134,7 +142,6 @@ class ThreatMonitor:
             self._device[link_name] = device
         counts = self._window_counts(link_name)
         source = key_part(self._device.get(link_name, link_name))
-        out: list[AlarmInput] = []
         for code, (_, setting, severity) in THREATS.items():
             limit, n, key = getattr(self.limits, setting), counts[code], (link_name, code)
             if key not in self._active and n >= limit:
@@ -252,7 +259,7 @@ class Sources:
         if isinstance(item, ObjectChange):
             return self.objects.on_change(item.kind, item.device_id, item.object_id, item.value, item.applied_ms)
         if isinstance(item, ThreatSample):
-            return self.threats.sample(item.link_name, item.errors, item.time_ms, item.device)
+            return self.threats.sample(item.link_name, item.errors, item.time_ms, item.device, item.baseline)
         if isinstance(item, DeviceAlarmFrame):
             return device_alarm_inputs(item.device, item.message, item.time_ms)
         if isinstance(item, GatewayEvent):

@@ -149,3 +149,19 @@ def test_start_reports_journal_error(tmp_path):
     with pytest.raises(JournalError, match="/no/such/dir/j.db"):
         svc.start()
     assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X"), "minor", "t", T0)) is False
+
+
+def test_a_coalesced_threat_sample_keeps_the_baseline_of_the_one_it_replaced(tmp_path):
+    """Threat samples of one link coalesce while the alarm thread is busy (the newest counters win),
+    but a replaced sample's baseline (a link's start, a settled link's last counters) is a point the
+    newer one does not carry: it is kept, so a lone masquerade behind it still raises its alarm."""
+    from alarms.observations import ThreatSample
+    path = tmp_path / "j.db"
+    svc, gate = held_service(path)
+    assert svc.submit(ThreatSample("net A", {"bad_crc": 1}, T0, "CI-1", baseline={"bad_crc": 1}))
+    assert svc.submit(ThreatSample("net A", {"bad_crc": 1, "unknown_source": 1}, T0 + 1000, "CI-1"))
+    assert svc.stats["sampled_away"]["threat_sample"] == 1
+    gate.set()
+    svc.stop()
+    keys = [r.key for r in all_rows(path)]
+    assert "CI-1/MASQUERADE_SUSPECTED/net A" in keys, keys

@@ -186,16 +186,12 @@ def test_under_load_only_samples_are_sampled_away_never_conditions_or_device_ala
     assert [k for k in raised if k in keys] == ["CI-1/DEVICE_COMM_LOST/-", KEY, "CI-2/TRACK_SECTION_FAULT/111"]
 
 
-def test_threat_samples_skip_a_settled_link_and_the_monitor_decides_the_same(tmp_path):
-    """sample_threats sends a link's counters every second while they moved within a threat window
-    (and once more after it), then nothing until they move: fed to the real ThreatMonitor, those
-    samples raise and clear exactly what a sample every second does, at the same times."""
-    from alarms.observations import ThreatSample
-    from alarms.sources import ThreatMonitor
+def stage_with_one_link(tmp_path):
+    """An AlarmStage on the test line with one registered link of its first device on net A, a clock
+    the test moves (``clock[0]``, epoch ms) and the stage's submissions collected in ``sent``:
+    ``(cfg, clock, stage, sent, link, line)``; ``link.checks`` may be replaced (a reconnect)."""
     from gateway.app.alarm_stage import AlarmStage
     from gateway.line.line import Line
-    from railcodecs import Reason
-
     cfg = config.parse(line_config(state_dir=str(tmp_path / "state")).raw, "t")
     clock = [1_000_000]
     line = Line(cfg, clock_ms=lambda: clock[0])
@@ -207,9 +203,19 @@ def test_threat_samples_skip_a_settled_link_and_the_monitor_decides_the_same(tmp
         def __init__(self):
             self.checks = line.receiver.new_link("t", 0)
 
-    dev_id = next(iter(line.registry.devices))
     link = Link()
-    line.registry.link_up(dev_id, "A", link, clock[0])
+    line.registry.link_up(next(iter(line.registry.devices)), "A", link, clock[0])
+    return cfg, clock, stage, sent, link, line
+
+
+def test_threat_samples_skip_a_settled_link_and_the_monitor_decides_the_same(tmp_path):
+    """sample_threats sends a link's counters every second while they moved within a threat window
+    (and once more after it), then nothing until they move: fed to the real ThreatMonitor, those
+    samples raise and clear exactly what a sample every second does, at the same times."""
+    from alarms.observations import ThreatSample
+    from railcodecs import Reason
+
+    cfg, clock, stage, sent, link, line = stage_with_one_link(tmp_path)
     every: list = []
     script = {15: 6, 16: 1, 40: 2}  # second -> bad CRCs counted then
     for second in range(60):
@@ -225,11 +231,68 @@ def test_threat_samples_skip_a_settled_link_and_the_monitor_decides_the_same(tmp
     # 16: 15..26, settled at 27; errors at 40: 40..49, then the new link at 50: 50..59
     assert times == list(range(0, 12)) + list(range(15, 28)) + list(range(40, 60))
 
-    def decisions(samples):
-        mon, out = ThreatMonitor(cfg.pipeline.alarms.threat_rates), []
-        for s in samples:
-            out += [(s.time_ms, type(i).__name__, str(i.key)) for i in mon.sample(s.link_name, s.errors, s.time_ms, "x")]
-        return out
-
-    got, want = decisions(sent), decisions(every)
+    got, want = threat_decisions(cfg, sent), threat_decisions(cfg, every)
     assert got == want and [d[1] for d in want] == ["RaiseAlarm", "ClearAlarm"]
+
+
+def threat_decisions(cfg, samples):
+    """What the real ThreatMonitor raises and clears for ``samples``, ticked every second as the alarm
+    service ticks its sources (``Sources.tick``: a link without a sample for a window is forgotten)."""
+    from alarms.sources import ThreatMonitor
+    mon, out = ThreatMonitor(cfg.pipeline.alarms.threat_rates), []
+    by_second: dict = {}
+    for s in samples:
+        by_second.setdefault(s.time_ms, []).append(s)
+    first, last = min(by_second), max(by_second)
+    for t in range(first, last + 1000, 1000):
+        for s in by_second.get(t, []):
+            out += [(s.time_ms, type(i).__name__, str(i.key))
+                    for i in mon.sample(s.link_name, s.errors, s.time_ms, "x", s.baseline)]
+        out += [(t, type(i).__name__, str(i.key)) for i in mon.tick(t)]
+    return out
+
+
+@pytest.mark.parametrize("reason, count, code", [("UNKNOWN_SOURCE", 1, "MASQUERADE_SUSPECTED"),
+                                                 ("BAD_CRC", 5, "CORRUPTION")])
+def test_errors_after_a_long_settled_spell_raise_as_with_a_sample_every_second(tmp_path, reason, count, code):
+    """A link quiet for long enough that the monitor forgot it (tick), then errors at its limit in one
+    second: the sample that carries them also carries the settled counters as its baseline, so the
+    alarm is raised as a sample every second would raise it (without it the errors were the new
+    baseline and a lone masquerade never raised anything)."""
+    from alarms.observations import ThreatSample
+    from railcodecs import Reason
+
+    cfg, clock, stage, sent, link, line = stage_with_one_link(tmp_path)
+    every: list = []
+    for second in range(70):
+        clock[0] = 1_000_000 + 1000 * second
+        if second == 2:
+            link.checks.count(Reason.BAD_CRC, 1)   # some counters to settle at
+        if second == 50:                            # 37 s after settling: forgotten by the monitor
+            link.checks.count(Reason[reason], count)
+        every.append(ThreatSample("net A", dict(link.checks.errors), clock[0], "x"))
+        stage.sample_threats()
+    assert [s.time_ms // 1000 - 1000 for s in sent if s.baseline is not None] == [0, 50]
+    got, want = threat_decisions(cfg, sent), threat_decisions(cfg, every)
+    assert got == want
+    assert [(d[0] // 1000 - 1000, d[1], code in d[2]) for d in want] == [(50, "RaiseAlarm", True),
+                                                                         (60, "ClearAlarm", True)]
+
+
+def test_a_new_links_errors_in_its_first_second_count(tmp_path):
+    """A link's first sample carries zeros as its baseline (its counters start at 0): a masquerade in the
+    first second of a reconnected link raises its alarm, where the first sample used to be the
+    baseline itself and hid it."""
+    from railcodecs import Reason
+
+    cfg, clock, stage, sent, link, line = stage_with_one_link(tmp_path)
+    link.checks.count(Reason.BAD_CRC, 3)
+    for second in range(12):
+        clock[0] = 1_000_000 + 1000 * second
+        if second == 5:                      # a reconnect whose first second brought a masquerade
+            link.checks = line.receiver.new_link("t", 0)
+            link.checks.count(Reason.UNKNOWN_SOURCE, 1)
+        stage.sample_threats()
+    got = threat_decisions(cfg, sent)
+    assert [(d[0] // 1000 - 1000, d[1], d[2].split("/")[1]) for d in got] == [
+        (5, "RaiseAlarm", "MASQUERADE_SUSPECTED")]

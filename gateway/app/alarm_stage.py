@@ -184,7 +184,12 @@ class AlarmStage:
         sample finds no error in its window: the monitor's counts are 0 and its threat alarms clear,
         exactly as with a sample every second) and then skipped until they move or the link is
         replaced: at line scale a sample per link per second was most of the base loop's time
-        (bench/results/profile-line-load-564e3e4.txt), for links with nothing to say."""
+        (bench/results/profile-line-load-564e3e4.txt), for links with nothing to say.
+
+        The monitor forgets a link whose last sample is a window old (``ThreatMonitor.tick``), so the
+        first sample after a settled spell carries the counters it settled at as its ``baseline``, and
+        a link's first sample carries zeros: the errors since then count in the window as with a
+        sample every second (a single masquerade, whose limit is 1, raises its alarm)."""
         now_ms = self.line.now_ms()
         registry = self.line.registry
         sent, window_ms = self._threat_sent, self._threat_window_ms
@@ -195,15 +200,22 @@ class AlarmStage:
                 checks = link.checks
                 errors = checks.errors
                 last = sent.get((dev_id, net))
-                if last is not None and last[0] is checks and last[1] == errors:
+                baseline = None
+                # (dict's ==, not Counter's, which is Python code: a snapshot is a plain copy)
+                if last is not None and last[0] is checks and dict.__eq__(last[1], errors):
                     if last[3]:
                         continue  # settled: nothing in its window since the sample that said so
                     snapshot, changed_ms = last[1], last[2]
                     sent[(dev_id, net)] = (checks, snapshot, changed_ms, now_ms - changed_ms > window_ms)
                 else:
+                    if last is None or last[0] is not checks:
+                        baseline = {}         # a new link: its counters started at 0
+                    elif last[3]:
+                        baseline = last[1]    # settled, maybe forgotten by the monitor: where they stood
                     snapshot = dict(errors)
                     sent[(dev_id, net)] = (checks, snapshot, now_ms, False)
-                self.service.submit(ThreatSample(f"net {net}", dict(snapshot), now_ms, dl.device.name))
+                self.service.submit(ThreatSample(f"net {net}", dict(snapshot), now_ms, dl.device.name,
+                                                 baseline))
         udp = self.udp_checks
         if udp is not None:
             self.service.submit(ThreatSample("udp", dict(udp.errors), now_ms, "trains"))
