@@ -309,6 +309,22 @@ def test_a_silent_link_is_closed_by_the_reference_as_on_the_pure_path():
         assert res["reference_calls"] == {"compiled": 2, "reference": 3, "pure": 3}
 
 
+def test_a_closing_link_that_is_not_silent_gets_no_heartbeat():
+    def scenario(rig):
+        rig.heartbeat()
+        rig.tick()               # steady
+        rig.conn.close()         # a local close: CLOSING, our CLOSE queued (the device does not answer)
+        rig.loop.run_once(0)
+        rig.tick()               # 1 hb after the last frame: not silent, but not UP: no heartbeat
+
+    res = run(scenario)
+    out = res["outcome"]
+    assert out["state"] == "closing" and out["hb_counter"] == 1 and out["why"] == "closed by the gateway"
+    assert out["rx"][32:] == encode(Close(Close.NORMAL), src=1, dst=258, seq=0, time_ms=T0_MS + HB_MS)
+    if BUILT:
+        assert res["reference_calls"] == {"compiled": 1, "reference": 2, "pure": 2}
+
+
 def test_a_dead_deadline_before_the_next_tick_is_armed_by_the_reference():
     def scenario(rig):
         rig.heartbeat()          # last frame at T0
