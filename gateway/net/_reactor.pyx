@@ -23,7 +23,7 @@
   queued for output) it does what ``TcpConnection._on_heartbeat_tick`` -> ``LinkProtocol.heartbeat_tick``
   would: the link's heartbeat counter + 1, the HEARTBEAT frame encoded in C byte for byte as
   ``railcodecs.encode`` makes it (CRC-32 and the session MAC from ``codecs/include/icd_hash.h``, the
-  key's HMAC state kept between ticks) and ``send``\ t from C. A send that does not take the whole
+  key's HMAC state kept between ticks) and ``send``\\ t from C. A send that does not take the whole
   frame, or fails, hands it to the connection's Python output path (``_tick_send_incomplete``: what
   ``_write`` does from there). Every other tick runs the Python reference, ``_on_heartbeat_tick``,
   with the times already read. :func:`encode_heartbeat` is the encoder alone (tests compare it with
