@@ -17,6 +17,7 @@ each boundary is met exactly as written.
 from __future__ import annotations
 
 import random
+import select
 import socket
 import struct
 import time
@@ -421,3 +422,43 @@ def test_a_send_error_in_the_tick_goes_to_io_error_as_on_the_python_path():
     assert out["hb_counter"] == 1 and out["calls"][-2:] == [("left_up", out["why"]), "closed"]
     if BUILT:
         assert res["reference_calls"] == {"compiled": 0, "reference": 1, "pure": 1}
+
+
+class ShortSend:
+    """Stands in for the connection's socket in ``_write``: sends only the first ``n`` bytes for real."""
+
+    def __init__(self, sock: socket.socket, n: int) -> None:
+        self.sock, self.n = sock, n
+
+    def send(self, data) -> int:
+        return self.sock.send(bytes(data[:self.n]))
+
+
+@pytest.mark.skipif(not BUILT, reason="the compiled reactor is not built or not in use")
+def test_a_short_send_of_the_tick_goes_on_as_writes_own_short_send():
+    """The compiled tick hands a short send (``send`` took ``n`` of the frame's bytes) to
+    ``_tick_send_incomplete(data, n, None)``: the connection must then be where ``_write`` leaves it
+    after the same short send (a short send cannot be forced on a real socket, so it is played here)."""
+    states = []
+    for way in ("write", "tick"):
+        rig = Rig("compiled")
+        try:
+            frame = rig.expected(1)
+            real = rig.conn.sock
+            if way == "write":
+                rig.conn.sock = ShortSend(real, 10)
+                rig.conn._write(frame)
+                rig.conn.sock = real
+            else:
+                assert real.send(frame[:10]) == 10
+                rig.conn._tick_send_incomplete(frame, 10, None)
+            c = rig.conn
+            states.append((bytes(c._out[c._out_pos:]), c.tx_bytes, c._queued, rig.loop._channels[c.fd].events))
+            rig.loop.run_once(0.05)  # EPOLLOUT: the rest goes out
+            time.sleep(0.01)
+            assert rig.read() == frame and c._queued == 0 and c._out == bytearray()
+        finally:
+            rig.close()
+    assert states[0] == states[1]
+    out, tx_bytes, queued, events = states[0]
+    assert out == frame[10:] and queued == len(frame) - 10 and events & select.EPOLLOUT
