@@ -190,7 +190,8 @@ cdef class Poller:
 
 
 cdef class FastReader:
-    """The epoll handler of one :class:`TcpConnection` (see the module doc). Loop thread only."""
+    """The epoll handler of one :class:`TcpConnection`, and its heartbeat timer's callback
+    (:meth:`heartbeat`; see the module doc). Loop thread only."""
 
     cdef object conn
     cdef int fd
