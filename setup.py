@@ -6,8 +6,9 @@
   table and the per-link drain (decode + receiver checks + apply) of the steady path, and the
   per-batch step of the trains' datagrams (``codecs/_train_state.pxi`` and ``_train_batch.pxi``, included);
 * ``gateway.net._udp_batch``: ``recvmmsg`` of train datagrams straight into the UDP endpoint's receive arena;
-* ``gateway.net._reactor``: ``epoll_wait`` + dispatch, and a device link's read into its ring
-  followed by the FastLink, without a Python frame per read.
+* ``gateway.net._reactor``: ``epoll_wait`` + dispatch, a device link's read into its ring
+  followed by the FastLink, without a Python frame per read, and its steady heartbeat tick (the
+  HEARTBEAT encoded and sent in C, with ``codecs/include/icd_hash.h``'s CRC-32 and HMAC).
 
 Cython and a C compiler are build requirements only (``[build-system] requires``). When the
 build fails (no compiler), the install goes on without the extensions and warns: the pure-Python
@@ -25,7 +26,8 @@ EXTENSIONS = [
     Extension("railcodecs._core", ["codecs/_core.pyx"], include_dirs=["codecs/include"],
               extra_compile_args=["-O2"]),
     Extension("gateway.net._udp_batch", ["gateway/net/_udp_batch.pyx"], extra_compile_args=["-O2"]),
-    Extension("gateway.net._reactor", ["gateway/net/_reactor.pyx"], extra_compile_args=["-O2"]),
+    Extension("gateway.net._reactor", ["gateway/net/_reactor.pyx"], include_dirs=["codecs/include"],
+              extra_compile_args=["-O2"]),
 ]
 
 

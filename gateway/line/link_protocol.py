@@ -315,7 +315,12 @@ class LinkProtocol:
 
         Before the confirmation silence is not judged: the confirm deadline bounds that wait, so a link
         that never confirms is closed with the ICD's CLOSE reason 2, whatever its heartbeat.
-        ``fresh``: the connection has just read what the kernel held (after READ_FIRST)."""
+        ``fresh``: the connection has just read what the kernel held (after READ_FIRST).
+
+        The compiled reactor does the steady case of this method itself (``FastReader.heartbeat`` in
+        ``gateway/net/_reactor.pyx``: UP with the FastLink, not silent, no ARM_DEAD, no partial frame;
+        the same formulas) and calls the connection's ``_on_heartbeat_tick`` for every other: a change
+        here is a change there too (tests/test_heartbeat_tick.py compares the two)."""
         if self.state not in _BEATING or (self.state is _UP and self._judge_silence(now, fresh)):
             return self._take()
         hb_s = self.heartbeat_ms / 1000

@@ -17,15 +17,28 @@
   else (a frame the FastLink leaves, EOF, an error, a full buffer, the read budget, a link not UP,
   EPOLLOUT/HUP) goes to the connection's Python methods, which stay the reference
   (``TcpConnection._read``). So the compiled reader changes no outcome, only the cost.
+* :meth:`FastReader.heartbeat`: the same link's heartbeat timer callback (``TcpConnection._perform``
+  arms it for ARM_HEARTBEAT when the reader is this compiled one). In the steady case (an UP link
+  with its FastLink, not silent, no dead deadline before the next tick, no partial frame, nothing
+  queued for output) it does what ``TcpConnection._on_heartbeat_tick`` -> ``LinkProtocol.heartbeat_tick``
+  would: the link's heartbeat counter + 1, the HEARTBEAT frame encoded in C byte for byte as
+  ``railcodecs.encode`` makes it (CRC-32 and the session MAC from ``codecs/include/icd_hash.h``, the
+  key's HMAC state kept between ticks) and ``send``\\ t from C. A send that does not take the whole
+  frame, or fails, hands it to the connection's Python output path (``_tick_send_incomplete``: what
+  ``_write`` does from there). Every other tick runs the Python reference, ``_on_heartbeat_tick``,
+  with the times already read. :func:`encode_heartbeat` is the encoder alone (tests compare it with
+  ``railcodecs.encode``).
 
-Threading: both run in the loop thread that owns the epoll and the connection (the GIL is
-released only around ``epoll_wait``, which can wait; a non-blocking ``recv`` keeps it).
+Threading: all of it runs in the loop thread that owns the epoll and the connection (the GIL is
+released only around ``epoll_wait``, which can wait; a non-blocking ``recv`` or ``send`` keeps it,
+so a heartbeat tick is atomic for the other threads, as ``send()``'s callers see it).
 """
 from libc.errno cimport errno, EAGAIN, EINTR
-from libc.stdint cimport uint32_t, int64_t
-from libc.string cimport strerror
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.string cimport strerror, memcpy
 from libc.math cimport ceil
 from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC, CLOCK_REALTIME
 
@@ -49,13 +62,79 @@ cdef extern from "<sys/epoll.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+    ssize_t send(int sockfd, const void *buf, size_t len, int flags)
     enum:
         MSG_DONTWAIT
+        MSG_NOSIGNAL
+
+cdef extern from "icd_hash.h" nogil:
+    ctypedef struct rg_hmac_key:
+        pass
+    uint32_t rg_crc32(uint32_t crc, const uint8_t *p, size_t n)
+    void rg_hmac_init(rg_hmac_key *k, const uint8_t *key, size_t keylen)
+    void rg_hmac_sha256(const rg_hmac_key *k, const uint8_t *msg, size_t n, uint8_t *out)
 
 log = logging.getLogger("railgate.net")
 
 cdef enum:
     MAX_EVENTS = 512
+    # a HEARTBEAT frame (ICD section 2 and 4; codecs/frame.py): the 24-byte header, the u32 counter,
+    # the 16-byte MAC when signed, the CRC-32
+    HB_TYPE = 0x02
+    HB_BODY = 24 + 4
+    HB_MAX = 24 + 4 + 16 + 4
+
+
+cdef inline void _be(uint8_t *p, uint64_t v, int n) noexcept nogil:
+    """``v`` as ``n`` big-endian bytes at ``p``."""
+    cdef int i
+    for i in range(n - 1, -1, -1):
+        p[i] = <uint8_t>(v & 0xFF)
+        v >>= 8
+
+
+cdef Py_ssize_t _heartbeat_frame(uint8_t *out, uint32_t counter, uint16_t src, uint16_t dst, uint64_t time_ms,
+                                 const rg_hmac_key *key) noexcept nogil:
+    """``encode(Heartbeat(counter), src=src, dst=dst, seq=0, time_ms=time_ms, mac_key=K)`` into ``out``
+    (``HB_MAX`` bytes): ``key`` is K's HMAC state, NULL for no MAC. Returns the frame's length (32 or 48).
+
+    As ``frame.encode``: header (sync 0xA55A, version 1, type, flags = 1 with a MAC, reserved 0, src,
+    dst, seq, time_ms, payload length 4), the payload (the counter), then with a key the first 16 bytes
+    of HMAC-SHA256(K, header + payload) (``compute_mac``), then the CRC-32 of everything before it."""
+    cdef uint8_t mac[32]
+    cdef Py_ssize_t n = HB_BODY
+    out[0] = 0xA5
+    out[1] = 0x5A
+    out[2] = 1
+    out[3] = HB_TYPE
+    out[4] = 1 if key != NULL else 0
+    out[5] = 0
+    _be(out + 6, src, 2)
+    _be(out + 8, dst, 2)
+    _be(out + 10, 0, 4)
+    _be(out + 14, time_ms, 8)
+    _be(out + 22, 4, 2)
+    _be(out + 24, counter, 4)
+    if key != NULL:
+        rg_hmac_sha256(key, out, HB_BODY, mac)
+        memcpy(out + HB_BODY, mac, 16)
+        n += 16
+    _be(out + n, rg_crc32(0, out, n), 4)
+    return n + 4
+
+
+def encode_heartbeat(uint32_t counter, uint16_t src, uint16_t dst, uint64_t time_ms, bytes key=None):
+    """The HEARTBEAT frame :meth:`FastReader.heartbeat` sends, as bytes (for tests: it must equal
+    ``railcodecs.encode(Heartbeat(counter), src=src, dst=dst, seq=0, time_ms=time_ms, mac_key=key)``)."""
+    cdef uint8_t out[HB_MAX]
+    cdef rg_hmac_key k
+    cdef Py_ssize_t n
+    if key is None:
+        n = _heartbeat_frame(out, counter, src, dst, time_ms, NULL)
+    else:
+        rg_hmac_init(&k, <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        n = _heartbeat_frame(out, counter, src, dst, time_ms, &k)
+    return PyBytes_FromStringAndSize(<char *>out, n)
 
 
 cdef class Poller:
@@ -126,7 +205,8 @@ cdef inline double _seconds(int clock) noexcept nogil:
 
 
 cdef class FastReader:
-    """The epoll handler of one :class:`TcpConnection` (see the module doc). Loop thread only.
+    """The epoll handler of one :class:`TcpConnection`, and its heartbeat timer's callback
+    (:meth:`heartbeat`; see the module doc). Loop thread only.
 
     What a read touches is kept here, in C fields, once the link is UP with its FastLink (``_arm``,
     at the first such read): the protocol (a connection's for its life), the FastLink and its bound
@@ -142,6 +222,8 @@ cdef class FastReader:
     cdef int fd
     cdef Py_ssize_t budget, cap
     cdef bint real_mono, real_wall
+    cdef object hmac_for     # the key object whose HMAC state is in hmac (the protocol's _tx_key)
+    cdef rg_hmac_key hmac
 
     def __init__(self, conn, Py_ssize_t read_budget):
         self.conn = conn
@@ -151,6 +233,7 @@ cdef class FastReader:
         self.fast = None
         self.real_mono = conn._mono is time.monotonic
         self.real_wall = conn._clock_ms is wall_clock_ms
+        self.hmac_for = None
 
     def __call__(self, mask):
         self.on_events(mask)
@@ -159,6 +242,96 @@ cdef class FastReader:
         rx = self.conn._rx
         self.rx, self.buf, self.cap = rx, rx._buf, rx.capacity
         self.fast, self.run = fast, fast.run
+
+    def heartbeat(self):
+        """The link's heartbeat timer callback: the steady tick in C, anything else the Python reference.
+
+        The steady tick is the one where ``TcpConnection._on_heartbeat_tick`` would, through
+        ``LinkProtocol.heartbeat_tick``, only send a HEARTBEAT: the connection open, the compiled steady
+        path on (``protocol.fast``), the link alive (so UP: the protocol sets ``alive`` only while UP),
+        no partial frame (``_partial_since is None``), not silent (``(now - last_frame) * 1000 <=
+        dead_after * heartbeat_ms``, ``_judge_silence``'s formula), no dead deadline before the next tick
+        (``last_frame + dead_after * hb_s >= now + hb_s``), nothing pending in the protocol (outbox,
+        action bits) nor queued for output, and fields ``encode`` would take (``type(x) is int`` in range).
+        Then: ``_hb_counter`` + 1 (mod 2**32), the frame (:func:`_heartbeat_frame`, the session key's
+        HMAC state computed once per key object), ``protocol.tx_frames`` + 1, ``send`` (MSG_DONTWAIT |
+        MSG_NOSIGNAL) and ``tx_bytes`` + the bytes sent. A whole send leaves ``_queued`` as ``_write``
+        does (+n, then -n: the tick holds the GIL throughout, so no other thread can tell the
+        difference); a short send, EAGAIN or an error goes to ``conn._tick_send_incomplete``, which
+        counts the frame in ``_queued`` and goes on as ``_write``: the rest queued behind EPOLLOUT, or
+        ``protocol.io_error``.
+
+        Anything else (silence, a dead deadline to arm, a partial frame to watch, pending output, a
+        link not UP or without its FastLink, an unexpected value) calls ``conn._on_heartbeat_tick``
+        with the times read here, so it has exactly one implementation: the Python one. ``now`` and
+        ``now_ms`` are read once, as ``_judge`` reads them (``conn._mono()``, then ``conn._clock_ms()``; in
+        C when those are the real clocks, as a read's).
+        Loop thread only (a timer of the connection's loop)."""
+        conn = self.conn
+        if conn._closed:
+            conn._on_heartbeat_tick()
+            return
+        now = _seconds(CLOCK_MONOTONIC) if self.real_mono else conn._mono()
+        now_ms = <int64_t>(_seconds(CLOCK_REALTIME) * 1000) if self.real_wall else conn._clock_ms()
+        p = self.p
+        cdef double t = 0, last = 0, hb_s, dead_after = 0
+        cdef uint64_t ms = 0, counter = 0
+        cdef long hb_ms = 0
+        cdef const rg_hmac_key *key = NULL
+        cdef uint8_t frame[HB_MAX]
+        cdef Py_ssize_t size
+        cdef ssize_t n
+        cdef int err
+        cdef bint steady = False
+        try:
+            if not (p.fast is None or not p.alive or p._partial_since is not None or p.outbox or p._acts
+                    or conn._out_pos != len(conn._out)):
+                settings = p.ctx.settings
+                hb_ms_o, dead_after_o = p.heartbeat_ms, settings.dead_after
+                src_o, dst_o, tx_key, hb = settings.id, p.device_id or 0, p._tx_key, p._hb_counter
+                # what encode() takes without a FieldError (check_uint: exactly int, in range)
+                if (type(hb_ms_o) is int and type(dead_after_o) is int and type(now_ms) is int
+                        and type(src_o) is int and type(dst_o) is int and type(hb) is int
+                        and 0 <= src_o <= 0xFFFF and 0 <= dst_o <= 0xFFFF
+                        and (tx_key is None or type(tx_key) is bytes)):
+                    # (an OverflowError: now_ms under 0 or over 64 bits, a counter out of range)
+                    t, last, hb_ms, dead_after, ms, counter = now, p.last_frame, hb_ms_o, dead_after_o, now_ms, hb
+                    steady = True
+        except Exception:  # whatever it is, the reference meets it too and deals with it
+            steady = False
+        if steady:
+            hb_s = hb_ms / 1000.0
+            # not silent (_judge_silence: READ_FIRST, then a close) and no dead deadline before the next
+            # tick (heartbeat_tick: ARM_DEAD), in the same floating-point operations as the Python path
+            steady = not ((t - last) * 1000.0 > dead_after * <double>hb_ms or last + dead_after * hb_s < t + hb_s)
+        if not steady:
+            conn._on_heartbeat_tick(now, now_ms)
+            return
+        if tx_key is not None:
+            if tx_key is not self.hmac_for:
+                rg_hmac_init(&self.hmac, <const uint8_t *>PyBytes_AS_STRING(tx_key), PyBytes_GET_SIZE(tx_key))
+                self.hmac_for = tx_key
+            key = &self.hmac
+        counter = (counter + 1) & 0xFFFFFFFF
+        p._hb_counter = counter
+        size = _heartbeat_frame(frame, <uint32_t>counter, <uint16_t>src_o, <uint16_t>dst_o, ms, key)
+        p.tx_frames += 1
+        while True:
+            n = send(self.fd, frame, size, MSG_DONTWAIT | MSG_NOSIGNAL)  # never waits; no SIGPIPE
+            err = errno
+            if n >= 0 or err != EINTR:
+                break
+            PyErr_CheckSignals()  # as socket.send does (PEP 475): a handler's exception propagates
+        if n == size:
+            conn.tx_bytes += n
+            return
+        data = PyBytes_FromStringAndSize(<char *>frame, size)
+        if n >= 0:
+            conn._tick_send_incomplete(data, n, None)
+        elif err == EAGAIN:  # (EWOULDBLOCK is EAGAIN on Linux)
+            conn._tick_send_incomplete(data, 0, None)
+        else:
+            conn._tick_send_incomplete(data, 0, OSError(err, strerror(err).decode()))
 
     cdef on_events(self, uint32_t mask):
         conn, p, fast = self.conn, self.p, self.fast

@@ -7,7 +7,11 @@ the ICD. Bytes go ``recv_into`` straight into the link's receive buffer
 parses frames in place from that buffer, on the same thread, and returns action bits
 (``gateway/base/link_actions.py``) and output frames in its ``outbox``. The
 connection writes the outbox, then performs the bits: timers, the queued
-close, the write-side shutdown, the socket close.
+close, the write-side shutdown, the socket close. With the compiled reactor
+(``gateway/net/_reactor.pyx``, when built) its ``FastReader`` takes an UP
+link's plain reads, and its ``heartbeat`` is the heartbeat timer's callback:
+it encodes and sends a steady tick's HEARTBEAT itself and hands every other
+tick to ``_on_heartbeat_tick``, the reference.
 
 Edge-triggered rules as used here: read until the kernel says EAGAIN or a read
 comes back short (on a stream socket a short read means the buffer is
@@ -102,6 +106,8 @@ class TcpConnection:
         self._write_shut = False
         self._shut_when_flushed = False  # set by SHUTDOWN_WRITE: after our CLOSE, never before it
         self._read_queued = False
+        #: the heartbeat timer's callback: the compiled reader's steady tick when start() installs it
+        self._heartbeat_tick = self._on_heartbeat_tick
         self._timers: list = []
         self._dead_timer = None       # the one-shot timer at the protocol's dead deadline
         self.tx_frames = self.rx_bytes = self.tx_bytes = 0
@@ -163,9 +169,15 @@ class TcpConnection:
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # the compiled reader (gateway/net/_reactor.pyx) when built: it takes an UP link's plain reads
-        # and hands everything else to _on_events
+        # and hands everything else to _on_events; its heartbeat() is the steady heartbeat tick, which
+        # hands everything else to _on_heartbeat_tick
         core = compiled.reactor()
-        self.loop.register(self.fd, EV_READ, core.FastReader(self, READ_BUDGET) if core else self._on_events)
+        if core is not None:
+            reader = core.FastReader(self, READ_BUDGET)
+            self._heartbeat_tick = reader.heartbeat
+            self.loop.register(self.fd, EV_READ, reader)
+        else:
+            self.loop.register(self.fd, EV_READ, self._on_events)
         self._perform(self._guarded(self.protocol.connection_made, self._mono()))
 
     def _perform(self, acts: int) -> None:
@@ -185,7 +197,7 @@ class TcpConnection:
         if acts & ARM_HEARTBEAT:
             for t in self._timers:
                 t.cancel()
-            self._timers = [loop.call_every(p.heartbeat_s, self._on_heartbeat_tick)]
+            self._timers = [loop.call_every(p.heartbeat_s, self._heartbeat_tick)]
         if acts & ARM_CONFIRM:
             self._timers.append(loop.call_later(p.confirm_timeout_s, self._on_confirm_timeout))
         if acts & ARM_DEAD:
@@ -255,18 +267,24 @@ class TcpConnection:
         if not self._closed:
             self._perform(self._guarded(self.protocol.linger_timeout))
 
-    def _on_heartbeat_tick(self) -> None:
+    def _on_heartbeat_tick(self, now: float | None = None, now_ms: int | None = None) -> None:
+        """The heartbeat timer's callback on the pure path, and the reference the compiled tick
+        (``_reactor.FastReader.heartbeat``) calls for every tick but the steady one, handing over the
+        times it read (``now``: monotonic s, ``now_ms``: wall ms; None: read them here)."""
         if not self._closed:
-            self._judge(self.protocol.heartbeat_tick)
+            self._judge(self.protocol.heartbeat_tick, now, now_ms)
 
     def _on_dead_deadline(self) -> None:
         self._dead_timer = None
         if not self._closed:
             self._judge(self.protocol.dead_deadline)
 
-    def _judge(self, timer_method) -> None:
-        """Run a liveness timer of the protocol; if it asks, read what the kernel holds and ask again."""
-        acts = self._guarded(timer_method, self._mono(), self._clock_ms(), False)
+    def _judge(self, timer_method, now: float | None = None, now_ms: int | None = None) -> None:
+        """Run a liveness timer of the protocol at ``now``/``now_ms`` (None: the clocks now); if it asks,
+        read what the kernel holds and ask again."""
+        if now is None:
+            now, now_ms = self._mono(), self._clock_ms()
+        acts = self._guarded(timer_method, now, now_ms, False)
         if acts & READ_FIRST:
             self._read()
             if self._closed:
@@ -429,20 +447,40 @@ class TcpConnection:
                 n = 0
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EINTR):
-                    self._perform(self._guarded(self.protocol.io_error, f"send: {exc.strerror or exc}"))
+                    self._send_failed(exc)
                     return
                 n = 0
-            self.tx_bytes += n
-            self._sent(n)
-            if n == len(data):
-                return
-            self._out = bytearray(data[n:])
-            self._out_pos = 0
-            self.loop.modify(self.fd, EV_WRITE)
+            self._sent_directly(data, n)
             return
         self._out += data
         if self._queued > self.protocol.output_high_water:
             self._over_high_water()
+
+    def _sent_directly(self, data: bytes, n: int) -> None:
+        """A send of ``data`` (counted in ``_queued``) with nothing queued before it took ``n`` bytes: count
+        them; queue the rest, if any, behind EPOLLOUT."""
+        self.tx_bytes += n
+        self._sent(n)
+        if n == len(data):
+            return
+        self._out = bytearray(data[n:])
+        self._out_pos = 0
+        self.loop.modify(self.fd, EV_WRITE)
+
+    def _send_failed(self, exc: OSError) -> None:
+        self._perform(self._guarded(self.protocol.io_error, f"send: {exc.strerror or exc}"))
+
+    def _tick_send_incomplete(self, data: bytes, n: int, exc: OSError | None) -> None:
+        """The compiled heartbeat tick (``_reactor.FastReader.heartbeat``) sent the protocol's ``data`` itself,
+        nothing being queued, and the send took only ``n`` < ``len(data)`` bytes (0: EAGAIN) or failed
+        with ``exc``: from here on, what ``_write`` does (the frame counted in ``_queued``, then the same
+        code). (A send that took it all is counted by the tick: ``tx_bytes``, and ``_queued`` + n - n.)"""
+        with self._queue_lock:
+            self._queued += len(data)
+        if exc is not None:
+            self._send_failed(exc)
+        else:
+            self._sent_directly(data, n)
 
     def _flush(self) -> None:
         view = memoryview(self._out)[self._out_pos:]
