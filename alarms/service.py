@@ -171,6 +171,13 @@ class AlarmService:
             self._wakeup.set()
         return True
 
+    def pending(self) -> int:
+        """Inputs queued (every lane, ``call`` items included) and not yet taken by the alarm thread. Read-only,
+        any thread. 0 does not mean the thread is idle: a pass may still be processing what it took (a ``call``
+        queued once this is 0 gets its result in a later pass, so after everything queued before it)."""
+        with self._lock:
+            return len(self._priority) + len(self._pending) + len(self._shed) + len(self._threats)
+
     def _sampled_away(self, kind: str) -> None:
         """Count one sheddable input not taken (under ``_lock``)."""
         away = self.stats["sampled_away"]

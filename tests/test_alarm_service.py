@@ -94,6 +94,16 @@ def test_drained_batch_is_one_transaction(tmp_path):
     assert len(all_rows(path)) == 401
 
 
+def test_pending_counts_what_the_held_thread_has_not_taken(tmp_path):
+    svc, gate = held_service(tmp_path / "j.db")
+    for i in range(3):
+        svc.submit(RaiseAlarm(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0))
+    assert svc.pending() == 3
+    gate.set()
+    assert svc.call(lambda engine: None).result(5) is None and svc.pending() == 0
+    svc.stop()
+
+
 def test_priority_lane_overtakes_a_backlog_and_passes_are_bounded(tmp_path):
     """A device alarm queued behind 6,000 other inputs is journaled in the next pass, not after them."""
     path = tmp_path / "j.db"

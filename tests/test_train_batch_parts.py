@@ -138,3 +138,16 @@ def test_submit_batch_queues_members_and_counts_the_others():
         workers._run(w)
     assert [s["reports"] for s in workers.stats()] == [4, 1]
     assert engine.snapshot()[0]["counters"]["reports"] == [1, 1]
+
+
+def test_pending_counts_queued_reports_until_ingested():
+    engine = CouplingEngine({9: (1025, 1026)}, EventLog())
+    workers = CouplingWorkers(engine, 2)
+    report = TrainStatus(104, 0, 0, 0, 0, 9, 2, 1, 1026, 0, 0).pack()
+    workers.submit_batch(RECORD.pack(1025, 5000, report) + RECORD.pack(1026, 5001, report), [1, 1, 3, 0], 6000)
+    workers.submit(1025, TrainStatus.unpack(report), 5200, 6200)
+    assert workers.pending() == 3  # the members' two records and the report; the 3 others are only counted
+    workers.stop()
+    for w in workers._workers:  # never started: run what was queued, here
+        workers._run(w)
+    assert workers.pending() == 0

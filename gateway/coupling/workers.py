@@ -29,7 +29,7 @@ and counts it, so a stalled worker cannot eat the gateway's memory.
 
 Threading: ``submit`` and ``submit_batch`` from the UDP loop thread (any single producer per train);
 ``start`` / ``stop`` from the thread that owns the gateway's life; ``stats``
-from any thread. ``stop`` drains: every report submitted before it is ingested.
+and ``pending`` from any thread. ``stop`` drains: every report submitted before it is ingested.
 """
 from __future__ import annotations
 
@@ -50,15 +50,17 @@ RECORD = struct.Struct(">HQ36s")
 
 
 class _Worker:
-    __slots__ = ("index", "queue", "thread", "reports", "evaluations", "dropped", "errors", "unconfigured")
+    __slots__ = ("index", "queue", "thread", "reports", "evaluations", "dropped", "errors", "unconfigured",
+                 "submitted")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
-        # each written by one thread only (reports/evaluations/errors: the worker; dropped and unconfigured,
-        # the reports of trains in no consist counted by submit_batch: the submitter)
-        self.reports = self.evaluations = self.dropped = self.errors = self.unconfigured = 0
+        # each written by one thread only (reports/evaluations/errors: the worker; dropped, unconfigured (the
+        # reports of trains in no consist counted by submit_batch) and submitted (the reports queued to
+        # this worker, counted before the put): the submitter)
+        self.reports = self.evaluations = self.dropped = self.errors = self.unconfigured = self.submitted = 0
 
 
 class CouplingWorkers:
@@ -90,6 +92,7 @@ class CouplingWorkers:
         if self._stopped or w.queue.qsize() >= self.high_water:
             w.dropped += 1
             return False
+        w.submitted += 1
         w.queue.put((train_id, report, time_ms, now_ms))
         return True
 
@@ -122,6 +125,7 @@ class CouplingWorkers:
                 w.unconfigured += unconfigured
                 self.engine.unconfigured.add(unconfigured)
             if mine:
+                w.submitted += mine
                 w.queue.put((_BATCH, records, now_ms))
 
     def stop(self, timeout_s: float = 10.0) -> bool:
@@ -167,6 +171,16 @@ class CouplingWorkers:
                 w.errors += 1
                 log.exception("coupling worker %d: report from train %s failed", w.index, train_id)
             w.reports += 1
+
+    def pending(self) -> int:
+        """Reports queued to the workers and not yet ingested (one being ingested included); 0 when every
+        report submitted so far has been through ``engine.ingest``. Read-only, any thread (a snapshot: it
+        only stays 0 while nothing is submitted)."""
+        total = 0
+        for w in self._workers:
+            done = w.reports        # read before submitted: a report counted done was counted submitted
+            total += w.submitted - done
+        return total
 
     def stats(self) -> list[dict]:
         """Per worker: queue depth (items), reports ingested (those of trains in no consist included, however
