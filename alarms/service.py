@@ -15,8 +15,10 @@ one transaction and one fsync (group commit). Three lanes, taken in this
 order on every pass:
 
 * ``priority`` (device alarm frames, critical conditions, operator actions):
-  all of it, first; a backlog of object changes in a flood delays a device
-  alarm by one pass, not by the backlog;
+  all of it, first, applied and journaled in a transaction of its own and
+  handed to the relay before the pass's other inputs are applied; a backlog
+  of object changes in a flood delays a device alarm by at most the pass in
+  progress, not by the backlog (and ``max_batch`` bounds a pass);
 * essential (every other condition and object change: facts that are not
   sent again): at most ``max_batch`` per pass, never refused;
 * sheddable (threat samples, info events): the only inputs that may be
@@ -52,6 +54,13 @@ from alarms.model import AlarmEvent, OperatorAction
 from alarms.observations import ThreatSample
 from alarms.sources import Sources, lane_of
 
+#: essential (and sheddable) inputs per pass. It bounds how long a pass runs, so how long a device alarm
+#: that arrives during one waits: in the storm of bench/alarm_bench.py (about 10,000 object changes a
+#: second, 1.6 alarm events per input) a pass of 5,000 took about 0.5 s, most of it the journal append
+#: of its 8,000 events; a pass of 1,000 takes about a tenth. Group commit still amortises the fsync
+#: (0.2-0.7 ms here) over a thousand inputs.
+MAX_BATCH = 1_000
+
 log = logging.getLogger("railgate.alarms")
 
 
@@ -77,7 +86,7 @@ class AlarmService:
 
     def __init__(self, journal_path: str, *, gateway_id: int, line: str, tz: str = "UTC",
                  sources: Sources | None = None, engine_options: dict | None = None, tick_s: float = 1.0,
-                 max_pending: int = 100_000, max_batch: int = 5_000, retry_s: float = 1.0,
+                 max_pending: int = 100_000, max_batch: int = MAX_BATCH, retry_s: float = 1.0,
                  clock: Callable[[], int] = wall_ms) -> None:
         self.journal_path = journal_path
         self._engine_args = dict(gateway_id=gateway_id, line=line, tz=tz, **(engine_options or {}))
@@ -249,7 +258,8 @@ class AlarmService:
                 self._wakeup.wait(max(0.0, next_tick - time.monotonic()))
                 self._wakeup.clear()
                 with self._lock:
-                    batch, self._priority = self._priority, []
+                    urgent, self._priority = self._priority, []
+                    batch: list = []
                     more = self._take(batch, self._pending)
                     if self._threats:
                         batch += self._threats.values()
@@ -261,6 +271,8 @@ class AlarmService:
                 tick = time.monotonic() >= next_tick
                 if tick:
                     next_tick = time.monotonic() + self.tick_s
+                if urgent:  # journaled and handed to the relay before the pass's other inputs are applied
+                    self._process(engine, journal, urgent, False)
                 if batch or tick:
                     self._process(engine, journal, batch, tick)
                 if not running:

@@ -108,6 +108,8 @@ def test_priority_lane_overtakes_a_backlog_and_passes_are_bounded(tmp_path):
     """A device alarm queued behind 6,000 other inputs is journaled in the next pass, not after them."""
     path = tmp_path / "j.db"
     svc, gate = held_service(path, max_batch=2_000)
+    wakes: list = []   # the events journaled so far, at each wake of the relay (after each append)
+    svc.subscribe(lambda: wakes.append(svc.stats["events"]))
     for i in range(6_000):
         assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0))
     assert svc.submit(RaiseAlarm(AlarmKey("CI-2", "DEVICE_ALARM_7", "3"), "major", "t", T0), priority=True)
@@ -117,8 +119,10 @@ def test_priority_lane_overtakes_a_backlog_and_passes_are_bounded(tmp_path):
     assert len(rows) == 6_002 and [r.event_seq for r in rows] == list(range(1, 6_003))
     assert rows[1].key == "CI-2/DEVICE_ALARM_7/3"               # first in the pass after the held one
     assert [r.key for r in rows[2:]] == [f"CI-1/X/{i}" for i in range(6_000)]   # lane order kept
-    assert svc.stats["max_batch_inputs"] == 2_001               # 1 priority + max_batch others
-    assert svc.stats["batches"] >= 4                            # 6,000 others took three passes
+    assert svc.stats["max_batch_inputs"] == 2_000               # max_batch others; the priority one alone
+    assert svc.stats["batches"] >= 5                            # 1 priority, then 6,000 others in three passes
+    # the device alarm was journaled (and the relay woken) on its own, before the backlog's first pass
+    assert wakes[:2] == [2, 2_002], wakes   # (the held pass woke before this callback was added)
 
 
 def test_operator_futures_and_restart(tmp_path):
