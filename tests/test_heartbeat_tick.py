@@ -21,20 +21,18 @@ import select
 import socket
 import struct
 import time
-from collections import Counter
 
 import pytest
 
 from gateway.line.link_protocol import LinkProtocol
-from gateway.line.object_state import ObjectState
 from gateway.net import compiled
 from gateway.net.connection import TcpConnection
 from gateway.net.event_loop import EventLoop
 from gateway.net.link_buffers import LinkBuffers, pre_session_buffer
 from gateway.net.object_pool import ObjectPool
 from gateway_harness import KEY_257, line_config
-from railcodecs import (Close, Heartbeat, Hello, MacPolicy, Receiver, SessionConfirm, TrackSections, encode,
-                        session_key, speedups)
+from railcodecs import Close, Heartbeat, Hello, SessionConfirm, TrackSections, encode, session_key, speedups
+from test_link_protocol import RecordingContext
 
 HB_MS = 125
 HB_S = HB_MS / 1000
@@ -51,44 +49,6 @@ def modes_to_run():
     return MODES if BUILT else ("pure",)
 
 
-class Ctx:
-    """The part of the link context a protocol calls (as tests/test_link_protocol.py's), recording."""
-
-    def __init__(self, cfg) -> None:
-        g = cfg.gateway
-        self.cfg, self.settings = cfg, g
-        self.receiver = Receiver(g.id, cfg.senders(), max_age_ms=g.max_age_ms,
-                                 train_reset_ms=3 * cfg.trains.heartbeat_ms)
-        self.mac_policy = MacPolicy(
-            keys={d.id: d.mac_key for d in cfg.devices if d.mac_key is not None and d.mac != "off"},
-            required_srcs=frozenset(d.id for d in cfg.devices if d.mac == "required"))
-        self.objects = ObjectState()
-        self.apply = self.objects.apply
-        self.counters: Counter = Counter()
-        self.calls: list = []
-
-    def link_started(self, link):
-        self.calls.append("started")
-
-    def link_up(self, link, now_ms):
-        self.calls.append("up")
-
-    def link_left_up(self, link, why):
-        self.calls.append(("left_up", why))
-
-    def link_closed(self, link):
-        self.calls.append("closed")
-
-    def device_message(self, link, frame, now_ms):
-        self.calls.append(("device_message", frame.message.NAME))
-
-    def link_fault(self, link, why):
-        self.calls.append(("fault", why))
-
-    def link_stalled(self, link, why):
-        self.calls.append(("stalled", why))
-
-
 class Rig:
     """One UP link in ``mode`` (see the module doc), its device and a fake clock."""
 
@@ -96,7 +56,7 @@ class Rig:
         speedups.use("pure" if mode == "pure" else "compiled")
         self.mode, self.dev_id, self.key = mode, dev_id, key
         self.now, self.ms = T0, T0_MS
-        self.ctx = Ctx(line_config(heartbeat_ms=HB_MS))
+        self.ctx = RecordingContext(line_config(heartbeat_ms=HB_MS))
         self.loop = EventLoop(f"hb-{mode}", clock=lambda: self.now)
         lsock = socket.socket()
         lsock.bind(("127.0.0.1", 0))

@@ -72,6 +72,15 @@ def run_for(loop, seconds: float) -> None:
         loop.run_once(0.005)
 
 
+def enter_polling(loop, ep, send) -> None:
+    """Two wake-ups with a datagram each, well inside one interval: POLLING."""
+    send(1)
+    loop.run_once(1.0)
+    send(1)
+    loop.run_once(1.0)
+    assert ep.polling
+
+
 def test_two_quick_wake_ups_move_to_polling_where_no_event_wakes_the_loop(rig):
     loop, ep, send, _ = rig
     send(1)
@@ -93,11 +102,7 @@ def test_two_quick_wake_ups_move_to_polling_where_no_event_wakes_the_loop(rig):
 
 def test_an_empty_timer_drain_moves_back_to_events(rig):
     loop, ep, send, _ = rig
-    send(1)
-    loop.run_once(1.0)
-    send(1)
-    loop.run_once(1.0)
-    assert ep.polling
+    enter_polling(loop, ep, send)
     run_for(loop, 3 * INTERVAL_MS / 1000)   # a drain with nothing: EVENTS again
     assert not ep.polling and ep._poll_timer is None
     send(1)
@@ -107,11 +112,7 @@ def test_an_empty_timer_drain_moves_back_to_events(rig):
 
 def test_a_datagram_that_comes_between_the_last_drain_and_the_rearm_is_not_stranded(rig):
     loop, ep, send, _ = rig
-    send(1)
-    loop.run_once(1.0)
-    send(1)
-    loop.run_once(1.0)
-    assert ep.polling
+    enter_polling(loop, ep, send)
     # the timer's empty drain, then a datagram before EPOLLIN is back on: the re-arm must report it
     drain_all = ep._drain_all
 
