@@ -192,8 +192,8 @@ class UdpEndpoint:
 
     def _poll(self) -> None:
         """Loop thread, the polling timer: drain; an empty socket moves POLLING -> EVENTS."""
-        if self._drain_all() or not self.polling:
-            return
+        if self._drain_all():
+            return  # still busy
         self.polling = False
         self._poll_timer.cancel()
         self._poll_timer = None
