@@ -39,6 +39,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memset, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK,
                                PyLockStatus, PY_LOCK_ACQUIRED)
@@ -588,6 +589,9 @@ def set_nogil_bytes(Py_ssize_t n):
     return old
 
 
+include "_fields.pxi"
+
+
 cdef class FastLink:
     """The compiled steady path of one confirmed link (see the module doc).
 
@@ -607,7 +611,11 @@ cdef class FastLink:
     * **with the GIL**, batch by batch: the same checks, the listeners called, new objects stored.
     """
 
-    cdef object decoder, source, checks, receiver, objects
+    cdef DecoderFields decoder
+    cdef ReadableFields source
+    cdef ChecksFields checks
+    cdef LinkFields link
+    cdef object receiver, objects
     cdef Sender sender
     cdef CLock lock
     cdef SequenceWindow window
@@ -630,15 +638,18 @@ cdef class FastLink:
     cdef bint watch_any_every
     cdef uint64_t watch_vals[3][4]
 
-    def __init__(self, decoder, checks, sender, receiver, objects, bytes session_key=None):
-        self.decoder, self.checks, self.receiver, self.objects = decoder, checks, receiver, objects
+    def __init__(self, decoder, checks, sender, receiver, objects, bytes session_key=None, link=None):
+        self.decoder, self.checks = <DecoderFields?>decoder, <ChecksFields?>checks
+        self.receiver, self.objects = receiver, objects
+        if link is not None:  # (None: a FastLink run from Python only; READER_API needs it)
+            self.link = <LinkFields?>link
         # the source (a railcodecs.byte_source buffer: LinearBuffer or the link's RecvBuffer) is read
         # through its bytearray and two indices, ``_buf[_read:_write]``, not its methods; it is the
         # link thread's own, so nothing moves under a run
         from railcodecs.byte_source import _Readable
         if not isinstance(decoder._src, _Readable):
             raise TypeError(f"FastLink reads a railcodecs.byte_source buffer, not {type(decoder._src).__name__}")
-        self.source = decoder._src
+        self.source = <ReadableFields?>decoder._src
         self.sender = <Sender?>sender
         self.lock = self.sender.lock
         self.window = self.sender.window
@@ -682,7 +693,7 @@ cdef class FastLink:
         self.watch_src = listeners
         return 0
 
-    def run(self, int64_t now_ms):
+    cpdef Py_ssize_t run(self, int64_t now_ms) except -1:
         """Handle the good HEARTBEAT and status frames at the head of the byte source.
 
         Returns how many frames it took (consumed from the source, counted on the link);
@@ -705,19 +716,19 @@ cdef class FastLink:
         cdef ObjectTable table
         cdef Sender sender = self.sender
         cdef RunCounts c
-        dec = self.decoder
+        cdef DecoderFields dec = self.decoder
+        cdef ReadableFields src = self.source
+        cdef ChecksFields checks = self.checks
         self.accepted = 0
         self.drained = False
         if dec._garbage_start is not None or dec._events:
             return 0
-        src = self.source
         r = src._read
         avail = src._write - r
         if avail < HEADER_LEN:
             return 0
         buf = src._buf  # (a LinearBuffer's may have been reallocated by an append since the last run)
         base = <const uint8_t *>PyByteArray_AS_STRING(buf) + r
-        checks = self.checks
         offset_ms = checks.offset_ms
         max_age = self.receiver.max_age_ms
         hb = checks.hb_last
@@ -936,16 +947,16 @@ cdef class FastLink:
                           int64_t copies, int64_t hb_last, Py_ssize_t r) except *:
         """Publish what the run did: counters on the link, the decoder's offset, the bytes consumed."""
         cdef Py_ssize_t consumed
+        cdef ChecksFields checks = self.checks
+        cdef DecoderFields dec = self.decoder
         if not took:
             return
         # the frames taken are the first ``took`` frames from the segment's start, back to back
         consumed = _run_length(base, took)
-        checks = self.checks
         checks.rx_frames += rx
         checks.applied += applied
         checks.copies += copies
         checks.hb_last = None if hb_last < 0 else hb_last
-        dec = self.decoder
         self.source._read = r + consumed
         dec._offset += consumed
         dec._silent_until = 0
@@ -959,6 +970,66 @@ cdef Py_ssize_t _run_length(const uint8_t *base, Py_ssize_t frames) noexcept nog
         length = be16(base + pos + 22)
         pos += HEADER_LEN + length + (MAC_LEN if base[pos + 4] else 0) + CRC_LEN
     return pos
+
+
+# --- the compiled reader's calls (gateway/net/_reactor.pyx FastReader) ------------------------
+#
+# The reader is in gateway/net (the IO layer), the buffer and the link's fields here: it reaches
+# them through these three functions, handed over as a capsule (``READER_API``, the CPython C-API
+# pattern of datetime's CAPI), so that a read is C calls only. Loop thread of the link only.
+
+cdef int _reader_alive(object fast) except -1:
+    """The link's liveness flag (``LinkProtocol.alive``: UP)."""
+    return (<FastLink>fast).link.alive
+
+
+cdef Py_ssize_t _reader_slot(object fast, Py_ssize_t cap, char **ptr) except -1:
+    """Where the next ``recv`` goes: ``ptr`` and the room there, after ``RecvBuffer.writable_view``'s
+    policy (an empty buffer restarts at 0; a rest is slid to the front when less than half of the
+    ``cap`` bytes are left behind it). 0: the buffer is full."""
+    cdef ReadableFields rx = (<FastLink>fast).source
+    cdef Py_ssize_t r = rx._read, w = rx._write
+    if r:
+        if r == w:
+            rx._read = rx._write = 0
+            w = 0
+        elif cap - w < cap >> 1:
+            rx.compact()
+            w = rx._write
+    ptr[0] = PyByteArray_AS_STRING(rx._buf) + w
+    return cap - w
+
+
+cdef int _reader_commit_run(object fast, Py_ssize_t n, double now, int64_t now_ms) except -1:
+    """``n`` bytes were received at the last slot at ``now`` (monotonic s) / ``now_ms``: commit them,
+    record the link's ``last_rx``, run the FastLink. Returns 1 when it took every byte (then the
+    link's ``last_frame`` is ``now`` if a frame was accepted, and no partial frame waits: what
+    ``LinkProtocol._decode`` records), 0 when the Python path must decode the rest. A listener's
+    exception propagates (the bytes committed and ``last_rx`` recorded, as from the Python path)."""
+    cdef FastLink f = <FastLink>fast
+    cdef LinkFields link = f.link
+    f.source._write += n
+    link.last_rx = now
+    f.run(now_ms)
+    if not f.drained:
+        return 0
+    if f.accepted:
+        link.last_frame = now
+    link._partial_since = None
+    return 1
+
+
+ctypedef struct ReaderApi:
+    int (*alive)(object) except -1
+    Py_ssize_t (*slot)(object, Py_ssize_t, char **) except -1
+    int (*commit_run)(object, Py_ssize_t, double, int64_t) except -1
+
+cdef ReaderApi _reader_api
+_reader_api.alive = _reader_alive
+_reader_api.slot = _reader_slot
+_reader_api.commit_run = _reader_commit_run
+#: the capsule of ``ReaderApi`` (its name says the layout; gateway/net/_reactor.pyx declares the same)
+READER_API = PyCapsule_New(<void *>&_reader_api, b"railcodecs._core.READER_API.v1", NULL)
 
 
 _REASONS = {}

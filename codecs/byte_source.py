@@ -32,13 +32,16 @@ Threading: a source has one thread, which both fills it and decodes from it
 """
 from __future__ import annotations
 
+from .speedups import fields_base
+
 _COMPACT_AT = 64 * 1024
 
 
-class _Readable:
-    """The reading side both buffers share: bytes ``_buf[_read:_write]``."""
+class _Readable(fields_base("ReadableFields")):
+    """The reading side both buffers share: bytes ``_buf[_read:_write]`` (the three fields are
+    the base's: C fields in the compiled implementation, codecs/_fields.pxi)."""
 
-    __slots__ = ("_buf", "_read", "_write")
+    __slots__ = ()
 
     def readable(self) -> int:
         return self._write - self._read

@@ -94,7 +94,7 @@ class SenderState:
                 "stale": self.stale, "gap": self.gap, "sessions": self.sessions}
 
 
-class LinkChecks:
+class LinkChecks(speedups.fields_base("ChecksFields")):
     """Per-link state: the device its HELLO named, session nonces, clock offset, heartbeat counter, errors.
 
     ``device_nonce`` comes from the HELLO; ``session_nonce`` is set by whoever
@@ -102,8 +102,9 @@ class LinkChecks:
     Used only by the thread that serves the link.
     """
 
-    __slots__ = ("name", "net", "device_id", "kind", "offset_ms", "pending_offset_ms", "device_nonce",
-                 "session_nonce", "confirmed", "hb_last", "errors", "rx_frames", "applied", "copies", "closed")
+    # (offset_ms, hb_last, rx_frames, applied and copies are the base's: codecs/_fields.pxi)
+    __slots__ = ("name", "net", "device_id", "kind", "pending_offset_ms", "device_nonce",
+                 "session_nonce", "confirmed", "errors", "closed")
 
     def __init__(self, name: str, net: int | None = None) -> None:
         self.name = name

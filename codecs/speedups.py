@@ -57,6 +57,26 @@ def use(name: str) -> None:
         raise ValueError(f"implementation must be 'compiled' or 'pure', got {name!r}")
 
 
+#: the names of the hot-field bases (codecs/_fields.pxi) and their fields, for the pure twins
+FIELDS = {
+    "ReadableFields": ("_buf", "_read", "_write"),
+    "DecoderFields": ("_offset", "_silent_until", "_garbage_start", "_events", "_abandon"),
+    "ChecksFields": ("offset_ms", "hb_last", "rx_frames", "applied", "copies"),
+    "LinkFields": ("alive", "fast", "_partial_since", "last_rx", "last_frame"),
+}
+
+
+def fields_base(name: str) -> type:
+    """The base class that holds a hot class's fields (``codecs/_fields.pxi``): the compiled core's,
+    whose fields are C struct members the steady path reads without a lookup, when it is built and
+    not forced off; else a plain class with those names as ``__slots__``. Chosen once, when the
+    class using it is defined (both keep the same names and values, so ``use`` need not change it)."""
+    if _core is not None:
+        return getattr(_core, name)
+    return type(name, (), {"__slots__": FIELDS[name], "__module__": __name__,
+                           "__doc__": f"The pure twin of the compiled core's {name}."})
+
+
 def new_window(window: int = 1024):
     """A sender's sequence window in the active implementation."""
     return _active.SequenceWindow(window) if _active is not None else PureSequenceWindow(window)
@@ -98,9 +118,11 @@ def train_batch(arena, slot_size, max_datagram, receiver, checks, policy, trains
                            1 if coupling is None else coupling.worker_count, python_step)
 
 
-def fast_link(decoder, checks, sender, receiver, objects, session_key):
-    """The compiled steady path for one confirmed link, or None (pure, or a part built pure)."""
+def fast_link(decoder, checks, sender, receiver, objects, session_key, link=None):
+    """The compiled steady path for one confirmed link, or None (pure, or a part built pure).
+    ``link``: the link's protocol (a ``LinkFields``), whose times the compiled reader's calls
+    (``READER_API``) record; None for a FastLink run from Python only."""
     core = _active
     if core is None or not isinstance(sender, core.Sender) or not isinstance(objects.sections, core.ObjectTable):
         return None
-    return core.FastLink(decoder, checks, sender, receiver, objects, session_key)
+    return core.FastLink(decoder, checks, sender, receiver, objects, session_key, link)

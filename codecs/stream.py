@@ -37,6 +37,7 @@ from .errors import FrameError, Reason
 from .frame import (GATEWAY_RX_TYPES, HEADER_LEN, MAX_FRAME_LEN, NO_MAC, SYNC_BYTES, Frame, MacPolicy,
                     check_header, crc_ok, finish)
 from .messages import Message
+from .speedups import fields_base
 
 
 #: one peek covers the largest frame and the two look-ahead bytes after it
@@ -53,7 +54,7 @@ class _NeedData:
 NEED_DATA = _NeedData()
 
 
-class StreamDecoder:
+class StreamDecoder(fields_base("DecoderFields")):
     """Decode a stream of ICD frames from arbitrary chunks.
 
     ``types``: the message types accepted on this stream (others are

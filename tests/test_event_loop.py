@@ -404,6 +404,33 @@ def test_events_for_fds_unregistered_or_reused_within_a_batch_are_dropped():
         loop.close()
 
 
+def test_an_fd_unregistered_by_an_earlier_handler_of_the_batch_gets_no_event():
+    """The plain "gone" case (no reuse of the number): its event of this batch is dropped, and so
+    is every later one (the compiled poller's mirror of the registrations is kept in step)."""
+    loop = EventLoop()
+    p1, p2 = socket.socketpair(), socket.socketpair()
+    try:
+        calls = []
+
+        def handler(name, other, mask):
+            calls.append(name)
+            if other.fileno() in loop._channels:
+                loop.unregister(other.fileno())
+
+        loop.register(p1[0].fileno(), select.EPOLLIN, lambda m: handler("first", p2[0], m))
+        loop.register(p2[0].fileno(), select.EPOLLIN, lambda m: handler("second", p1[0], m))
+        p1[1].send(b"x")
+        p2[1].send(b"x")
+        wait_until(lambda: len(select.select([p1[0], p2[0]], [], [], 0)[0]) == 2, what="both sockets readable")
+        loop.run_once(1.0)
+        assert len(calls) == 1
+        assert len(loop._channels) == 1
+    finally:
+        for s in (*p1, *p2):
+            s.close()
+        loop.close()
+
+
 def test_exceptions_in_callbacks_are_logged_and_the_loop_goes_on(caplog):
     loop = EventLoop()
     a, b = socket.socketpair()

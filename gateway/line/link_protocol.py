@@ -112,8 +112,11 @@ def random_nonce() -> int:
             return nonce
 
 
-class LinkProtocol:
-    """The ICD protocol of one device TCP link, driven by its connection (see the module doc)."""
+class LinkProtocol(speedups.fields_base("LinkFields")):
+    """The ICD protocol of one device TCP link, driven by its connection (see the module doc).
+
+    ``alive``, ``fast``, ``last_rx``, ``last_frame`` and ``_partial_since`` are the base's: C fields
+    in the compiled implementation, which its reader writes per read (codecs/_fields.pxi)."""
 
     linger_s = LINGER_S
 
@@ -491,7 +494,8 @@ class LinkProtocol:
             objects = getattr(self.ctx, "objects", None)
             if objects is not None and self.ctx.apply == objects.apply:  # (tests may apply elsewhere)
                 self.fast = speedups.fast_link(self.decoder, self.checks, self.ctx.receiver.senders[frame.src],
-                                               self.ctx.receiver, self.ctx.objects, self.decoder.mac.session_key)
+                                               self.ctx.receiver, self.ctx.objects, self.decoder.mac.session_key,
+                                               self)
             self.last_frame = now
             self._move(LinkEvent.CONFIRMED)
             self.alive = True

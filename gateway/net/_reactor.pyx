@@ -40,12 +40,25 @@ from libc.math cimport ceil
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from cpython.ref cimport PyObject, Py_XINCREF, Py_XDECREF
+from libc.stdlib cimport realloc, free
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC, CLOCK_REALTIME
 
 import logging
 import time
 
 from gateway.base.clock import wall_clock_ms
+from railcodecs import _core
+
+# the buffer and link calls of a read (codecs/_core.pyx, "the compiled reader's calls"): the same
+# layout as there, checked by the capsule's name
+ctypedef struct ReaderApi:
+    int (*alive)(object) except -1
+    Py_ssize_t (*slot)(object, Py_ssize_t, char **) except -1
+    int (*commit_run)(object, Py_ssize_t, double, int64_t) except -1
+
+cdef ReaderApi *api = <ReaderApi *>PyCapsule_GetPointer(_core.READER_API, b"railcodecs._core.READER_API.v1")
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -137,16 +150,77 @@ def encode_heartbeat(uint32_t counter, uint16_t src, uint16_t dst, uint64_t time
     return PyBytes_FromStringAndSize(<char *>out, n)
 
 
+cdef struct Slot:
+    # one registered fd: its handler (a strong reference; NULL: none), the poll count when it was
+    # registered, and whether the handler is a FastReader
+    PyObject *handler
+    long long epoch
+    bint fast
+
+
 cdef class Poller:
-    """``epoll_wait`` + dispatch for one :class:`EventLoop` (its thread only)."""
+    """``epoll_wait`` + dispatch for one :class:`EventLoop` (its thread only).
+
+    The loop's registrations are mirrored here, in a C array indexed by fd (:meth:`add`,
+    :meth:`remove`, called by ``EventLoop.register`` / ``unregister`` / ``close``): at line load
+    the dispatch's ``dict.get`` of the fd and the reads of the ``Channel``'s attributes, each a
+    cache miss on one of 2,000 cold objects, were 5 % of the gateway's CPU."""
 
     cdef int epfd
     cdef int n
     cdef epoll_event evs[MAX_EVENTS]
+    cdef Slot *slots
+    cdef int cap
 
-    def __init__(self, int epfd):
+    def __cinit__(self, int epfd):
         self.epfd = epfd
         self.n = 0
+        self.slots = NULL
+        self.cap = 0
+
+    def __dealloc__(self):
+        self._clear_all()
+        free(self.slots)
+
+    cdef void _clear_all(self) noexcept:
+        cdef int i
+        for i in range(self.cap):
+            Py_XDECREF(self.slots[i].handler)
+            self.slots[i].handler = NULL
+
+    def add(self, int fd, handler, long long epoch):
+        """Mirror a registration (``handler`` for ``fd``, registered at poll count ``epoch``)."""
+        cdef int new_cap, i
+        cdef Slot *grown
+        if fd < 0:
+            raise ValueError(f"bad fd {fd}")
+        if fd >= self.cap:
+            new_cap = max(64, self.cap)
+            while new_cap <= fd:
+                new_cap *= 2
+            grown = <Slot *>realloc(self.slots, new_cap * sizeof(Slot))
+            if grown == NULL:
+                raise MemoryError()
+            for i in range(self.cap, new_cap):
+                grown[i].handler = NULL
+            self.slots, self.cap = grown, new_cap
+        Py_XINCREF(<PyObject *>handler)
+        Py_XDECREF(self.slots[fd].handler)
+        self.slots[fd].handler = <PyObject *>handler
+        self.slots[fd].epoch = epoch
+        self.slots[fd].fast = type(handler) is FastReader
+
+    def remove(self, int fd):
+        """Forget ``fd``'s registration (none: nothing to do)."""
+        cdef PyObject *h
+        if 0 <= fd < self.cap:
+            h = self.slots[fd].handler
+            self.slots[fd].handler = NULL
+            Py_XDECREF(h)
+
+    def clear(self):
+        """Forget every registration (the loop closes)."""
+        self._clear_all()
 
     def poll(self, double timeout):
         """Wait up to ``timeout`` s (rounded up to ms, as ``select.epoll.poll``); the number of events.
@@ -166,24 +240,29 @@ cdef class Poller:
         return n
 
     def dispatch(self, loop):
-        """Hand the events of the last poll to their channels' handlers (``EventLoop._dispatch``)."""
+        """Hand the events of the last poll to their handlers (``EventLoop._dispatch``, with the
+        registrations read from the C array)."""
         cdef int i, fd
         cdef uint32_t mask
-        channels, epoch, wakeup_fd = loop._channels, loop._polls, loop._wakeup_fd
+        cdef long long epoch = loop._polls
+        cdef int wakeup_fd = loop._wakeup_fd
+        cdef Slot *slot
         for i in range(self.n):
             fd = self.evs[i].data.fd
             mask = self.evs[i].events
             if fd == wakeup_fd:
                 loop._on_wakeup()
                 continue
-            ch = channels.get(fd)
             # gone (unregistered by an earlier handler of this batch), or a new registration of a
             # reused number after the batch was collected
-            if ch is None or ch.epoch == epoch:
+            if fd >= self.cap:
                 continue
-            handler = ch.handler
+            slot = &self.slots[fd]  # (re-read per event: a handler may add, and the array move)
+            if slot.handler == NULL or slot.epoch == epoch:
+                continue
+            handler = <object>slot.handler  # a reference of our own while it runs
             try:
-                if type(handler) is FastReader:
+                if slot.fast:
                     (<FastReader>handler).on_events(mask)
                 else:
                     handler(mask)
@@ -204,6 +283,14 @@ cdef inline double _seconds(int clock) noexcept nogil:
     return <double>ns / 1e9
 
 
+cdef class ConnFields:
+    """``TcpConnection``'s fields that its compiled reader reads and writes per read, as C fields
+    (the other hot-field bases are in codecs/_fields.pxi; ``gateway.net.compiled.conn_fields_base``
+    gives the pure twin). Threading: as ``TcpConnection`` (its loop thread writes them)."""
+    cdef public bint _closed, _read_queued
+    cdef public Py_ssize_t rx_bytes, tx_bytes
+
+
 cdef class FastReader:
     """The epoll handler of one :class:`TcpConnection`, and its heartbeat timer's callback
     (:meth:`heartbeat`; see the module doc). Loop thread only.
@@ -218,7 +305,8 @@ cdef class FastReader:
     may change: ``alive`` and ``_closed`` (the reference path's conditions), the buffer's indexes, the
     counters and times the protocol and status read."""
 
-    cdef object conn, p, fast, run, rx, buf
+    cdef ConnFields conn
+    cdef object p, fast, rx
     cdef int fd
     cdef Py_ssize_t budget, cap
     cdef bint real_mono, real_wall
@@ -226,7 +314,7 @@ cdef class FastReader:
     cdef rg_hmac_key hmac
 
     def __init__(self, conn, Py_ssize_t read_budget):
-        self.conn = conn
+        self.conn = <ConnFields?>conn
         self.p = conn.protocol
         self.fd = conn.fd
         self.budget = read_budget
@@ -240,8 +328,8 @@ cdef class FastReader:
 
     cdef _arm(self, fast):
         rx = self.conn._rx
-        self.rx, self.buf, self.cap = rx, rx._buf, rx.capacity
-        self.fast, self.run = fast, fast.run
+        self.rx, self.cap = rx, rx.capacity
+        self.fast = fast
 
     def heartbeat(self):
         """The link's heartbeat timer callback: the steady tick in C, anything else the Python reference.
@@ -334,39 +422,33 @@ cdef class FastReader:
             conn._tick_send_incomplete(data, 0, OSError(err, strerror(err).decode()))
 
     cdef on_events(self, uint32_t mask):
-        conn, p, fast = self.conn, self.p, self.fast
+        cdef ConnFields conn = self.conn
+        p, fast = self.p, self.fast
         if fast is None:
             fast = p.fast
             if fast is None or mask != EPOLLIN or not p.alive or conn._closed:
                 conn._on_events(mask)
                 return
             self._arm(fast)
-        elif mask != EPOLLIN or not p.alive or conn._closed:
+        elif mask != EPOLLIN or not api.alive(fast) or conn._closed:
             conn._on_events(mask)
             return
-        rx, run = self.rx, self.run
-        cdef Py_ssize_t budget = self.budget, cap = self.cap, want, w, r
+        cdef Py_ssize_t budget = self.budget, cap = self.cap, want
         cdef ssize_t n
         cdef char *buf
         cdef int err
+        cdef double now
+        cdef int64_t now_ms
+        cdef int drained
         conn._read_queued = False
         while True:
             if budget <= 0:
                 conn._queue_read_more()
                 return
-            w, r = rx._write, rx._read
-            if r:  # RecvBuffer.writable_view's policy: restart an empty buffer, slide a short rest
-                if r == w:
-                    rx._read = rx._write = 0
-                    w = 0
-                elif cap - w < cap >> 1:
-                    rx.compact()
-                    w = rx._write
-            want = cap - w
+            want = api.slot(fast, cap, &buf)  # RecvBuffer.writable_view's policy, in C
             if want <= 0:
                 conn._read()  # a full buffer: the Python path decodes to make room
                 return
-            buf = PyByteArray_AS_STRING(self.buf) + w
             n = recv(self.fd, buf, want, MSG_DONTWAIT)  # never waits, whatever the socket's mode
             err = errno
             if n < 0:
@@ -379,22 +461,18 @@ cdef class FastReader:
             if n == 0:
                 conn._read()  # EOF: the Python path reads it again (0 again) and ends the link
                 return
-            rx._write = w + n
             budget -= n
             conn.rx_bytes += n
             now = _seconds(CLOCK_MONOTONIC) if self.real_mono else conn._mono()
             now_ms = <int64_t>(_seconds(CLOCK_REALTIME) * 1000) if self.real_wall else conn._clock_ms()
-            p.last_rx = now
             try:
-                run(now_ms)
+                # commit, last_rx, the FastLink; when it took every byte, last_frame and _partial_since
+                drained = api.commit_run(fast, n, now, now_ms)
             except Exception as exc:  # a listener's: the link closes as from the Python path
                 conn._fault(exc)
                 return
-            if fast.drained:
-                if fast.accepted:
-                    p.last_frame = now
-                p._partial_since = None
-            else:
+            if not drained:
+                rx = self.rx
                 conn._decode_rest(now, now_ms)  # what the FastLink left: the Python path
                 if conn._closed or not p.alive or p.fast is not fast or conn._rx is not rx:
                     if n == want:

@@ -18,6 +18,20 @@ except ImportError:  # not built
     _reactor = None
 
 
+#: the fields of ``TcpConnection`` that the compiled reader reads and writes per read (``_reactor.ConnFields``)
+CONN_FIELDS = ("_closed", "_read_queued", "rx_bytes", "tx_bytes")
+
+
+def conn_fields_base() -> type:
+    """``TcpConnection``'s base: ``_reactor.ConnFields`` (C fields) when the reactor is built and the
+    compiled core is not forced off, else a plain class with the same names as ``__slots__``
+    (``railcodecs.speedups.fields_base`` explains why; chosen once, when the class is defined)."""
+    if _reactor is not None and speedups.available():
+        return _reactor.ConnFields
+    return type("ConnFields", (), {"__slots__": CONN_FIELDS, "__module__": __name__,
+                                   "__doc__": "The pure twin of the compiled reactor's ConnFields."})
+
+
 def reactor():
     """The compiled reactor module, or None (not built, or the pure implementation is in use)."""
     return _reactor if _reactor is not None and speedups.implementation() == "compiled" else None

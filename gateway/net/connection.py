@@ -71,7 +71,7 @@ def peer_address(sock: socket.socket) -> str | None:
     return f"{host}:{port}"
 
 
-class TcpConnection:
+class TcpConnection(compiled.conn_fields_base()):
     """A device link's socket on one loop. Create in any thread, then ``loop.run_in_loop(conn.start)``."""
 
     def __init__(self, loop, sock: socket.socket, protocol, rx, *, clock_ms, peer: str | None = None,

@@ -160,6 +160,8 @@ class EventLoop:
         events |= select.EPOLLET
         self._epoll.register(fd, events)
         ch = self._channels[fd] = Channel(fd, events, handler, self._polls)
+        if self._poller is not None:
+            self._poller.add(fd, handler, self._polls)
         return ch
 
     def modify(self, fd: int, events: int) -> None:
@@ -175,6 +177,8 @@ class EventLoop:
         """Stop watching ``fd``; call BEFORE closing it. KeyError if not registered. Loop thread only."""
         self.assert_in_loop_thread()
         del self._channels[fd]
+        if self._poller is not None:
+            self._poller.remove(fd)
         try:
             self._epoll.unregister(fd)
         except OSError as exc:
@@ -356,6 +360,8 @@ class EventLoop:
             os.close(self._wakeup_fd)
             self._wakeup_fd = -1
         self._channels.clear()
+        if self._poller is not None:
+            self._poller.clear()
         if getattr(_tls, "loop", None) is self:
             _tls.loop = None
 
