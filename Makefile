@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test setup demo clean bench bench-smoke fuzz
 
-$(STAMP): pyproject.toml setup.py codecs/_core.pyx codecs/_train_state.pxi codecs/_train_batch.pxi codecs/include/icd_hash.h gateway/net/_udp_batch.pyx gateway/net/_reactor.pyx
+$(STAMP): pyproject.toml setup.py codecs/_core.pyx codecs/_train_state.pxi codecs/_train_batch.pxi codecs/include/icd_hash.h gateway/net/_udp_batch.pyx gateway/net/_reactor.pyx gateway/net/_timers.pyx
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev,bench]"

@@ -1,6 +1,6 @@
 """Builds the compiled fast path (Cython) when railgate is installed; everything else is in pyproject.toml.
 
-``pip install .`` (or ``-e .``) compiles two extension modules from their ``.pyx`` sources:
+``pip install .`` (or ``-e .``) compiles four extension modules from their ``.pyx`` sources:
 
 * ``railcodecs._core``: CRC-32, HMAC-SHA256, the frame scanner, the sequence window, the object
   table and the per-link drain (decode + receiver checks + apply) of the steady path, and the
@@ -9,6 +9,8 @@
 * ``gateway.net._reactor``: ``epoll_wait`` + dispatch, a device link's read into its ring
   followed by the FastLink, without a Python frame per read, and its steady heartbeat tick (the
   HEARTBEAT encoded and sent in C, with ``codecs/include/icd_hash.h``'s CRC-32 and HMAC).
+* ``gateway.net._timers``: the loop's timer queue, a min-heap of C structs sifted in C, the twin of
+  ``gateway/net/timer_queue.py``'s ``TimerQueue`` (the reference).
 
 Cython and a C compiler are build requirements only (``[build-system] requires``). When the
 build fails (no compiler), the install goes on without the extensions and warns: the pure-Python
@@ -28,6 +30,7 @@ EXTENSIONS = [
     Extension("gateway.net._udp_batch", ["gateway/net/_udp_batch.pyx"], extra_compile_args=["-O2"]),
     Extension("gateway.net._reactor", ["gateway/net/_reactor.pyx"], include_dirs=["codecs/include"],
               extra_compile_args=["-O2"]),
+    Extension("gateway.net._timers", ["gateway/net/_timers.pyx"], extra_compile_args=["-O2"]),
 ]
 
 

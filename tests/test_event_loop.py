@@ -16,11 +16,30 @@ from gateway.net.loop_pool import EventLoopThread, EventLoopThreadPool
 from gateway.net.timer_queue import COMPACT_MIN, TimerQueue
 from gateway_harness import wait_until
 
+try:
+    from gateway.net._timers import TimerQueue as CompiledTimerQueue
+except ImportError:  # not built (no C compiler at install time)
+    CompiledTimerQueue = None
+
 # -- TimerQueue (clock passed in: no sleeping) ----------------------------------------------------
 
 
-def test_timers_run_in_deadline_order_and_ties_in_insertion_order():
-    q, out = TimerQueue(), []
+@pytest.fixture(params=["pure", "compiled"], ids=["queue:pure", "queue:compiled"])
+def queue_cls(request):
+    """Each TimerQueue test runs on the pure queue (the reference) and on its compiled twin.
+
+    The compiled one is used whatever RAILGATE_PURE says (the loop's choice is not the queue's).
+    """
+    if request.param == "pure":
+        return TimerQueue
+    if CompiledTimerQueue is None:
+        pytest.skip("gateway.net._timers is not built (no C compiler at install time): "
+                    "only the pure TimerQueue is tested")
+    return CompiledTimerQueue
+
+
+def test_timers_run_in_deadline_order_and_ties_in_insertion_order(queue_cls):
+    q, out = queue_cls(), []
     q.add(3.0, out.append, args=("c",))
     q.add(1.0, out.append, args=("a",))
     q.add(2.0, out.append, args=("b1",))
@@ -35,14 +54,14 @@ def test_timers_run_in_deadline_order_and_ties_in_insertion_order():
     assert out[-1] == "c" and q.next_timeout(10.0) is None and len(q) == 0
 
 
-def test_next_timeout_is_zero_when_overdue():
-    q = TimerQueue()
+def test_next_timeout_is_zero_when_overdue(queue_cls):
+    q = queue_cls()
     q.add(1.0, lambda: None)
     assert q.next_timeout(5.0) == 0.0
 
 
-def test_cancel_is_lazy_and_skipped():
-    q, out = TimerQueue(), []
+def test_cancel_is_lazy_and_skipped(queue_cls):
+    q, out = queue_cls(), []
     h = q.add(1.0, out.append, args=("x",))
     q.add(2.0, out.append, args=("y",))
     h.cancel()
@@ -54,8 +73,8 @@ def test_cancel_is_lazy_and_skipped():
     assert out == ["y"]
 
 
-def test_cancel_during_the_run_of_the_same_pass():
-    q, out = TimerQueue(), []
+def test_cancel_during_the_run_of_the_same_pass(queue_cls):
+    q, out = queue_cls(), []
     victim = None
 
     def first():
@@ -69,8 +88,8 @@ def test_cancel_during_the_run_of_the_same_pass():
     assert out == ["first", "third"]
 
 
-def test_a_timer_added_during_a_pass_waits_for_the_next_pass():
-    q, out = TimerQueue(), []
+def test_a_timer_added_during_a_pass_waits_for_the_next_pass(queue_cls):
+    q, out = queue_cls(), []
 
     def readd():
         out.append("outer")
@@ -84,8 +103,8 @@ def test_a_timer_added_during_a_pass_waits_for_the_next_pass():
     assert out == ["outer", "inner"]
 
 
-def test_repeat_rearms_and_skips_missed_beats():
-    q, ticks = TimerQueue(), []
+def test_repeat_rearms_and_skips_missed_beats(queue_cls):
+    q, ticks = queue_cls(), []
     h = q.add(1.0, lambda: ticks.append(1), interval=1.0)
     q.run_due(1.0)
     assert h.when == 2.0 and len(ticks) == 1
@@ -98,8 +117,8 @@ def test_repeat_rearms_and_skips_missed_beats():
     assert len(ticks) == 3 and len(q) == 0
 
 
-def test_repeating_timer_cancelling_itself_is_not_rearmed():
-    q, ticks = TimerQueue(), []
+def test_repeating_timer_cancelling_itself_is_not_rearmed(queue_cls):
+    q, ticks = queue_cls(), []
     holder = {}
 
     def tick():
@@ -113,8 +132,8 @@ def test_repeating_timer_cancelling_itself_is_not_rearmed():
     assert len(ticks) == 2 and q.heap_size == 0
 
 
-def test_compaction_when_more_than_half_are_cancelled():
-    q = TimerQueue()
+def test_compaction_when_more_than_half_are_cancelled(queue_cls):
+    q = queue_cls()
     handles = [q.add(float(i), lambda: None) for i in range(100)]
     for h in handles[:60]:
         h.cancel()
@@ -122,7 +141,7 @@ def test_compaction_when_more_than_half_are_cancelled():
     q.next_timeout(0.0)
     assert q.heap_size == 40 and q.compactions == 1
     # small heaps are left alone
-    q2 = TimerQueue()
+    q2 = queue_cls()
     small = [q2.add(float(i), lambda: None) for i in range(COMPACT_MIN - 1)]
     for h in small[1:]:
         h.cancel()
@@ -130,8 +149,8 @@ def test_compaction_when_more_than_half_are_cancelled():
     assert q2.heap_size == COMPACT_MIN and q2.compactions == 0
 
 
-def test_a_raising_timer_is_logged_and_the_rest_still_run(caplog):
-    q, out = TimerQueue(), []
+def test_a_raising_timer_is_logged_and_the_rest_still_run(queue_cls, caplog):
+    q, out = queue_cls(), []
     q.add(1.0, lambda: 1 / 0, interval=1.0)
     q.add(1.0, out.append, args=("after",))
     with caplog.at_level(logging.ERROR):
@@ -140,9 +159,9 @@ def test_a_raising_timer_is_logged_and_the_rest_still_run(caplog):
     assert "ZeroDivisionError" in caplog.text
 
 
-def test_timer_interval_must_be_positive():
+def test_timer_interval_must_be_positive(queue_cls):
     with pytest.raises(ValueError):
-        TimerQueue().add(1.0, lambda: None, interval=0)
+        queue_cls().add(1.0, lambda: None, interval=0)
 
 
 # -- EventLoop ---------------------------------------------------------------------------------
