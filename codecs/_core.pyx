@@ -611,6 +611,9 @@ cdef class FastLink:
     * **with the GIL**, batch by batch: the same checks, the listeners called, new objects stored.
     """
 
+    # (in the order a run touches them: at line load every FastLink is cold in the cache when its
+    # link is read, so what a read needs sits in the first few cache lines and the MAC key and the
+    # batch offsets, large and not always used, come last)
     cdef DecoderFields decoder
     cdef ReadableFields source
     cdef ChecksFields checks
@@ -620,23 +623,23 @@ cdef class FastLink:
     cdef CLock lock
     cdef SequenceWindow window
     cdef ObjectTable sections, signals, switches
-    cdef TableView views[3]
-    cdef object names
-    cdef int device_id, gateway_id, net
-    cdef bint mac_on
-    cdef rg_hmac_key key
     cdef readonly Py_ssize_t accepted
     cdef readonly Py_ssize_t frames
     #: frames taken by the GIL-free path (a part of ``frames``)
     cdef readonly Py_ssize_t frames_nogil
     cdef readonly bint drained
-    cdef Py_ssize_t offs[BATCH]
+    cdef int device_id, gateway_id, net
+    cdef bint mac_on
     # the listeners' watch, rebuilt when ObjectState's list changes: per kind, every change, and a
     # bitmap of watched values (a change into or out of one needs Python)
     cdef object watch_src
     cdef bint watch_every[3]
     cdef bint watch_any_every
     cdef uint64_t watch_vals[3][4]
+    cdef TableView views[3]
+    cdef object names
+    cdef Py_ssize_t offs[BATCH]
+    cdef rg_hmac_key key
 
     def __init__(self, decoder, checks, sender, receiver, objects, bytes session_key=None, link=None):
         self.decoder, self.checks = <DecoderFields?>decoder, <ChecksFields?>checks

@@ -44,9 +44,11 @@ def test_the_implementation_in_use_is_the_one_that_takes_the_frames(implementati
         fast = link.protocol.fast
         if implementation == "compiled":
             assert type(link.loop._poller).__name__ == "Poller" and type(handler).__name__ == "FastReader"
+            assert type(link.loop._timers).__module__ == "gateway.net._timers"
             assert fast is not None and fast.frames >= 19  # (the first may share the confirm's read)
         else:
             assert link.loop._poller is None and handler == link._on_events and fast is None
+            assert type(link.loop._timers).__module__ == "gateway.net.timer_queue"
         dev.close()
 
 

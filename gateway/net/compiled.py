@@ -4,7 +4,8 @@
 built by ``pip install`` with the codecs' core (setup.py). It is used when built and when
 ``railcodecs.speedups`` says the compiled implementation is in use (not ``RAILGATE_PURE=1``); the
 Python code beside it is the reference and the fallback. Loops and connections choose at
-construction. (``_udp_batch.pyx`` is chosen the same way by ``udp_endpoint.batch_available``.)
+construction. ``_timers.pyx`` (a loop's timer heap in C) is chosen the same way, and
+``_udp_batch.pyx`` by ``udp_endpoint.batch_available``.
 
 Threading: pure functions; any thread.
 """
@@ -16,6 +17,10 @@ try:
     from gateway.net import _reactor
 except ImportError:  # not built
     _reactor = None
+try:
+    from gateway.net import _timers
+except ImportError:  # not built
+    _timers = None
 
 
 #: the fields of ``TcpConnection`` that the compiled reader reads and writes per read (``_reactor.ConnFields``)
@@ -30,6 +35,15 @@ def conn_fields_base() -> type:
         return _reactor.ConnFields
     return type("ConnFields", (), {"__slots__": CONN_FIELDS, "__module__": __name__,
                                    "__doc__": "The pure twin of the compiled reactor's ConnFields."})
+
+
+def new_timer_queue():
+    """A loop's timer queue: ``_timers.TimerQueue`` (the heap in C) when built and the compiled
+    implementation is in use, else the pure ``timer_queue.TimerQueue`` (the reference)."""
+    if _timers is not None and speedups.implementation() == "compiled":
+        return _timers.TimerQueue()
+    from gateway.net.timer_queue import TimerQueue
+    return TimerQueue()
 
 
 def reactor():

@@ -62,7 +62,7 @@ import threading
 import time
 
 from gateway.net import compiled
-from gateway.net.timer_queue import TimerHandle, TimerQueue
+from gateway.net.timer_queue import TimerHandle
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class EventLoop:
                 os.close(self._wakeup_fd)
             raise
         self._channels: dict[int, Channel] = {}
-        self._timers = TimerQueue()
+        self._timers = compiled.new_timer_queue()  # (the heap in C when built: gateway/net/_timers.pyx)
         # Re-entrant: a signal handler runs in the loop thread between any two
         # bytecodes, possibly while this thread holds the lock, and may queue.
         self._lock = threading.RLock()
