@@ -982,8 +982,10 @@ cdef Py_ssize_t _run_length(const uint8_t *base, Py_ssize_t frames) noexcept nog
 # pattern of datetime's CAPI), so that a read is C calls only. Loop thread of the link only.
 
 cdef int _reader_alive(object fast) except -1:
-    """The link's liveness flag (``LinkProtocol.alive``: UP)."""
-    return (<FastLink>fast).link.alive
+    """The link's liveness flag (``LinkProtocol.alive``: UP). A FastLink built without its link
+    (``link=None``: run from Python only) is never alive for the reader: the Python path reads it."""
+    cdef LinkFields link = (<FastLink>fast).link
+    return link is not None and link.alive
 
 
 cdef Py_ssize_t _reader_slot(object fast, Py_ssize_t cap, char **ptr) except -1:
@@ -992,6 +994,8 @@ cdef Py_ssize_t _reader_slot(object fast, Py_ssize_t cap, char **ptr) except -1:
     ``cap`` bytes are left behind it). 0: the buffer is full."""
     cdef ReadableFields rx = (<FastLink>fast).source
     cdef Py_ssize_t r = rx._read, w = rx._write
+    if (<FastLink>fast).link is None:
+        raise TypeError("the compiled reader needs a FastLink built with its link (speedups.fast_link(..., link))")
     if r:
         if r == w:
             rx._read = rx._write = 0

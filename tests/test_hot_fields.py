@@ -102,3 +102,31 @@ def test_a_links_reads_record_its_times_bytes_and_partial_frame(implementation):
         if implementation == "compiled":
             assert p.fast.frames >= 11  # (so the compiled reader made those records)
         dev.close()
+
+
+def test_a_fastlink_without_its_link_is_left_to_the_python_path(implementation):
+    """``speedups.fast_link(...)`` without ``link`` (a FastLink run from Python only) is never read by
+    the compiled reader: it has no protocol fields to record into, so the reader's ``alive`` says no
+    and the connection's Python read runs it (``LinkProtocol._decode``). Nothing raises in the loop."""
+    if implementation != "compiled":
+        pytest.skip("the compiled reader exists only in the compiled implementation")
+    with RunningGateway(line_config()) as gw:
+        dev = Device(gw.ports["A"])
+        dev.hello()
+        (link,) = wait_until(lambda: [lk for lk in gw.ctx.links if lk.alive] or None, what="link up")
+        p = link.protocol
+        wait_until(lambda: p.fast is not None, what="the FastLink")
+
+        def swap():  # in the loop thread, before the first status frame arms the reader
+            p.fast = speedups.fast_link(p.decoder, p.checks, gw.ctx.receiver.senders[258], gw.ctx.receiver,
+                                        gw.ctx.objects, p.decoder.mac.session_key)
+        link.loop.run_in_loop(swap)
+        wait_until(lambda: p.fast is not None and p.fast.frames == 0, what="the swap")
+        errors = link.loop.callback_errors
+        for seq in range(1, 11):
+            dev.send(TrackSections(((111, seq % 2),)), seq=seq)
+        sender = gw.ctx.receiver.senders[258]
+        wait_until(lambda: sender.applied == 10, what="10 frames applied")
+        assert p.fast.frames == 10  # run from Python (LinkProtocol._decode), not by the reader
+        assert link.loop.callback_errors == errors and link.alive
+        dev.close()

@@ -426,7 +426,7 @@ cdef class FastReader:
         p, fast = self.p, self.fast
         if fast is None:
             fast = p.fast
-            if fast is None or mask != EPOLLIN or not p.alive or conn._closed:
+            if fast is None or mask != EPOLLIN or not api.alive(fast) or conn._closed:
                 conn._on_events(mask)
                 return
             self._arm(fast)
