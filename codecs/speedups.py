@@ -73,8 +73,14 @@ def fields_base(name: str) -> type:
     class using it is defined (both keep the same names and values, so ``use`` need not change it)."""
     if _core is not None:
         return getattr(_core, name)
-    return type(name, (), {"__slots__": FIELDS[name], "__module__": __name__,
-                           "__doc__": f"The pure twin of the compiled core's {name}."})
+    return pure_twin(name, FIELDS[name], __name__)
+
+
+def pure_twin(name: str, fields: tuple, module: str) -> type:
+    """A plain class named ``name`` with ``fields`` as ``__slots__``: the pure implementation's
+    stand-in for a compiled hot-field base (here and ``gateway.net.compiled.conn_fields_base``)."""
+    return type(name, (), {"__slots__": fields, "__module__": module,
+                           "__doc__": f"The pure twin of the compiled {name}."})
 
 
 def new_window(window: int = 1024):

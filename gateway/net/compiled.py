@@ -33,8 +33,7 @@ def conn_fields_base() -> type:
     (``railcodecs.speedups.fields_base`` explains why; chosen once, when the class is defined)."""
     if _reactor is not None and speedups.available():
         return _reactor.ConnFields
-    return type("ConnFields", (), {"__slots__": CONN_FIELDS, "__module__": __name__,
-                                   "__doc__": "The pure twin of the compiled reactor's ConnFields."})
+    return speedups.pure_twin("ConnFields", CONN_FIELDS, __name__)
 
 
 def new_timer_queue():
