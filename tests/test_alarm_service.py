@@ -1,5 +1,6 @@
 """AlarmService: concurrent submitters, group commit per drained batch, operator futures, restart."""
 import threading
+import time
 
 import pytest
 
@@ -7,7 +8,8 @@ from alarms.engine import UnknownAlarm
 from alarms.journal import Journal, JournalError
 from alarms.lifecycle import IllegalTransition
 from alarms.model import AlarmEvent, AlarmKey, ClearAlarm, OperatorAction, RaiseAlarm
-from alarms.service import AlarmService
+from alarms.service import PEEK_EVERY, AlarmService
+from alarms.sources import Sources
 from gateway.line.events import EventLog
 
 T0 = 1_795_425_974_859
@@ -72,13 +74,13 @@ def test_many_threads_exact_events(tmp_path):
     for r in rows:
         per_key.setdefault(r.key, []).append(r.transition)
     assert len(per_key) == threads * per and all(v == ["raise", "clear"] for v in per_key.values())
-    assert svc.stats["appends"] <= svc.stats["batches"] and wakes.acquire(timeout=0)
+    assert svc.stats["appends"] < svc.stats["inputs"] / 10 and wakes.acquire(timeout=0)   # group commit
     assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X"), "minor", "t", T0)) is False   # stopped
 
 
 def test_drained_batch_is_one_transaction(tmp_path):
     path = tmp_path / "j.db"
-    svc, gate = held_service(path)
+    svc, gate = held_service(path, slice_s=60)     # the pass ends long before a slice: one commit
     appends = svc.stats["appends"]
     ts = [threading.Thread(target=lambda t=t: [svc.submit(RaiseAlarm(AlarmKey(f"CI-{t}", "X", str(i)), "minor",
                                                                         "t", T0)) for i in range(100)])
@@ -107,7 +109,7 @@ def test_pending_counts_what_the_held_thread_has_not_taken(tmp_path):
 def test_priority_lane_overtakes_a_backlog_and_passes_are_bounded(tmp_path):
     """A device alarm queued behind 6,000 other inputs is journaled in the next pass, not after them."""
     path = tmp_path / "j.db"
-    svc, gate = held_service(path, max_batch=2_000)
+    svc, gate = held_service(path, max_batch=2_000, slice_s=60)
     wakes: list = []   # the events journaled so far, at each wake of the relay (after each append)
     svc.subscribe(lambda: wakes.append(svc.stats["events"]))
     for i in range(6_000):
@@ -123,6 +125,79 @@ def test_priority_lane_overtakes_a_backlog_and_passes_are_bounded(tmp_path):
     assert svc.stats["batches"] >= 5                            # 1 priority, then 6,000 others in three passes
     # the device alarm was journaled (and the relay woken) on its own, before the backlog's first pass
     assert wakes[:2] == [2, 2_002], wakes   # (the held pass woke before this callback was added)
+
+
+def drained(svc, inputs: int) -> None:
+    """Wait until the alarm thread has taken ``inputs`` inputs (a stopping service refuses submits)."""
+    deadline = time.monotonic() + 10
+    while svc.stats["inputs"] < inputs and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+class _Submitting(Sources):
+    """Sources whose ``feed`` of the item with object ``at`` submits ``urgent`` to the service (priority)."""
+
+    def __init__(self, at: str, urgent) -> None:
+        super().__init__()
+        self.at, self.urgent, self.svc = at, urgent, None
+
+    def feed(self, item):
+        if getattr(item, "key", None) is not None and item.key.object == self.at:
+            assert self.svc.submit(self.urgent, priority=True)
+        return super().feed(item)
+
+
+def test_priority_input_arriving_within_a_pass_is_taken_within_it(tmp_path):
+    """A device alarm that arrives while a pass of 1,000 inputs runs is journaled a few inputs later,
+    after a commit of the pass's events so far, not after the pass: seq order stays journal order."""
+    path = tmp_path / "j.db"
+    urgent = RaiseAlarm(AlarmKey("CI-2", "DEVICE_ALARM_7", "3"), "major", "t", T0)
+    sources = _Submitting("100", urgent)
+    svc, gate = held_service(path, sources=sources, slice_s=60)
+    sources.svc = svc
+    appends = svc.stats["appends"]
+    for i in range(1_000):
+        assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0))
+    gate.set()
+    drained(svc, 1 + 1_000 + 1)
+    svc.stop()
+    rows = all_rows(path)
+    assert len(rows) == 1_002 and [r.event_seq for r in rows] == list(range(1, 1_003))
+    at = [r.key for r in rows].index("CI-2/DEVICE_ALARM_7/3")
+    assert at == 1 + 112, at                            # the next look at the lane: 101 applied, then to 112
+    assert [r.key for r in rows[1:at] + rows[at + 1:]] == [f"CI-1/X/{i}" for i in range(1_000)]
+    assert svc.stats["preempted"] == 1
+    assert svc.stats["appends"] == appends + 3          # 112 inputs, the device alarm, the other 888
+
+
+def test_a_pass_commits_every_slice(tmp_path):
+    """slice_s bounds a transaction's work: with 0 a pass commits at every look (every PEEK_EVERY inputs)."""
+    path = tmp_path / "j.db"
+    svc, gate = held_service(path, slice_s=0)
+    appends = svc.stats["appends"]
+    for i in range(400):
+        assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0))
+    gate.set()
+    svc.stop()
+    assert svc.stats["appends"] == appends + 400 // PEEK_EVERY
+    assert svc.stats["preempted"] == 0 and len(all_rows(path)) == 401
+
+
+def test_priority_input_waiting_at_the_end_of_a_pass_goes_before_its_tick(tmp_path):
+    """Arriving after the last look of a pass that also runs the tick: taken before the tick."""
+    path = tmp_path / "j.db"
+    urgent = RaiseAlarm(AlarmKey("CI-2", "DEVICE_ALARM_7", "3"), "major", "t", T0)
+    sources = _Submitting("19", urgent)           # 20 inputs: the last look is before input 16
+    svc, gate = held_service(path, sources=sources, slice_s=60)
+    sources.svc = svc
+    for i in range(20):
+        assert svc.submit(RaiseAlarm(AlarmKey("CI-1", "X", str(i)), "minor", "t", T0))
+    time.sleep(0.2)                               # > tick_s: the held thread's next pass runs the tick
+    gate.set()
+    drained(svc, 1 + 20 + 1)
+    svc.stop()
+    assert svc.stats["preempted"] == 1
+    assert [r.key for r in all_rows(path)][-1] == "CI-2/DEVICE_ALARM_7/3"
 
 
 def test_operator_futures_and_restart(tmp_path):
