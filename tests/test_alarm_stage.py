@@ -227,9 +227,9 @@ def test_threat_samples_skip_a_settled_link_and_the_monitor_decides_the_same(tmp
         every.append(ThreatSample("net A", dict(link.checks.errors), clock[0], "x"))
         stage.sample_threats()
     times = [s.time_ms // 1000 - 1000 for s in sent]
-    # quiet from 0: 0..10, and the settling sample at 11 (11 s > the 10 s window); errors at 15 and
-    # 16: 15..26, settled at 27; errors at 40: 40..49, then the new link at 50: 50..59
-    assert times == list(range(0, 12)) + list(range(15, 28)) + list(range(40, 60))
+    # no error counted from 0: the sample at 0 alone; errors at 15 and 16: 15..26, settled at 27 (27 s
+    # > 16 s + the 10 s window); errors at 40: 40..49; the new link at 50, no error: the sample at 50
+    assert times == [0] + list(range(15, 28)) + list(range(40, 51))
 
     got, want = threat_decisions(cfg, sent), threat_decisions(cfg, every)
     assert got == want and [d[1] for d in want] == ["RaiseAlarm", "ClearAlarm"]
@@ -272,7 +272,8 @@ def test_errors_after_a_long_settled_spell_raise_as_with_a_sample_every_second(t
             link.checks.count(Reason[reason], count)
         every.append(ThreatSample("net A", dict(link.checks.errors), clock[0], "x"))
         stage.sample_threats()
-    assert [s.time_ms // 1000 - 1000 for s in sent if s.baseline is not None] == [0, 50]
+    # a baseline: the first sample (0), the first after the no-error spell settled at once (2), and 50
+    assert [s.time_ms // 1000 - 1000 for s in sent if s.baseline is not None] == [0, 2, 50]
     got, want = threat_decisions(cfg, sent), threat_decisions(cfg, every)
     assert got == want
     assert [(d[0] // 1000 - 1000, d[1], code in d[2]) for d in want] == [(50, "RaiseAlarm", True),
