@@ -3,9 +3,13 @@
 The compiled link path runs a buffered run of frames without the GIL
 (``FastLink._run_nogil``), so a second IO loop decodes on a second core; the
 machine's two cores are shared with the load generator and the kernel's
-loopback TCP. Median of ``ROUNDS`` interleaved runs.
+loopback TCP, so each row's note gives the gateway's and the sender's CPU over
+the run (% of one core): how busy the machine was, and what a loop costs per
+frame. Median of ``ROUNDS`` interleaved runs.
 """
 from __future__ import annotations
+
+import os
 
 from bench.common import median, row
 from bench.tcp_ingest_bench import DEVICES, measure
@@ -18,15 +22,21 @@ ROUNDS = 2
 def run(smoke: bool = False) -> list[dict]:
     devices, frames, rounds = (1, 100, 1) if smoke else (DEVICES, FRAMES, ROUNDS)
     fps = {t: [] for t in THREADS}
+    cpu = {t: [] for t in THREADS}       # (gateway, sender) % of one core over each run
     for _ in range(rounds):
         for t in THREADS:
-            fps[t].append(measure("gateway", devices=devices, frames=frames, io_threads=t)["fps"])
+            m = measure("gateway", devices=devices, frames=frames, io_threads=t)
+            fps[t].append(m["fps"])
+            cpu[t].append((m["cpu_pct"], m["load_cpu_pct"]))
     base = median(fps[1])
     rows = []
     for t in THREADS:
         m = median(fps[t])
+        g, s = median([c[0] for c in cpu[t]]), median([c[1] for c in cpu[t]])
         rows.append(row(f"TCP ingest, gateway io_threads={t}", round(m), "frames/s",
-                        note=f"{m / base:.2f} x io_threads=1; {2 * devices} links, median of {rounds}"))
+                        note=f"{m / base:.2f} x io_threads=1; {2 * devices} links, median of {rounds}; "
+                             f"CPU over the run, % of one core (the machine has {os.cpu_count()}): gateway "
+                             f"{g:.0f}, sender {s:.0f} (its loopback TCP included)"))
     if 2 in fps:
         r2 = median(fps[2]) / base
         rows.append(row("TCP ingest ratio io_threads 2 / 1", round(r2, 3), "x", ">= 1.6", r2 >= 1.6))

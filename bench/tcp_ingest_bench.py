@@ -40,15 +40,18 @@ def measure(kind: str, *, devices: int, frames: int, io_threads: int | None = No
     with server(kind, cfg) as srv, load("tcp_blast", ports=ports(cfg), devices=devices, frames=frames,
                                         max_s=TIMEOUT_S) as ld:
         total = ld.ready["frames_total"]
-        c0 = cpu_s(srv.pid)
+        c0, l0 = cpu_s(srv.pid), cpu_s(ld.pid)
         t0 = time.monotonic()
         ld.proc.stdin.write("go\n")
         ld.proc.stdin.flush()
         n, t1 = wait_count(srv, "frames", total, TIMEOUT_S)
-        c1 = cpu_s(srv.pid)
-    return {"frames": n, "total": total, "seconds": t1 - t0, "fps": n / (t1 - t0),
+        c1, l1 = cpu_s(srv.pid), cpu_s(ld.pid)
+    wall = t1 - t0
+    return {"frames": n, "total": total, "seconds": wall, "fps": n / wall,
             "cpu_us_per_frame": (c1 - c0) / max(n, 1) * 1e6, "complete": n >= total,
-            "io_threads": effective_io_threads(cfg)}
+            "io_threads": effective_io_threads(cfg),
+            # % of one core over the window: the server's, and the sender's (its loopback TCP included)
+            "cpu_pct": (c1 - c0) / wall * 100, "load_cpu_pct": (l1 - l0) / wall * 100}
 
 
 def run(smoke: bool = False) -> list[dict]:
