@@ -321,9 +321,7 @@ class AlarmService:
         for i, item in enumerate(batch):
             if preemptible and i and not i % PEEK_EVERY and (
                     self._priority or time.perf_counter() - t_commit >= self.slice_s):   # unlocked peek: a hint
-                n_events += self._commit(journal, events)
-                events = []
-                self._preempt(engine, journal)
+                n_events += self._interleave(engine, journal, events)
                 t_commit = time.perf_counter()
             if isinstance(item, _Call):
                 try:
@@ -344,9 +342,7 @@ class AlarmService:
                 log.exception("alarm input refused: %r", item)
         if tick:
             if preemptible and self._priority:
-                n_events += self._commit(journal, events)
-                events = []
-                self._preempt(engine, journal)
+                n_events += self._interleave(engine, journal, events)
             now = self.clock()
             try:
                 for inp in self.sources.tick(now):
@@ -364,13 +360,17 @@ class AlarmService:
         s["max_batch_inputs"] = max(s["max_batch_inputs"], len(batch))
         s["max_batch_events"] = max(s["max_batch_events"], n_events)
 
-    def _preempt(self, engine: AlarmEngine, journal: Journal) -> None:
-        """Within a pass: take the priority inputs that wait and run them as a pass of their own."""
+    def _interleave(self, engine: AlarmEngine, journal: Journal, events: list[AlarmEvent]) -> int:
+        """Within a pass: commit ``events`` (emptied), then run the priority inputs that wait as a pass
+        of their own; returns how many events were committed."""
+        n = self._commit(journal, events)
+        events.clear()
         with self._lock:
             urgent, self._priority = self._priority, []
         if urgent:
             self.stats["preempted"] += 1
             self._process(engine, journal, urgent, False, preemptible=False)
+        return n
 
     def _commit(self, journal: Journal, events: list[AlarmEvent]) -> int:
         """Journal ``events`` in one transaction, then wake the followers; returns how many."""
