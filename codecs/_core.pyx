@@ -122,69 +122,62 @@ cdef enum:
     V_COPY = 3
 
 
-cdef inline void _shl(uint64_t *a, int nw, int64_t d, uint64_t top) noexcept nogil:
-    """a <<= d (bits), within nw words, the top word masked with ``top``."""
-    cdef int ws = <int>(d >> 6), bs = <int>(d & 63), i, s
-    cdef uint64_t v
-    for i in range(nw - 1, -1, -1):
-        s = i - ws
-        v = 0
-        if s >= 0:
-            v = a[s] << bs
-            if bs and s >= 1:
-                v |= a[s - 1] >> (64 - bs)
-        a[i] = v
-    a[nw - 1] &= top
-
-
 cdef class SequenceWindow:
     """``railcodecs.sequence.SequenceWindow`` in C: the same API and verdicts (see that module).
 
-    ``seen``, ``on_b`` and ``copied`` read as Python ints (bit k: seq last - k), as there.
+    ``seen``, ``on_b`` and ``copied`` read as Python ints (bit k: seq last - k), as there. Here they
+    are one ring of ``R`` = 64 x ceil(window / 64) positions, the position of ``last`` at ``head``
+    and seq ``last - k`` at ``head - k`` (mod R), so a newer seq moves ``head`` and clears the
+    positions it passes instead of shifting three bitmaps of ``window`` bits (a frame's check touches
+    one or two words). Each word of the three maps is stored beside the others (``_bits[3w + m]``, m:
+    0 seen, 1 on net B, 2 copied), so a check reads one cache line. Positions ``window`` and more
+    behind ``last`` (when R > window) are never read, and are cleared when ``head`` reaches them.
     Not thread-safe by itself: the receiver holds the sender's lock around :meth:`check`."""
 
     cdef public int64_t last
     cdef readonly int window
     cdef int nw
-    cdef uint64_t top
-    cdef uint64_t *_seen
-    cdef uint64_t *_on_b
-    cdef uint64_t *_copied
+    cdef int64_t ring     # R, in bits
+    cdef int64_t head     # the ring position of ``last``
+    cdef uint64_t *_bits
 
     def __cinit__(self, int window=1024):
         if window < 1:
             raise ValueError(f"sequence window must be at least 1, got {window}")
         self.window = window
         self.nw = (window + 63) // 64
-        self.top = (<uint64_t>1 << (window & 63)) - 1 if window & 63 else <uint64_t>0xFFFFFFFFFFFFFFFF
-        self._seen = <uint64_t *>calloc(3 * self.nw, sizeof(uint64_t))
-        if self._seen == NULL:
+        self.ring = <int64_t>self.nw * 64
+        self._bits = <uint64_t *>calloc(3 * self.nw, sizeof(uint64_t))
+        if self._bits == NULL:
             raise MemoryError()
-        self._on_b = self._seen + self.nw
-        self._copied = self._on_b + self.nw
         self.last = 0
+        self.head = 0
 
     def __dealloc__(self):
-        free(self._seen)
+        free(self._bits)
 
-    cdef object _as_int(self, uint64_t *a):
-        cdef int i
+    cdef object _as_int(self, int m):
+        """Map ``m`` (0 seen, 1 on_b, 2 copied) as the pure window's int: bit k for seq last - k."""
+        cdef int64_t k, pos
         v = 0
-        for i in range(self.nw - 1, -1, -1):
-            v = (v << 64) | a[i]
+        for k in range(self.window - 1, -1, -1):
+            pos = self.head - k
+            if pos < 0:
+                pos += self.ring
+            v = (v << 1) | <int>((self._bits[3 * (pos >> 6) + m] >> (pos & 63)) & 1)
         return v
 
     @property
     def seen(self):
-        return self._as_int(self._seen)
+        return self._as_int(0)
 
     @property
     def on_b(self):
-        return self._as_int(self._on_b)
+        return self._as_int(1)
 
     @property
     def copied(self):
-        return self._as_int(self._copied)
+        return self._as_int(2)
 
     def reset(self):
         """Forget the sender's history (a new session)."""
@@ -192,7 +185,8 @@ cdef class SequenceWindow:
 
     cdef void c_reset(self) noexcept nogil:
         self.last = 0
-        memset(self._seen, 0, 3 * self.nw * sizeof(uint64_t))
+        self.head = 0
+        memset(self._bits, 0, 3 * self.nw * sizeof(uint64_t))
 
     def check(self, seq, net=None):
         """Classify ``seq`` arriving on ``net`` (0 A, 1 B, None: no dual net); see sequence.py."""
@@ -200,21 +194,44 @@ cdef class SequenceWindow:
         cdef int v = self.c_check(seq, -1 if net is None else (1 if net == 1 else 0), &skipped)
         return v, skipped
 
+    cdef inline void _advance(self, int64_t d) noexcept nogil:
+        """Move ``head`` ``d`` positions on (0 < d < window), clearing the positions it passes."""
+        cdef int64_t pos = self.head + 1, left = d, n
+        cdef int w, b
+        cdef uint64_t keep
+        if pos == self.ring:
+            pos = 0
+        while left:
+            w = <int>(pos >> 6)
+            b = <int>(pos & 63)
+            n = 64 - b
+            if n > left:
+                n = left
+            keep = ~(((<uint64_t>0xFFFFFFFFFFFFFFFF) >> (64 - n)) << b)
+            self._bits[3 * w] &= keep
+            self._bits[3 * w + 1] &= keep
+            self._bits[3 * w + 2] &= keep
+            pos += n
+            if pos == self.ring:
+                pos = 0
+            left -= n
+        pos = self.head + d
+        self.head = pos - self.ring if pos >= self.ring else pos
+
     cdef int c_check(self, uint64_t seq, int net, int64_t *skipped) noexcept nogil:
         """``net``: -1 none, 0 A, 1 B. Returns the verdict; ``skipped`` for APPLY."""
         cdef uint64_t b = 1 if net == 1 else 0
-        cdef int64_t d
-        cdef int64_t back
+        cdef int64_t d, back, pos
         cdef uint64_t bit
-        cdef int w, i
+        cdef uint64_t *word
         skipped[0] = 0
         if seq == 0 or seq > SEQ_MOD:
             return V_STALE
         if self.last == 0:
             self.c_reset()
             self.last = <int64_t>seq
-            self._seen[0] = 1
-            self._on_b[0] = b
+            self._bits[0] = 1
+            self._bits[1] = b
             return V_APPLY
         d = (<int64_t>seq - self.last) % SEQ_MOD
         if d < 0:
@@ -223,31 +240,34 @@ cdef class SequenceWindow:
             d -= SEQ_MOD
         if d > 0:
             if d < self.window:
-                _shl(self._seen, self.nw, d, self.top)
-                _shl(self._on_b, self.nw, d, self.top)
-                _shl(self._copied, self.nw, d, self.top)
-                self._seen[0] |= 1
-                self._on_b[0] |= b
+                self._advance(d)
             else:
-                memset(self._seen, 0, 3 * self.nw * sizeof(uint64_t))
-                self._seen[0] = 1
-                self._on_b[0] = b
+                memset(self._bits, 0, 3 * self.nw * sizeof(uint64_t))
+                self.head = 0
+            word = &self._bits[3 * (self.head >> 6)]
+            bit = (<uint64_t>1) << (self.head & 63)
+            word[0] |= bit
+            if b:
+                word[1] |= bit
             self.last = <int64_t>seq
             skipped[0] = d - 1
             return V_APPLY
         back = -d
         if back >= self.window:
             return V_STALE
-        w = <int>(back >> 6)
-        bit = (<uint64_t>1) << (back & 63)
-        if self._seen[w] & bit:
-            if net >= 0 and not (self._copied[w] & bit) and ((self._on_b[w] & bit) != 0) != (b != 0):
-                self._copied[w] |= bit
+        pos = self.head - back
+        if pos < 0:
+            pos += self.ring
+        word = &self._bits[3 * (pos >> 6)]
+        bit = (<uint64_t>1) << (pos & 63)
+        if word[0] & bit:
+            if net >= 0 and not (word[2] & bit) and ((word[1] & bit) != 0) != (b != 0):
+                word[2] |= bit
                 return V_COPY
             return V_DUPLICATE
-        self._seen[w] |= bit
+        word[0] |= bit
         if b:
-            self._on_b[w] |= bit
+            word[1] |= bit
         return V_STALE
 
 

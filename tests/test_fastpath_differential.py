@@ -51,6 +51,24 @@ def test_sequence_window_same_verdicts_and_bitmaps(window, seq, walk):
     assert (fast.last, fast.seen) == (pure.last, pure.seen) == (0, 0)
 
 
+@settings(max_examples=300, deadline=None)
+@given(window=st.sampled_from([1, 2, 3, 63, 64, 65, 130]),
+       steps=st.lists(st.tuples(st.integers(1, 70), st.sampled_from([0, 1]), st.booleans(),
+                                st.integers(0, 140), st.sampled_from([None, 0, 1])), max_size=150))
+def test_sequence_window_same_bitmaps_as_the_ring_wraps(window, steps):
+    """A sender moving on (dual-net copies, late arrivals) for many times the window: the compiled
+    window's ring wraps round and round, and must read as the pure window's bitmaps throughout."""
+    pure, fast = PureWindow(window), speedups._core.SequenceWindow(window)
+    seq = 0xFFFF_FF00  # the numbers wrap too
+    for step, net, copy, back, late_net in steps:
+        seq = (seq + step - 1) % 0xFFFF_FFFF + 1
+        events = [(seq, net)] + ([(seq, 1 - net)] if copy else [])
+        events.append(((seq - back - 1) % 0xFFFF_FFFF + 1, late_net))
+        for s, n in events:
+            assert fast.check(s, n) == pure.check(s, n), (s, n)
+            assert (fast.last, fast.seen, fast.on_b, fast.copied) == (pure.last, pure.seen, pure.on_b, pure.copied)
+
+
 def test_sequence_window_refuses_a_window_under_one():
     with pytest.raises(ValueError, match="at least 1"):
         speedups._core.SequenceWindow(0)
