@@ -73,6 +73,9 @@ cdef extern from "<sys/epoll.h>" nogil:
     enum:
         EPOLLIN
 
+cdef extern from *:
+    void __builtin_prefetch(const void *p) nogil
+
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int sockfd, void *buf, size_t len, int flags)
     ssize_t send(int sockfd, const void *buf, size_t len, int flags)
@@ -239,6 +242,32 @@ cdef class Poller:
         self.n = n
         return n
 
+    cdef inline void _prefetch(self, int i, bint deep) noexcept:
+        """Start loading event ``i``'s handler (``deep``: and, for a FastReader, the objects its read
+        touches first) into the cache. Only loads: nothing is read that a handler may have changed."""
+        cdef int fd
+        cdef PyObject *h
+        cdef FastReader r
+        if i >= self.n:
+            return
+        fd = self.evs[i].data.fd
+        if fd < 0 or fd >= self.cap:
+            return
+        h = self.slots[fd].handler
+        if h == NULL:
+            return
+        if not deep:
+            __builtin_prefetch(h)
+            return
+        if self.slots[fd].fast:
+            r = <FastReader>h
+            __builtin_prefetch(<PyObject *>r.conn)
+            if r.fast is not None:
+                __builtin_prefetch(<PyObject *>r.fast)
+                __builtin_prefetch(<char *><PyObject *>r.fast + 64)
+                __builtin_prefetch(<PyObject *>r.p)
+                __builtin_prefetch(<PyObject *>r.rx)
+
     def dispatch(self, loop):
         """Hand the events of the last poll to their handlers (``EventLoop._dispatch``, with the
         registrations read from the C array)."""
@@ -248,6 +277,11 @@ cdef class Poller:
         cdef int wakeup_fd = loop._wakeup_fd
         cdef Slot *slot
         for i in range(self.n):
+            # at line load each event is a different link, cold in the cache (touched once per 100 ms):
+            # fetch the handler two events ahead, and the objects of the next one's read, while this
+            # one is handled
+            self._prefetch(i + 2, False)
+            self._prefetch(i + 1, True)
             fd = self.evs[i].data.fd
             mask = self.evs[i].events
             if fd == wakeup_fd:
