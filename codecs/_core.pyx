@@ -285,10 +285,10 @@ cdef inline Py_ssize_t slot_of(const int32_t *index, const Entry *entries, Py_ss
 
     The key is ``device << 16 | object``: the hash must spread both halves over the low bits the mask
     keeps. A 64-bit multiply by the golden ratio carries every key bit into the upper half of the
-    product only, so the upper half is folded back onto the lower (``h ^ h >> 32``). (The hash before
-    3e929ed's successor took bits 7.. of the product, which the device bits do not reach in a small
-    table: every device's object 100 fell on one slot, 5.5 probes a lookup with 10 devices and 8-44
-    with 1,000; now 1.2.)"""
+    product only, so the upper half is folded back onto the lower (``h ^ h >> 32``). (The earlier
+    hash took bits 7.. of the product, which the device bits do not reach in a small table: every
+    device's object 100 fell on one slot, 5.5 probes a lookup with 10 devices and 8-44 with 1,000;
+    now 1.2: bench/results/object-table-hash-2026-11-29.txt.)"""
     cdef uint64_t h = <uint64_t>key * <uint64_t>0x9E3779B97F4A7C15
     cdef Py_ssize_t s = <Py_ssize_t>((h ^ (h >> 32)) & <uint64_t>mask)
     cdef int32_t e
