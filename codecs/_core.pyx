@@ -159,12 +159,20 @@ cdef class SequenceWindow:
     cdef object _as_int(self, int m):
         """Map ``m`` (0 seen, 1 on_b, 2 copied) as the pure window's int: bit k for seq last - k."""
         cdef int64_t k, pos
-        v = 0
-        for k in range(self.window - 1, -1, -1):
+        cdef int i
+        cdef uint64_t *line = <uint64_t *>calloc(self.nw, sizeof(uint64_t))  # the map unrolled from last back
+        if line == NULL:
+            raise MemoryError()
+        for k in range(self.window):
             pos = self.head - k
             if pos < 0:
                 pos += self.ring
-            v = (v << 1) | <int>((self._bits[3 * (pos >> 6) + m] >> (pos & 63)) & 1)
+            if (self._bits[3 * (pos >> 6) + m] >> (pos & 63)) & 1:
+                line[k >> 6] |= (<uint64_t>1) << (k & 63)
+        v = 0
+        for i in range(self.nw - 1, -1, -1):
+            v = (v << 64) | line[i]
+        free(line)
         return v
 
     @property
