@@ -244,10 +244,12 @@ cdef class Poller:
 
     cdef inline void _prefetch(self, int i, bint deep) noexcept:
         """Start loading event ``i``'s handler (``deep``: and, for a FastReader, the objects its read
-        touches first) into the cache. Only loads: nothing is read that a handler may have changed."""
+        touches first) into the cache. It reads the slot and the reader's pointers as they are now
+        (the loop thread's own, the GIL held), takes no reference and writes nothing: a prefetch of
+        an object a handler frees before event ``i`` runs is harmless."""
         cdef int fd
         cdef PyObject *h
-        cdef FastReader r
+        cdef PyObject *fast
         if i >= self.n:
             return
         fd = self.evs[i].data.fd
@@ -260,13 +262,13 @@ cdef class Poller:
             __builtin_prefetch(h)
             return
         if self.slots[fd].fast:
-            r = <FastReader>h
-            __builtin_prefetch(<PyObject *>r.conn)
-            if r.fast is not None:
-                __builtin_prefetch(<PyObject *>r.fast)
-                __builtin_prefetch(<char *><PyObject *>r.fast + 64)
-                __builtin_prefetch(<PyObject *>r.p)
-                __builtin_prefetch(<PyObject *>r.rx)
+            __builtin_prefetch(<PyObject *>(<FastReader>h).conn)
+            fast = <PyObject *>(<FastReader>h).fast
+            if fast != <PyObject *>None:
+                __builtin_prefetch(fast)
+                __builtin_prefetch(<char *>fast + 64)
+                __builtin_prefetch(<PyObject *>(<FastReader>h).p)
+                __builtin_prefetch(<PyObject *>(<FastReader>h).rx)
 
     def dispatch(self, loop):
         """Hand the events of the last poll to their handlers (``EventLoop._dispatch``, with the
