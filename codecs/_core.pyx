@@ -36,9 +36,9 @@ SequenceWindow are changed only with the GIL held: readers in other threads see 
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t, int16_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memset, memcpy
+from libc.string cimport memset, memcpy, memmove
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK,
@@ -613,6 +613,19 @@ cdef struct RunCounts:
     int64_t gap, stale, duplicates   # LinkChecks.count(...) afterwards
 
 
+cdef struct BulkPass:
+    # one bulk pass of the reader over a link's RecvBuffer (FastLink.bulk; see _reader_api.pxi). The buffer's
+    # indexes live here during the pass and go back to the RecvBuffer at its end.
+    char *base                # the buffer's bytes (a RecvBuffer's bytearray never resizes)
+    Py_ssize_t r, w, cap      # read and write index, capacity
+    Py_ssize_t consumed       # bytes of the frames taken
+    int64_t offset_ms, max_age
+    double last_rx            # the last recv's time (-1: no bytes yet)
+    double last_frame         # the time of the last read that accepted a frame (-1: none)
+    double partial_since      # LinkProtocol._partial_since (-1: None)
+    RunCounts c
+
+
 #: bytes buffered from which FastLink.run works without the GIL (set_nogil_bytes: tests)
 cdef Py_ssize_t nogil_bytes = NOGIL_BYTES
 
@@ -663,6 +676,8 @@ cdef class FastLink:
     cdef readonly Py_ssize_t frames
     #: frames taken by the GIL-free path (a part of ``frames``)
     cdef readonly Py_ssize_t frames_nogil
+    #: frames taken by the compiled reader's bulk passes (a part of ``frames_nogil``)
+    cdef readonly Py_ssize_t frames_bulk
     cdef readonly bint drained
     cdef int device_id, gateway_id, net
     cdef bint mac_on
@@ -674,6 +689,7 @@ cdef class FastLink:
     cdef uint64_t watch_vals[3][4]
     cdef TableView views[3]
     cdef object names
+    cdef BulkPass bulk
     cdef Py_ssize_t offs[BATCH]
     cdef rg_hmac_key key
 
@@ -704,7 +720,7 @@ cdef class FastLink:
         self.mac_on = session_key is not None
         if session_key is not None:
             rg_hmac_init(&self.key, <const uint8_t *><char *>session_key, len(session_key))
-        self.frames = self.frames_nogil = 0
+        self.frames = self.frames_nogil = self.frames_bulk = 0
         self.accepted = 0
         self.watch_src = None
 
@@ -1011,68 +1027,7 @@ cdef Py_ssize_t _run_length(const uint8_t *base, Py_ssize_t frames) noexcept nog
     return pos
 
 
-# --- the compiled reader's calls (gateway/net/_reactor.pyx FastReader) ------------------------
-#
-# The reader is in gateway/net (the IO layer), the buffer and the link's fields here: it reaches
-# them through these three functions, handed over as a capsule (``READER_API``, the CPython C-API
-# pattern of datetime's CAPI), so that a read is C calls only. Loop thread of the link only.
-
-cdef int _reader_alive(object fast) except -1:
-    """The link's liveness flag (``LinkProtocol.alive``: UP). A FastLink built without its link
-    (``link=None``: run from Python only) is never alive for the reader: the Python path reads it."""
-    cdef LinkFields link = (<FastLink>fast).link
-    return link is not None and link.alive
-
-
-cdef Py_ssize_t _reader_slot(object fast, Py_ssize_t cap, char **ptr) except -1:
-    """Where the next ``recv`` goes: ``ptr`` and the room there, after ``RecvBuffer.writable_view``'s
-    policy (an empty buffer restarts at 0; a rest is slid to the front when less than half of the
-    ``cap`` bytes are left behind it). 0: the buffer is full."""
-    cdef ReadableFields rx = (<FastLink>fast).source
-    cdef Py_ssize_t r = rx._read, w = rx._write
-    if (<FastLink>fast).link is None:
-        raise TypeError("the compiled reader needs a FastLink built with its link (speedups.fast_link(..., link))")
-    if r:
-        if r == w:
-            rx._read = rx._write = 0
-            w = 0
-        elif cap - w < cap >> 1:
-            rx.compact()
-            w = rx._write
-    ptr[0] = PyByteArray_AS_STRING(rx._buf) + w
-    return cap - w
-
-
-cdef int _reader_commit_run(object fast, Py_ssize_t n, double now, int64_t now_ms) except -1:
-    """``n`` bytes were received at the last slot at ``now`` (monotonic s) / ``now_ms``: commit them,
-    record the link's ``last_rx``, run the FastLink. Returns 1 when it took every byte (then the
-    link's ``last_frame`` is ``now`` if a frame was accepted, and no partial frame waits: what
-    ``LinkProtocol._decode`` records), 0 when the Python path must decode the rest. A listener's
-    exception propagates (the bytes committed and ``last_rx`` recorded, as from the Python path)."""
-    cdef FastLink f = <FastLink>fast
-    cdef LinkFields link = f.link
-    f.source._write += n
-    link.last_rx = now
-    f.run(now_ms)
-    if not f.drained:
-        return 0
-    if f.accepted:
-        link.last_frame = now
-    link._partial_since = None
-    return 1
-
-
-ctypedef struct ReaderApi:
-    int (*alive)(object) except -1
-    Py_ssize_t (*slot)(object, Py_ssize_t, char **) except -1
-    int (*commit_run)(object, Py_ssize_t, double, int64_t) except -1
-
-cdef ReaderApi _reader_api
-_reader_api.alive = _reader_alive
-_reader_api.slot = _reader_slot
-_reader_api.commit_run = _reader_commit_run
-#: the capsule of ``ReaderApi`` (its name says the layout; gateway/net/_reactor.pyx declares the same)
-READER_API = PyCapsule_New(<void *>&_reader_api, b"railcodecs._core.READER_API.v1", NULL)
+include "_reader_api.pxi"
 
 
 _REASONS = {}

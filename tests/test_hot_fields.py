@@ -104,6 +104,45 @@ def test_a_links_reads_record_its_times_bytes_and_partial_frame(implementation):
         dev.close()
 
 
+@pytest.mark.parametrize("bulk", [False, True], ids=["one-recv", "bulk-pass"])
+def test_a_busy_links_partial_frame_wait_restarts_with_each_read_that_takes_frames(implementation, bulk):
+    """A read that takes frames and ends inside the next one: the partial frame has waited since that
+    read (``LinkProtocol._decode``: progress, then a rest), not since an earlier read that also
+    ended mid-frame, and the last accepted frame is that read's too. Otherwise a busy link whose
+    reads keep ending mid-frame would have its partial frame abandoned as overdue (a good frame
+    dropped as ``truncated``). ``bulk``: every read after the first is a bulk pass of the compiled
+    reader (``set_nogil_bytes(0)``), else the one-recv way."""
+    if bulk and implementation != "compiled":
+        pytest.skip("the bulk pass is the compiled reader's")
+    old = speedups._core.set_nogil_bytes(0) if bulk else None
+    try:
+        with RunningGateway(line_config(heartbeat_ms=3000)) as gw:
+            dev = Device(gw.ports["A"], hb_ms=3000)
+            dev.hello()
+            (link,) = wait_until(lambda: [lk for lk in gw.ctx.links if lk.alive] or None, what="link up")
+            p = link.protocol
+            wait_until(lambda: p.fast is not None or implementation == "pure", what="the FastLink")
+            sender = gw.ctx.receiver.senders[258]
+            frames = [dev.encode(TrackSections(((111, seq % 2),)), seq=seq) for seq in range(1, 5)]
+            dev.sock.sendall(frames[0])  # (the object's first value: stored by the Python path)
+            wait_until(lambda: sender.applied == 1, what="the first frame applied")
+            dev.sock.sendall(frames[1] + frames[2][:10])
+            wait_until(lambda: sender.applied == 2 and p._partial_since is not None, what="frame 2 and a partial")
+            time.sleep(0.05)
+            t1 = time.monotonic()
+            dev.sock.sendall(frames[2][10:] + frames[3][:10])
+            wait_until(lambda: sender.applied == 3 and p.last_rx >= t1, what="frame 3 applied")
+            time.sleep(0.05)  # (the read's records are written by the end of its event)
+            assert p._partial_since is not None and p._partial_since >= t1
+            assert p.last_frame >= t1
+            if bulk:
+                assert p.fast.frames_bulk >= 1
+            dev.close()
+    finally:
+        if old is not None:
+            speedups._core.set_nogil_bytes(old)
+
+
 def test_a_fastlink_without_its_link_is_left_to_the_python_path(implementation):
     """``speedups.fast_link(...)`` without ``link`` (a FastLink run from Python only) is never read by
     the compiled reader: it has no protocol fields to record into, so the reader's ``alive`` says no

@@ -53,12 +53,18 @@ from railcodecs import _core
 
 # the buffer and link calls of a read (codecs/_core.pyx, "the compiled reader's calls"): the same
 # layout as there, checked by the capsule's name
+# (the bulk pass's nogil calls take the FastLink as a borrowed pointer: ``void *`` here)
 ctypedef struct ReaderApi:
     int (*alive)(object) except -1
     Py_ssize_t (*slot)(object, Py_ssize_t, char **) except -1
     int (*commit_run)(object, Py_ssize_t, double, int64_t) except -1
+    int (*bulk_begin)(object, Py_ssize_t) except -1
+    Py_ssize_t (*bulk_slot)(void *, char **) noexcept nogil
+    int (*bulk_take)(void *, Py_ssize_t, double, int64_t) noexcept nogil
+    int (*bulk_end)(object) except -1
+    Py_ssize_t *nogil_bytes
 
-cdef ReaderApi *api = <ReaderApi *>PyCapsule_GetPointer(_core.READER_API, b"railcodecs._core.READER_API.v1")
+cdef ReaderApi *api = <ReaderApi *>PyCapsule_GetPointer(_core.READER_API, b"railcodecs._core.READER_API.v2")
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -94,6 +100,19 @@ log = logging.getLogger("railgate.net")
 
 cdef enum:
     MAX_EVENTS = 512
+    # what a bulk pass (FastReader._bulk_pass) tells the read loop
+    PASS_DONE = 0       # the event is handled
+    PASS_AGAIN = 1      # go on reading (the budget is checked first)
+    PASS_NO = 2         # no pass: read the one-recv way
+    # why a pass stopped
+    STOP_AGAIN = 0
+    STOP_SHORT = 1
+    STOP_BUDGET = 2
+    STOP_EINTR = 3
+    STOP_FULL = 4
+    STOP_EOF = 5
+    STOP_ERROR = 6
+    STOP_PYTHON = 7
     # a HEARTBEAT frame (ICD section 2 and 4; codecs/frame.py): the 24-byte header, the u32 counter,
     # the 16-byte MAC when signed, the CRC-32
     HB_TYPE = 0x02
@@ -346,6 +365,7 @@ cdef class FastReader:
     cdef int fd
     cdef Py_ssize_t budget, cap
     cdef bint real_mono, real_wall
+    cdef bint bulk           # the link's last recv brought nogil_bytes or more: read in bulk passes
     cdef object hmac_for     # the key object whose HMAC state is in hmac (the protocol's _tx_key)
     cdef rg_hmac_key hmac
 
@@ -357,10 +377,16 @@ cdef class FastReader:
         self.fast = None
         self.real_mono = conn._mono is time.monotonic
         self.real_wall = conn._clock_ms is wall_clock_ms
+        self.bulk = False
         self.hmac_for = None
 
     def __call__(self, mask):
         self.on_events(mask)
+
+    def read_more(self):
+        """Go on reading after the read budget was spent (``TcpConnection._read_more``, queued in the
+        loop): as for a readable event, so a busy link's continued reads stay on the compiled path."""
+        self.on_events(EPOLLIN)
 
     cdef _arm(self, fast):
         rx = self.conn._rx
@@ -476,11 +502,19 @@ cdef class FastReader:
         cdef double now
         cdef int64_t now_ms
         cdef int drained
+        cdef int passed
         conn._read_queued = False
         while True:
             if budget <= 0:
                 conn._queue_read_more()
                 return
+            if self.bulk:
+                passed = self._bulk_pass(fast, &budget)
+                if passed == PASS_DONE:
+                    return
+                if passed == PASS_AGAIN:
+                    continue
+                # PASS_NO: this read goes the one-recv way
             want = api.slot(fast, cap, &buf)  # RecvBuffer.writable_view's policy, in C
             if want <= 0:
                 conn._read()  # a full buffer: the Python path decodes to make room
@@ -499,6 +533,8 @@ cdef class FastReader:
                 return
             budget -= n
             conn.rx_bytes += n
+            if n >= api.nogil_bytes[0] and self.real_mono and self.real_wall:
+                self.bulk = True  # a busy link: its next reads are bulk passes
             now = _seconds(CLOCK_MONOTONIC) if self.real_mono else conn._mono()
             now_ms = <int64_t>(_seconds(CLOCK_REALTIME) * 1000) if self.real_wall else conn._clock_ms()
             try:
@@ -516,3 +552,70 @@ cdef class FastReader:
                     return
             if n < want:
                 return  # short read: the kernel buffer is drained
+
+    cdef int _bulk_pass(self, fast, Py_ssize_t *budget) except -1:
+        """A bulk pass (codecs/_reader_api.pxi): ``recv`` and take, ``recv`` and take, with the GIL
+        released once for all of it, until the kernel's buffer is drained (a short read or EAGAIN),
+        ``budget`` is spent, or the bytes left need the Python path; then what the pass did is
+        published and what ended it is handled as the one-recv way handles it. PASS_NO: the link is
+        not in a state a pass handles (nothing read)."""
+        cdef ConnFields conn = self.conn
+        cdef void *f = <void *>fast
+        cdef char *buf
+        cdef Py_ssize_t want = 0, total = 0, left = budget[0]
+        cdef ssize_t n = 0
+        cdef int err = 0, stop
+        cdef double now = 0
+        cdef int64_t now_ms = 0
+        if not api.bulk_begin(fast, self.cap):
+            return PASS_NO
+        with nogil:
+            while True:
+                if left <= 0:
+                    stop = STOP_BUDGET
+                    break
+                want = api.bulk_slot(f, &buf)
+                if want <= 0:
+                    stop = STOP_FULL
+                    break
+                n = recv(self.fd, buf, want, MSG_DONTWAIT)  # never waits, whatever the socket's mode
+                if n < 0:
+                    err = errno
+                    stop = STOP_AGAIN if err == EAGAIN else (STOP_EINTR if err == EINTR else STOP_ERROR)
+                    break
+                if n == 0:
+                    stop = STOP_EOF
+                    break
+                left -= n
+                total += n
+                now = _seconds(CLOCK_MONOTONIC)
+                now_ms = <int64_t>(_seconds(CLOCK_REALTIME) * 1000)
+                if not api.bulk_take(f, n, now, now_ms):
+                    stop = STOP_PYTHON
+                    break
+                if n < want:
+                    stop = STOP_SHORT  # the kernel buffer is drained
+                    break
+        api.bulk_end(fast)
+        budget[0] = left
+        conn.rx_bytes += total
+        if 0 < total < api.nogil_bytes[0]:
+            self.bulk = False  # a trickle again (the whole pass read less): the next read goes the one-recv way
+        if stop == STOP_AGAIN or stop == STOP_SHORT:
+            return PASS_DONE
+        if stop == STOP_BUDGET or stop == STOP_EINTR:
+            return PASS_AGAIN
+        if stop == STOP_FULL or stop == STOP_EOF:
+            conn._read()  # the Python path: it decodes to make room, or reads the EOF again and ends the link
+            return PASS_DONE
+        if stop == STOP_ERROR:
+            conn._recv_failed(OSError(err, strerror(err).decode()))
+            return PASS_DONE
+        # STOP_PYTHON: the Python path decodes what the pass left (as after a one-recv read)
+        p, rx = self.p, self.rx
+        conn._decode_rest(now, now_ms)
+        if conn._closed or not p.alive or p.fast is not fast or conn._rx is not rx:
+            if n == want:
+                conn._read()
+            return PASS_DONE
+        return PASS_DONE if n < want else PASS_AGAIN

@@ -108,6 +108,7 @@ class TcpConnection(compiled.conn_fields_base()):
         self._read_queued = False
         #: the heartbeat timer's callback: the compiled reader's steady tick when start() installs it
         self._heartbeat_tick = self._on_heartbeat_tick
+        self._read_on = self._read  # what a queued read-more runs: the reader's read (the compiled one's)
         self._timers: list = []
         self._dead_timer = None       # the one-shot timer at the protocol's dead deadline
         self.tx_frames = self.rx_bytes = self.tx_bytes = 0
@@ -175,6 +176,7 @@ class TcpConnection(compiled.conn_fields_base()):
         if core is not None:
             reader = core.FastReader(self, READ_BUDGET)
             self._heartbeat_tick = reader.heartbeat
+            self._read_on = reader.read_more
             self.loop.register(self.fd, EV_READ, reader)
         else:
             self.loop.register(self.fd, EV_READ, self._on_events)
@@ -415,7 +417,7 @@ class TcpConnection(compiled.conn_fields_base()):
 
     def _read_more(self) -> None:
         if self._read_queued and not self._closed:
-            self._read()
+            self._read_on()
 
     # -- loop thread: output ------------------------------------------------------------------
     def _send_in_loop(self, data: bytes) -> None:
