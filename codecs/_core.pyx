@@ -28,11 +28,12 @@ proven by tests/test_fastpath_differential.py):
   session reset, window) and applied in C, with what Python must see handed over once per batch
   (proven the same as the pure step by tests/test_udp_differential.py).
 
-Threading: a FastLink belongs to its link's loop thread. The scan (framing, CRC, MAC, payload
-checks) of a large run of buffered bytes is done without the GIL, so two IO loops decode in
-parallel; the receiver checks and the apply take the GIL and the sender's lock (the same
-``threading.Lock`` the Python receiver takes), as the Python path does. ObjectTable and
-SequenceWindow are changed only with the GIL held: readers in other threads see whole values.
+Threading: a FastLink belongs to its link's loop thread. A large run of buffered bytes (and a
+busy link's bulk pass, ``_reader_api.pxi``) is taken without the GIL, so two IO loops decode in
+parallel: the scan (framing, CRC, MAC, payload checks) with no lock, the receiver checks and the
+apply of each batch under the sender's :class:`CLock` (the lock the Python receiver takes) and the
+object tables' read locks. A table grows only under its write lock, with the GIL; readers in other
+threads see whole values.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t, int16_t
 from libc.stdlib cimport malloc, calloc, realloc, free
@@ -894,9 +895,14 @@ cdef class FastLink:
                          int64_t offset_ms, int64_t max_age, RunCounts *c) noexcept nogil:
         """Take frames from ``pos`` (advanced past them) without the GIL until one needs Python: not
         a good frame here, a time or heartbeat the GIL path stops at, or a status frame that would
-        store a new object or make a watched change. What it did goes into ``c``. It holds the
-        sender's lock and the three tables' for reading throughout (see ObjectTable)."""
-        cdef Py_ssize_t total
+        store a new object or make a watched change. What it did goes into ``c``.
+
+        Batch by batch (``BATCH`` frames): the framing, CRC, MAC and payload checks with no lock held
+        (:meth:`_scan`: the link's own bytes), then the batch's times, windows and values under the
+        sender's lock and the three tables' read locks (see ObjectTable). So the lock a device's two
+        links share is held for the part that needs it, a batch at a time: the other net's loop
+        waits at most one batch's apply, not a whole run's CRCs."""
+        cdef Py_ssize_t n, k, end
         cdef const uint8_t *p
         cdef int64_t skipped
         cdef uint32_t nitems, i, dev_hi = <uint32_t>self.device_id << 16
@@ -906,74 +912,77 @@ cdef class FastLink:
         cdef Entry *ents
         cdef int32_t *idx
         cdef Py_ssize_t mask
-        # the sender's lock, then the three tables' for reading, in this order (see ObjectTable)
-        self.lock.c_acquire()
-        for ti in range(3):
-            pthread_rwlock_rdlock(self.views[ti].rw)
-        while True:
-            total = scan_frame(base + pos[0], avail - pos[0], &self.key, self.mac_on, self.device_id,
-                               self.gateway_id)
-            if total == 0:
-                break
-            p = base + pos[0]
-            gate = frame_gate(p, now_ms, offset_ms, max_age, &c.hb_last)
-            if gate == GATE_STOP:
-                break
-            if gate == GATE_HEARTBEAT:
+        cdef bint stop = False
+        while not stop:
+            end = pos[0]
+            n = self._scan(base, avail, &end)
+            if n == 0:
+                return
+            # the sender's lock, then the three tables' for reading, in this order (see ObjectTable)
+            self.lock.c_acquire()
+            for ti in range(3):
+                pthread_rwlock_rdlock(self.views[ti].rw)
+            for k in range(n):
+                p = base + self.offs[k]
+                gate = frame_gate(p, now_ms, offset_ms, max_age, &c.hb_last)
+                if gate == GATE_STOP:
+                    stop = True
+                    break
+                if gate == GATE_STATUS:
+                    ti = p[3] - T_SECTIONS
+                    tv = &self.views[ti]
+                    nitems = be16(p + HEADER_LEN)
+                    ents, idx, mask = tv.entries[0], tv.index[0], tv.mask[0]
+                    # every item an existing object, and no change a listener watches: else Python's
+                    e = 0
+                    for i in range(nitems):
+                        e = idx[slot_of(idx, ents, mask, dev_hi | be16(p + HEADER_LEN + 2 + 3 * i))]
+                        if e < 0:
+                            break
+                        old = ents[e].value
+                        v = p[HEADER_LEN + 4 + 3 * i]
+                        if old != v and (self.watch_every[ti] or (self.watch_vals[ti][v >> 6] >> (v & 63)) & 1
+                                         or (self.watch_vals[ti][old >> 6] >> (old & 63)) & 1):
+                            e = -1
+                            break
+                    if e < 0:
+                        stop = True
+                        break
+                    verdict = self.window.c_check(be32(p + 10), self.net, &skipped)
+                    if verdict == V_APPLY:
+                        for i in range(nitems):
+                            e = idx[slot_of(idx, ents, mask, dev_hi | be16(p + HEADER_LEN + 2 + 3 * i))]
+                            ents[e].value = p[HEADER_LEN + 4 + 3 * i]
+                            ents[e].ms = now_ms
+                        self.sender.applied += 1
+                        self.sender.gap += skipped
+                        self.sender.last_ms = now_ms
+                        self.sender.has_last = True
+                        c.applied += 1
+                        c.accepted += 1
+                        c.gap += skipped
+                    else:
+                        if verdict == V_STALE:
+                            self.sender.stale += 1
+                            c.stale += 1
+                        else:
+                            self.sender.duplicates += 1
+                            if verdict == V_COPY:
+                                self.sender.dual_net_copies += 1
+                                c.copies += 1
+                                c.accepted += 1
+                            else:
+                                c.duplicates += 1
+                else:  # GATE_HEARTBEAT
+                    c.accepted += 1
                 c.took += 1
                 c.rx += 1
-                c.accepted += 1
-                pos[0] += total
-                continue
-            ti = p[3] - T_SECTIONS
-            tv = &self.views[ti]
-            nitems = be16(p + HEADER_LEN)
-            ents, idx, mask = tv.entries[0], tv.index[0], tv.mask[0]
-            # every item an existing object, and no change a listener watches: else Python's
-            e = 0
-            for i in range(nitems):
-                e = idx[slot_of(idx, ents, mask, dev_hi | be16(p + HEADER_LEN + 2 + 3 * i))]
-                if e < 0:
-                    break
-                old = ents[e].value
-                v = p[HEADER_LEN + 4 + 3 * i]
-                if old != v and (self.watch_every[ti] or (self.watch_vals[ti][v >> 6] >> (v & 63)) & 1
-                                 or (self.watch_vals[ti][old >> 6] >> (old & 63)) & 1):
-                    e = -1
-                    break
-            if e < 0:
-                break
-            verdict = self.window.c_check(be32(p + 10), self.net, &skipped)
-            if verdict == V_APPLY:
-                for i in range(nitems):
-                    e = idx[slot_of(idx, ents, mask, dev_hi | be16(p + HEADER_LEN + 2 + 3 * i))]
-                    ents[e].value = p[HEADER_LEN + 4 + 3 * i]
-                    ents[e].ms = now_ms
-                self.sender.applied += 1
-                self.sender.gap += skipped
-                self.sender.last_ms = now_ms
-                self.sender.has_last = True
-                c.applied += 1
-                c.accepted += 1
-                c.gap += skipped
-            else:
-                if verdict == V_STALE:
-                    self.sender.stale += 1
-                    c.stale += 1
-                else:
-                    self.sender.duplicates += 1
-                    if verdict == V_COPY:
-                        self.sender.dual_net_copies += 1
-                        c.copies += 1
-                        c.accepted += 1
-                    else:
-                        c.duplicates += 1
-            c.took += 1
-            c.rx += 1
-            pos[0] += total
-        for ti in range(3):
-            pthread_rwlock_unlock(self.views[ti].rw)
-        self.lock.c_release()
+                pos[0] = self.offs[k + 1] if k + 1 < n else end
+            for ti in range(3):
+                pthread_rwlock_unlock(self.views[ti].rw)
+            self.lock.c_release()
+            if n < BATCH:
+                return
 
     cdef int _notify(self, list listeners, int ti, int change, int obj, int value, int64_t now_ms) except -1:
         """Call the listeners that watch this change (``ObjectState.apply``'s filter: every change, or

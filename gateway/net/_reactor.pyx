@@ -29,9 +29,16 @@
   with the times already read. :func:`encode_heartbeat` is the encoder alone (tests compare it with
   ``railcodecs.encode``).
 
-Threading: all of it runs in the loop thread that owns the epoll and the connection (the GIL is
-released only around ``epoll_wait``, which can wait; a non-blocking ``recv`` or ``send`` keeps it,
-so a heartbeat tick is atomic for the other threads, as ``send()``'s callers see it).
+A busy link (its last read brought 2 KiB or more) is read in **bulk passes**
+(:meth:`FastReader._bulk_pass`, ``codecs/_reader_api.pxi``): ``recv`` and the FastLink's GIL-free
+run, again and again, with the GIL released once for the pass and what it did published at its end.
+
+Threading: all of it runs in the loop thread that owns the epoll and the connection. The GIL is
+released around ``epoll_wait``, which can wait, and for a bulk pass, which touches only the link's
+own buffer and C fields and, under their locks, the sender and the object tables (see
+``FastLink``). A one-recv read keeps it for its non-blocking ``recv``, and a heartbeat tick for its
+``send``, so a tick is atomic for the other threads, as ``send()``'s callers see it; other threads
+read a link's counters and times as of the last pass's end.
 """
 from libc.errno cimport errno, EAGAIN, EINTR
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
