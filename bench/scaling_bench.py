@@ -1,7 +1,8 @@
 """Scaling: the gateway's TCP ingest with io_threads 1, 2 and 4 (same bytes as tcp_ingest_bench).
 
-The compiled link path runs a buffered run of frames without the GIL
-(``FastLink._run_nogil``), so a second IO loop decodes on a second core; the
+The compiled reader takes a busy link's bytes in bulk passes without the GIL
+(``FastReader._bulk_pass``: ``recv`` and ``FastLink._run_nogil``), so a second
+IO loop decodes on a second core; the
 machine's two cores are shared with the load generator and the kernel's
 loopback TCP, so each row's note gives the gateway's and the sender's CPU over
 the run (% of one core): how busy the machine was, and what a loop costs per
@@ -15,8 +16,10 @@ from bench.common import median, row
 from bench.tcp_ingest_bench import DEVICES, measure
 
 THREADS = (1, 2, 4)
-FRAMES = 150_000  # per link: 3,000,000 frames, about a second of the compiled gateway per run
-ROUNDS = 2
+FRAMES = 600_000  # per link: 12,000,000 frames, about a second of the compiled gateway with one loop
+# (150,000 until 2026-11-29: 0.25 s with one loop and 0.15 s with two, of which the senders' start took a
+# share that weighed on two loops more; bench/results/io-threads-bulk-2026-11-29.txt has both on one build)
+ROUNDS = 3
 
 
 def run(smoke: bool = False) -> list[dict]:
