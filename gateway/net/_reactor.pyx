@@ -372,7 +372,8 @@ cdef class FastReader:
     cdef int fd
     cdef Py_ssize_t budget, cap
     cdef bint real_mono, real_wall
-    cdef bint bulk           # the link's last recv brought nogil_bytes or more: read in bulk passes
+    # read in bulk passes: set by a one-recv read of nogil_bytes or more, cleared by a pass that read less
+    cdef bint bulk
     cdef object hmac_for     # the key object whose HMAC state is in hmac (the protocol's _tx_key)
     cdef rg_hmac_key hmac
 
