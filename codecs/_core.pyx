@@ -809,12 +809,7 @@ cdef class FastLink:
                     accepted += c.accepted
                     hb_last = c.hb_last
                     self.frames_nogil += c.took
-                    if c.gap:
-                        checks.count(_reason("gap"), c.gap)
-                    if c.stale:
-                        checks.count(_reason("stale"), c.stale)
-                    if c.duplicates:
-                        checks.count(_reason("duplicate"), c.duplicates)
+                    self._count_errors(&c)
                     if pos == avail:
                         break
                 # 2. a batch of good frames, scanned with the GIL
@@ -1011,19 +1006,36 @@ cdef class FastLink:
                           int64_t copies, int64_t hb_last, Py_ssize_t r) except *:
         """Publish what the run did: counters on the link, the decoder's offset, the bytes consumed."""
         cdef Py_ssize_t consumed
-        cdef ChecksFields checks = self.checks
-        cdef DecoderFields dec = self.decoder
         if not took:
             return
         # the frames taken are the first ``took`` frames from the segment's start, back to back
         consumed = _run_length(base, took)
+        self._publish(rx, applied, copies, hb_last, consumed)
+        self.source._read = r + consumed
+
+    cdef int _publish(self, int64_t rx, int64_t applied, int64_t copies, int64_t hb_last,
+                      Py_ssize_t consumed) except -1:
+        """Frames were taken (``consumed`` bytes): the link's counters, its heartbeat counter and the
+        decoder's offset, as the Python path leaves them (a run's and a bulk pass's end)."""
+        cdef ChecksFields checks = self.checks
+        cdef DecoderFields dec = self.decoder
         checks.rx_frames += rx
         checks.applied += applied
         checks.copies += copies
         checks.hb_last = None if hb_last < 0 else hb_last
-        self.source._read = r + consumed
         dec._offset += consumed
         dec._silent_until = 0
+        return 0
+
+    cdef int _count_errors(self, const RunCounts *c) except -1:
+        """What a GIL-free run judged that the Python path counts as link errors."""
+        if c.gap:
+            self.checks.count(_reason("gap"), c.gap)
+        if c.stale:
+            self.checks.count(_reason("stale"), c.stale)
+        if c.duplicates:
+            self.checks.count(_reason("duplicate"), c.duplicates)
+        return 0
 
 
 cdef Py_ssize_t _run_length(const uint8_t *base, Py_ssize_t frames) noexcept nogil:

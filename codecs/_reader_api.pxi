@@ -43,6 +43,19 @@ cdef inline bint _plain_partial(const uint8_t *p, Py_ssize_t n) noexcept nogil:
     return n < total
 
 
+cdef inline void _slot_policy(char *base, Py_ssize_t *r, Py_ssize_t *w, Py_ssize_t cap) noexcept nogil:
+    """``RecvBuffer.writable_view``'s policy on a buffer's indexes ``r`` / ``w``: an empty buffer restarts
+    at 0; a rest is slid to the front (``RecvBuffer.compact``) when less than half of the ``cap`` bytes
+    are left behind it."""
+    if r[0]:
+        if r[0] == w[0]:
+            r[0] = w[0] = 0
+        elif cap - w[0] < cap >> 1:
+            memmove(base, base + r[0], w[0] - r[0])
+            w[0] -= r[0]
+            r[0] = 0
+
+
 cdef int _reader_alive(object fast) except -1:
     """The link's liveness flag (``LinkProtocol.alive``: UP). A FastLink built without its link
     (``link=None``: run from Python only) is never alive for the reader: the Python path reads it."""
@@ -51,21 +64,17 @@ cdef int _reader_alive(object fast) except -1:
 
 
 cdef Py_ssize_t _reader_slot(object fast, Py_ssize_t cap, char **ptr) except -1:
-    """Where the next ``recv`` goes: ``ptr`` and the room there, after ``RecvBuffer.writable_view``'s
-    policy (an empty buffer restarts at 0; a rest is slid to the front when less than half of the
-    ``cap`` bytes are left behind it). 0: the buffer is full."""
+    """Where the next ``recv`` goes: ``ptr`` and the room there, after :func:`_slot_policy`.
+    0: the buffer is full."""
     cdef ReadableFields rx = (<FastLink>fast).source
     cdef Py_ssize_t r = rx._read, w = rx._write
+    cdef char *base
     if (<FastLink>fast).link is None:
         raise TypeError("the compiled reader needs a FastLink built with its link (speedups.fast_link(..., link))")
-    if r:
-        if r == w:
-            rx._read = rx._write = 0
-            w = 0
-        elif cap - w < cap >> 1:
-            rx.compact()
-            w = rx._write
-    ptr[0] = PyByteArray_AS_STRING(rx._buf) + w
+    base = PyByteArray_AS_STRING(rx._buf)
+    _slot_policy(base, &r, &w, cap)
+    rx._read, rx._write = r, w
+    ptr[0] = base + w
     return cap - w
 
 
@@ -83,13 +92,10 @@ cdef int _reader_commit_run(object fast, Py_ssize_t n, double now, int64_t now_m
         return 0
     if f.accepted:
         link.last_frame = now
-    if not f.drained:
-        # this read took frames and left bytes: a partial frame's wait starts again now
-        # (``_decode``: progress, then a rest), which the Python decode of the rest does not know of
-        link._partial_since = None
-        return 0
+    # drained: nothing waits. Else this read took frames and left bytes: a partial frame's wait starts
+    # again now (``_decode``: progress, then a rest), which the Python decode of the rest cannot know
     link._partial_since = None
-    return 1
+    return 1 if f.drained else 0
 
 
 cdef int _reader_bulk_begin(object fast, Py_ssize_t cap) except -1:
@@ -127,16 +133,10 @@ cdef int _reader_bulk_begin(object fast, Py_ssize_t cap) except -1:
 
 
 cdef Py_ssize_t _reader_bulk_slot(FastLink f, char **ptr) noexcept nogil:
-    """Where the pass's next ``recv`` goes, and the room there (``_reader_slot``'s policy on the
-    pass's indexes, the slide done with memmove). 0: the buffer is full."""
+    """Where the pass's next ``recv`` goes, and the room there (``_slot_policy`` on the pass's
+    indexes). 0: the buffer is full."""
     cdef BulkPass *b = &f.bulk
-    if b.r:
-        if b.r == b.w:
-            b.r = b.w = 0
-        elif b.cap - b.w < b.cap >> 1:
-            memmove(b.base, b.base + b.r, b.w - b.r)
-            b.w -= b.r
-            b.r = 0
+    _slot_policy(b.base, &b.r, &b.w, b.cap)
     ptr[0] = b.base + b.w
     return b.cap - b.w
 
@@ -177,17 +177,9 @@ cdef int _reader_bulk_end(object fast) except -1:
     cdef FastLink f = <FastLink>fast
     cdef BulkPass *b = &f.bulk
     cdef LinkFields link = f.link
-    cdef ChecksFields checks = f.checks
-    cdef DecoderFields dec = f.decoder
-    cdef ReadableFields src = f.source
-    src._read, src._write = b.r, b.w
+    f.source._read, f.source._write = b.r, b.w
     if b.c.took:
-        checks.rx_frames += b.c.rx
-        checks.applied += b.c.applied
-        checks.copies += b.c.copies
-        checks.hb_last = None if b.c.hb_last < 0 else b.c.hb_last
-        dec._offset += b.consumed
-        dec._silent_until = 0
+        f._publish(b.c.rx, b.c.applied, b.c.copies, b.c.hb_last, b.consumed)
         f.frames += b.c.took
         f.frames_nogil += b.c.took
         f.frames_bulk += b.c.took
@@ -196,12 +188,7 @@ cdef int _reader_bulk_end(object fast) except -1:
         link._partial_since = None if b.partial_since < 0 else b.partial_since
     if b.last_frame >= 0:
         link.last_frame = b.last_frame
-    if b.c.gap:
-        checks.count(_reason("gap"), b.c.gap)
-    if b.c.stale:
-        checks.count(_reason("stale"), b.c.stale)
-    if b.c.duplicates:
-        checks.count(_reason("duplicate"), b.c.duplicates)
+    f._count_errors(&b.c)
     return 0
 
 
