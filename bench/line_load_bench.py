@@ -13,10 +13,16 @@ sends a HEARTBEAT per link per 500 ms (4,000 frames/s out); the uvloop server
 sends nothing back, which favours it.
 
 Targets (issue 14): gateway < 25 % of one core, and <= 0.5 x the uvloop server's CPU (which does
-the same checks in pure Python). The same load also runs against the gateway forced to its
-pure-Python implementation (``RAILGATE_PURE=1``) and against the compiled gateway with another
-allocator preloaded (``LD_PRELOAD`` of Debian's jemalloc and tcmalloc, each when installed), in
-shorter windows: the allocator rows say whether either beats glibc by more than the noise.
+the same checks in pure Python). The two servers are measured in ``PAIRS`` interleaved rounds
+(gateway, uvloop, gateway, uvloop, ...; ``SECONDS`` each), and the rows give the median of the
+gateway's windows, of uvloop's, and of the rounds' ratios (a round's two windows follow each other,
+about 20 s apart). With one window each, the machine's drift between the two windows decided the
+ratio: the same build gave 0.428, 0.500 and 0.518 x in three runs, and a server alone moves by a
+fifth between windows of one run (bench/results/line-load-pairs-2026-11-30.txt). The same load also runs against the gateway forced
+to its pure-Python implementation (``RAILGATE_PURE=1``) and against the compiled gateway with
+another allocator preloaded (``LD_PRELOAD`` of Debian's jemalloc and tcmalloc, each when
+installed), in shorter windows: the allocator rows say whether either beats glibc by more than the
+noise.
 """
 from __future__ import annotations
 
@@ -24,9 +30,11 @@ import time
 
 import os
 
-from bench.common import CLK_TCK, cpu_s, line_config, load, ports, raise_nofile, row, server
+from bench.common import CLK_TCK, cpu_s, line_config, load, median, ports, raise_nofile, row, server
 
-DEVICES, TRAINS, SECONDS, WARMUP = 1000, 500, 30, 3
+DEVICES, TRAINS, SECONDS, WARMUP = 1000, 500, 10, 3
+#: interleaved rounds of one gateway window and one uvloop window (the rows give their medians)
+PAIRS = 3
 #: the shorter window of the pure-implementation and allocator runs
 SIDE_SECONDS = 15
 ALLOCATORS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
@@ -61,25 +69,38 @@ def _per(a: dict, b: dict, seconds: float) -> tuple[float, str]:
     return a["cpu_pct"] / tick_pct, f"the divisor used under one CPU clock tick in {seconds:g} s: against one tick"
 
 
+def _median_window(ms: list[dict]) -> dict:
+    """The window with the median CPU of an odd number of windows (its frames/s and counts go with it)."""
+    return sorted(ms, key=lambda m: m["cpu_pct"])[len(ms) // 2]
+
+
 def run(smoke: bool = False) -> list[dict]:
     raise_nofile()
     devices, trains, seconds, warmup = (20, 10, 0.7, 0.3) if smoke else (DEVICES, TRAINS, SECONDS, WARMUP)
     side = 0.7 if smoke else SIDE_SECONDS
-    gw = measure("gateway", devices, trains, seconds, warmup)
-    uv = measure("uvloop", devices, trains, seconds, warmup)
+    pairs = []
+    for _ in range(1 if smoke else PAIRS):
+        gw = measure("gateway", devices, trains, seconds, warmup)
+        uv = measure("uvloop", devices, trains, seconds, warmup)
+        pairs.append((gw, uv, *_per(gw, uv, seconds)))
+    gw, uv = _median_window([p[0] for p in pairs]), _median_window([p[1] for p in pairs])
+    ratio = median([p[2] for p in pairs])
+    ratio_note = "; ".join(sorted({p[3] for p in pairs if p[3]}))
+    rounds = ", ".join(f"{p[0]['cpu_pct']:.1f} / {p[1]['cpu_pct']:.1f} % = {p[2]:.3f} x" for p in pairs)
     pure = measure("gateway", devices, trains, side, warmup, env={"RAILGATE_PURE": "1"})
-    what = f"{2 * devices} links x 10 frames/s + {trains} trains x 5 Hz, {seconds:g} s"
-    ratio, ratio_note = _per(gw, uv, seconds)
+    what = (f"{2 * devices} links x 10 frames/s + {trains} trains x 5 Hz, median of {len(pairs)} windows of "
+            f"{seconds:g} s interleaved with uvloop's")
     to_pure, pure_note = _per(gw, pure, side)
     rows = [
         row("Line load: gateway CPU", round(gw["cpu_pct"], 1), "% of one core", "< 25", gw["cpu_pct"] < 25,
             note=f"{what}; {gw['fps']:,.0f} frames/s counted; links alive at end {gw['alive']}/{gw['links']}"),
         row("Line load: gateway CPU per frame", round(gw["cpu_us_per_frame"], 2), "CPU-µs/frame"),
         row("Line load: uvloop server CPU", round(uv["cpu_pct"], 1), "% of one core",
-            note=f"{uv['fps']:,.0f} frames/s counted"),
+            note=f"median of {len(pairs)} windows of {seconds:g} s; {uv['fps']:,.0f} frames/s counted"),
         row("Line load: uvloop server CPU per frame", round(uv["cpu_us_per_frame"], 2), "CPU-µs/frame"),
         row("Line load ratio gateway / uvloop CPU", round(ratio, 3), "x", "<= 0.5", ratio <= 0.5,
-            **({"note": ratio_note} if ratio_note else {})),
+            note=f"median of the rounds' ratios (gateway / uvloop, one round after the other): {rounds}"
+                 + (f" ({ratio_note})" if ratio_note else "")),
         row("Line load: gateway, pure-Python implementation, CPU", round(pure["cpu_pct"], 1), "% of one core",
             note=f"RAILGATE_PURE=1, {side:g} s; {pure['cpu_us_per_frame']:.1f} CPU-µs/frame; compiled / pure "
                  f"{to_pure:.2f} x" + (f" ({pure_note})" if pure_note else "")),
