@@ -41,8 +41,13 @@ cdef class LinkFields:
     """``gateway.line.link_protocol.LinkProtocol``'s liveness fields, written per read: the
     liveness flag (``alive``, read by other threads), the compiled steady path (``fast``), the
     monotonic times of the last bytes and of the last accepted frame, and since when a partial
-    frame has waited (None: none)."""
+    frame has waited (None: none). Then what the steady heartbeat tick reads and counts
+    (``_reader_hb_tick``; 4,000 ticks a second at line load, each on a link cold in the cache): the
+    link context, the peer, the agreed heartbeat, the pending output and action bits, the signing
+    key and the two counters. These are ``object`` fields: whatever Python stores there, the C
+    field holds, so the two implementations take the same values (the tick checks their types)."""
     cdef public bint alive
     cdef public object fast, _partial_since
     cdef public double last_rx, last_frame
+    cdef public object ctx, device_id, heartbeat_ms, outbox, _acts, _tx_key, _hb_counter, tx_frames
 

@@ -192,6 +192,49 @@ cdef int _reader_bulk_end(object fast) except -1:
     return 0
 
 
+cdef struct HbTick:
+    # what _reader_hb_tick hands the compiled heartbeat tick (gateway/net/_reactor.pyx declares the same)
+    uint32_t counter       # the link's heartbeat counter after this tick
+    uint16_t src, dst      # the gateway's id, the device's (0 before the HELLO)
+    PyObject *tx_key       # borrowed: the protocol's ``_tx_key`` (None, or bytes)
+
+
+cdef int _reader_hb_tick(object p, double now, HbTick *t) except -1:
+    """The steady heartbeat tick's protocol side (``_reactor.FastReader.heartbeat`` says when a tick is
+    steady), on the C fields of ``LinkFields``: 1 when the link's part of it holds, with the counter
+    moved on (``_hb_counter`` + 1 mod 2**32), the frame counted (``tx_frames`` + 1) and ``t`` filled;
+    0 when it does not (nothing changed: the reference tick runs). It checks, in the order and with
+    the formulas of the Python path: the compiled steady path on, the link alive, no partial frame,
+    no pending output nor action bits; fields ``encode`` takes (exactly ``int``, in range; the
+    key None or bytes); not silent and no dead deadline before the next tick. An exception (a
+    value out of a C type's range) means the same as 0 to the caller, which catches it."""
+    cdef LinkFields link = <LinkFields?>p
+    cdef double last, hb_s
+    cdef long hb_ms, dead_after
+    if link.fast is None or not link.alive or link._partial_since is not None or link.outbox or link._acts:
+        return 0
+    settings = link.ctx.settings
+    hb_ms_o, dead_after_o, src_o, dst_o = link.heartbeat_ms, settings.dead_after, settings.id, link.device_id or 0
+    tx_key, hb = link._tx_key, link._hb_counter
+    # what encode() takes without a FieldError (check_uint: exactly int, in range)
+    if not (type(hb_ms_o) is int and type(dead_after_o) is int and type(src_o) is int and type(dst_o) is int
+            and type(hb) is int and 0 <= src_o <= 0xFFFF and 0 <= dst_o <= 0xFFFF
+            and (tx_key is None or type(tx_key) is bytes)):
+        return 0
+    hb_ms, dead_after, last = hb_ms_o, dead_after_o, link.last_frame  # (OverflowError: out of range)
+    hb_s = hb_ms / 1000.0
+    # not silent (_judge_silence: READ_FIRST, then a close) and no dead deadline before the next tick
+    # (heartbeat_tick: ARM_DEAD), in the same floating-point operations as the Python path
+    if (now - last) * 1000.0 > dead_after * <double>hb_ms or last + dead_after * hb_s < now + hb_s:
+        return 0
+    t.counter = <uint32_t>((<uint64_t>hb + 1) & 0xFFFFFFFF)  # (OverflowError: a counter under 0 or over 64 bits)
+    t.src, t.dst = <uint16_t>src_o, <uint16_t>dst_o
+    t.tx_key = <PyObject *>tx_key
+    link.tx_frames += 1  # first: if it raises, nothing has changed (and the reference meets it too)
+    link._hb_counter = t.counter
+    return 1
+
+
 ctypedef struct ReaderApi:
     int (*alive)(object) except -1
     Py_ssize_t (*slot)(object, Py_ssize_t, char **) except -1
@@ -200,6 +243,7 @@ ctypedef struct ReaderApi:
     Py_ssize_t (*bulk_slot)(FastLink, char **) noexcept nogil
     int (*bulk_take)(FastLink, Py_ssize_t, double, int64_t) noexcept nogil
     int (*bulk_end)(object) except -1
+    int (*hb_tick)(object, double, HbTick *) except -1
     Py_ssize_t *nogil_bytes
 
 cdef ReaderApi _reader_api
@@ -210,6 +254,7 @@ _reader_api.bulk_begin = _reader_bulk_begin
 _reader_api.bulk_slot = _reader_bulk_slot
 _reader_api.bulk_take = _reader_bulk_take
 _reader_api.bulk_end = _reader_bulk_end
+_reader_api.hb_tick = _reader_hb_tick
 _reader_api.nogil_bytes = &nogil_bytes
 #: the capsule of ``ReaderApi`` (its name says the layout; gateway/net/_reactor.pyx declares the same)
-READER_API = PyCapsule_New(<void *>&_reader_api, b"railcodecs._core.READER_API.v2", NULL)
+READER_API = PyCapsule_New(<void *>&_reader_api, b"railcodecs._core.READER_API.v3", NULL)

@@ -62,7 +62,8 @@ FIELDS = {
     "ReadableFields": ("_buf", "_read", "_write"),
     "DecoderFields": ("_offset", "_silent_until", "_garbage_start", "_events", "_abandon"),
     "ChecksFields": ("offset_ms", "hb_last", "rx_frames", "applied", "copies"),
-    "LinkFields": ("alive", "fast", "_partial_since", "last_rx", "last_frame"),
+    "LinkFields": ("alive", "fast", "_partial_since", "last_rx", "last_frame",
+                   "ctx", "device_id", "heartbeat_ms", "outbox", "_acts", "_tx_key", "_hb_counter", "tx_frames"),
 }
 
 

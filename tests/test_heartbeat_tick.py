@@ -24,6 +24,7 @@ import time
 
 import pytest
 
+from gateway.base.link_actions import ARM_DEAD
 from gateway.line.link_protocol import LinkProtocol
 from gateway.net import compiled
 from gateway.net.connection import TcpConnection
@@ -317,6 +318,32 @@ def test_a_partial_frame_older_than_a_heartbeat_is_abandoned_by_the_reference():
     assert out["hb_counter"] == 3
     if BUILT:
         assert res["reference_calls"] == {"compiled": 2, "reference": 3, "pure": 3}
+
+
+@pytest.mark.parametrize("pending", ["outbox", "action-bits"])
+def test_output_or_action_bits_pending_in_the_protocol_go_to_the_reference_before_the_heartbeat(pending):
+    """A frame waiting in the protocol's outbox, or action bits gathered and not yet performed, at a
+    tick: the compiled tick leaves the tick to the reference, which writes the outbox before the
+    HEARTBEAT and performs the bits (here ARM_DEAD: the dead-deadline timer at ``dead_at``)."""
+    waiting = encode(Close(0), src=1, dst=258, seq=0, time_ms=T0_MS)
+
+    def scenario(rig):
+        rig.heartbeat()
+        if pending == "outbox":
+            rig.p.outbox += waiting
+        else:
+            rig.p._acts, rig.p.dead_at = ARM_DEAD, rig.now + 7 * HB_S
+        got = rig.tick()
+        assert got == (waiting if pending == "outbox" else b"") + rig.expected(1)
+        rig.heartbeat()
+        assert rig.tick() == rig.expected(2)  # steady again
+
+    res = run(scenario)
+    out = res["outcome"]
+    assert out["hb_counter"] == 2 and out["state"] == "up" and out["queued"] == 0
+    assert out["dead_at"] == (None if pending == "outbox" else T0 + 7 * HB_S)
+    if BUILT:
+        assert res["reference_calls"] == {"compiled": 1, "reference": 2, "pure": 2}
 
 
 def pending_output(rig, through_connection: bool) -> bytes:

@@ -61,6 +61,11 @@ from railcodecs import _core
 # the buffer and link calls of a read (codecs/_core.pyx, "the compiled reader's calls"): the same
 # layout as there, checked by the capsule's name
 # (the bulk pass's nogil calls take the FastLink as a borrowed pointer: ``void *`` here)
+ctypedef struct HbTick:
+    uint32_t counter
+    uint16_t src, dst
+    PyObject *tx_key
+
 ctypedef struct ReaderApi:
     int (*alive)(object) except -1
     Py_ssize_t (*slot)(object, Py_ssize_t, char **) except -1
@@ -69,9 +74,10 @@ ctypedef struct ReaderApi:
     Py_ssize_t (*bulk_slot)(void *, char **) noexcept nogil
     int (*bulk_take)(void *, Py_ssize_t, double, int64_t) noexcept nogil
     int (*bulk_end)(object) except -1
+    int (*hb_tick)(object, double, HbTick *) except -1
     Py_ssize_t *nogil_bytes
 
-cdef ReaderApi *api = <ReaderApi *>PyCapsule_GetPointer(_core.READER_API, b"railcodecs._core.READER_API.v2")
+cdef ReaderApi *api = <ReaderApi *>PyCapsule_GetPointer(_core.READER_API, b"railcodecs._core.READER_API.v3")
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -351,6 +357,9 @@ cdef class ConnFields:
     gives the pure twin). Threading: as ``TcpConnection`` (its loop thread writes them)."""
     cdef public bint _closed, _read_queued
     cdef public Py_ssize_t rx_bytes, tx_bytes
+    # the output not yet taken by the kernel (``_out[_out_pos:]``): the heartbeat tick reads them
+    cdef public bytearray _out
+    cdef public Py_ssize_t _out_pos
 
 
 cdef class FastReader:
@@ -423,7 +432,9 @@ cdef class FastReader:
         link not UP or without its FastLink, an unexpected value) calls ``conn._on_heartbeat_tick``
         with the times read here, so it has exactly one implementation: the Python one. ``now`` and
         ``now_ms`` are read once, as ``_judge`` reads them (``conn._mono()``, then ``conn._clock_ms()``; in
-        C when those are the real clocks, as a read's).
+        C when those are the real clocks, as a read's). The protocol's conditions and counters are read
+        and moved by ``_reader_hb_tick`` (codecs/_reader_api.pxi) on ``LinkFields``' C fields, the output
+        queue on ``ConnFields``': no attribute lookup on a link's objects per tick.
         Loop thread only (a timer of the connection's loop)."""
         conn = self.conn
         if conn._closed:
@@ -431,49 +442,31 @@ cdef class FastReader:
             return
         now = _seconds(CLOCK_MONOTONIC) if self.real_mono else conn._mono()
         now_ms = <int64_t>(_seconds(CLOCK_REALTIME) * 1000) if self.real_wall else conn._clock_ms()
-        p = self.p
-        cdef double t = 0, last = 0, hb_s, dead_after = 0
-        cdef uint64_t ms = 0, counter = 0
-        cdef long hb_ms = 0
+        cdef HbTick tick
         cdef const rg_hmac_key *key = NULL
         cdef uint8_t frame[HB_MAX]
         cdef Py_ssize_t size
         cdef ssize_t n
         cdef int err
+        cdef uint64_t ms = 0
         cdef bint steady = False
-        try:
-            if not (p.fast is None or not p.alive or p._partial_since is not None or p.outbox or p._acts
-                    or conn._out_pos != len(conn._out)):
-                settings = p.ctx.settings
-                hb_ms_o, dead_after_o = p.heartbeat_ms, settings.dead_after
-                src_o, dst_o, tx_key, hb = settings.id, p.device_id or 0, p._tx_key, p._hb_counter
-                # what encode() takes without a FieldError (check_uint: exactly int, in range)
-                if (type(hb_ms_o) is int and type(dead_after_o) is int and type(now_ms) is int
-                        and type(src_o) is int and type(dst_o) is int and type(hb) is int
-                        and 0 <= src_o <= 0xFFFF and 0 <= dst_o <= 0xFFFF
-                        and (tx_key is None or type(tx_key) is bytes)):
-                    # (an OverflowError: now_ms under 0 or over 64 bits, a counter out of range)
-                    t, last, hb_ms, dead_after, ms, counter = now, p.last_frame, hb_ms_o, dead_after_o, now_ms, hb
-                    steady = True
-        except Exception:  # whatever it is, the reference meets it too and deals with it
-            steady = False
-        if steady:
-            hb_s = hb_ms / 1000.0
-            # not silent (_judge_silence: READ_FIRST, then a close) and no dead deadline before the next
-            # tick (heartbeat_tick: ARM_DEAD), in the same floating-point operations as the Python path
-            steady = not ((t - last) * 1000.0 > dead_after * <double>hb_ms or last + dead_after * hb_s < t + hb_s)
+        if conn._out_pos == len(conn._out) and type(now_ms) is int:  # nothing queued for output
+            try:
+                ms = now_ms  # (OverflowError: under 0 or over 64 bits)
+                # the protocol's side, on its C fields (codecs/_reader_api.pxi): it counts the frame when steady
+                steady = api.hb_tick(self.p, now, &tick)
+            except Exception:  # whatever it is, the reference meets it too and deals with it
+                steady = False
         if not steady:
             conn._on_heartbeat_tick(now, now_ms)
             return
+        tx_key = <object>tick.tx_key
         if tx_key is not None:
             if tx_key is not self.hmac_for:
                 rg_hmac_init(&self.hmac, <const uint8_t *>PyBytes_AS_STRING(tx_key), PyBytes_GET_SIZE(tx_key))
                 self.hmac_for = tx_key
             key = &self.hmac
-        counter = (counter + 1) & 0xFFFFFFFF
-        p._hb_counter = counter
-        size = _heartbeat_frame(frame, <uint32_t>counter, <uint16_t>src_o, <uint16_t>dst_o, ms, key)
-        p.tx_frames += 1
+        size = _heartbeat_frame(frame, tick.counter, tick.src, tick.dst, ms, key)
         while True:
             n = send(self.fd, frame, size, MSG_DONTWAIT | MSG_NOSIGNAL)  # never waits; no SIGPIPE
             err = errno

@@ -23,8 +23,9 @@ except ImportError:  # not built
     _timers = None
 
 
-#: the fields of ``TcpConnection`` that the compiled reader reads and writes per read (``_reactor.ConnFields``)
-CONN_FIELDS = ("_closed", "_read_queued", "rx_bytes", "tx_bytes")
+#: the fields of ``TcpConnection`` that the compiled reader reads and writes per read and its heartbeat
+#: tick reads (``_reactor.ConnFields``)
+CONN_FIELDS = ("_closed", "_read_queued", "rx_bytes", "tx_bytes", "_out", "_out_pos")
 
 
 def conn_fields_base() -> type:
