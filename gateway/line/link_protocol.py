@@ -116,7 +116,9 @@ class LinkProtocol(speedups.fields_base("LinkFields")):
     """The ICD protocol of one device TCP link, driven by its connection (see the module doc).
 
     ``alive``, ``fast``, ``last_rx``, ``last_frame`` and ``_partial_since`` are the base's: C fields
-    in the compiled implementation, which its reader writes per read (codecs/_fields.pxi)."""
+    in the compiled implementation, which its reader writes per read (codecs/_fields.pxi); so are
+    ``ctx``, ``device_id``, ``heartbeat_ms``, ``outbox``, ``_acts``, ``_tx_key``, ``_hb_counter`` and
+    ``tx_frames``, which its heartbeat tick reads and counts."""
 
     linger_s = LINGER_S
 
