@@ -17,7 +17,7 @@ the same checks in pure Python). The two servers are measured in ``PAIRS`` inter
 (gateway, uvloop, gateway, uvloop, ...; ``SECONDS`` each), and the rows give the median of the
 gateway's windows, of uvloop's, and of the rounds' ratios (a round's two windows follow each other,
 about 20 s apart). With one window each, the machine's drift between the two windows decided the
-ratio: the same build gave 0.428, 0.500 and 0.518 x in three runs, and a server alone moves by a
+ratio: the same line-load code gave 0.428, 0.500 and 0.518 x in three runs, and a server alone moves by a
 fifth between windows of one run (bench/results/line-load-pairs-2026-11-30.txt).
 
 The same load also runs against the gateway forced to its pure-Python implementation
