@@ -90,6 +90,9 @@ def line_config(devices: int, trains: int = 0, *, io_threads: int | None = None,
                 max_age_ms: int = 2000, train_hb_ms: int = 1000, dead_after: int | None = None) -> dict:
     """A line of ``devices`` interlockings (nets A and B, no MAC) and ``trains`` trains, on free ports.
 
+    Each call gets a fresh state directory (journal, history, identity lock) under
+    :func:`bench_state_dir`, so no measurement starts on another's state.
+
     ``io_threads`` None leaves the key out: the gateway runs its shipped default
     (``gateway.app.config``; ``config/*.yaml`` do not override it). ``dead_after``: the gateway's
     ``dead_after_heartbeats`` (None: its default, 3).
@@ -109,7 +112,10 @@ def line_config(devices: int, trains: int = 0, *, io_threads: int | None = None,
                     # of its own, and the default per-source cap (8) is meant for that
                     "pre_session": {"max_connections": max(64, 2 * devices + 64),
                                     "max_connections_per_source": max(8, 2 * devices + 64)},
-                    "state_dir": bench_state_dir(),
+                    # a state directory of its own: a gateway started on another line's journal restores
+                    # that line's alarms (1,000 devices' comm losses after a line-load run) and works
+                    # through them in the next module's window (bench/results/udp-rss-state-2026-11-30.txt)
+                    "state_dir": tempfile.mkdtemp(prefix="line-", dir=bench_state_dir()),
                     **({} if io_threads is None else {"io_threads": io_threads}),
                     **({} if dead_after is None else {"dead_after_heartbeats": dead_after})},
         "line": {"name": "bench-line", "timezone": "UTC"},
