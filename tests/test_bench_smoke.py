@@ -55,3 +55,15 @@ def test_a_child_that_floods_stderr_still_answers(tmp_path):
     child.proc.stdin.flush()
     assert child.proc.wait(10) == 3
     assert child.stderr_tail().endswith("last words\n") and len(child.stderr_tail()) <= 2000
+
+
+def test_each_bench_line_gets_a_state_directory_of_its_own():
+    """A gateway started on another measurement's journal restores its alarms and works through them in
+    the next window (bench/results/udp-rss-state-2026-11-30.txt): every line config has its own state
+    directory, under the bench process's one (removed at exit)."""
+    sys.path.insert(0, str(ROOT))
+    from bench.common import bench_state_dir, line_config
+    a, b = line_config(1)["gateway"]["state_dir"], line_config(1)["gateway"]["state_dir"]
+    assert a != b
+    for d in (a, b):
+        assert pathlib.Path(d).is_dir() and pathlib.Path(d).parent == pathlib.Path(bench_state_dir())
