@@ -75,9 +75,10 @@ ctypedef struct ReaderApi:
     int (*bulk_take)(void *, Py_ssize_t, double, int64_t) noexcept nogil
     int (*bulk_end)(object) except -1
     int (*hb_tick)(object, double, HbTick *) except -1
+    int (*prefetch)(PyObject *, int) noexcept
     Py_ssize_t *nogil_bytes
 
-cdef ReaderApi *api = <ReaderApi *>PyCapsule_GetPointer(_core.READER_API, b"railcodecs._core.READER_API.v3")
+cdef ReaderApi *api = <ReaderApi *>PyCapsule_GetPointer(_core.READER_API, b"railcodecs._core.READER_API.v4")
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -93,6 +94,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLIN
 
 cdef extern from *:
+    # GCC's and Clang's hint: start loading the line at ``p``
     void __builtin_prefetch(const void *p) nogil
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -113,6 +115,8 @@ log = logging.getLogger("railgate.net")
 
 cdef enum:
     MAX_EVENTS = 512
+    #: Poller._prefetch's stages: event i + 6 gets its slot loaded, ..., event i + 1 its deepest objects
+    PREFETCH_STAGES = 6
     # what a bulk pass (FastReader._bulk_pass) tells the read loop
     PASS_DONE = 0       # the event is handled
     PASS_AGAIN = 1      # go on reading (the budget is checked first)
@@ -206,6 +210,8 @@ cdef class Poller:
     cdef epoll_event evs[MAX_EVENTS]
     cdef Slot *slots
     cdef int cap
+    #: cache lines :meth:`dispatch` asked to be loaded ahead of their events (see _prefetch)
+    cdef readonly long long prefetches
 
     def __cinit__(self, int epfd):
         self.epfd = epfd
@@ -274,48 +280,67 @@ cdef class Poller:
         self.n = n
         return n
 
-    cdef inline void _prefetch(self, int i, bint deep) noexcept:
-        """Start loading event ``i``'s handler (``deep``: and, for a FastReader, the objects its read
-        touches first) into the cache. It reads the slot and the reader's pointers as they are now
-        (the loop thread's own, the GIL held), takes no reference and writes nothing: a prefetch of
-        an object a handler frees before event ``i`` runs is harmless."""
+    cdef inline int _prefetch(self, int i, int stage) noexcept:
+        """Start loading into the cache what event ``i``'s handler touches first, one level of
+        pointers per ``stage``: 0 the registration's slot; 1 the handler; 2 for a FastReader, its
+        connection, protocol, FastLink and buffer; 3 to 5 the FastLink's objects, what they point
+        to, and the bytes the ``recv`` writes (``READER_API.prefetch`` depths 1 to 3). Each stage
+        reads the pointers the stage before loaded, so :meth:`dispatch` runs them an event apart.
+        It reads the slot and the reader's pointers as they are now (the loop thread's own, the GIL
+        held), takes no reference and writes nothing: a prefetch of an object a handler frees before
+        event ``i`` runs is harmless. Returns how many lines it asked for: :meth:`dispatch` adds them
+        to ``prefetches``. That use matters: GCC 12 at -O2 finds a void function whose only effect
+        is ``__builtin_prefetch`` free of side effects and deletes its calls, which is what happened
+        to this function's first version (bench/results/prefetch-dropped-by-gcc-2026-11-30.txt)."""
         cdef int fd
         cdef PyObject *h
         cdef PyObject *fast
         if i >= self.n:
-            return
+            return 0
         fd = self.evs[i].data.fd
         if fd < 0 or fd >= self.cap:
-            return
+            return 0
+        if stage == 0:
+            __builtin_prefetch(&self.slots[fd])
+            return 1
         h = self.slots[fd].handler
         if h == NULL:
-            return
-        if not deep:
+            return 0
+        if stage == 1:
             __builtin_prefetch(h)
-            return
-        if self.slots[fd].fast:
+            __builtin_prefetch(<char *>h + 64)
+            return 2
+        if not self.slots[fd].fast:
+            return 0
+        fast = <PyObject *>(<FastReader>h).fast
+        if stage == 2:
             __builtin_prefetch(<PyObject *>(<FastReader>h).conn)
-            fast = <PyObject *>(<FastReader>h).fast
-            if fast != <PyObject *>None:
-                __builtin_prefetch(fast)
-                __builtin_prefetch(<char *>fast + 64)
-                __builtin_prefetch(<PyObject *>(<FastReader>h).p)
-                __builtin_prefetch(<PyObject *>(<FastReader>h).rx)
+            __builtin_prefetch(<PyObject *>(<FastReader>h).p)
+            __builtin_prefetch(<PyObject *>(<FastReader>h).rx)
+            if fast == <PyObject *>None:
+                return 3
+            __builtin_prefetch(fast)
+            __builtin_prefetch(<char *>fast + 64)
+            return 5
+        if fast == <PyObject *>None:
+            return 0
+        return api.prefetch(fast, stage - 2)
 
     def dispatch(self, loop):
         """Hand the events of the last poll to their handlers (``EventLoop._dispatch``, with the
         registrations read from the C array)."""
-        cdef int i, fd
+        cdef int i, fd, k
         cdef uint32_t mask
         cdef long long epoch = loop._polls
         cdef int wakeup_fd = loop._wakeup_fd
         cdef Slot *slot
+        cdef long long issued = 0
         for i in range(self.n):
             # at line load each event is a different link, cold in the cache (touched once per 100 ms):
-            # fetch the handler two events ahead, and the objects of the next one's read, while this
-            # one is handled
-            self._prefetch(i + 2, False)
-            self._prefetch(i + 1, True)
+            # while this one is handled, the events ahead are loaded one level of pointers each, the
+            # furthest its slot, the next its deepest objects (see _prefetch)
+            for k in range(PREFETCH_STAGES):
+                issued += self._prefetch(i + PREFETCH_STAGES - k, k)
             fd = self.evs[i].data.fd
             mask = self.evs[i].events
             if fd == wakeup_fd:
@@ -338,6 +363,7 @@ cdef class Poller:
                 loop.callback_errors += 1
                 log.exception("loop %s: handler for fd %d raised", loop.name, fd)
         self.n = 0
+        self.prefetches += issued
 
 
 cdef inline double _seconds(int clock) noexcept nogil:
