@@ -106,6 +106,14 @@ def hmac_sha256(const uint8_t[::1] key, const uint8_t[::1] msg):
     return PyBytes_FromStringAndSize(<char *>out, 32)
 
 
+cdef extern from *:
+    # GCC's and Clang's hint: start loading the line at ``p`` (a second argument 1: for writing). A
+    # function whose only effect is this hint is deleted by GCC as free of side effects, so every
+    # helper that issues it returns how many lines it asked for, and its caller counts them
+    # (bench/results/prefetch-dropped-by-gcc-2026-11-30.txt)
+    void __builtin_prefetch(const void *p, ...) nogil
+
+
 # --- the sequence window -----------------------------------------------------------------------
 
 cdef extern from *:
@@ -289,6 +297,12 @@ cdef struct Entry:
     int64_t ms
 
 
+cdef inline Py_ssize_t home_slot(uint32_t key, Py_ssize_t mask) noexcept nogil:
+    """Where ``key``'s probe starts (see :func:`slot_of`)."""
+    cdef uint64_t h = <uint64_t>key * <uint64_t>0x9E3779B97F4A7C15
+    return <Py_ssize_t>((h ^ (h >> 32)) & <uint64_t>mask)
+
+
 cdef inline Py_ssize_t slot_of(const int32_t *index, const Entry *entries, Py_ssize_t mask,
                                uint32_t key) noexcept nogil:
     """An ObjectTable's index slot holding ``key``, or the empty slot where it would go (linear probing).
@@ -299,8 +313,7 @@ cdef inline Py_ssize_t slot_of(const int32_t *index, const Entry *entries, Py_ss
     hash took bits 7.. of the product, which the device bits do not reach in a small table: every
     device's object 100 fell on one slot, 5.5 probes a lookup with 10 devices and 8-44 with 1,000;
     now 1.2: bench/results/object-table-hash-2026-11-29.txt.)"""
-    cdef uint64_t h = <uint64_t>key * <uint64_t>0x9E3779B97F4A7C15
-    cdef Py_ssize_t s = <Py_ssize_t>((h ^ (h >> 32)) & <uint64_t>mask)
+    cdef Py_ssize_t s = home_slot(key, mask)
     cdef int32_t e
     while True:
         e = index[s]
@@ -398,6 +411,25 @@ cdef class ObjectTable:
             return self._insert(key, value, ms)
         finally:
             pthread_rwlock_unlock(&self.rw)
+
+    cdef Py_ssize_t prefetch(self, uint32_t dev_hi, const uint8_t *items, uint32_t nitems) noexcept:
+        """Start loading what ``put`` of a status frame's items will touch: first every item's index
+        slot, then the entries those name, so the frame's misses overlap instead of following one
+        another (at line load a device's objects are cold: 10 items a frame, each a slot and an entry
+        somewhere in tables of 10,000 objects). ``items``: the payload's 3-byte records (u16 object,
+        u8 value) after its count, for the device ``dev_hi`` (its id << 16). The GIL held (no key is
+        inserted meanwhile: the arrays do not move). Returns the lines asked for."""
+        cdef uint32_t i
+        cdef Py_ssize_t asked = nitems
+        cdef int32_t e
+        for i in range(nitems):
+            __builtin_prefetch(&self.index[home_slot(dev_hi | be16(items + 3 * i), self.mask)])
+        for i in range(nitems):
+            e = self.index[home_slot(dev_hi | be16(items + 3 * i), self.mask)]
+            if e >= 0:
+                __builtin_prefetch(&self.entries[e])
+                asked += 1
+        return asked
 
     cdef inline int _update(self, int32_t e, uint8_t value, int64_t ms) noexcept:
         cdef Entry *ent = &self.entries[e]
@@ -681,6 +713,8 @@ cdef class FastLink:
     #: frames taken by the compiled reader's bulk passes (a part of ``frames_nogil``)
     cdef readonly Py_ssize_t frames_bulk
     cdef readonly bint drained
+    #: cache lines asked for ahead of the apply (ObjectTable.prefetch)
+    cdef readonly Py_ssize_t prefetches
     cdef int device_id, gateway_id, net
     cdef bint mac_on
     # the listeners' watch, rebuilt when ObjectState's list changes: per kind, every change, and a
@@ -844,6 +878,7 @@ cdef class FastLink:
                             s_gap += skipped
                             table = self.sections if ti == 0 else (self.signals if ti == 1 else self.switches)
                             nitems = be16(p + HEADER_LEN)
+                            self.prefetches += table.prefetch(dev_hi, p + HEADER_LEN + 2, nitems)
                             for i in range(nitems):
                                 change = table.put(dev_hi | be16(p + HEADER_LEN + 2 + 3 * i),
                                                    p[HEADER_LEN + 4 + 3 * i], now_ms)

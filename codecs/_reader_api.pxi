@@ -235,11 +235,6 @@ cdef int _reader_hb_tick(object p, double now, HbTick *t) except -1:
     return 1
 
 
-cdef extern from *:
-    # GCC's and Clang's hint: start loading the line at ``p`` (a second argument 1: for writing)
-    void __builtin_prefetch(const void *p, ...) nogil
-
-
 cdef int _reader_prefetch(PyObject *fp, int depth) noexcept:
     """Start loading into the cache what a read of the FastLink ``fp`` touches, one level of pointers
     at a time (``Poller.dispatch`` calls it for the events ahead of the one it handles: at line load

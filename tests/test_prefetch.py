@@ -5,7 +5,9 @@ At line load each readiness event is a link cold in the cache; while one event i
 next six are loaded one level of pointers each. Prefetching has no observable effect but time, so
 these tests check that it happens at all:
 
-* over real links, a dispatch of several events asks for cache lines (``Poller.prefetches``);
+* over real links, a dispatch of several events asks for cache lines (``Poller.prefetches``), and
+  so does the apply of a status frame's items (``ObjectTable.prefetch``, counted in
+  ``FastLink.prefetches``);
 * the built extension still holds the prefetch instructions. GCC 12 at -O2 deleted every call of
   the first version's helper (a void function whose only effect is ``__builtin_prefetch`` counts
   as free of side effects), and nothing but the machine code showed it
@@ -47,12 +49,13 @@ def test_the_built_extensions_hold_their_prefetch_instructions():
     from gateway.net import _reactor
     from railcodecs import _core
     reactor = _function_bodies(_reactor.__file__, {"dispatch": r"Poller_\d+dispatch$"})
-    core = _function_bodies(_core.__file__, {"prefetch": r"_reader_prefetch$"})
-    assert reactor["dispatch"] and core["prefetch"], "the functions were not found in the extensions"
+    core = _function_bodies(_core.__file__, {"prefetch": r"_reader_prefetch$", "table": r"ObjectTable_prefetch$"})
+    assert reactor["dispatch"] and core["prefetch"] and core["table"], "the functions were not found in the extensions"
     # stages 0 to 2 are inlined into dispatch (the slot, the reader's two lines, its four objects and
     # the FastLink's first two lines); the depths behind READER_API are in _core
     assert sum("prefetch" in ins for ins in reactor["dispatch"]) >= 8
     assert sum("prefetch" in ins for ins in core["prefetch"]) >= 18
+    assert sum("prefetch" in ins for ins in core["table"]) >= 2
 
 
 def test_a_dispatch_of_several_links_events_loads_the_ones_ahead():
@@ -81,3 +84,22 @@ def test_a_dispatch_of_several_links_events_loads_the_ones_ahead():
         assert poller.prefetches > before
         for dev in devs:
             dev.close()
+
+
+def test_a_status_frames_apply_loads_its_items_slots_and_entries_first():
+    """A frame read on its own (the one-recv way, the FastLink's run with the GIL) asks for each
+    item's index slot, then for the entry of each item the table holds (``ObjectTable.prefetch``)."""
+    speedups.use("compiled")
+    with RunningGateway(line_config(heartbeat_ms=3000)) as gw:
+        dev = Device(gw.ports["A"], hb_ms=3000)
+        dev.hello()
+        (link,) = wait_until(lambda: [lk for lk in gw.ctx.links if lk.alive] or None, what="link up")
+        sender = gw.ctx.receiver.senders[258]
+        for seq in range(1, 21):
+            dev.send(TrackSections(((111, seq % 2), (112, 0), (113, 1))), seq=seq)
+            wait_until(lambda: sender.applied == seq, what=f"frame {seq} applied")
+        fast = link.protocol.fast
+        assert fast.frames == 20 and fast.frames_nogil == 0
+        # the first frame's three objects are new (slots only); every later frame: three slots, three entries
+        assert fast.prefetches == 3 + 19 * 6
+        dev.close()
