@@ -239,7 +239,7 @@ cdef int _reader_prefetch(PyObject *fp, int depth) noexcept:
     """Start loading into the cache what a read of the FastLink ``fp`` touches, one level of pointers
     at a time (``Poller.dispatch`` calls it for the events ahead of the one it handles: at line load
     each is a link cold in the cache). ``depth`` 1: the FastLink's own later lines and the objects it
-    points to (its decoder, buffer, checks, protocol, sender and its lock and window); 2: what those
+    points to (its decoder, checks, sender and its lock and window); 2: what those
     point to (the buffer's bytearray, the decoder's event queue, the checks' two numbers, the lock's
     semaphore, the window's bits); 3: the bytes where the next ``recv`` writes. Each depth reads the
     pointers the one before loaded, so the caller runs them an event apart. It reads pointers only:
@@ -250,18 +250,17 @@ cdef int _reader_prefetch(PyObject *fp, int depth) noexcept:
     cdef ReadableFields src
     cdef char *c = <char *>fp
     if depth == 1:
+        # (the buffer and the protocol, ``source`` and ``link``, are the reader's: Poller._prefetch
+        # asked for them a step before)
         __builtin_prefetch(c + 128)
         __builtin_prefetch(c + 192)
-        __builtin_prefetch(c + 256)
         __builtin_prefetch(<PyObject *>f.decoder)
-        __builtin_prefetch(<PyObject *>f.source)
         __builtin_prefetch(<PyObject *>f.checks)
-        __builtin_prefetch(<PyObject *>f.link)
         __builtin_prefetch(<PyObject *>f.sender)
         __builtin_prefetch(<PyObject *>f.lock)
         __builtin_prefetch(<PyObject *>f.window)
         __builtin_prefetch(&f.offs[0])
-        return 11
+        return 8
     if depth == 2:
         __builtin_prefetch(<PyObject *>f.source._buf)
         __builtin_prefetch(<PyObject *>f.decoder._events)
