@@ -43,19 +43,28 @@ def _function_bodies(path: str, names: dict[str, str]) -> dict[str, list[str]]:
     return bodies
 
 
+def _prefetches(body: list[str]) -> int:
+    """How many of the instructions are prefetches (prefetcht0, prefetchw, ...)."""
+    return sum(bool(re.match(r"^\s*[0-9a-f]+:\s+prefetch", ins)) for ins in body)
+
+
 @pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("objdump") is None,
                     reason="reads x86-64 machine code with binutils' objdump")
 def test_the_built_extensions_hold_their_prefetch_instructions():
     from gateway.net import _reactor
     from railcodecs import _core
-    reactor = _function_bodies(_reactor.__file__, {"dispatch": r"Poller_\d+dispatch$"})
+    reactor = _function_bodies(_reactor.__file__, {"dispatch": r"Poller_\d+dispatch$",
+                                                   "helper": r"Poller__prefetch$"})
     core = _function_bodies(_core.__file__, {"prefetch": r"_reader_prefetch$", "table": r"ObjectTable_prefetch$"})
     assert reactor["dispatch"] and core["prefetch"] and core["table"], "the functions were not found in the extensions"
-    # stages 0 to 2 are inlined into dispatch (the slot, the reader's two lines, its four objects and
-    # the FastLink's first two lines); the depths behind READER_API are in _core
-    assert sum("prefetch" in ins for ins in reactor["dispatch"]) >= 8
-    assert sum("prefetch" in ins for ins in core["prefetch"]) >= 18
-    assert sum("prefetch" in ins for ins in core["table"]) >= 2
+    # stages 0 to 2 are 8 prefetches (the slot, the reader's two lines, its connection, protocol and
+    # buffer, the FastLink's first two lines): inlined into dispatch, or in the helper dispatch calls
+    # should a compiler keep it out of line; the depths behind READER_API are in _core
+    in_dispatch = _prefetches(reactor["dispatch"])
+    calls_helper = any("call" in ins and "Poller__prefetch" in ins for ins in reactor["dispatch"])
+    assert in_dispatch >= 8 or (calls_helper and _prefetches(reactor["helper"]) >= 8)
+    assert _prefetches(core["prefetch"]) >= 15  # depths 1 to 3: 8 + 6 + 1
+    assert _prefetches(core["table"]) >= 2
 
 
 def test_a_dispatch_of_several_links_events_loads_the_ones_ahead():
