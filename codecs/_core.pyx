@@ -206,6 +206,10 @@ cdef class SequenceWindow:
         self.head = 0
         memset(self._bits, 0, 3 * self.nw * sizeof(uint64_t))
 
+    def applies(self, seq):
+        """Whether :meth:`check` of ``seq`` would now say APPLY, changing nothing; see sequence.py."""
+        return self.c_applies(seq)
+
     def check(self, seq, net=None):
         """Classify ``seq`` arriving on ``net`` (0 A, 1 B, None: no dual net); see sequence.py."""
         cdef int64_t skipped = 0
@@ -235,6 +239,19 @@ cdef class SequenceWindow:
             left -= n
         pos = self.head + d
         self.head = pos - self.ring if pos >= self.ring else pos
+
+    cdef inline bint c_applies(self, uint64_t seq) noexcept nogil:
+        """Whether :meth:`c_check` of ``seq`` would now say APPLY (on either net), changing nothing:
+        FastLink's GIL-free run looks up a frame's objects only for a frame that will be applied."""
+        cdef int64_t d
+        if seq == 0 or seq > SEQ_MOD:
+            return False
+        if self.last == 0:
+            return True
+        d = (<int64_t>seq - self.last) % SEQ_MOD
+        if d < 0:
+            d += SEQ_MOD
+        return 0 < d <= HALF
 
     cdef int c_check(self, uint64_t seq, int net, int64_t *skipped) noexcept nogil:
         """``net``: -1 none, 0 A, 1 B. Returns the verdict; ``skipped`` for APPLY."""
@@ -939,6 +956,7 @@ cdef class FastLink:
         cdef uint32_t nitems, i, dev_hi = <uint32_t>self.device_id << 16
         cdef int ti, verdict, old, v, gate
         cdef int32_t e
+        cdef uint64_t seq
         cdef TableView *tv
         cdef Entry *ents
         cdef int32_t *idx
@@ -964,22 +982,27 @@ cdef class FastLink:
                     tv = &self.views[ti]
                     nitems = be16(p + HEADER_LEN)
                     ents, idx, mask = tv.entries[0], tv.index[0], tv.mask[0]
-                    # every item an existing object, and no change a listener watches: else Python's
-                    e = 0
-                    for i in range(nitems):
-                        e = idx[slot_of(idx, ents, mask, dev_hi | be16(p + HEADER_LEN + 2 + 3 * i))]
+                    seq = be32(p + 10)
+                    # a frame to apply: every item an existing object, and no change a listener watches,
+                    # else Python's. A copy, duplicate or stale frame touches no object (as on the GIL
+                    # path, which judges first): its objects are not even read, so the net that comes
+                    # second, on another loop, leaves the lines the first one wrote where they are
+                    if self.window.c_applies(seq):
+                        e = 0
+                        for i in range(nitems):
+                            e = idx[slot_of(idx, ents, mask, dev_hi | be16(p + HEADER_LEN + 2 + 3 * i))]
+                            if e < 0:
+                                break
+                            old = ents[e].value
+                            v = p[HEADER_LEN + 4 + 3 * i]
+                            if old != v and (self.watch_every[ti] or (self.watch_vals[ti][v >> 6] >> (v & 63)) & 1
+                                             or (self.watch_vals[ti][old >> 6] >> (old & 63)) & 1):
+                                e = -1
+                                break
                         if e < 0:
+                            stop = True
                             break
-                        old = ents[e].value
-                        v = p[HEADER_LEN + 4 + 3 * i]
-                        if old != v and (self.watch_every[ti] or (self.watch_vals[ti][v >> 6] >> (v & 63)) & 1
-                                         or (self.watch_vals[ti][old >> 6] >> (old & 63)) & 1):
-                            e = -1
-                            break
-                    if e < 0:
-                        stop = True
-                        break
-                    verdict = self.window.c_check(be32(p + 10), self.net, &skipped)
+                    verdict = self.window.c_check(seq, self.net, &skipped)
                     if verdict == V_APPLY:
                         for i in range(nitems):
                             e = idx[slot_of(idx, ents, mask, dev_hi | be16(p + HEADER_LEN + 2 + 3 * i))]

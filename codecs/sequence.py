@@ -67,6 +67,10 @@ class SequenceWindow:
         self.last = 0
         self.seen = self.on_b = self.copied = 0
 
+    def applies(self, seq: int) -> bool:
+        """Whether :meth:`check` of ``seq`` would now say APPLY (on either net), changing nothing."""
+        return seq != 0 and (self.last == 0 or seq_distance(seq, self.last) > 0)
+
     def check(self, seq: int, net: int | None = None) -> tuple[int, int]:
         """Classify ``seq`` arriving on ``net`` (0 A, 1 B, None: no dual net) and, if newer, apply it.
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from railcodecs import speedups
-from railcodecs.sequence import SequenceWindow as PureWindow
+from railcodecs.sequence import APPLY, SequenceWindow as PureWindow
 
 import differential
 
@@ -44,7 +44,13 @@ def test_sequence_window_same_verdicts_and_bitmaps(window, seq, walk):
     last = 1000
     events = list(seq) + [((last + d) % 0xFFFF_FFFF, net) for d, net in walk]
     for s, net in events:
-        assert fast.check(s, net) == pure.check(s, net), (s, net)
+        # applies() is check()'s APPLY verdict told in advance (the GIL-free run looks up a frame's
+        # objects only when it holds)
+        will = pure.applies(s)
+        assert fast.applies(s) == will, (s, net)
+        verdict = pure.check(s, net)
+        assert fast.check(s, net) == verdict, (s, net)
+        assert will == (verdict[0] == APPLY), (s, net, verdict)
         assert (fast.last, fast.seen, fast.on_b, fast.copied) == (pure.last, pure.seen, pure.on_b, pure.copied)
     fast.reset()
     pure.reset()
