@@ -9,10 +9,18 @@ in count and in time (``max_s``).
   gets HELLO, then ``frames`` sequenced status frames (TRACK_SECTIONS, SIGNALS,
   SWITCHES in turn; the same seq on both nets, as ICD section 6 says) with a
   HEARTBEAT every ``hb_every`` frames. One thread per link, ``sendall``.
+* ``tcp_bursts`` the same devices and bytes, on the links of several servers at
+  once (``servers``: a list of ports), the stream cut into ``bursts`` equal
+  parts: ``burst S J`` sends part J on server S's links (one waiting thread per
+  link) and answers at once; the bench polls that server's count. Servers take
+  turns in short bursts, so they are compared on the same machine a fraction of
+  a second apart (bench/scaling_bench.py).
 * ``line``       ``devices`` x 2 links at ``rate_hz`` frames/s each (every 5th a
   HEARTBEAT) plus ``trains`` trains at ``train_hz`` TRAIN_STATUS datagrams/s,
   for ``seconds``, paced on a 10 ms tick from one thread.
-  ``faults``: see :func:`status_frame`.
+  ``faults``: see :func:`status_frame`. With ``turns``: no ``go``; it sends
+  between ``resume`` and ``pause`` (each answered), its pacing clock stopped
+  in between, until ``seconds`` of sending or ``max_s``; anything else ends it.
 * ``udp_blast``  TRAIN_STATUS datagrams from ``trains`` trains round-robin as fast
   as one thread can send, seq and time patched into a template made by
   ``encode`` (CRC recomputed), until ``stop``/``quit``, ``count`` or ``max_s``.
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import socket
 import struct
@@ -75,16 +84,15 @@ def status_frame(dev: int, seq: int, time_ms: int, faults: bool = False) -> byte
     return encode(msg, src=dev, dst=GATEWAY_ID, seq=seq, time_ms=time_ms)
 
 
-def device_stream(dev: int, frames: int, hb_every: int, time_ms: int) -> bytes:
+def device_stream(dev: int, frames: int, hb_every: int, time_ms: int, first: int = 1) -> bytes:
     """The bytes after the handshake (HELLO, HELLO_ACK, SESSION_CONFIRM), identical on net A and net B
-    (bench devices are unsigned: no session key)."""
+    (bench devices are unsigned: no session key): status frames ``first`` .. ``first + frames - 1``,
+    each ``hb_every``-th followed by a HEARTBEAT (numbered on from the stream's start)."""
     out = []
-    hb = 0
-    for seq in range(1, frames + 1):
+    for seq in range(first, first + frames):
         out.append(status_frame(dev, seq, time_ms))
         if seq % hb_every == 0:
-            hb += 1
-            out.append(encode(Heartbeat(hb), src=dev, dst=GATEWAY_ID, seq=0, time_ms=time_ms))
+            out.append(encode(Heartbeat(seq // hb_every), src=dev, dst=GATEWAY_ID, seq=0, time_ms=time_ms))
     return b"".join(out)
 
 
@@ -122,6 +130,49 @@ def tcp_blast(p: dict) -> None:
     _wait_go()  # hold the links open until told (quit/EOF ends the process)
 
 
+def tcp_bursts(p: dict) -> None:
+    now = int(time.time() * 1000)
+    hb_every, per = p.get("hb_every", 50), p["frames"] // p["bursts"]
+    if per % hb_every:
+        raise SystemExit(f"tcp_bursts: frames per burst ({per}) must be a multiple of hb_every ({hb_every})")
+    parts = [[device_stream(DEVICE_BASE + d, per, hb_every, now, first=1 + j * per) for j in range(p["bursts"])]
+             for d in range(p["devices"])]
+    servers = []   # per server: one (queue, thread) per link
+    for prt in p["servers"]:
+        links = []
+        for d in range(p["devices"]):
+            for net, port in ((0, prt["A"]), (1, prt["B"])):
+                sock = connect(port)
+                handshake(sock, DEVICE_BASE + d, net, p.get("hb_ms", 500))
+                q = queue.SimpleQueue()
+                threading.Thread(target=_send_parts, args=(sock, q, d), daemon=True).start()
+                links.append(q)
+        servers.append(links)
+    per_link = per + per // hb_every
+    _say({"ready": True, "frames_per_burst": per_link * 2 * p["devices"], "handshake_frames": 2 * 2 * p["devices"]})
+    deadline = time.monotonic() + p.get("max_s", 600)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit" or time.monotonic() > deadline:
+            break
+        if cmd[0] == "burst":
+            s, j = int(cmd[1]), int(cmd[2])
+            for q in servers[s]:
+                q.put((parts, j))
+            _say({"burst": j, "server": s})
+    sys.exit(0)
+
+
+def _send_parts(sock: socket.socket, q, d: int) -> None:
+    """A tcp_bursts link's thread: send device ``d``'s part of each burst put on ``q``."""
+    while True:
+        parts, j = q.get()
+        try:
+            sock.sendall(parts[d][j])
+        except OSError:
+            return
+
+
 def line(p: dict) -> None:
     devices, trains, seconds = p["devices"], p["trains"], p["seconds"]
     rate, train_hz = p.get("rate_hz", 10), p.get("train_hz", 5)
@@ -154,7 +205,9 @@ def line(p: dict) -> None:
     tmpl = [bytearray(encode(TrainStatus(1, 0, 100, 0, 0, 0, 0, 0, 0, 0, 0), src=TRAIN_BASE + j, dst=GATEWAY_ID,
                              seq=1, time_ms=now)) for j in range(trains)]
     _say({"ready": True, "links": 2 * devices, "trains": trains})
-    _wait_go()
+    turns = p.get("turns", False)
+    if not turns:
+        _wait_go()
     tick = 0.01
     ticks_per_period = round(1 / (rate * tick))        # a device sends once every 10 ticks at 10 Hz
     train_ticks = round(1 / (train_hz * tick))          # a train sends once every 20 ticks at 5 Hz
@@ -163,7 +216,26 @@ def line(p: dict) -> None:
     sent = dropped = dgrams = 0
     train_seq = [0] * trains
     step = 0
-    while time.monotonic() < end:
+    paused = turns    # with turns: sending only between "resume" and "pause", the pacing's clock stopped between
+    deadline = t0 + p.get("max_s", seconds + 60)
+    stdin = sys.stdin
+    while turns or time.monotonic() < end:
+        if turns:
+            if select.select([stdin], [], [], tick if paused else 0)[0]:
+                cmd = stdin.readline().strip()
+                if cmd == "pause":
+                    paused = True
+                    _say({"paused": sent, "datagrams": dgrams})
+                elif cmd == "resume":
+                    paused = False
+                    t0 = time.monotonic() - step * tick   # on from here, no catching up
+                    _say({"resumed": sent})
+                else:
+                    break
+            if time.monotonic() > deadline or step * tick >= seconds:
+                break
+            if paused:
+                continue
         slot = step % ticks_per_period
         k = step // ticks_per_period
         if k >= n_frames:
@@ -195,6 +267,8 @@ def line(p: dict) -> None:
         if delay > 0:
             time.sleep(delay)
     _say({"sent_frames": sent, "send_dropped": dropped, "datagrams": dgrams, "seconds": time.monotonic() - t0})
+    if turns:
+        sys.exit(0)
     _wait_go()
 
 
@@ -236,7 +310,7 @@ def main() -> None:
     raise_nofile()
     from bench.common import read_arg
     mode, params = sys.argv[1], read_arg(sys.argv[2])
-    {"tcp_blast": tcp_blast, "line": line, "udp_blast": udp_blast}[mode](params)
+    {"tcp_blast": tcp_blast, "tcp_bursts": tcp_bursts, "line": line, "udp_blast": udp_blast}[mode](params)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,14 @@ def test_each_bench_line_gets_a_state_directory_of_its_own():
     assert a != b
     for d in (a, b):
         assert pathlib.Path(d).is_dir() and pathlib.Path(d).parent == pathlib.Path(bench_state_dir())
+
+
+def test_a_bursts_parts_are_the_one_piece_stream_cut_at_frame_boundaries():
+    """``tcp_bursts`` sends a device's stream in parts, one per burst (bench/scaling_bench.py): one
+    after the other they must be byte for byte the stream ``tcp_blast`` sends in one piece (the
+    same seqs, the same numbered HEARTBEATs), so the gateways judge and apply the same frames."""
+    sys.path.insert(0, str(ROOT))
+    from bench.load import device_stream
+    whole = device_stream(1001, 600, 50, 1_700_000_000_000)
+    parts = [device_stream(1001, 100, 50, 1_700_000_000_000, first=1 + j * 100) for j in range(6)]
+    assert b"".join(parts) == whole
