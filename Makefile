@@ -21,7 +21,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	scripts/demo.sh
 
-# every benchmark on loopback (about 17 min on 2 cores: 989 and 1,055 s in the runs at d685917 and 4fd66fa): bench/results/latest.json and the table in BENCHMARKS.md
+# every benchmark on loopback (about 15-18 min on 2 cores: 887 and 1,003 s in the runs at 4959859 and 2d7b173): bench/results/latest.json and the table in BENCHMARKS.md
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
