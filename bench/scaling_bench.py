@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench.common import cpu_s, line_config, load, median, ports, row, server
+from bench.common import cpu_s, line_config, load, median, ports, row, server, wait_count
 from bench.tcp_ingest_bench import DEVICES
 
 THREADS = (1, 2, 4)
@@ -60,7 +60,7 @@ def _burst(srv, ld, s: int, j: int, frames: int, poll_s: float) -> dict:
     wall = now - t0
     c1, l1 = cpu_s(srv.pid), cpu_s(ld.pid)
     steady = n_hi > n_lo and t_hi > t_lo   # else the burst came within one poll (smoke sizes): the whole of it
-    return {"fps": (n_hi - n_lo) / (t_hi - t_lo) if steady else frames / wall, "fps_whole": frames / wall,
+    return {"fps": (n_hi - n_lo) / (t_hi - t_lo) if steady else frames / wall,
             "cpu_pct": (c1 - c0) / wall * 100, "load_cpu_pct": (l1 - l0) / wall * 100}
 
 
@@ -75,7 +75,7 @@ def measure(devices: int, per_burst: int, rounds: int, threads=THREADS, poll_s: 
             frames = ld.ready["frames_per_burst"]
             # every link's handshake counted first: a burst's count starts from a settled figure
             for srv in srvs:
-                _, _ = _settle(srv, ld.ready["handshake_frames"])
+                wait_count(srv, "frames", ld.ready["handshake_frames"], TIMEOUT_S)
             out = {t: [] for t in threads}
             for r in range(rounds):
                 order = range(len(threads)) if r % 2 == 0 else reversed(range(len(threads)))
@@ -85,15 +85,6 @@ def measure(devices: int, per_burst: int, rounds: int, threads=THREADS, poll_s: 
     finally:
         for s in srvs:
             s.close()
-
-
-def _settle(srv, frames: int) -> tuple[int, float]:
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:
-        n = srv.ask("stats")["frames"]
-        if n >= frames or time.monotonic() > deadline:
-            return n, time.monotonic()
-        time.sleep(0.01)
 
 
 def run(smoke: bool = False) -> list[dict]:

@@ -78,3 +78,32 @@ def test_a_bursts_parts_are_the_one_piece_stream_cut_at_frame_boundaries():
     whole = device_stream(1001, 600, 50, 1_700_000_000_000)
     parts = [device_stream(1001, 100, 50, 1_700_000_000_000, first=1 + j * 100) for j in range(6)]
     assert b"".join(parts) == whole
+
+
+@pytest.mark.slow
+def test_a_line_load_in_turns_sends_nothing_while_paused():
+    """The line-load ratio compares the gateway and uvloop in turns (bench/line_load_bench.py in_turns):
+    a server's load must send only between ``resume`` and ``pause``, or the other's window would carry
+    this one's work. A real gateway counts what arrives."""
+    import time
+    sys.path.insert(0, str(ROOT))
+    from bench.common import line_config, load, ports, raise_nofile, server
+    raise_nofile()
+    cfg = line_config(4, 2, max_age_ms=600_000, heartbeat_ms=500, dead_after=20)
+    with server("gateway", cfg) as srv, load("line", ports=ports(cfg), devices=4, trains=2, seconds=30,
+                                             turns=True, max_s=60) as ld:
+        def count():
+            s = srv.ask("stats")
+            return s["frames"] + s["datagrams"]
+        time.sleep(0.5)
+        before = count()
+        time.sleep(0.6)
+        assert count() == before, "the load sent before its first resume"
+        ld.ask("resume")
+        time.sleep(0.6)
+        ld.ask("pause")
+        time.sleep(0.2)              # what was in flight at the pause is counted
+        paused = count()
+        assert paused - before >= 40, f"only {paused - before} frames in 0.6 s of sending"
+        time.sleep(0.6)
+        assert count() == paused, "the load went on sending after pause"
