@@ -287,7 +287,7 @@ class AlarmService:
                 if tick:
                     next_tick = time.monotonic() + self.tick_s
                 if urgent:  # journaled and handed to the relay before the pass's other inputs are applied
-                    self._process(engine, journal, urgent, False)
+                    self._process(engine, journal, urgent, False, priority_pass=True)
                 if batch or tick:
                     self._process(engine, journal, batch, tick)
                 if not running:
@@ -308,20 +308,23 @@ class AlarmService:
         return True
 
     def _process(self, engine: AlarmEngine, journal: Journal, batch: list, tick: bool, *,
-                 preemptible: bool = True) -> None:
+                 priority_pass: bool = False) -> None:
         """Apply ``batch`` (then the tick's inputs), commit the events, resolve the futures, wake.
 
-        Every ``PEEK_EVERY`` inputs of a ``preemptible`` pass: if priority inputs wait, or ``slice_s``
-        has gone by, the events so far are committed (and the relay woken); then the waiting priority
-        inputs are taken, as a pass of their own, before the rest of this one."""
+        Every ``PEEK_EVERY`` inputs: if ``slice_s`` has gone by, or (in a pass of the other lanes) priority
+        inputs wait, the events so far are committed (and the relay woken); then, in a pass of the other
+        lanes, the waiting priority inputs are taken, as a pass of their own, before the rest of this one.
+        A ``priority_pass`` (the priority lane's own inputs) never takes newer priority inputs before its
+        rest: that would reorder the lane (a clear applied before its raise is ignored)."""
         events: list[AlarmEvent] = []
         replies: list[tuple[Future, bool, object]] = []
         n_events = 0
         t_commit = time.perf_counter()
         for i, item in enumerate(batch):
-            if preemptible and i and not i % PEEK_EVERY and (
-                    self._priority or time.perf_counter() - t_commit >= self.slice_s):   # unlocked peek: a hint
-                n_events += self._interleave(engine, journal, events)
+            if i and not i % PEEK_EVERY and (
+                    (self._priority and not priority_pass)              # unlocked peek: a hint
+                    or time.perf_counter() - t_commit >= self.slice_s):
+                n_events += self._interleave(engine, journal, events, take_priority=not priority_pass)
                 t_commit = time.perf_counter()
             if isinstance(item, _Call):
                 try:
@@ -341,7 +344,7 @@ class AlarmService:
                 self.stats["input_errors"] += 1
                 log.exception("alarm input refused: %r", item)
         if tick:
-            if preemptible and self._priority:
+            if not priority_pass and self._priority:
                 n_events += self._interleave(engine, journal, events)
             now = self.clock()
             try:
@@ -360,16 +363,19 @@ class AlarmService:
         s["max_batch_inputs"] = max(s["max_batch_inputs"], len(batch))
         s["max_batch_events"] = max(s["max_batch_events"], n_events)
 
-    def _interleave(self, engine: AlarmEngine, journal: Journal, events: list[AlarmEvent]) -> int:
-        """Within a pass: commit ``events`` (emptied), then run the priority inputs that wait as a pass
-        of their own; returns how many events were committed."""
+    def _interleave(self, engine: AlarmEngine, journal: Journal, events: list[AlarmEvent], *,
+                    take_priority: bool = True) -> int:
+        """Within a pass: commit ``events`` (emptied), then (``take_priority``) run the priority inputs that
+        wait as a pass of their own; returns how many events were committed."""
         n = self._commit(journal, events)
         events.clear()
+        if not take_priority:
+            return n
         with self._lock:
             urgent, self._priority = self._priority, []
         if urgent:
             self.stats["preempted"] += 1
-            self._process(engine, journal, urgent, False, preemptible=False)
+            self._process(engine, journal, urgent, False, priority_pass=True)
         return n
 
     def _commit(self, journal: Journal, events: list[AlarmEvent]) -> int:

@@ -254,3 +254,25 @@ def test_a_coalesced_threat_sample_keeps_the_baseline_of_the_one_it_replaced(tmp
     svc.stop()
     keys = [r.key for r in all_rows(path)]
     assert "CI-1/MASQUERADE_SUSPECTED/net A" in keys, keys
+
+
+def test_a_priority_input_arriving_within_a_priority_pass_waits_for_its_lane(tmp_path):
+    """The priority lane keeps its order: a clear that arrives while a pass of 40 priority raises runs goes
+    after them all, even though that pass looks at the lane every PEEK_EVERY inputs. Taken there (before the
+    pass's rest), the clear of the last raise came before its raise: ignored, and the alarm stayed raised
+    (2 of 200 DEVICE_ALARM clears lost in bench/alarm_bench.py's storm at 2d7b173)."""
+    path = tmp_path / "j.db"
+    last = AlarmKey("CI-2", "DEVICE_ALARM_7", "39")
+    sources = _Submitting("0", ClearAlarm(last, T0 + 1))
+    svc, gate = held_service(path, sources=sources, slice_s=60)
+    sources.svc = svc
+    for i in range(40):
+        assert svc.submit(RaiseAlarm(AlarmKey("CI-2", "DEVICE_ALARM_7", str(i)), "major", "t", T0),
+                          priority=True)
+    gate.set()
+    drained(svc, 1 + 40 + 1)
+    svc.stop()
+    rows = [(r.key, r.transition) for r in all_rows(path)]
+    assert rows[1:] == [(f"CI-2/DEVICE_ALARM_7/{i}", "raise") for i in range(40)] + [(str(last), "clear")], rows
+    assert svc.stats["preempted"] == 0
+    assert svc.engine.status()["ignored_inputs"] == 0

@@ -7,6 +7,7 @@ feeds bytes runs with them whole and byte by byte.
 """
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import pytest
@@ -69,9 +70,11 @@ class RecordingContext:
 class Driver:
     """A protocol on a byte source, with a fake clock; plays the connection."""
 
-    def __init__(self, split: str, net: str = "A", dev_id: int = 258, key: bytes | None = None, **overrides):
-        self.split, self.dev_id, self.key = split, dev_id, key
-        self.ctx = RecordingContext(line_config(**overrides))
+    def __init__(self, split: str, net: str = "A", dev_id: int = 258, key: bytes | None = None, ctx=None,
+                 **overrides):
+        """``ctx``: another driver's context (the device's other net: one receiver, one sender window)."""
+        self.split, self.dev_id, self.key, self.net = split, dev_id, key, net
+        self.ctx = ctx if ctx is not None else RecordingContext(line_config(**overrides))
         self.source = LinearBuffer()
         nonces = iter(SESSION_NONCES)
         self.p = LinkProtocol(self.ctx, net, self.source, "127.0.0.1:4242", nonce=lambda: next(nonces))
@@ -94,7 +97,8 @@ class Driver:
                       time_ms=self.now_ms + self.device_ahead_ms, mac_key=key)
 
     def hello(self, kind: int | None = None, hb_ms: int = 100) -> bytes:
-        return self.frame(Hello(kind or (1 if self.dev_id < 513 else 3), 0, hb_ms, "TEST-1", DEVICE_NONCE))
+        return self.frame(Hello(kind or (1 if self.dev_id < 513 else 3), "AB".index(self.net), hb_ms, "TEST-1",
+                                DEVICE_NONCE))
 
     def confirm(self, device_nonce: int = DEVICE_NONCE, session_nonce: int | None = None) -> bytes:
         return self.frame(SessionConfirm(device_nonce, self.session_nonce if session_nonce is None
@@ -196,6 +200,44 @@ def test_frames_after_hello_are_checked_and_applied(split):
     assert d.ctx.objects.sections[(258, 111)][0] == 1
     assert ("device_message", "DEVICE_ALARM") in d.ctx.calls
     assert d.p.checks.rx_frames == 5 and not d.p.checks.errors and not d.p.outbox  # HELLO, SESSION_CONFIRM, 3
+
+
+class _GatedContext(RecordingContext):
+    """Holds the first device message's hand-over until ``gate`` is set (its loop thread is preempted there)."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.entered, self.gate, self.seqs = threading.Event(), threading.Event(), []
+
+    def device_message(self, link, frame, now_ms):
+        if not self.entered.is_set():
+            self.entered.set()
+            self.gate.wait(5)
+        self.seqs.append((frame.seq, frame.message.action))
+
+
+def test_a_devices_messages_reach_the_ctx_in_sequence_order_from_two_loops():
+    """Net A and net B of one device on two loop threads: A accepts the raise (seq 1) and is held before it
+    hands it over; B accepts the clear (seq 2) meanwhile. The clear reaches the ctx after the raise (the
+    hand-over is under the sender's lock): handed over after the lock, it overtook the raise, and the alarm
+    engine ignored it (a clear of an alarm not raised)."""
+    a = Driver("whole", net="A")
+    a.ctx = ctx = _GatedContext(a.ctx.cfg)
+    a.p = LinkProtocol(ctx, "A", a.source, "127.0.0.1:4242", nonce=lambda: SESSION_NONCES[0])
+    b = Driver("whole", net="B", ctx=ctx)
+    a.up()
+    b.up()
+    raise_, clear = DeviceAlarm(7, 2, DeviceAlarm.RAISE, 111, "x"), DeviceAlarm(7, 2, DeviceAlarm.CLEAR, 111, "")
+    ta = threading.Thread(target=a.feed, args=(a.frame(raise_, seq=1),))
+    ta.start()
+    assert ctx.entered.wait(5)
+    tb = threading.Thread(target=b.feed, args=(b.frame(clear, seq=2),))
+    tb.start()
+    tb.join(0.3)                # B is done by now unless it waits for A's hand-over
+    ctx.gate.set()
+    ta.join(5)
+    tb.join(5)
+    assert ctx.seqs == [(1, DeviceAlarm.RAISE), (2, DeviceAlarm.CLEAR)]
 
 
 @pytest.mark.parametrize("case", ["unknown device", "wrong net", "wrong kind"])

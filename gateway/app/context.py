@@ -102,7 +102,8 @@ class Context:
                 self.links.discard(link)
 
     def device_message(self, link, frame, now_ms: int) -> None:
-        """An accepted DEVICE_ALARM (an event, and to the alarm stage) or COMMAND_RESULT (an event). Loop thread."""
+        """An accepted DEVICE_ALARM (an event, and to the alarm stage) or COMMAND_RESULT (an event). Loop thread,
+        under the sender's lock (so a device's messages come in sequence order from both nets): queue, never wait."""
         msg = frame.message
         dev = self.cfg.device(frame.src)
         name = dev.name if dev else str(frame.src)

@@ -445,12 +445,18 @@ class LinkProtocol(speedups.fields_base("LinkFields")):
             return
         # before the confirmation the receiver applies nothing: HEARTBEAT passes, the rest is no_session
         copies = self.checks.copies
-        if self.ctx.receiver.check(self.checks, frame, now_ms, apply=self.ctx.apply) is None:
+        apply = self._hand_over if isinstance(msg, (DeviceAlarm, CommandResult)) else self.ctx.apply
+        if self.ctx.receiver.check(self.checks, frame, now_ms, apply=apply) is None:
             self.last_frame = now
-            if self.state is _UP and isinstance(msg, (DeviceAlarm, CommandResult)):
-                self.ctx.device_message(self.link, frame, now_ms)
         elif self.checks.copies != copies:
             self.last_frame = now  # the expected dual-net copy: the link carries its device's frames
+
+    def _hand_over(self, frame, now_ms: int) -> None:
+        """An accepted DEVICE_ALARM / COMMAND_RESULT to the ctx, under the sender's lock (the receiver's
+        ``apply``): with net A and net B on two loops, a device's raise and its clear reach the alarm stage in
+        sequence order (handed over after the lock, the clear could overtake its raise and be ignored)."""
+        if self.state is _UP:
+            self.ctx.device_message(self.link, frame, now_ms)
 
     def _on_hello(self, frame, now_ms: int) -> None:
         dev = self.ctx.cfg.device(frame.src)
