@@ -17,9 +17,11 @@ order on every pass:
 * ``priority`` (device alarm frames, critical conditions, operator actions):
   all of it, first, applied and journaled in a transaction of its own and
   handed to the relay before the pass's other inputs are applied. It is also
-  looked at every ``PEEK_EVERY`` inputs *within* a pass: what arrived is taken
-  there, after the pass's events so far are committed (the journal's order
-  stays the engine's ``event_seq`` order). A backlog of object changes in a
+  looked at every ``PEEK_EVERY`` inputs *within* a pass of the other lanes: what
+  arrived is taken there, after the pass's events so far are committed (the
+  journal's order stays the engine's ``event_seq`` order). A pass of the
+  priority lane itself never takes newer priority inputs before its rest: the
+  lane's order is a device's raise-then-clear order. A backlog of object changes in a
   flood delays a device alarm by a few inputs and one commit, neither by the
   backlog nor by the pass in progress;
 * essential (every other condition and object change: facts that are not
