@@ -167,9 +167,14 @@ class Journal:
 
     def latest_states(self) -> list[AlarmEvent]:
         """The last event of every key whose state is not NORMAL, in seq order (for engine restore)."""
+        return [AlarmEvent.decode(v) for v in self.latest_values()]
+
+    def latest_values(self) -> list[bytes]:
+        """:meth:`latest_states` as the journaled bytes (each event's message, as written), not decoded: the
+        snapshots read these every few seconds, and validating 2,500 events took 90 ms of the relay thread."""
         rows = self._all("SELECT e.value FROM latest l JOIN events e ON e.event_seq = l.event_seq "
                          "ORDER BY l.event_seq")
-        return [AlarmEvent.decode(r[0]) for r in rows]
+        return [bytes(r[0]) for r in rows]
 
     def recent(self, since_ms: int, limit: int = 200_000, slack_ms: int = 60_000) -> list[AlarmEvent]:
         """The events with ``time_ms >= since_ms``, seq order (the engine's chattering history at start).

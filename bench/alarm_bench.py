@@ -383,7 +383,7 @@ def _gateway_main(cfg_path: str, producer_config: dict) -> None:
         kw["producer_config"] = {**kw.get("producer_config", {}), **producer_config}
         return RelaySupervisor(journal_path, bootstrap, log_path=os.path.join(os.path.dirname(journal_path),
                                                                               "relay.log"), **kw)
-    gw = Gateway(cfg, relay_factory=factory)
+    gw = Gateway(cfg, relay_factory=factory, own_process=True)   # as `gateway run`
     gw.start(cfg_path)
     gw.run()
 

@@ -75,7 +75,7 @@ def _checks_setup(cfg):
 
 def run_gateway(cfg) -> None:
     from gateway.app.runtime import Gateway
-    gw = Gateway(cfg, admin=False)
+    gw = Gateway(cfg, admin=False, own_process=True)   # as `gateway run`
     gw.stop_grace_s = 0.2
     gw.start()
 

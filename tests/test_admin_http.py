@@ -131,7 +131,7 @@ def parse_prometheus(text: str) -> tuple[dict, list]:
                 pos = lm.end()
             samples.append((name, labels, float(value)))
             assert name in families and "help" in families[name] and "type" in families[name], name
-            assert name.startswith(("railgate_", "process_"))
+            assert name.startswith(("railgate_", "process_", "python_gc_"))   # the last two: prometheus_client's standard names
     for name, fam in families.items():
         assert "help" in fam and "type" in fam, f"{name} lacks HELP or TYPE"
     return families, samples

@@ -273,3 +273,35 @@ def test_operator_errors_are_one_line_without_traceback(tmp_path, case):
     assert says in res.stderr and "Traceback" not in res.stderr and "Logging error" not in res.stderr
     if code == 1:   # one line; an invalid config (2) lists its problems under one heading, as ever
         assert res.stderr.splitlines() == [says], res.stderr
+
+
+def test_gateway_run_freezes_its_long_lived_objects_after_the_start_up_grace(tmp_path):
+    """`gateway run` owns its process: after the start-up grace what lives is frozen out of the collector's
+    scans (a full collection at line load paused every Python thread 30-70 ms); /status and /metrics show
+    it. A gateway embedded in another program (this test process) leaves that program's collector alone."""
+    import gc
+    import urllib.request
+
+    from gateway_harness import RunningGateway, line_config
+    path, d = write_config(tmp_path, heartbeat_ms=100, hello_timeout_ms=500)
+    admin = d["gateway"]["admin"]["port"]
+    proc = subprocess.Popen([GATEWAY, "run", "-c", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _try(lambda: fetch_status(admin)), what="admin API up")
+        wait_until(lambda: fetch_status(admin)["process"]["gc"]["frozen"] > 1000, timeout=15,
+                   what="objects frozen after the start-up grace")
+        gcs = fetch_status(admin)["process"]["gc"]
+        assert len(gcs["collections"]) == 3 and gcs["collections"][2] >= 1   # the freeze's own collection
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as r:
+            metrics = r.read().decode()
+        frozen = re.search(r"^railgate_gc_frozen_objects (\d+)$", metrics, re.M)
+        assert frozen and int(frozen.group(1)) > 1000, metrics[-2000:]
+        assert re.search(r'^python_gc_collections_total\{generation="2"\} [1-9]', metrics, re.M)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    before = gc.get_freeze_count()
+    with RunningGateway(line_config(heartbeat_ms=100, hello_timeout_ms=500)) as gw:
+        wait_until(lambda: any(name == "DEVICE_COMM_LOST" for name, _ in gw.line.events.active_conditions()),
+                   timeout=10, what="the start-up grace (the devices that did not connect are lost)")
+        assert gw.status()["process"]["gc"]["frozen"] == before == gc.get_freeze_count()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterable, Sequence
 
+import orjson
 import redis
 
 ENTRY_FIELDS = ("alarm", "severity", "text", "state", "active", "chattering", "operator", "shelved_until_ms",
@@ -79,7 +80,8 @@ def journal_snapshot(journal: Any) -> tuple[int, list[dict]]:
     it could be missed).
     """
     seq = journal.last_seq()
-    return seq, [entry_of(e.to_json()) for e in journal.latest_states()]
+    # the journal holds each event's message as AlarmEvent.encode wrote it (validated then): read as it is
+    return seq, [entry_of(orjson.loads(v)) for v in journal.latest_values()]
 
 
 def redis_client(url: str, timeout_s: float = 5.0) -> redis.Redis:

@@ -309,3 +309,12 @@ def _process(f: _Families, proc: dict) -> None:
     f.add("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
           proc.get("start_time_s"))
     f.add("railgate_threads", "gauge", "Python threads alive in the gateway process.", proc.get("threads"))
+    gc = proc.get("gc") or {}
+    for name, key, help_ in (("python_gc_collections_total", "collections", "Number of times this generation was collected"),
+                             ("python_gc_objects_collected_total", "collected", "Objects collected during gc"),
+                             ("python_gc_objects_uncollectable_total", "uncollectable",
+                              "Uncollectable objects found during GC")):
+        for gen, value in enumerate(gc.get(key) or ()):
+            f.add(name, "counter", help_, value, generation=gen)
+    f.add("railgate_gc_frozen_objects", "gauge", "Objects frozen out of the collector's scans after the start-up grace "
+          "(gc.freeze; 0 before it, and in a gateway embedded in another program).", gc.get("frozen"))

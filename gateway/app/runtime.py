@@ -24,6 +24,7 @@ from gateway.app.alarm_stage import AlarmStage
 from gateway.app.config import Config, load
 from gateway.app.command_stage import CommandStage
 from gateway.app.context import Context, new_link
+from gateway.app.gc_policy import freeze_long_lived
 from gateway.app.identity import identity_lease
 from gateway.app.status import build_status
 from gateway.base import sd_notify
@@ -48,14 +49,18 @@ class Gateway:
     """One gateway process. Construct in the thread that will call run()."""
 
     def __init__(self, cfg: Config, *, clock_ms=None, admin: bool = True, alarms: bool = True,
-                 relay_factory=None) -> None:
+                 relay_factory=None, own_process: bool = False) -> None:
         """``alarms=False`` runs without the alarm stage (tests of the link layer); ``relay_factory``
-        replaces the supervised relay process (tests).
+        replaces the supervised relay process (tests). ``own_process``: the gateway is its process's
+        reason to be (`gateway run`): after the start-up grace it freezes what lives then out of the
+        garbage collector's reach (:func:`gateway.app.gc_policy.freeze_long_lived`); a gateway embedded
+        in another program (tests) leaves that program's collector alone.
 
         The one place the gateway is assembled: each part gets what it needs here, in dependency
         order (line state, pools, alarm stage and coupling, then the link context the IO side
         calls into, then the IO side); nothing is attached to a part after it is built."""
         self.cfg = cfg
+        self.own_process = own_process
         s = cfg.gateway
         # one gateway per identity (gateway/app/identity.py): IdentityHeld here, before anything binds or
         # journals; renewed from start(), given back in _shutdown(); lost to another holder: stop
@@ -211,6 +216,9 @@ class Gateway:
         self.line.registry.check_startup(self.line.now_ms())
         if self.alarms is not None:
             self.alarms.reconcile()
+        if self.own_process:
+            frozen = freeze_long_lived()
+            log.info("start-up grace over: %d objects frozen out of the garbage collector's scans", frozen)
 
     def _begin_stop(self) -> None:
         # a planned stop is not lost communication: one GATEWAY_STOPPING event instead of a

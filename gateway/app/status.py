@@ -15,6 +15,7 @@ import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from gateway.app.gc_policy import gc_stats
 from gateway.base.version import version
 
 KIND_NAMES = {1: "interlocking", 2: "zone_controller", 3: "platform_doors"}
@@ -110,7 +111,7 @@ def process_stats() -> dict:
     cpu = os.times()
     out = {"cpu_s": round(cpu.user + cpu.system, 3), "rss_bytes": None, "vms_bytes": None, "open_fds": None,
            "max_fds": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "start_time_s": None,
-           "threads": threading.active_count()}
+           "threads": threading.active_count(), "gc": gc_stats()}
     try:
         with open("/proc/self/statm", "rb") as f:
             vms, rss = f.read().split()[:2]

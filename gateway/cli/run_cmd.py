@@ -261,7 +261,7 @@ def run_main(argv: list[str] | None = None) -> int:
     from gateway.app.identity import IdentityHeld
     from gateway.app.runtime import Gateway  # after the config check: a bad file fails fast
     try:
-        gw = Gateway(cfg)             # binds the listeners: a busy port is refused here, before any fork
+        gw = Gateway(cfg, own_process=True)   # binds the listeners: a busy port is refused here, before a fork
     except IdentityHeld as exc:       # another live gateway with this state dir, Redis prefix or id
         return _fail(f"another gateway holds this identity: {async_log.one_line(str(exc))}")
     except OSError as exc:
