@@ -19,7 +19,10 @@ librdkafka producer and a :class:`~alarms.kafka.topics.TopicManager`. Each pass:
    failure or at start, every pending row not in flight (``pending``). A row is
    never in flight twice: ``_in_flight`` holds the seqs between ``produce`` and
    their report;
-4. publish a snapshot every ``snapshot_interval_s`` and when the day changes.
+4. publish a snapshot every ``snapshot_interval_s`` and when the day changes. Its
+   chunks are built by a :class:`~alarms.kafka.snapshots.SnapshotWorker` thread
+   (the provider is called there), so no alarm waits for a snapshot's build;
+   the relay thread only produces them.
 
 ``republish_today`` (a supervisor restarting a relay that crashed, see
 alarms/kafka/relay_process.py) sends today's rows again before anything else: the
@@ -31,7 +34,8 @@ own ``time_ms``. A fatal producer error recreates the producer. Nothing here
 blocks the alarm thread: it only calls :meth:`wake`.
 
 Threading: ``start``, ``stop`` from the owner (service) thread; ``wake`` and
-``stats`` from any thread; everything else runs in the relay thread.
+``stats`` from any thread; the snapshot provider in the snapshot worker's
+thread; everything else runs in the relay thread.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from confluent_kafka import KafkaError, Producer
 
 from alarms.journal import Journal
 from alarms.kafka.relay_thread import RelayThread
-from alarms.kafka.snapshots import SnapshotProvider, build_chunks
+from alarms.kafka.snapshots import SnapshotProvider, SnapshotWorker, build_chunks
 from alarms.kafka.topics import (TopicError, TopicManager, day_start_ms, next_midnight_ms, snapshot_key, snapshot_partition,
                      topic_for)
 
@@ -110,6 +114,7 @@ class KafkaRelay(RelayThread):
         self._producer: Producer | None = None
         self._snapshot_topic: str | None = None
         self._next_snapshot = 0.0
+        self._snapshots: SnapshotWorker | None = None   # started by the relay thread (with a provider)
         self._day: tuple[int, int, str] = (0, 0, "")   # [start, end) ms of the day and its topic
         self._settle_due = 0.0                 # next time delivered seqs are marked in the journal
 
@@ -123,6 +128,8 @@ class KafkaRelay(RelayThread):
         journal = Journal(self.journal_path, fsync_commits=False)   # delivery marks: see Journal's doc
         self.topics = TopicManager(self.bootstrap, self.partitions, self.replication_factor, timeout_s=2.0)
         self._producer = self._new_producer()
+        if self.snapshot_provider is not None:
+            self._snapshots = SnapshotWorker(self.snapshot_provider, self._chunks, self._wake.set).start()
         if self.republish_today:
             self._republish_today(journal, journal.last_seq())
         last_check = time.monotonic()
@@ -148,6 +155,8 @@ class KafkaRelay(RelayThread):
                           self.journal_path, self.bootstrap)
             raise
         finally:
+            if self._snapshots is not None:
+                self._snapshots.stop()
             self._producer.flush(self.flush_timeout_s)
             self._settle(journal)
             self._publish_stats(journal)
@@ -294,28 +303,43 @@ class KafkaRelay(RelayThread):
             self._stats["last_error"] = f"event_seq {seq} to {msg.topic()}: {err.str()}"
 
     def _maybe_snapshot(self) -> None:
-        if self.snapshot_provider is None:
+        """Produce the snapshot the worker has built, if any; ask for the next one when it is due (every
+        ``snapshot_interval_s``, and at once on a new day's topic). Relay thread."""
+        worker = self._snapshots
+        if worker is None:
             return
+        ready = worker.take()
+        if ready is not None:
+            try:
+                if isinstance(ready, Exception):
+                    raise ready
+                self._produce_snapshot(*ready)
+            except (TopicError, BufferError) as exc:
+                self._snapshot_failed(exc)
+            except Exception as exc:          # the provider failed (the journal unreadable): not the relay's end
+                log.exception("kafka relay: snapshot not built")
+                self._snapshot_failed(exc)
         now_ms = self.clock_ms()
         topic = topic_for(self.prefix, now_ms, self.tz)
-        if topic == self._snapshot_topic and time.monotonic() < self._next_snapshot:
+        if (topic == self._snapshot_topic and time.monotonic() < self._next_snapshot) or worker.busy:
             return
         self._next_snapshot = time.monotonic() + self.snapshot_interval_s
         self._snapshot_topic = topic
-        try:
-            self.publish_snapshot(now_ms)
-        except (TopicError, BufferError) as exc:
-            self._count("snapshot_failures")
-            self._snapshot_topic = None     # try again next pass
-            self._next_snapshot = time.monotonic() + 1.0
-            log.info("kafka relay: snapshot not published: %s", exc)
+        worker.request(now_ms)
 
-    def publish_snapshot(self, now_ms: int) -> int:
-        """Produce one snapshot (its chunks) to today's topic; returns the chunk count. Relay thread."""
-        event_seq, alarms = self.snapshot_provider()
+    def _snapshot_failed(self, exc: Exception) -> None:
+        self._count("snapshot_failures")
+        self._next_snapshot = time.monotonic() + 1.0     # ask again in a second (the same day's topic)
+        log.info("kafka relay: snapshot not published: %s", exc)
+
+    def _chunks(self, event_seq: int, alarms: list, now_ms: int) -> list[bytes]:
+        """A snapshot's chunk messages (the worker's thread: only the relay's constant settings are read)."""
+        return build_chunks(event_seq, alarms, gateway_id=self.gateway_id, line=self.line, time_ms=now_ms,
+                            tz=self.tz)
+
+    def _produce_snapshot(self, now_ms: int, chunks: list[bytes]) -> int:
+        """Produce one snapshot's chunks to the topic of ``now_ms``'s day; returns the chunk count. Relay thread."""
         topic = self.topics.ensure(topic_for(self.prefix, now_ms, self.tz))
-        chunks = build_chunks(event_seq, alarms, gateway_id=self.gateway_id, line=self.line, time_ms=now_ms,
-                              tz=self.tz)
         part = snapshot_partition(self.gateway_id, self.partitions)
         key = snapshot_key(self.gateway_id).encode()
         for value in chunks:

@@ -333,7 +333,7 @@ class RelaySupervisor:
 # -- the child ----------------------------------------------------------------------------------
 class _JournalSnapshots:
     """The relay's snapshot provider in the child: the journal's ``latest`` table, on a Journal of its own
-    opened in the relay thread (its first call)."""
+    opened in the thread that calls it first (the relay's snapshot worker)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
