@@ -78,6 +78,7 @@ def broken(**edits):
     ({"trains__consists": {9: [1025, 1025]}}, "trains.consists.9: expected two different train ids"),
     ({"gateway__log": {"level": "LOUD"}}, "gateway.log.level: expected one of DEBUG, INFO, WARNING, ERROR"),
     ({"gateway__udp_coalesce_ms": -1}, "gateway.udp_coalesce_ms: expected an integer 0..100, got -1"),
+    ({"gateway__loop_coalesce_ms": 101}, "gateway.loop_coalesce_ms: expected an integer 0..100, got 101"),
     ({"gateway__listen__net_b": {"host": "127.0.0.1", "port": 17001}}, "gateway.listen.net_b: same address"),
 ])
 def test_problems_name_the_key_path(edits, message):
@@ -90,6 +91,11 @@ def test_problems_name_the_key_path(edits, message):
 def test_udp_coalesce_ms_defaults_to_1():
     assert config.parse(broken(), "line.yaml").gateway.udp_coalesce_ms == 1
     assert config.parse(broken(gateway__udp_coalesce_ms=0), "line.yaml").gateway.udp_coalesce_ms == 0
+
+
+def test_loop_coalesce_ms_defaults_to_1():
+    assert config.parse(broken(), "line.yaml").gateway.loop_coalesce_ms == 1
+    assert config.parse(broken(gateway__loop_coalesce_ms=0), "line.yaml").gateway.loop_coalesce_ms == 0
 
 
 def test_all_problems_at_once():

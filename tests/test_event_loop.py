@@ -609,3 +609,103 @@ def test_loop_thread_init_runs_in_the_thread_and_failures_surface():
     bad = EventLoopThread("bad", init=boom)
     with pytest.raises(RuntimeError, match="failed to start"):
         bad.start_loop()
+
+
+# -- coalescing (interrupt moderation) ------------------------------------------------------------
+
+def test_a_busy_loop_waits_out_the_coalescing_interval_but_never_past_a_timer():
+    """Woken with events, the next poll is put off until ``coalesce_s`` after that wake-up, so what arrived
+    meanwhile is handled in one wake-up; a timer due sooner still fires on time, and a loop whose last poll
+    found nothing (a quiet spell, its timers) polls at once. (0.3 s: wide margins on a loaded machine.)"""
+    loop = EventLoop()
+    loop.coalesce_s = 0.3
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    got: list = []
+
+    def on_readable(mask):
+        while True:
+            try:
+                data = a.recv(4096)
+            except BlockingIOError:
+                return
+            got.append((time.monotonic(), data))
+    try:
+        loop.register(a.fileno(), select.EPOLLIN, on_readable)
+        b.send(b"1")
+        loop.run_once(2.0)                           # quiet before: polls at once
+        woke = time.monotonic()
+        assert [d for _, d in got] == [b"1"] and loop.coalesced == 0
+        b.send(b"2")
+        b.send(b"3")
+        loop.run_once(2.0)                           # busy: waits out the interval, then takes both
+        assert b"".join(d for _, d in got[1:]) == b"23" and got[-1][0] - woke >= 0.25
+        assert loop.coalesced == 1 and loop.stats()["coalesced"] == 1
+        fired: list = []
+        loop.call_later(0.05, lambda: fired.append(time.monotonic()))
+        t0 = time.monotonic()
+        b.send(b"4")
+        loop.run_once(2.0)                           # busy again, but the timer is due in 50 ms
+        assert fired and fired[0] - t0 < 0.2, "the coalescing wait held a timer back"
+        loop.run_once(2.0)                           # the rest of the interval, then "4"
+        assert got[-1][1] == b"4"
+        quiet = time.monotonic()
+        loop.run_once(0.05)                          # nothing: the poll times out
+        b.send(b"5")
+        loop.run_once(2.0)                           # after a quiet poll: at once
+        assert got[-1][1] == b"5" and got[-1][0] - quiet < 0.2
+        loop.unregister(a.fileno())
+    finally:
+        a.close()
+        b.close()
+        loop.close()
+
+
+def test_a_signal_during_the_coalescing_wait_still_wakes_the_poll():
+    """The loop counts as polling while it waits out the interval: a signal handler that queues a call then
+    (SIGTERM's stop, on a gateway whose base loop is its IO loop) writes the eventfd, so the call runs
+    right after the wait, not after the poll's whole timeout (2 s here). (Another thread's calls always
+    write it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread")
+    loop = EventLoop()
+    loop.coalesce_s = 0.3
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    ran: list = []
+    old = signal.signal(signal.SIGUSR1, lambda *_: loop.queue_in_loop(lambda: ran.append(time.monotonic())))
+    try:
+        loop.register(a.fileno(), select.EPOLLIN, lambda mask: a.recv(4096))
+        b.send(b"x")
+        loop.run_once(2.0)                           # busy: the next iteration waits out 0.3 s
+        timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1))
+        timer.start()
+        t0 = time.monotonic()
+        loop.run_once(2.0)
+        timer.join()
+        assert ran and ran[0] - t0 < 1.0, "the call waited for the poll's timeout"
+        loop.unregister(a.fileno())
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        a.close()
+        b.close()
+        loop.close()
+
+
+def test_the_pool_gives_its_io_loops_the_coalescing_interval():
+    base = EventLoop(name="base")
+    pool = EventLoopThreadPool(base, 2, coalesce_ms=3)
+    try:
+        pool.start()
+        assert [lp.coalesce_s for lp in pool.all_loops()] == [0.003, 0.003] and base.coalesce_s == 0
+    finally:
+        pool.stop()
+        base.close()
+    base = EventLoop(name="base")
+    try:
+        pool = EventLoopThreadPool(base, 0, coalesce_ms=2)
+        pool.start()
+        assert base.coalesce_s == 0.002          # the base loop is the IO loop
+        pool.stop()
+    finally:
+        base.close()

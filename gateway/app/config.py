@@ -66,7 +66,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "gateway": ("id", "name", "listen", "admin", "io_threads", "heartbeat_ms", "dead_after_heartbeats",
                 "hello_timeout_ms", "max_age_ms", "max_links", "ring_bytes", "output_high_water_bytes",
                 "error_rate_limit", "log", "state_dir", "pre_session", "identity_lease_ms", "udp_coalesce_ms",
-                "udp_slabs"),  # udp_slabs: RETIRED, known only to be ignored with a warning
+                "loop_coalesce_ms", "udp_slabs"),  # udp_slabs: RETIRED, known only to be ignored with a warning
     "gateway.listen": ("net_a", "net_b", "udp"),
     "gateway.listen.net_a": _ENDPOINT,
     "gateway.listen.net_b": _ENDPOINT,
@@ -202,6 +202,7 @@ class Settings:
     pre_session: PreSessionSettings = field(default_factory=PreSessionSettings)
     identity_lease_ms: int = 10_000  # TTL of the Redis identity lease (gateway/app/identity.py)
     udp_coalesce_ms: int = 1         # the UDP endpoint's polling interval under load (udp_endpoint.py, "Wake-ups")
+    loop_coalesce_ms: int = 1        # an IO loop's wake-up coalescing under load (event_loop.py, "Coalescing")
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         identity_lease_ms=r.int(gw, "identity_lease_ms", "gateway.identity_lease_ms", 500, 600_000,
                                 default=10_000),
         udp_coalesce_ms=r.int(gw, "udp_coalesce_ms", "gateway.udp_coalesce_ms", 0, 100, default=1),
+        loop_coalesce_ms=r.int(gw, "loop_coalesce_ms", "gateway.loop_coalesce_ms", 0, 100, default=1),
     )
     line = r.section(data, "line", "line", required=False)
     line_name = r.str(line, "name", "line.name", default="line")

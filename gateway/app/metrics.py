@@ -32,6 +32,8 @@ _LOOP_METRICS = (  # (status keys, first present wins; metric; type; help)
     (("functors", "functors_run"), "railgate_loop_functors_total", "counter", "Cross-thread calls run."),
     (("timers", "timers_run"), "railgate_loop_timers_fired_total", "counter", "Timer callbacks run."),
     (("timers_missed",), "railgate_loop_timers_missed_total", "counter", "Timers that fired late."),
+    (("coalesced",), "railgate_loop_coalesced_total", "counter",
+     "Polls put off to coalesce wake-ups under load (gateway.loop_coalesce_ms)."),
     (("callback_errors",), "railgate_loop_callback_errors_total", "counter", "Callbacks that raised."),
     (("links",), "railgate_loop_links", "gauge", "TCP links owned by the IO loop."),
     (("fds",), "railgate_loop_fds", "gauge", "File descriptors registered with the IO loop."),

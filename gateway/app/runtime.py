@@ -88,7 +88,7 @@ class Gateway:
         self.ctx = Context(cfg, self.line, link_pool=self.link_pool, alarm_sink=self.alarms,
                            coupling=self.coupling_workers, command_sink=self.commands)
         self.base = EventLoop(name="base")
-        self.pool = EventLoopThreadPool(self.base, s.io_threads)
+        self.pool = EventLoopThreadPool(self.base, s.io_threads, coalesce_ms=s.loop_coalesce_ms)
         # A busy or forbidden address is the operator's to fix: the OSError names it ("cannot listen on
         # 127.0.0.1:7001: Address already in use", `gateway run` prints that line); what was bound is closed.
         bound: list = []

@@ -92,13 +92,15 @@ class EventLoopThread:
 class EventLoopThreadPool:
     """``n`` IO loop threads around a base loop, picked round-robin or by hash."""
 
-    def __init__(self, base_loop: EventLoop, n: int, name: str = "io") -> None:
-        """Create in the base loop's thread."""
+    def __init__(self, base_loop: EventLoop, n: int, name: str = "io", coalesce_ms: float = 0) -> None:
+        """Create in the base loop's thread. ``coalesce_ms``: the IO loops' coalescing interval (``EventLoop``
+        module doc; the base loop's too when it is the IO loop, ``n == 0``)."""
         if n < 0:
             raise ValueError(f"thread count must be >= 0, got {n}")
         self.base_loop = base_loop
         self.n = n
         self.name = name
+        self.coalesce_s = coalesce_ms / 1000
         self._threads: list[EventLoopThread] = []
         self._loops: list[EventLoop] = []
         self._next = 0
@@ -110,16 +112,21 @@ class EventLoopThreadPool:
         if self._started:
             raise RuntimeError("loop pool already started")
         self._started = True
+
+        def setup(loop: EventLoop) -> None:
+            loop.coalesce_s = self.coalesce_s
+            if init is not None:
+                init(loop)
         try:
             for i in range(self.n):
-                t = EventLoopThread(f"{self.name}-{i}", init)
+                t = EventLoopThread(f"{self.name}-{i}", setup)
                 self._threads.append(t)
                 self._loops.append(t.start_loop())
         except BaseException:
             self.stop()
             raise
-        if self.n == 0 and init is not None:
-            init(self.base_loop)
+        if self.n == 0:
+            setup(self.base_loop)
 
     def next_loop(self) -> EventLoop:
         """The next IO loop, round-robin; the base loop if there are none. Base loop thread only."""
