@@ -122,12 +122,15 @@ class SnapshotWorker:
     def busy(self) -> bool:
         """A snapshot is requested, being built, or built and not yet taken."""
         with self._cond:
-            return self._want is not None or self._building or self._ready is not None
+            return self._busy_locked()
+
+    def _busy_locked(self) -> bool:
+        return self._want is not None or self._building or self._ready is not None
 
     def request(self, now_ms: int) -> bool:
         """Ask for a snapshot at ``now_ms`` (its time and day topic); False if one is under way already."""
         with self._cond:
-            if self._want is not None or self._building or self._ready is not None:
+            if self._busy_locked():
                 return False
             self._want = now_ms
             self._cond.notify()
