@@ -23,7 +23,8 @@ in count and in time (``max_s``).
   in between, until ``seconds`` of sending or ``max_s``; anything else ends it.
 * ``udp_blast``  TRAIN_STATUS datagrams from ``trains`` trains round-robin as fast
   as one thread can send, seq and time patched into a template made by
-  ``encode`` (CRC recomputed), until ``stop``/``quit``, ``count`` or ``max_s``.
+  ``encode`` (CRC recomputed), until ``stop``/``quit``, ``count`` or ``max_s``. With ``turns``: no
+  ``go``; it blasts between ``resume`` and ``pause`` (each answered) until ``max_s``; anything else ends it.
 
 Status frames change every object in every frame (the gateway applies and
 reports each change), within the values of a line at work: sections free,
@@ -280,7 +281,9 @@ def udp_blast(p: dict) -> None:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.connect(("127.0.0.1", p["port"]))
     _say({"ready": True})
-    _wait_go()
+    turns = p.get("turns", False)
+    if not turns:
+        _wait_go()
     limit, deadline = p.get("count", 10**12), time.monotonic() + p.get("max_s", 60)
     seq = [0] * trains
     sent = 0
@@ -288,7 +291,21 @@ def udp_blast(p: dict) -> None:
     views = [memoryview(b)[:-4] for b in tmpl]
     stdin = sys.stdin.fileno()
     now_ms = int(time.time() * 1000)
+    paused = turns      # with turns: blasting only between "resume" and "pause" (each answered)
     while sent < limit:
+        if turns:
+            if select.select([stdin], [], [], 0.05 if paused else 0)[0]:
+                cmd = sys.stdin.readline().strip()
+                if cmd in ("pause", "resume"):
+                    paused = cmd == "pause"
+                    _say({cmd + "d": sent})
+                else:           # "stop", or EOF: the bench is done with this sender
+                    break
+            if time.monotonic() > deadline:
+                break
+            if paused:
+                continue
+            now_ms = int(time.time() * 1000)
         for j in range(trains):
             s = seq[j] = seq[j] + 1
             buf = tmpl[j]
@@ -299,6 +316,8 @@ def udp_blast(p: dict) -> None:
             except OSError:
                 pass
         sent += trains
+        if turns:
+            continue
         now_ms = int(time.time() * 1000)
         if time.monotonic() > deadline or select.select([stdin], [], [], 0)[0]:
             break

@@ -107,3 +107,29 @@ def test_a_line_load_in_turns_sends_nothing_while_paused():
         assert paused - before >= 40, f"only {paused - before} frames in 0.6 s of sending"
         time.sleep(0.6)
         assert count() == paused, "the load went on sending after pause"
+
+
+def test_a_udp_blast_in_turns_sends_nothing_while_paused():
+    """The UDP ratio compares the gateway and the bare loop in turns (bench/udp_bench.py in_turns): a
+    sender must blast only between ``resume`` and ``pause``. The bare loop counts what arrives."""
+    import time
+    sys.path.insert(0, str(ROOT))
+    from bench.common import line_config, load, ports, raise_nofile, server
+    raise_nofile()
+    cfg = line_config(0, 20, train_hb_ms=10_000)
+    with server("bare_udp", cfg) as srv, load("udp_blast", port=ports(cfg)["udp"], trains=20, turns=True,
+                                              max_s=60) as ld:
+        def count():
+            return srv.ask("stats")["datagrams"]
+        time.sleep(0.5)
+        before = count()
+        time.sleep(0.5)
+        assert count() == before, "the sender blasted before its first resume"
+        ld.ask("resume")
+        time.sleep(0.3)
+        ld.ask("pause")
+        time.sleep(0.2)              # what was in flight at the pause is counted
+        paused = count()
+        assert paused - before >= 1000, f"only {paused - before} datagrams in 0.3 s of blasting"
+        time.sleep(0.5)
+        assert count() == paused, "the sender went on blasting after pause"
