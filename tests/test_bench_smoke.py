@@ -81,11 +81,28 @@ def test_a_bursts_parts_are_the_one_piece_stream_cut_at_frame_boundaries():
 
 
 @pytest.mark.slow
+def _sends_only_between_resume_and_pause(count, ld, sending_s: float, at_least: int, what: str) -> None:
+    """``ld`` (a load in turns) adds nothing to ``count()`` before its first resume or after its pause, and at
+    least ``at_least`` in ``sending_s`` between them."""
+    import time
+    time.sleep(0.5)
+    before = count()
+    time.sleep(0.5)
+    assert count() == before, f"the {what} sent before its first resume"
+    ld.ask("resume")
+    time.sleep(sending_s)
+    ld.ask("pause")
+    time.sleep(0.2)              # what was in flight at the pause is counted
+    paused = count()
+    assert paused - before >= at_least, f"only {paused - before} in {sending_s} s of sending"
+    time.sleep(0.5)
+    assert count() == paused, f"the {what} went on sending after pause"
+
+
 def test_a_line_load_in_turns_sends_nothing_while_paused():
     """The line-load ratio compares the gateway and uvloop in turns (bench/line_load_bench.py in_turns):
     a server's load must send only between ``resume`` and ``pause``, or the other's window would carry
     this one's work. A real gateway counts what arrives."""
-    import time
     sys.path.insert(0, str(ROOT))
     from bench.common import line_config, load, ports, raise_nofile, server
     raise_nofile()
@@ -95,41 +112,16 @@ def test_a_line_load_in_turns_sends_nothing_while_paused():
         def count():
             s = srv.ask("stats")
             return s["frames"] + s["datagrams"]
-        time.sleep(0.5)
-        before = count()
-        time.sleep(0.6)
-        assert count() == before, "the load sent before its first resume"
-        ld.ask("resume")
-        time.sleep(0.6)
-        ld.ask("pause")
-        time.sleep(0.2)              # what was in flight at the pause is counted
-        paused = count()
-        assert paused - before >= 40, f"only {paused - before} frames in 0.6 s of sending"
-        time.sleep(0.6)
-        assert count() == paused, "the load went on sending after pause"
+        _sends_only_between_resume_and_pause(count, ld, 0.6, 40, "load")
 
 
 def test_a_udp_blast_in_turns_sends_nothing_while_paused():
     """The UDP ratio compares the gateway and the bare loop in turns (bench/udp_bench.py in_turns): a
     sender must blast only between ``resume`` and ``pause``. The bare loop counts what arrives."""
-    import time
     sys.path.insert(0, str(ROOT))
     from bench.common import line_config, load, ports, raise_nofile, server
     raise_nofile()
     cfg = line_config(0, 20, train_hb_ms=10_000)
     with server("bare_udp", cfg) as srv, load("udp_blast", port=ports(cfg)["udp"], trains=20, turns=True,
                                               max_s=60) as ld:
-        def count():
-            return srv.ask("stats")["datagrams"]
-        time.sleep(0.5)
-        before = count()
-        time.sleep(0.5)
-        assert count() == before, "the sender blasted before its first resume"
-        ld.ask("resume")
-        time.sleep(0.3)
-        ld.ask("pause")
-        time.sleep(0.2)              # what was in flight at the pause is counted
-        paused = count()
-        assert paused - before >= 1000, f"only {paused - before} datagrams in 0.3 s of blasting"
-        time.sleep(0.5)
-        assert count() == paused, "the sender went on blasting after pause"
+        _sends_only_between_resume_and_pause(lambda: srv.ask("stats")["datagrams"], ld, 0.3, 1000, "sender")
