@@ -19,7 +19,9 @@ PER_IMPLEMENTATION = frozenset((
     "test_link_protocol", "test_link_faults", "test_link_state_and_events", "test_pre_session", "test_receiver",
     "test_stream_decoder", "test_icd_vectors", "test_codec_never_raises", "test_codec_properties",
     "test_fuzz_mutation", "test_fuzz_regressions", "test_gateway_links", "test_gateway_sessions",
-    "test_gateway_hostile", "test_gateway_udp", "test_udp_batch", "test_event_loop", "test_link_counters_after_close", "test_hot_fields"))
+    "test_gateway_hostile", "test_gateway_udp", "test_udp_batch", "test_event_loop", "test_link_counters_after_close",
+    "test_hot_fields",
+    "test_link_placement"))
 DEFAULT_IMPLEMENTATION = speedups.implementation()
 IMPLEMENTATIONS = ("compiled", "pure") if speedups.available() else ("pure",)
 

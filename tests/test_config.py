@@ -79,6 +79,7 @@ def broken(**edits):
     ({"gateway__log": {"level": "LOUD"}}, "gateway.log.level: expected one of DEBUG, INFO, WARNING, ERROR"),
     ({"gateway__udp_coalesce_ms": -1}, "gateway.udp_coalesce_ms: expected an integer 0..100, got -1"),
     ({"gateway__loop_coalesce_ms": 101}, "gateway.loop_coalesce_ms: expected an integer 0..100, got 101"),
+    ({"gateway__link_placement": "random"}, "gateway.link_placement: expected one of device, round_robin"),
     ({"gateway__listen__net_b": {"host": "127.0.0.1", "port": 17001}}, "gateway.listen.net_b: same address"),
 ])
 def test_problems_name_the_key_path(edits, message):
@@ -96,6 +97,12 @@ def test_udp_coalesce_ms_defaults_to_1():
 def test_loop_coalesce_ms_defaults_to_1():
     assert config.parse(broken(), "line.yaml").gateway.loop_coalesce_ms == 1
     assert config.parse(broken(gateway__loop_coalesce_ms=0), "line.yaml").gateway.loop_coalesce_ms == 0
+
+
+def test_link_placement_defaults_to_device():
+    assert config.parse(broken(), "line.yaml").gateway.link_placement == "device"
+    assert config.parse(broken(gateway__link_placement="round_robin"), "line.yaml").gateway.link_placement == \
+        "round_robin"
 
 
 def test_all_problems_at_once():

@@ -52,13 +52,16 @@ def test_the_implementation_in_use_is_the_one_that_takes_the_frames(implementati
         dev.close()
 
 
-def test_dual_net_on_two_loops_first_copy_wins():
-    with RunningGateway(line_config(io_threads=2)) as gw:
+@pytest.mark.parametrize("placement, n_loops", [("round_robin", 2), ("device", 1)])
+def test_dual_net_first_copy_wins(placement, n_loops):
+    """round_robin: net A and net B on two IO loops (the sender's lock between them); device (the default):
+    both links moved to the device's home loop after their HELLOs."""
+    with RunningGateway(line_config(io_threads=2, link_placement=placement)) as gw:
         a, b = Device(gw.ports["A"], net=0), Device(gw.ports["B"], net=1)
         a.hello(), b.hello()
         loops = wait_until(lambda: {lk.loop.name for lk in gw.ctx.links if lk.alive} if len(
             [lk for lk in gw.ctx.links if lk.alive]) == 2 else None, what="two links up")
-        assert len(loops) == 2, "net A and net B should be served by different IO loops"
+        assert len(loops) == n_loops, f"{placement}: net A and net B on {sorted(loops)}"
         for seq in range(1, 201):
             frame = a.encode(TrackSections(((111, seq % 2),)), seq=seq)
             a.sock.sendall(frame)

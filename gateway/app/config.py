@@ -49,6 +49,7 @@ _log = logging.getLogger("railgate.config")  # `log` is the gateway.log section 
 KINDS = {"interlocking": 1, "zone_controller": 2, "platform_doors": 3}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+LINK_PLACEMENTS = ("device", "round_robin")
 TOP_LEVEL = "(top level)"
 _ENDPOINT = ("host", "port")
 #: Keys that once meant something and now mean nothing, by key path -> why: still accepted, so an old
@@ -66,7 +67,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "gateway": ("id", "name", "listen", "admin", "io_threads", "heartbeat_ms", "dead_after_heartbeats",
                 "hello_timeout_ms", "max_age_ms", "max_links", "ring_bytes", "output_high_water_bytes",
                 "error_rate_limit", "log", "state_dir", "pre_session", "identity_lease_ms", "udp_coalesce_ms",
-                "loop_coalesce_ms", "udp_slabs"),  # udp_slabs: RETIRED, known only to be ignored with a warning
+                "loop_coalesce_ms", "link_placement", "udp_slabs"),  # udp_slabs: RETIRED, known only to be ignored with a warning
     "gateway.listen": ("net_a", "net_b", "udp"),
     "gateway.listen.net_a": _ENDPOINT,
     "gateway.listen.net_b": _ENDPOINT,
@@ -203,6 +204,7 @@ class Settings:
     identity_lease_ms: int = 10_000  # TTL of the Redis identity lease (gateway/app/identity.py)
     udp_coalesce_ms: int = 1         # the UDP endpoint's polling interval under load (udp_endpoint.py, "Wake-ups")
     loop_coalesce_ms: int = 1        # an IO loop's wake-up coalescing under load (event_loop.py, "Coalescing")
+    link_placement: str = "device"   # device: a device's links share its home IO loop (loop_pool.py); round_robin
 
 
 @dataclass(frozen=True)
@@ -329,6 +331,8 @@ def parse(data: Any, source: str = "<config>") -> Config:
                                 default=10_000),
         udp_coalesce_ms=r.int(gw, "udp_coalesce_ms", "gateway.udp_coalesce_ms", 0, 100, default=1),
         loop_coalesce_ms=r.int(gw, "loop_coalesce_ms", "gateway.loop_coalesce_ms", 0, 100, default=1),
+        link_placement=r.str(gw, "link_placement", "gateway.link_placement", default="device",
+                             choices=LINK_PLACEMENTS),
     )
     line = r.section(data, "line", "line", required=False)
     line_name = r.str(line, "name", "line.name", default="line")

@@ -148,15 +148,16 @@ class Context:
         return live, restart
 
 
-def new_link(ctx: Context, loop, sock, net: str, admission):
+def new_link(ctx: Context, loop, sock, net: str, admission, home=None):
     """One device link, as the acceptors build it: the ICD protocol (``gateway/line/link_protocol.py``)
     decoding from a small pre-session buffer, and the connection doing its IO (``gateway/net/connection.py``),
     which is what the registry, status and ``close``/``send`` callers know as the link; at the session's
     confirmation the connection takes the link's ``LinkBuffers`` from ``ctx.link_pool``. ``admission``:
-    the connection's slot in the pre-session budget. The wiring hands it to each acceptor with ``ctx``
-    bound. Base loop thread."""
+    the connection's slot in the pre-session budget; ``home``: the device's home loop by id, for the move
+    after its HELLO (None: it stays). The wiring hands it to each acceptor with ``ctx`` bound. Base loop
+    thread."""
     peer = peer_address(sock)
     rx = pre_session_buffer()
     protocol = LinkProtocol(ctx, net, rx, peer)
     return TcpConnection(loop, sock, protocol, rx, clock_ms=ctx.now_ms, peer=peer, link_pool=ctx.link_pool,
-                         admission=admission)
+                         admission=admission, home=home)

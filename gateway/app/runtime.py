@@ -102,8 +102,10 @@ class Gateway:
             if self.identity is not None:
                 self.identity.release()
             raise
+        # a device's two links on its home loop (gateway/net/loop_pool.py): with two IO loops or more
+        home = self.pool.home_loop if s.io_threads > 1 and s.link_placement == "device" else None
         self.acceptors = [Acceptor(self.ctx, self.base, self.pool, sock, net, self.pre_session,
-                                   lambda *args: new_link(self.ctx, *args))
+                                   lambda *args: new_link(self.ctx, *args, home=home))
                           for net, sock in zip(("A", "B"), bound)]
         self.udp: UdpEndpoint | None = None
         self.admin = None

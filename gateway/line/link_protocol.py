@@ -171,6 +171,13 @@ class LinkProtocol(speedups.fields_base("LinkFields")):
         return self.ctx.settings.hello_timeout_ms / 1000
 
     @property
+    def awaiting_confirm(self) -> bool:
+        """Between a good HELLO's HELLO_ACK and the SESSION_CONFIRM: the device is known, and the link is
+        neither alive nor registered, so nothing outside its loop acts on it (the connection may move it
+        to its device's loop then)."""
+        return self.state is _AWAIT_CONFIRM
+
+    @property
     def heartbeat_s(self) -> float:
         return self.heartbeat_ms / 1000
 

@@ -37,7 +37,27 @@ This object is what the rest of the gateway knows as "a link" (registry,
 status, ``close``, ``send``); protocol figures (``alive``, ``state``,
 ``checks``, ``device_id``) are read through to its protocol.
 
-Threading: a connection belongs to one IO loop. ``send``, ``close``, ``evict``,
+Moving to the device's loop (``home``, from ``EventLoopThreadPool.home_loop``:
+why in ``gateway/net/loop_pool.py``). The acceptor cannot know a link's device
+before its HELLO, so it puts the link on the next loop; when the protocol has
+answered a good HELLO (``ARM_CONFIRM``) and the device's home loop is another,
+the connection moves there, in the window where nothing outside its loop acts
+on it (the protocol's ``awaiting_confirm``: not alive, so ``send`` refuses, and
+not registered). The move is queued behind the current read (``_move``, old
+loop): the link stays if it is no longer awaiting the confirmation (closing,
+or confirmed in the same pass); else its timers are cancelled, its fd is
+unregistered, ``_adopt`` is queued on the home loop and ``loop`` is switched.
+``_adopt`` (home loop) registers the fd with the same handler, re-arms the
+heartbeat and the confirmation's deadline (unchanged) and reads what came
+meanwhile (the SESSION_CONFIRM, perhaps: no edge is lost, the read drains the
+socket). A ``close`` or ``evict`` queued on the old loop before the switch runs
+there after it and is forwarded to ``loop`` (``_forwarded``), behind
+``_adopt``; one queued after the switch goes to the home loop, behind
+``_adopt`` too. Without ``home`` (one IO loop, or ``gateway.link_placement:
+round_robin``) a connection never moves.
+
+Threading: a connection belongs to one IO loop at a time (``loop``): from its
+start to its HELLO the acceptor's pick, then its device's home loop. ``send``, ``close``, ``evict``,
 ``alive`` and ``stats`` are safe from any thread; everything else runs in the loop
 thread. Connections are never reused (a thread holding an old link must never
 send to a new connection); only their buffers come from a bounded pool.
@@ -75,18 +95,23 @@ class TcpConnection(compiled.conn_fields_base()):
     """A device link's socket on one loop. Create in any thread, then ``loop.run_in_loop(conn.start)``."""
 
     def __init__(self, loop, sock: socket.socket, protocol, rx, *, clock_ms, peer: str | None = None,
-                 link_pool=None, admission=None) -> None:
+                 link_pool=None, admission=None, home=None) -> None:
         """``protocol``: this link's protocol (it decodes from ``rx``, the small pre-session buffer the
         connection receives into until the session is confirmed); ``clock_ms``: the gateway's wall clock
         in epoch ms (frames carry it); monotonic time is the loop's clock. ``link_pool``: the bounded
         pool of device links' buffers (``LinkBuffers``), taken at the session's confirmation and given
         back at the close; ``admission``: this connection's pre-session slot (``leave()`` at the
-        confirmation or the close), None without a budget."""
+        confirmation or the close), None without a budget. ``home(device_id)``: the device's home loop, for
+        the move after its HELLO (module doc); None: the link stays on ``loop``."""
         self.loop, self.sock, self.protocol = loop, sock, protocol
         self._rx = rx                 # what recv_into fills: the pre-session buffer, then the link's
         self.buffers = None           # the LinkBuffers, from the confirmation on
         self._link_pool, self._admission = link_pool, admission
         self._fault_logged = False
+        self._home = home
+        self._handler = None          # what the fd is registered with (start); _adopt registers it again
+        self._confirm_at = 0.0        # the confirmation's deadline (loop clock): a move keeps it
+        self.moves = 0                # moves to the device's home loop (0 or 1)
         protocol.link = self
         if link_pool is not None:
             protocol.session_source = self._session_source
@@ -177,9 +202,10 @@ class TcpConnection(compiled.conn_fields_base()):
             reader = core.FastReader(self, READ_BUDGET)
             self._heartbeat_tick = reader.heartbeat
             self._read_on = reader.read_more
-            self.loop.register(self.fd, EV_READ, reader)
+            self._handler = reader
         else:
-            self.loop.register(self.fd, EV_READ, self._on_events)
+            self._handler = self._on_events
+        self.loop.register(self.fd, EV_READ, self._handler)
         self._perform(self._guarded(self.protocol.connection_made, self._mono()))
 
     def _perform(self, acts: int) -> None:
@@ -201,7 +227,8 @@ class TcpConnection(compiled.conn_fields_base()):
                 t.cancel()
             self._timers = [loop.call_every(p.heartbeat_s, self._heartbeat_tick)]
         if acts & ARM_CONFIRM:
-            self._timers.append(loop.call_later(p.confirm_timeout_s, self._on_confirm_timeout))
+            self._confirm_at = loop.clock() + p.confirm_timeout_s
+            self._timers.append(loop.call_at(self._confirm_at, self._on_confirm_timeout))
         if acts & ARM_DEAD:
             if self._dead_timer is not None:
                 self._dead_timer.cancel()
@@ -215,9 +242,52 @@ class TcpConnection(compiled.conn_fields_base()):
             self._shutdown_write_when_flushed()
         if acts & DESTROY:
             self._destroy()
+        elif acts & ARM_CONFIRM and self._home is not None and not self._closed:
+            home = self._home(p.device_id)  # the HELLO was answered: the device is known
+            if home is not loop:
+                loop.queue_in_loop(self._move, home)
+
+    # -- moving to the device's loop (module doc) ---------------------------------------------
+    def _move(self, home) -> None:
+        """Leave this loop for ``home``. The old loop's thread."""
+        if self._closed or not self.protocol.awaiting_confirm:
+            return  # closing, or confirmed in the same pass (then registered, maybe sending): it stays
+        for t in self._timers:
+            t.cancel()
+        self._timers = []
+        dead, self._dead_timer = self._dead_timer, None
+        if dead is not None:
+            dead.cancel()
+        self._read_queued = False  # a queued read-more stays behind (_read_more checks the loop): _adopt reads
+        self.loop.unregister(self.fd)
+        home.queue_in_loop(self._adopt, home, dead is not None)
+        self.loop = home
+        self.moves += 1
+
+    def _adopt(self, home, rearm_dead: bool) -> None:
+        """Take the link on ``home``, its device's loop. That loop's thread, queued by ``_move``."""
+        self.loop, self._mono = home, home.clock
+        if self._closed:
+            return
+        p = self.protocol
+        home.register(self.fd, EV_WRITE if self._out_pos < len(self._out) else EV_READ, self._handler)
+        self._timers = [home.call_every(p.heartbeat_s, self._heartbeat_tick),
+                        home.call_at(self._confirm_at, self._on_confirm_timeout)]
+        if rearm_dead:
+            self._dead_timer = home.call_at(p.dead_at, self._on_dead_deadline)
+        self._read_on()  # what arrived during the move
+
+    def _forwarded(self, fn, *args) -> bool:
+        """True, and ``fn(*args)`` queued on ``loop``, when this runs on a loop the link has left (a functor
+        queued there before the move)."""
+        loop = self.loop
+        if loop.is_in_loop_thread():
+            return False
+        loop.queue_in_loop(fn, *args)
+        return True
 
     def _close_in_loop(self, event, why: str) -> None:
-        if not self._closed:
+        if not self._closed and not self._forwarded(self._close_in_loop, event, why):
             self._perform(self._guarded(self.protocol.close, event, why))
 
     def _send_close(self) -> None:
@@ -300,7 +370,7 @@ class TcpConnection(compiled.conn_fields_base()):
         self.loop.run_in_loop(self._evict_in_loop, why)
 
     def _evict_in_loop(self, why: str) -> None:
-        if not self._closed:
+        if not self._closed and not self._forwarded(self._evict_in_loop, why):
             self._perform(self._guarded(self.protocol.evict, why))
 
     def _session_source(self):
@@ -416,7 +486,7 @@ class TcpConnection(compiled.conn_fields_base()):
         self.loop.queue_in_loop(self._read_more)
 
     def _read_more(self) -> None:
-        if self._read_queued and not self._closed:
+        if self._read_queued and not self._closed and self.loop.is_in_loop_thread():
             self._read_on()
 
     # -- loop thread: output ------------------------------------------------------------------
@@ -433,7 +503,7 @@ class TcpConnection(compiled.conn_fields_base()):
             self._queued -= n
 
     def _over_high_water(self) -> None:
-        if not self._closed:
+        if not self._closed and not self._forwarded(self._over_high_water):
             self._perform(self._guarded(self.protocol.slow_peer))
 
     def _write(self, data: bytes, counted: bool = False) -> None:

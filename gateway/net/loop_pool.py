@@ -5,6 +5,19 @@ Who calls it, and from which thread: the gateway builds an
 ``next_loop``, ``loop_for_hash`` and ``stop`` from the base loop's thread (the
 acceptor picks the loop for each new connection there). The pool's threads
 only run their loops; all work reaches them through ``run_in_loop``.
+``home_loop`` is called from the IO loops (a link's HELLO names its device):
+it takes the pool's lock.
+
+A device's home loop: both links of a device (net A and net B) carry the same
+frames, and the first copy is applied to the device's sender window and its
+objects. On two loops, each of those frames moves the sender's state and the
+objects' cache lines between two cores and the two loops take the sender's
+lock against each other; on one loop neither happens. So a link is accepted
+on the next loop round-robin (the device is not known before its HELLO) and,
+once its HELLO names the device, the connection moves to the device's home
+loop (``TcpConnection`` module doc, "Moving to the device's loop"). The home
+is the loop with the fewest devices when the device first says HELLO, and
+stays the device's for the pool's life.
 
 muduo's ``EventLoopThread`` / ``EventLoopThreadPool``: the loop is built
 *inside* its thread (a loop belongs to the thread that constructs it), and
@@ -105,6 +118,9 @@ class EventLoopThreadPool:
         self._loops: list[EventLoop] = []
         self._next = 0
         self._started = False
+        self._homes: dict[int, EventLoop] = {}     # device id -> its home loop (home_loop)
+        self._home_counts: dict[str, int] = {}     # loop name -> devices at home there
+        self._home_lock = threading.Lock()
 
     def start(self, init=None) -> None:
         """Start the ``n`` threads (``init(loop)`` runs in each first). Base loop thread only."""
@@ -143,6 +159,28 @@ class EventLoopThreadPool:
         loops = self._loops
         return loops[h % len(loops)] if loops else self.base_loop
 
+    def home_loop(self, key: int) -> EventLoop:
+        """The home loop of device ``key``: on its first call the IO loop with the fewest devices (the
+        first such in loop order), from then on the same loop; the base loop if there are none. Any thread
+        (the IO loops call it at a HELLO), once started. ``key`` must come from a bounded set (configured
+        device ids): the pool keeps every home for its life."""
+        loops = self._loops
+        if not loops:
+            return self.base_loop
+        with self._home_lock:
+            loop = self._homes.get(key)
+            if loop is None:
+                counts = self._home_counts
+                loop = min(loops, key=lambda lp: counts.get(lp.name, 0))
+                counts[loop.name] = counts.get(loop.name, 0) + 1
+                self._homes[key] = loop
+            return loop
+
+    def homes(self) -> dict[str, int]:
+        """Devices at home on each IO loop, by loop name (status). Any thread."""
+        with self._home_lock:
+            return {lp.name: self._home_counts.get(lp.name, 0) for lp in self._loops}
+
     def all_loops(self) -> list[EventLoop]:
         """The IO loops, or ``[base_loop]`` with none (as muduo's getAllLoops). Safe to call from any thread."""
         return list(self._loops) if self._loops else [self.base_loop]
@@ -156,3 +194,6 @@ class EventLoopThreadPool:
             t.stop(timeout)
         self._loops = []
         self._threads = []
+        with self._home_lock:
+            self._homes.clear()
+            self._home_counts.clear()
