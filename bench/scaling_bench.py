@@ -31,7 +31,7 @@ from bench.tcp_ingest_bench import DEVICES
 
 THREADS = (1, 2, 4)
 PER_BURST = 100_000   # frames a link a burst: 2,000,000 frames, about 0.18 s of one loop, 0.11 s of two
-ROUNDS = 6            # bursts per gateway; the sender holds ROUNDS x PER_BURST frames a link (as 600,000 before)
+ROUNDS = 12           # bursts per gateway (6 until 2026-11-30); the sender holds ROUNDS x PER_BURST frames a link
 POLL_S = 0.002
 TIMEOUT_S = 60
 
