@@ -88,6 +88,7 @@ def run_gateway(cfg) -> None:
         return {"frames": sum(link.checks.rx_frames for link in links), "errors": errors,
                 "datagrams": gw.udp.rx_datagrams if gw.udp is not None else 0,
                 "trains": len(gw.ctx.objects.trains),   # trains whose state the gateway applied
+                "udp_errors": dict(gw.udp_checks.errors),   # datagrams refused by the receiver, by reason
                 "links": len(links), "alive": sum(1 for link in links if link.alive)}
 
     threading.Thread(target=_control, args=(stats, gw.stop), daemon=True).start()

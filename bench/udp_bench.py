@@ -4,20 +4,25 @@ Three figures:
 
 * **datagrams/s**: 500 trains' TRAIN_STATUS datagrams (seq and time patched
   into a template made by ``railcodecs.encode``, CRC recomputed) blasted by a
-  sender process (``bench/load.py udp_blast``) against the gateway (decode,
-  every receiver check, apply) and against a bare blocking ``recvfrom_into``
-  loop that only counts. The two servers run side by side, each with its own
-  sender, and take turns (``in_turns``): one sender blasts for ``TURN_WARMUP_S``
-  + a ``RATE_S`` window while the other is paused, ``PAIRS`` pairs. Received/s
-  over each window, and the receiver's CPU-µs per datagram. When the sender,
-  not the bare loop, is the bottleneck, the wall ratio flatters the gateway, so
-  the capacity ratio (datagrams per CPU-second) is reported too and each pair is
-  judged on the lower of the two; the row is the median of the pairs. Until
-  2026-11-30 the windows came one after the other, each with a fresh server and
-  sender: on this machine, whose cores change speed by up to 1.8 x from one
-  second to the next, the same code gave 1.233 and 0.950 x on the wall rate in
-  two full runs (bench/results/full-run-65c4261-2026-11-30.txt and the run at
-  15990a1). The trains' heartbeat is 10 s here, so that a paused sender's trains
+  sender process (``bench/load.py udp_blast``, which execs the C sender
+  ``bench/udp_blaster.c``: ``sendmmsg``, 64 datagrams a call) against the
+  gateway (decode, every receiver check, apply) and against a bare blocking
+  ``recvfrom_into`` loop that only counts. The C sender sends more than either
+  receiver takes (the rest is dropped at the receiver's socket buffer), so a
+  window's rate is the receiver's capacity, not the sender's pace. The two
+  servers run side by side, each with its own sender, and take turns
+  (``in_turns``): one sender blasts for ``TURN_WARMUP_S`` + a ``RATE_S`` window
+  while the other is paused, ``PAIRS`` pairs. Received/s over each window, and
+  the receiver's CPU-µs per datagram; each pair is judged on the lower of the
+  wall ratio and the capacity ratio (datagrams per CPU-second), and the row is
+  the median of the pairs. History: until 2026-11-30 the windows came one after
+  the other, each with a fresh server and a Python sender: the same code gave
+  1.233 and 0.950 x on the wall rate in two full runs
+  (bench/results/full-run-65c4261-2026-11-30.txt and the run at 15990a1); in
+  turns with the Python sender the pairs' wall ratios still spanned 0.72-1.34 x,
+  because neither receiver was near a full core and the rate was the Python
+  sender's pace, which moves by up to 1.5 x from one turn to the next
+  (bench/results/udp-turns-2026-11-30.txt). The trains' heartbeat is 10 s here, so that a paused sender's trains
   stay alive and in session through the other's turn.
 * **RSS** of the gateway process before and after ``N`` datagrams (after a
   warm-up that has every train's state in place), from /proc/PID/statm.
@@ -67,7 +72,7 @@ from bench.common import line_config, load, median, ports, row, server, wait_cou
 
 TRAINS = 500
 RATE_S = 3.0
-PAIRS, TURN_WARMUP_S = 5, 0.5
+PAIRS, TURN_WARMUP_S = 7, 0.5
 RSS_N = 10_000_000     # the full run's datagram count for the RSS figure (bounded by RSS_MAX_S)
 RSS_MAX_S = 240.0
 ALLOC_N = 200_000
@@ -82,7 +87,7 @@ def in_turns(seconds: float, pairs: int, warmup: float) -> list[tuple[dict, dict
     with contextlib.ExitStack() as stack:
         srvs = {k: stack.enter_context(server(k, cfgs[k])) for k in kinds}
         lds = {k: stack.enter_context(load("udp_blast", port=ports(cfgs[k])["udp"], trains=TRAINS, turns=True,
-                                           max_s=pairs * 2 * (seconds + warmup) + 60))
+                                           native=True, max_s=pairs * 2 * (seconds + warmup) + 60))
                for k in kinds}
         out = []
         for _ in range(pairs):

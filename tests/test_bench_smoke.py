@@ -115,13 +115,35 @@ def test_a_line_load_in_turns_sends_nothing_while_paused():
         _sends_only_between_resume_and_pause(count, ld, 0.6, 40, "load")
 
 
-def test_a_udp_blast_in_turns_sends_nothing_while_paused():
+@pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
+def test_a_udp_blast_in_turns_sends_nothing_while_paused(native):
     """The UDP ratio compares the gateway and the bare loop in turns (bench/udp_bench.py in_turns): a
-    sender must blast only between ``resume`` and ``pause``. The bare loop counts what arrives."""
+    sender (the Python one, or the C one the module uses) must blast only between ``resume`` and
+    ``pause``. The bare loop counts what arrives."""
     sys.path.insert(0, str(ROOT))
     from bench.common import line_config, load, ports, raise_nofile, server
     raise_nofile()
     cfg = line_config(0, 20, train_hb_ms=10_000)
     with server("bare_udp", cfg) as srv, load("udp_blast", port=ports(cfg)["udp"], trains=20, turns=True,
-                                              max_s=60) as ld:
+                                              native=native, max_s=60) as ld:
         _sends_only_between_resume_and_pause(lambda: srv.ask("stats")["datagrams"], ld, 0.3, 1000, "sender")
+
+
+def test_the_native_udp_senders_datagrams_pass_every_check_of_the_gateway():
+    """The C sender (bench/udp_blaster.c) patches seq, time and CRC itself: the gateway must accept its
+    datagrams as it does the Python sender's (every train applied, no datagram refused), or the UDP row
+    would compare the bare loop's count with the gateway's refusals."""
+    sys.path.insert(0, str(ROOT))
+    import time
+    from bench.common import line_config, load, ports, raise_nofile, server
+    raise_nofile()
+    cfg = line_config(0, 20, train_hb_ms=10_000)
+    with server("gateway", cfg) as srv, load("udp_blast", port=ports(cfg)["udp"], trains=20, turns=True,
+                                             native=True, max_s=60) as ld:
+        ld.ask("resume")
+        time.sleep(0.3)
+        ld.ask("pause")
+        time.sleep(0.2)
+        st = srv.ask("stats")
+    assert st["datagrams"] >= 1000 and st["trains"] == 20
+    assert not {k: v for k, v in st["udp_errors"].items() if k != "gap"}, st["udp_errors"]
