@@ -94,6 +94,7 @@ def test_each_devices_links_share_its_home_loop_and_the_devices_spread():
         st = gw.status()
         loops = {(d["id"], lk["net"]): lk["loop"] for d in st["devices"] for lk in d["links"] if lk["alive"]}
         assert loops == {(257, "A"): "io-0", (257, "B"): "io-0", (258, "A"): "io-1", (258, "B"): "io-1"}
+        assert {lp["name"]: lp["devices_at_home"] for lp in st["loops"]} == {"io-0": 1, "io-1": 1}
         for d in devs:
             d.close()
 

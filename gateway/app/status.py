@@ -25,6 +25,7 @@ def build_status(gw) -> dict:
     """The whole status document of one running ``Gateway``, from each part's own ``stats()``."""
     line = gw.line
     now_ms = line.now_ms()
+    homes = gw.pool.homes()
     return {
         "gateway_id": gw.cfg.gateway.id, "name": gw.cfg.gateway.name, "line": gw.cfg.line_name, "version": version(),
         "implementation": gw.implementation,
@@ -34,7 +35,8 @@ def build_status(gw) -> dict:
             timespec="seconds"),
         "devices": device_status(line, now_ms), "trains": train_status(line, gw.cfg.trains.ids, now_ms),
         "udp": gw.udp.stats() if gw.udp is not None else {},
-        "loops": [lp.stats() for lp in gw.pool.all_loops()],
+        # devices_at_home: the devices whose links live on the loop (gateway.link_placement: device)
+        "loops": [{**lp.stats(), "devices_at_home": homes.get(lp.name, 0)} for lp in gw.pool.all_loops()],
         "pools": {"links": gw.link_pool.stats(), "pre_session": gw.pre_session.stats()},
         "counters": dict(gw.ctx.counters),
         "consists": gw.coupling.snapshot(now_ms),
