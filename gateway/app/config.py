@@ -67,7 +67,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "gateway": ("id", "name", "listen", "admin", "io_threads", "heartbeat_ms", "dead_after_heartbeats",
                 "hello_timeout_ms", "max_age_ms", "max_links", "ring_bytes", "output_high_water_bytes",
                 "error_rate_limit", "log", "state_dir", "pre_session", "identity_lease_ms", "udp_coalesce_ms",
-                "loop_coalesce_ms", "link_placement", "udp_slabs"),  # udp_slabs: RETIRED, known only to be ignored with a warning
+                # udp_slabs: RETIRED, known only to be ignored with a warning
+                "loop_coalesce_ms", "link_placement", "udp_slabs"),
     "gateway.listen": ("net_a", "net_b", "udp"),
     "gateway.listen.net_a": _ENDPOINT,
     "gateway.listen.net_b": _ENDPOINT,
