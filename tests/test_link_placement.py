@@ -7,6 +7,7 @@ are on nets A and B.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -34,26 +35,32 @@ def test_a_home_is_the_loop_with_fewest_devices_then_stays():
 
 
 def test_homes_asked_from_many_threads_agree_and_balance():
+    """8 threads ask for the same 2,000 devices at once, with the interpreter switching threads every
+    microsecond (so a check-then-set without the pool's lock is interrupted between the two)."""
     base = EventLoop(name="base")
     pool = EventLoopThreadPool(base, 2)
+    interval = sys.getswitchinterval()
     try:
         pool.start()
         got: list[list] = [[] for _ in range(8)]
         start = threading.Barrier(8)
 
         def ask(i: int) -> None:
-            start.wait(2)
-            got[i] = [pool.home_loop(k) for k in range(200)]
+            start.wait(5)
+            got[i] = [pool.home_loop(k) for k in range(2000)]
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        sys.setswitchinterval(1e-6)
         for t in threads:
             t.start()
         for t in threads:
-            t.join(5)
-        assert all(g == got[0] for g in got), "two threads were given different homes for one device"
-        assert pool.homes() == {"io-0": 100, "io-1": 100}
+            t.join(30)
     finally:
+        sys.setswitchinterval(interval)
         pool.stop()
         base.close()
+    assert all(g == got[0] for g in got), "two threads were given different homes for one device"
+    assert pool.homes() == {}  # (stopped: the pool forgets its homes)
+    assert sum(1 for lp in got[0] if lp.name == "io-0") == 1000
 
 
 def test_without_io_loops_the_home_is_the_base_loop():
@@ -138,6 +145,29 @@ def test_a_moved_link_is_confirmed_takes_frames_and_beats_on_its_new_loop():
             beats = sum(1 for e in b.read(0.1) if getattr(e, "name", "") == "HEARTBEAT") + beats
         assert beats >= 3, "the gateway's heartbeats did not follow the link to its new loop"
         assert link_b.alive
+
+
+def test_a_session_confirm_that_arrives_while_the_link_is_between_its_loops_is_taken():
+    """The home loop is held while the link moves: the device's SESSION_CONFIRM reaches the socket after
+    the old loop let go of it and before the home loop took it. Once the home loop runs, the link reads
+    it and comes up (its registration reports what is already waiting)."""
+    with RunningGateway(line_config(io_threads=2)) as gw:
+        stayer, b, link_b = _stayer_and_mover(gw)
+        home = next(lp for lp in gw.pool.all_loops() if lp.name == "io-0")
+        held, holding = threading.Event(), threading.Event()
+        home.run_in_loop(lambda: (holding.set(), held.wait(10)))
+        assert holding.wait(5)
+        try:
+            b.hello()                               # HELLO_ACK from io-1, then the SESSION_CONFIRM
+            wait_until(lambda: link_b.moves, what="the link left io-1")
+            time.sleep(0.2)                         # the SESSION_CONFIRM is in the socket by now
+            assert not link_b.alive and link_b.fd not in home._channels
+        finally:
+            held.set()
+        wait_until(lambda: link_b.alive, what="the link up on its home loop")
+        assert link_b.loop is home and link_b.fd in home._channels
+        b.send(TrackSections(((111, 1),)), seq=1)
+        wait_until(lambda: gw.ctx.receiver.senders[258].applied == 1, what="a frame applied")
 
 
 def test_a_moved_link_keeps_its_confirmation_deadline():

@@ -47,10 +47,10 @@ not registered). The move is queued behind the current read (``_move``, old
 loop): the link stays if it is no longer awaiting the confirmation (closing,
 or confirmed in the same pass); else its timers are cancelled, its fd is
 unregistered, ``_adopt`` is queued on the home loop and ``loop`` is switched.
-``_adopt`` (home loop) registers the fd with the same handler, re-arms the
-heartbeat and the confirmation's deadline (unchanged) and reads what came
-meanwhile (the SESSION_CONFIRM, perhaps: no edge is lost, the read drains the
-socket). A ``close`` or ``evict`` queued on the old loop before the switch runs
+``_adopt`` (home loop) registers the fd with the same handler and re-arms the
+heartbeat and the confirmation's deadline (unchanged); what came meanwhile
+(the SESSION_CONFIRM, perhaps) is not lost: registering a readable fd queues
+its event, edge-triggered or not. A ``close`` or ``evict`` queued on the old loop before the switch runs
 there after it and is forwarded to ``loop`` (``_forwarded``), behind
 ``_adopt``; one queued after the switch goes to the home loop, behind
 ``_adopt`` too. Without ``home`` (one IO loop, or ``gateway.link_placement:
@@ -258,7 +258,8 @@ class TcpConnection(compiled.conn_fields_base()):
         dead, self._dead_timer = self._dead_timer, None
         if dead is not None:
             dead.cancel()
-        self._read_queued = False  # a queued read-more stays behind (_read_more checks the loop): _adopt reads
+        self._read_queued = False  # a queued read-more stays behind (_read_more checks the loop); the home
+        # loop's registration reports what is waiting
         self.loop.unregister(self.fd)
         home.queue_in_loop(self._adopt, home, dead is not None)
         self.loop = home
@@ -275,7 +276,8 @@ class TcpConnection(compiled.conn_fields_base()):
                         home.call_at(self._confirm_at, self._on_confirm_timeout)]
         if rearm_dead:
             self._dead_timer = home.call_at(p.dead_at, self._on_dead_deadline)
-        self._read_on()  # what arrived during the move
+        # what arrived during the move needs no read here: registering an fd that is already readable
+        # queues its event (EPOLL_CTL_ADD polls it, EPOLLET included), and the next poll reads it
 
     def _forwarded(self, fn, *args) -> bool:
         """True, and ``fn(*args)`` queued on ``loop``, when this runs on a loop the link has left (a functor
